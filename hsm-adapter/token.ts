@@ -14,6 +14,8 @@ export const KeyLabels = {
   replicaIdentity: 'replica-id',
   /** Data object: the fleet AKE seed, sealed under this token's record key. Same plaintext fleet-wide. */
   fleetAkeSealed: 'fleet-ake-sealed',
+  /** Data object: the replica's rollback anchor (latest durable log position and hash), sealed. */
+  logAnchor: 'log-anchor',
 } as const;
 
 /** AAD the fleet AKE seed is sealed with (sealing demands a non-empty AAD). */
@@ -55,6 +57,12 @@ export interface Token {
 
   /** Value of a (non-secret) data object, e.g. the sealed fleet AKE seed. */
   readData(label: string): Uint8Array;
+
+  /**
+   * Create or overwrite a small non-secret token data object (CKO_DATA, token object). The firmware
+   * keeps its rollback anchor here: the host can roll its disk back but not the token.
+   */
+  writeData(label: string, value: Uint8Array): void;
 
   /** Random bytes from the token's generator. */
   random(length: number): Uint8Array;

@@ -1,0 +1,161 @@
+// The `bkv backup` command line is the subject here, so these run the real CLI in a child process.
+import { describe, expect, it } from 'vitest';
+import { spawn } from 'node:child_process';
+import { mkdir, readdir, readFile, truncate, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { generateBackupKey, parseKey64 } from '../../client/key64.ts';
+import { createBackup } from '../../client/backup.ts';
+import { CloudFolder } from '../../client/cloud.ts';
+import { HEADER_BYTES } from '../../client/backup-format.ts';
+import { command, subcommands } from '../../scripts/commands/backup.ts';
+import { expectNoTrace, makeChatFolder, snapshot, withTemp } from './fixtures.ts';
+
+const bkv = fileURLToPath(new URL('../../bin/bkv.js', import.meta.url));
+
+function run(args: string[], opts: { cwd: string; stdin?: string }): Promise<{ status: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [bkv, ...args], { cwd: opts.cwd, stdio: ['pipe', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stderr += d));
+    child.on('error', reject);
+    child.on('close', (status) => resolve({ status, stdout, stderr }));
+    child.stdin.end(opts.stdin ?? '');
+  });
+}
+
+const KEY_LINE = /^ {4}([0-9a-f]{4}(?: [0-9a-f]{4}){3})$/gm;
+
+function keyFrom(stdout: string): string {
+  const lines = [...stdout.matchAll(KEY_LINE)].map((m) => m[1]);
+  expect(lines).toHaveLength(4);
+  return lines.join(' ');
+}
+
+async function createIn(dir: string, input: string, extra: string[] = []) {
+  const r = await run(['backup', 'create', '--in', input, '--key64', '--state', 'st', ...extra], { cwd: dir });
+  expect(r.stderr).toBe('');
+  expect(r.status).toBe(0);
+  return { ...r, key: keyFrom(r.stdout) };
+}
+
+describe('bkv backup (CLI)', () => {
+  it('round-trips a folder: key printed once on stdout, never stored; key from argv, file and stdin', async () => {
+    await withTemp(async (dir) => {
+      await makeChatFolder(join(dir, 'chat'));
+      const { stdout, key } = await createIn(dir, 'chat');
+      expect(stdout).toContain(join('st', 'cloud', 'default.bkv'));
+      expect(stdout.split(key.slice(0, 19)).length).toBe(2); // shown exactly once
+      // Neither K nor its hex is anywhere in the state dir (the cloud folder included).
+      const k = Buffer.from(parseKey64(key));
+      const blob = await readFile(join(dir, 'st', 'cloud', 'default.bkv'));
+      expect(blob.includes(k)).toBe(false);
+      expect(blob.includes(Buffer.from(k.toString('hex')))).toBe(false);
+      expect(await readdir(join(dir, 'st'))).toEqual(['cloud']);
+
+      const a = await run(['backup', 'restore', '--key64', key, '--state', 'st', '--out', 'r1'], { cwd: dir });
+      expect(a.status).toBe(0);
+      expect(a.stdout).toMatch(/^Restored 5 files/);
+      await writeFile(join(dir, 'key.txt'), `${key.toUpperCase().replaceAll(' ', '-')}\n`);
+      const b = await run(['backup', 'restore', '--key64-file', 'key.txt', '--state', 'st', '--out', 'r2'], { cwd: dir });
+      expect(b.status).toBe(0);
+      const c = await run(['backup', 'restore', '--key64', '-', '--cloud', join('st', 'cloud'), '--out', 'r3'], { cwd: dir, stdin: `${key}\n` });
+      expect(c.status).toBe(0);
+      const want = await snapshot(join(dir, 'chat'));
+      for (const out of ['r1', 'r2', 'r3']) expect(await snapshot(join(dir, out))).toEqual(want);
+    });
+  });
+
+  it('round-trips a single file, per account, with progress on request', async () => {
+    await withTemp(async (dir) => {
+      await writeFile(join(dir, 'msgstore.db'), Buffer.alloc(300_000, 7));
+      const r = await run(['backup', 'create', '--in', 'msgstore.db', '--key64', '--cloud', 'drive', '--account', 'alice@example.com', '--progress'], { cwd: dir });
+      expect(r.status).toBe(0);
+      expect(r.stderr).toMatch(/encrypt: 293\.0 KiB \/ 293\.0 KiB \(100%\)\n$/);
+      expect(await readdir(join(dir, 'drive'))).toEqual(['alice@example.com.bkv']);
+      const back = await run(['backup', 'restore', '--key64', keyFrom(r.stdout), '--cloud', 'drive', '--account', 'alice@example.com', '--out', 'out'], { cwd: dir });
+      expect(back.status).toBe(0);
+      expect(back.stderr).toBe(''); // not a TTY and no --progress: quiet
+      expect((await readFile(join(dir, 'out', 'msgstore.db'))).equals(Buffer.alloc(300_000, 7))).toBe(true);
+    });
+  });
+
+  it('wrong key, truncated file, flipped byte, missing backup: exit 1 with the code, --out never created', async () => {
+    await withTemp(async (dir) => {
+      await makeChatFolder(join(dir, 'chat'), 200_000);
+      const { key } = await createIn(dir, 'chat');
+      const file = join(dir, 'st', 'cloud', 'default.bkv');
+      const good = await readFile(file);
+      const other = key.replace(/^./, (c) => (c === '0' ? '1' : '0'));
+      const cases: [string, () => Promise<void>, string, string][] = [
+        ['wrong key', async () => {}, other, 'BACKUP_WRONG_KEY'],
+        ['truncated at a segment boundary', () => truncate(file, HEADER_BYTES + 2 * (65536 + 16)), key, 'BACKUP_TRUNCATED'],
+        ['truncated mid-segment', () => truncate(file, good.length - 100), key, 'BACKUP_CORRUPT'],
+        ['flipped body byte', () => writeFile(file, Buffer.from(good).fill(0x55, 5000, 5001)), key, 'BACKUP_CORRUPT'],
+        ['flipped header byte', () => writeFile(file, Buffer.from(good).fill(0x55, 60, 61)), key, 'BACKUP_CORRUPT'],
+      ];
+      for (const [what, damage, k, code] of cases) {
+        await writeFile(file, good);
+        await damage();
+        const r = await run(['backup', 'restore', '--key64', k, '--state', 'st', '--out', 'out'], { cwd: dir });
+        expect(r.status, what).toBe(1);
+        expect(r.stderr, what).toContain(`[${code}]`);
+        expect(r.stderr).not.toContain(key.slice(0, 9));
+        await expectNoTrace(dir, 'out', ['chat', 'st']);
+      }
+      await writeFile(file, good);
+      const missing = await run(['backup', 'restore', '--key64', key, '--state', 'st', '--account', 'bob', '--out', 'out'], { cwd: dir });
+      expect(missing.status).toBe(1);
+      expect(missing.stderr).toContain('[BACKUP_NOT_FOUND]');
+      await expectNoTrace(dir, 'out', ['chat', 'st']);
+    });
+  });
+
+  it('explains a mistyped key without echoing it, and usage errors exit 2', async () => {
+    await withTemp(async (dir) => {
+      const key = 'ab12'.repeat(16);
+      const typo = `${key.slice(0, 16)}g${key.slice(17)}`;
+      const r = await run(['backup', 'restore', '--key64', typo, '--out', 'o'], { cwd: dir });
+      expect(r.status).toBe(1);
+      expect(r.stderr).toBe("bkv: character 'g' at position 17 is not a hex digit [BAD_KEY64]\n");
+      const short = await run(['backup', 'restore', '--key64', '-', '--out', 'o'], { cwd: dir, stdin: key.slice(1) });
+      expect(short.stderr).toContain('got 63 digits, need 64');
+      const stray = await run(['backup', 'restore', key, '--out', 'o'], { cwd: dir });
+      expect(stray.status).toBe(2);
+      expect(stray.stderr).not.toContain('ab12ab12');
+      for (const args of [['backup', 'create', '--in', 'x'], ['backup', 'restore', '--key64', key], ['backup', 'nope'], ['backup', 'restore', '--key64', key, '--key64-file', 'f', '--out', 'o']]) {
+        expect((await run(args, { cwd: dir })).status, args.join(' ')).toBe(2);
+      }
+      expect(await readdir(dir)).toEqual([]);
+    });
+  });
+
+  it('a wrong key on a password-protected backup hints at the password', async () => {
+    await withTemp(async (dir) => {
+      await makeChatFolder(join(dir, 'chat'));
+      await createBackup({ input: join(dir, 'chat'), key: generateBackupKey(), mode: 'password', cloud: new CloudFolder(join(dir, 'st', 'cloud')) });
+      const r = await run(['backup', 'restore', '--key64', 'ab12'.repeat(16), '--state', 'st', '--out', 'out'], { cwd: dir });
+      expect(r.status).toBe(1);
+      expect(r.stderr).toContain('protected by a password');
+      expect(r.stderr).toContain('[BACKUP_WRONG_KEY]');
+      await expectNoTrace(dir, 'out', ['chat', 'st']);
+    });
+  });
+
+  it('--help tells the truth: every documented flag is accepted and every accepted flag is documented', async () => {
+    await withTemp(async (dir) => {
+      for (const s of subcommands) {
+        const r = await run(['backup', s.name, '--help'], { cwd: dir });
+        expect(r.status).toBe(0);
+        const documented = new Set([...r.stdout.matchAll(/^ {2}(--[a-z0-9-]+)/gm)].map((m) => m[1]));
+        const accepted = new Set(Object.keys(s.flags).map((f) => `--${f}`).concat(['--state', '--cloud', '--account', '--progress']));
+        expect(documented).toEqual(accepted);
+      }
+      const top = await run(['backup', '--help'], { cwd: dir });
+      for (const s of subcommands) expect(top.stdout).toContain(`  ${s.name} `);
+      expect(command.help).toBe(top.stdout.trimEnd());
+    });
+  });
+});
