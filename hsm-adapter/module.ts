@@ -1,0 +1,84 @@
+// One loaded PKCS#11 module per thread and path. The library itself is shared process-wide (dlopen
+// returns the same image), so C_Initialize runs with CKF_OS_LOCKING_OK in whichever thread comes
+// first and every later call sees CKR_CRYPTOKI_ALREADY_INITIALIZED, which is success. C_Finalize runs
+// once, from the main thread, at shutdown (finalizeModule).
+import pkcs11 from 'pkcs11js';
+import { existsSync } from 'node:fs';
+import { isMainThread } from 'node:worker_threads';
+import { TokenError, ckrOf, toTokenError } from './errors.ts';
+
+export const DEFAULT_MODULE = '/usr/lib/softhsm/libsofthsm2.so';
+
+/** The module path bkv uses when none is given: BKV_PKCS11_MODULE, else SoftHSM2's usual place. */
+export function defaultModulePath(): string {
+  return process.env.BKV_PKCS11_MODULE || DEFAULT_MODULE;
+}
+
+export interface LoadedModule {
+  readonly path: string;
+  readonly lib: pkcs11.PKCS11;
+}
+
+const loaded = new Map<string, LoadedModule>();
+/** SOFTHSM2_CONF as it was when this thread's C_Initialize returned CKR_OK (main thread only). */
+let confAtInit: { path: string; conf: string | undefined } | undefined;
+
+export function loadModule(modulePath: string, moduleArgs?: string): LoadedModule {
+  const have = loaded.get(modulePath);
+  if (have) return have;
+  if (!existsSync(modulePath)) {
+    throw new TokenError('MODULE_NOT_FOUND', `PKCS#11 module not found: ${modulePath} (set BKV_PKCS11_MODULE or --module)`, {
+      operation: 'load',
+    });
+  }
+  const lib = new pkcs11.PKCS11();
+  try {
+    lib.load(modulePath);
+  } catch (e) {
+    throw new TokenError('MODULE_LOAD_FAILED', `cannot load PKCS#11 module ${modulePath}: ${(e as Error).message.split('\n')[0]}`, {
+      operation: 'load',
+      cause: e,
+    });
+  }
+  try {
+    const opts: pkcs11.InitializationOptions = { flags: pkcs11.CKF_OS_LOCKING_OK };
+    // pkcs11js copies libraryParameters one byte short (it passes the string length, not length+1,
+    // as the buffer size); the trailing NUL we add is the byte it drops, so the module sees it whole.
+    if (moduleArgs) opts.libraryParameters = moduleArgs + '\0';
+    lib.C_Initialize(opts);
+    if (isMainThread) confAtInit = { path: modulePath, conf: process.env.SOFTHSM2_CONF };
+  } catch (e) {
+    if (ckrOf(e) !== pkcs11.CKR_CRYPTOKI_ALREADY_INITIALIZED) {
+      try {
+        lib.close();
+      } catch {
+        /* already failing */
+      }
+      throw toTokenError(e, 'C_Initialize', '', `initialising PKCS#11 module ${modulePath}`);
+    }
+  }
+  const m = { path: modulePath, lib };
+  loaded.set(modulePath, m);
+  return m;
+}
+
+/** Whether this thread has initialised a module, and with which SOFTHSM2_CONF (main thread only). */
+export function initializedConf(): { path: string; conf: string | undefined } | undefined {
+  return confAtInit;
+}
+
+/**
+ * C_Finalize every module this thread loaded. Call once, from the main thread, after every Token
+ * (in every thread) is closed. Safe to call when nothing is loaded.
+ */
+export function finalizeModule(): void {
+  for (const m of loaded.values()) {
+    try {
+      m.lib.C_Finalize();
+    } catch {
+      // CKR_CRYPTOKI_NOT_INITIALIZED: someone else finalised; nothing left to release.
+    }
+  }
+  loaded.clear();
+  confAtInit = undefined;
+}

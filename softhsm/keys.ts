@@ -1,0 +1,183 @@
+// The objects bkv keeps in a replica token, how they are made, and the key check values (KCVs) that
+// show the fleet-wide secrets are equal across tokens without revealing them.
+import pkcs11 from 'pkcs11js';
+import { createHash } from 'node:crypto';
+import { FLEET_AKE_AAD, KeyLabels } from '../hsm-adapter/token.ts';
+import { toTokenError } from '../hsm-adapter/errors.ts';
+import type { Pkcs11Token } from '../hsm-adapter/pkcs11-token.ts';
+
+/** DER OID of prime256v1 / secp256r1, as CKA_EC_PARAMS. */
+const P256_PARAMS = Buffer.from('06082a8648ce3d030107', 'hex');
+const KCV_INPUT = Buffer.from('bkv kcv');
+
+export const OPRF_SEED_BYTES = 64;
+export const FLEET_AKE_SEED_BYTES = 32;
+
+const secretAttrs = (label: string): pkcs11.Template => [
+  { type: pkcs11.CKA_CLASS, value: pkcs11.CKO_SECRET_KEY },
+  { type: pkcs11.CKA_TOKEN, value: true },
+  { type: pkcs11.CKA_PRIVATE, value: true },
+  { type: pkcs11.CKA_SENSITIVE, value: true },
+  { type: pkcs11.CKA_EXTRACTABLE, value: false },
+  { type: pkcs11.CKA_MODIFIABLE, value: false },
+  { type: pkcs11.CKA_LABEL, value: label },
+];
+
+export type PerTokenObject = 'recordKey' | 'recordMacKey' | 'replicaIdentity';
+
+function run<T>(t: Pkcs11Token, op: string, what: string, f: () => T): T {
+  try {
+    return f();
+  } catch (e) {
+    throw toTokenError(e, op, t.label, what);
+  }
+}
+
+/** Creates the per-token keys the token lacks; returns which it created. */
+export function ensurePerTokenKeys(t: Pkcs11Token): PerTokenObject[] {
+  const lib = t.raw;
+  const s = t.sessionHandle;
+  const made: PerTokenObject[] = [];
+  if (!t.findObject(KeyLabels.recordKey, pkcs11.CKO_SECRET_KEY)) {
+    run(t, 'C_GenerateKey', 'generating the record key', () =>
+      lib.C_GenerateKey(s, { mechanism: pkcs11.CKM_AES_KEY_GEN }, [
+        ...secretAttrs(KeyLabels.recordKey),
+        { type: pkcs11.CKA_KEY_TYPE, value: pkcs11.CKK_AES },
+        { type: pkcs11.CKA_VALUE_LEN, value: 32 },
+        { type: pkcs11.CKA_ENCRYPT, value: true },
+        { type: pkcs11.CKA_DECRYPT, value: true },
+        { type: pkcs11.CKA_WRAP, value: false },
+        { type: pkcs11.CKA_UNWRAP, value: false },
+      ]),
+    );
+    made.push('recordKey');
+  }
+  if (!t.findObject(KeyLabels.recordMacKey, pkcs11.CKO_SECRET_KEY)) {
+    run(t, 'C_GenerateKey', 'generating the record MAC key', () =>
+      lib.C_GenerateKey(s, { mechanism: pkcs11.CKM_GENERIC_SECRET_KEY_GEN }, [
+        ...secretAttrs(KeyLabels.recordMacKey),
+        { type: pkcs11.CKA_KEY_TYPE, value: pkcs11.CKK_GENERIC_SECRET },
+        { type: pkcs11.CKA_VALUE_LEN, value: 32 },
+        { type: pkcs11.CKA_SIGN, value: true },
+        { type: pkcs11.CKA_VERIFY, value: true },
+      ]),
+    );
+    made.push('recordMacKey');
+  }
+  const priv = t.findObject(KeyLabels.replicaIdentity, pkcs11.CKO_PRIVATE_KEY);
+  const pub = t.findObject(KeyLabels.replicaIdentity, pkcs11.CKO_PUBLIC_KEY);
+  if (!priv || !pub) {
+    // A lone half of a pair is useless; replace it with a whole pair.
+    for (const h of [priv, pub]) if (h) run(t, 'C_DestroyObject', 'removing half an identity pair', () => lib.C_DestroyObject(s, h));
+    run(t, 'C_GenerateKeyPair', 'generating the replica identity', () =>
+      lib.C_GenerateKeyPair(
+        s,
+        { mechanism: pkcs11.CKM_EC_KEY_PAIR_GEN },
+        [
+          { type: pkcs11.CKA_CLASS, value: pkcs11.CKO_PUBLIC_KEY },
+          { type: pkcs11.CKA_KEY_TYPE, value: pkcs11.CKK_EC },
+          { type: pkcs11.CKA_TOKEN, value: true },
+          { type: pkcs11.CKA_PRIVATE, value: false },
+          { type: pkcs11.CKA_VERIFY, value: true },
+          { type: pkcs11.CKA_EC_PARAMS, value: P256_PARAMS },
+          { type: pkcs11.CKA_LABEL, value: KeyLabels.replicaIdentity },
+        ],
+        [
+          { type: pkcs11.CKA_CLASS, value: pkcs11.CKO_PRIVATE_KEY },
+          { type: pkcs11.CKA_KEY_TYPE, value: pkcs11.CKK_EC },
+          { type: pkcs11.CKA_TOKEN, value: true },
+          { type: pkcs11.CKA_PRIVATE, value: true },
+          { type: pkcs11.CKA_SENSITIVE, value: true },
+          { type: pkcs11.CKA_EXTRACTABLE, value: false },
+          { type: pkcs11.CKA_SIGN, value: true },
+          { type: pkcs11.CKA_LABEL, value: KeyLabels.replicaIdentity },
+        ],
+      ),
+    );
+    made.push('replicaIdentity');
+  }
+  return made;
+}
+
+export interface FleetSecretPresence {
+  oprfSeed: boolean;
+  fleetAke: boolean;
+}
+
+export function fleetSecretPresence(t: Pkcs11Token): FleetSecretPresence {
+  return {
+    oprfSeed: t.findObject(KeyLabels.oprfSeed, pkcs11.CKO_SECRET_KEY) !== undefined,
+    fleetAke: t.findObject(KeyLabels.fleetAkeSealed, pkcs11.CKO_DATA) !== undefined,
+  };
+}
+
+/**
+ * Imports the fleet-wide secrets into one token: the OPRF seed as a sensitive, non-extractable
+ * generic secret, the AKE seed sealed under this token's record key. The caller owns the host copies
+ * and wipes them once every token has them.
+ */
+export function importFleetSecrets(t: Pkcs11Token, oprfSeed: Buffer, akeSeed: Buffer, have: FleetSecretPresence): void {
+  const lib = t.raw;
+  const s = t.sessionHandle;
+  if (!have.oprfSeed) {
+    run(t, 'C_CreateObject', 'importing the OPRF seed', () =>
+      lib.C_CreateObject(s, [
+        ...secretAttrs(KeyLabels.oprfSeed),
+        { type: pkcs11.CKA_KEY_TYPE, value: pkcs11.CKK_GENERIC_SECRET },
+        { type: pkcs11.CKA_SIGN, value: true },
+        { type: pkcs11.CKA_VERIFY, value: true },
+        { type: pkcs11.CKA_VALUE, value: oprfSeed },
+      ]),
+    );
+  }
+  if (!have.fleetAke) {
+    const sealed = Buffer.from(t.seal(KeyLabels.recordKey, akeSeed, FLEET_AKE_AAD));
+    run(t, 'C_CreateObject', 'storing the sealed fleet AKE seed', () =>
+      lib.C_CreateObject(s, [
+        { type: pkcs11.CKA_CLASS, value: pkcs11.CKO_DATA },
+        { type: pkcs11.CKA_TOKEN, value: true },
+        { type: pkcs11.CKA_PRIVATE, value: true },
+        { type: pkcs11.CKA_MODIFIABLE, value: false },
+        { type: pkcs11.CKA_APPLICATION, value: 'bkv' },
+        { type: pkcs11.CKA_LABEL, value: KeyLabels.fleetAkeSealed },
+        { type: pkcs11.CKA_VALUE, value: sealed },
+      ]),
+    );
+  }
+}
+
+/** KCV of the OPRF seed: HMAC-SHA-256(seed, "bkv kcv") computed in the token, first 8 bytes. */
+export function oprfSeedKcv(t: Pkcs11Token): string {
+  return Buffer.from(t.hmac(KeyLabels.oprfSeed, 'sha256', KCV_INPUT)).subarray(0, 8).toString('hex');
+}
+
+/** KCV of the fleet AKE seed: SHA-256("bkv kcv" || opened seed), first 8 bytes; the opened copy is wiped. */
+export function fleetAkeKcv(t: Pkcs11Token): string {
+  const seed = t.open(KeyLabels.recordKey, t.readData(KeyLabels.fleetAkeSealed), FLEET_AKE_AAD);
+  try {
+    return createHash('sha256').update(KCV_INPUT).update(seed).digest().subarray(0, 8).toString('hex');
+  } finally {
+    seed.fill(0);
+  }
+}
+
+/** SHA-256 of the identity public key, first 16 bytes: a public fingerprint peers can pin. */
+export function identityFingerprint(t: Pkcs11Token): string {
+  return createHash('sha256').update(t.publicKey(KeyLabels.replicaIdentity)).digest().subarray(0, 16).toString('hex');
+}
+
+/** The attributes that make a secret key a vault key: doctor and the tests read them back. */
+export function secretKeyFlags(t: Pkcs11Token, label: string): { sensitive: boolean; extractable: boolean; token: boolean; alwaysSensitive: boolean } | undefined {
+  const h = t.findObject(label, pkcs11.CKO_SECRET_KEY);
+  if (!h) return undefined;
+  const attrs = run(t, 'C_GetAttributeValue', `reading the attributes of '${label}'`, () =>
+    t.raw.C_GetAttributeValue(t.sessionHandle, h, [
+      { type: pkcs11.CKA_SENSITIVE },
+      { type: pkcs11.CKA_EXTRACTABLE },
+      { type: pkcs11.CKA_TOKEN },
+      { type: pkcs11.CKA_ALWAYS_SENSITIVE },
+    ]),
+  );
+  const b = (i: number) => attrs[i].value.length > 0 && attrs[i].value[0] !== 0;
+  return { sensitive: b(0), extractable: b(1), token: b(2), alwaysSensitive: b(3) };
+}

@@ -1,0 +1,307 @@
+// `bkv provision`: a SoftHSM2 fleet in a state directory, one token per replica, and the key
+// ceremony that puts the same fleet-wide secrets into every token. Idempotent: a complete state is
+// left untouched, a half-finished one is completed where that is possible and reported where it is
+// not (a fleet secret that already left the host cannot be re-imported); only --force destroys.
+import pkcs11 from 'pkcs11js';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync, renameSync, chmodSync } from 'node:fs';
+import { dirname, relative } from 'node:path';
+import { loadModule, defaultModulePath, initializedConf, finalizeModule } from '../hsm-adapter/module.ts';
+import { openToken, findSlot, type Pkcs11Token } from '../hsm-adapter/pkcs11-token.ts';
+import { toTokenError, TokenError } from '../hsm-adapter/errors.ts';
+import { KeyLabels, type SealScheme } from '../hsm-adapter/token.ts';
+import {
+  StateError, activateSoftHsmConf, confText, readManifest, readPinFile, replicaNames, statePaths,
+  type FleetManifest, type ManifestReplica, type PinFile,
+} from './state.ts';
+import {
+  ensurePerTokenKeys, fleetAkeKcv, fleetSecretPresence, identityFingerprint, importFleetSecrets, oprfSeedKcv,
+  FLEET_AKE_SEED_BYTES, OPRF_SEED_BYTES, type FleetSecretPresence,
+} from './keys.ts';
+
+export interface ProvisionOptions {
+  stateDir: string;
+  /** Default 5. */
+  replicas?: number;
+  /** Destroy an existing state directory's tokens, PINs and manifest and start over. */
+  force?: boolean;
+  modulePath?: string;
+  /** Seal scheme for the tokens (default 'auto': AES-GCM where offered). Recorded in fleet.json. */
+  sealScheme?: SealScheme | 'auto';
+  onProgress?: (message: string) => void;
+}
+
+export interface ProvisionReport {
+  stateDir: string;
+  /** True when the state was complete and nothing was changed. */
+  unchanged: boolean;
+  /** Human-readable list of what was done (no secrets). */
+  actions: string[];
+  replicas: { name: string; tokenLabel: string; serial: string }[];
+  kcv: { oprfSeed: string; fleetAke: string };
+  manifestPath: string;
+}
+
+function writeFileAtomic(path: string, text: string, mode: number): void {
+  const tmp = `${path}.tmp-${process.pid}`;
+  writeFileSync(tmp, text, { mode });
+  chmodSync(tmp, mode);
+  renameSync(tmp, path);
+}
+
+const pad32 = (s: string) => s.padEnd(32, ' ');
+
+function newPin(): string {
+  // 24 hex digits: well within SoftHSM2's 4..255 PIN length; base16 keeps it shell- and file-safe.
+  return randomBytes(12).toString('hex');
+}
+
+/** Initialises a free SoftHSM2 slot as a token with this label and PINs. */
+function initToken(lib: pkcs11.PKCS11, label: string, pins: { user: string; so: string }): void {
+  let slots: Buffer[];
+  try {
+    slots = lib.C_GetSlotList(false);
+  } catch (e) {
+    throw toTokenError(e, 'C_GetSlotList', label, 'listing slots');
+  }
+  const free = slots.find((slot) => {
+    try {
+      return !(lib.C_GetTokenInfo(slot).flags & pkcs11.CKF_TOKEN_INITIALIZED);
+    } catch {
+      return false;
+    }
+  });
+  if (!free) throw new StateError('NO_FREE_SLOT', `the PKCS#11 module offers no uninitialised slot for token '${label}'`);
+  try {
+    lib.C_InitToken(free, pins.so, pad32(label));
+  } catch (e) {
+    throw toTokenError(e, 'C_InitToken', label, 'initialising the token');
+  }
+  // The slot id changes after C_InitToken (SoftHSM2 renumbers): find the new token by label.
+  const { slot } = findSlot(lib, { token: label });
+  let s: Buffer;
+  try {
+    s = lib.C_OpenSession(slot, pkcs11.CKF_SERIAL_SESSION | pkcs11.CKF_RW_SESSION);
+  } catch (e) {
+    throw toTokenError(e, 'C_OpenSession', label, 'opening an SO session');
+  }
+  try {
+    lib.C_Login(s, pkcs11.CKU_SO, pins.so);
+    lib.C_InitPIN(s, pins.user);
+    lib.C_Logout(s);
+  } catch (e) {
+    throw toTokenError(e, 'C_InitPIN', label, 'setting the user PIN');
+  } finally {
+    try {
+      lib.C_CloseSession(s);
+    } catch {
+      /* the error above, if any, matters more */
+    }
+  }
+}
+
+function tokenExists(lib: pkcs11.PKCS11, label: string): boolean {
+  try {
+    findSlot(lib, { token: label });
+    return true;
+  } catch (e) {
+    if (e instanceof TokenError && e.code === 'TOKEN_NOT_FOUND') return false;
+    throw e;
+  }
+}
+
+export async function provision(opts: ProvisionOptions): Promise<ProvisionReport> {
+  const p = statePaths(opts.stateDir);
+  const say = opts.onProgress ?? (() => {});
+  const actions: string[] = [];
+  const did = (a: string) => {
+    actions.push(a);
+    say(a);
+  };
+  const existing = readManifestSafe(p.manifest, opts.force);
+  const count = opts.replicas ?? existing?.replicas.length ?? 5;
+  const names = replicaNames(count);
+  const modulePath = opts.modulePath ?? existing?.modulePath ?? defaultModulePath();
+
+  if (existing && !opts.force) {
+    const had = existing.replicas.map((r) => r.name);
+    if (had.length !== names.length || had.some((n, i) => n !== names[i])) {
+      throw new StateError(
+        'FLEET_MISMATCH',
+        `${p.dir} holds a fleet of ${had.length} replicas (${had.join(', ')}); asked for ${names.length}. ` +
+          'Fleet secrets cannot be copied into new tokens after the ceremony; use --force to start over (destroys the fleet)',
+      );
+    }
+  }
+
+  if (opts.force && existsSync(p.dir)) {
+    if (initializedConf()) finalizeModule();
+    for (const f of [p.tokens, p.pins, p.manifest, p.conf]) rmSync(f, { recursive: true, force: true });
+    did(`removed the old fleet in ${p.dir} (--force)`);
+  }
+
+  mkdirSync(p.tokens, { recursive: true, mode: 0o700 });
+  const conf = confText(p.tokens);
+  if (!existsSync(p.conf)) {
+    writeFileAtomic(p.conf, conf, 0o644);
+    did(`wrote ${p.conf}`);
+  } else if (readFileSync(p.conf, 'utf8') !== conf) {
+    throw new StateError('STATE_CONFLICT', `${p.conf} exists with other contents (was the directory moved?); use --force to start over`);
+  }
+  activateSoftHsmConf({ confPath: p.conf });
+
+  let pins: PinFile = readPinFile(p.pins) ?? { version: 1, tokens: {} };
+  let pinsChanged = false;
+  for (const name of names) {
+    if (!pins.tokens[name]) {
+      pins.tokens[name] = { user: newPin(), so: newPin() };
+      pinsChanged = true;
+    }
+  }
+  if (pinsChanged) {
+    writeFileAtomic(p.pins, JSON.stringify(pins, null, 2) + '\n', 0o600);
+    did(`wrote the PIN file ${p.pins} (mode 0600)`);
+  }
+
+  const mod = loadModule(modulePath);
+  if (existing && !opts.force) {
+    // The fleet was complete once: a token that is gone took fleet secrets no other token can give
+    // up, so a fresh token in its place could never join. Say so before touching anything.
+    const gone = names.filter((n) => !tokenExists(mod.lib, n));
+    if (gone.length) {
+      throw new StateError(
+        'FLEET_INCOMPLETE',
+        `token(s) ${gone.join(', ')} of the fleet in ${p.dir} are gone; their fleet secrets cannot be re-imported ` +
+          '(they are non-extractable). Use --force to start the fleet over',
+      );
+    }
+  }
+  for (const name of names) {
+    if (!tokenExists(mod.lib, name)) {
+      initToken(mod.lib, name, pins.tokens[name]);
+      did(`initialised token '${name}'`);
+    }
+  }
+
+  const tokens: Pkcs11Token[] = [];
+  try {
+    const recorded = new Map(existing && !opts.force ? existing.replicas.map((r) => [r.name, r.sealScheme] as const) : []);
+    for (const name of names) {
+      const sealScheme = recorded.get(name) ?? opts.sealScheme ?? 'auto';
+      if (opts.sealScheme && opts.sealScheme !== 'auto' && recorded.has(name) && recorded.get(name) !== opts.sealScheme) {
+        throw new StateError('FLEET_MISMATCH', `token '${name}' was provisioned with seal scheme ${recorded.get(name)}; use --force to change it`);
+      }
+      tokens.push(openToken({ modulePath, token: name, pin: pins.tokens[name].user, sealScheme }));
+    }
+    const presence = tokens.map((t) => fleetSecretPresence(t));
+    // Checked before any key is made, so a refusal changes nothing.
+    tokens.forEach((t, i) => {
+      if (presence[i].fleetAke && !t.findObject(KeyLabels.recordKey, pkcs11.CKO_SECRET_KEY)) {
+        throw new StateError(
+          'FLEET_INCOMPLETE',
+          `token '${t.label}' lost its record key, so the fleet AKE seed sealed under it cannot be opened; use --force to start the fleet over`,
+        );
+      }
+    });
+    if (existing && !opts.force && presence.every((x) => !x.oprfSeed && !x.fleetAke)) {
+      throw new StateError(
+        'FLEET_SECRETS_LOST',
+        `no token holds the fleet secrets fleet.json records (KCV ${existing.kcv.oprfSeed}); a new ceremony would make a different fleet. Use --force to start over`,
+      );
+    }
+    for (const t of tokens) {
+      const made = ensurePerTokenKeys(t);
+      if (made.length) did(`token '${t.label}': created ${made.join(', ')}`);
+    }
+    const complete = (x: FleetSecretPresence) => x.oprfSeed && x.fleetAke;
+    if (presence.every((x) => !x.oprfSeed && !x.fleetAke)) {
+      keyCeremony(tokens, presence, did);
+    } else if (!presence.every(complete)) {
+      const lacking = tokens.filter((_, i) => !complete(presence[i])).map((t) => t.label);
+      throw new StateError(
+        'FLEET_INCOMPLETE',
+        `the key ceremony in ${p.dir} did not finish: token(s) ${lacking.join(', ')} lack fleet secrets that the other tokens hold ` +
+          'and cannot give up (they are non-extractable). Use --force to start the fleet over',
+      );
+    }
+
+    const kcvs = tokens.map((t) => ({ oprfSeed: oprfSeedKcv(t), fleetAke: fleetAkeKcv(t) }));
+    for (const k of kcvs) {
+      if (k.oprfSeed !== kcvs[0].oprfSeed || k.fleetAke !== kcvs[0].fleetAke) {
+        throw new StateError('FLEET_SECRETS_DIFFER', `fleet secrets differ between tokens (KCVs ${kcvs.map((x) => x.oprfSeed).join(', ')}); use --force to start over`);
+      }
+    }
+    const replicas: ManifestReplica[] = tokens.map((t, i) => ({
+      name: names[i],
+      tokenLabel: t.label,
+      serial: t.describe().serial,
+      sealScheme: t.sealScheme,
+      identityFingerprint: identityFingerprint(t),
+    }));
+    const manifest: FleetManifest = {
+      version: 1,
+      createdAt: existing && !opts.force ? existing.createdAt : new Date().toISOString(),
+      modulePath,
+      conf: relative(p.dir, p.conf),
+      replicas,
+      kcv: kcvs[0],
+    };
+    const text = JSON.stringify(manifest, null, 2) + '\n';
+    if (!existsSync(p.manifest) || readFileSync(p.manifest, 'utf8') !== text) {
+      if (existing && !opts.force && actions.length === 0) {
+        // Same fleet, different facts (e.g. the module moved): record them, say so.
+        did(`updated ${p.manifest}`);
+      } else {
+        actions.push(`wrote ${p.manifest}`);
+        say(`wrote ${p.manifest}`);
+      }
+      mkdirSync(dirname(p.manifest), { recursive: true });
+      writeFileAtomic(p.manifest, text, 0o644);
+    }
+    return {
+      stateDir: p.dir,
+      unchanged: actions.length === 0,
+      actions,
+      replicas: replicas.map(({ name, tokenLabel, serial }) => ({ name, tokenLabel, serial })),
+      kcv: kcvs[0],
+      manifestPath: p.manifest,
+    };
+  } finally {
+    for (const t of tokens) t.close();
+  }
+}
+
+function readManifestSafe(path: string, force?: boolean): FleetManifest | undefined {
+  try {
+    return readManifest(path);
+  } catch (e) {
+    if (force) return undefined;
+    throw e;
+  }
+}
+
+/**
+ * The key ceremony: the fleet-wide secrets are drawn once (from the first token's generator mixed
+ * with the host's, so neither alone decides them), imported into every token, and the host copies
+ * wiped whatever happens.
+ */
+function keyCeremony(tokens: Pkcs11Token[], presence: FleetSecretPresence[], did: (a: string) => void): void {
+  const oprfSeed = Buffer.alloc(OPRF_SEED_BYTES);
+  const akeSeed = Buffer.alloc(FLEET_AKE_SEED_BYTES);
+  try {
+    const mix = (out: Buffer) => {
+      const a = tokens[0].random(out.length);
+      const b = randomBytes(out.length);
+      for (let i = 0; i < out.length; i++) out[i] = a[i] ^ b[i];
+      a.fill(0);
+      b.fill(0);
+    };
+    mix(oprfSeed);
+    mix(akeSeed);
+    tokens.forEach((t, i) => importFleetSecrets(t, oprfSeed, akeSeed, presence[i]));
+  } finally {
+    oprfSeed.fill(0);
+    akeSeed.fill(0);
+  }
+  did(`key ceremony: imported the OPRF seed and the sealed fleet AKE seed into ${tokens.length} tokens; host copies wiped`);
+}

@@ -1,0 +1,180 @@
+// The state directory of a SoftHSM2 fleet: softhsm2.conf (file object store, its own token
+// directory), the PIN file (0600), and fleet.json, the manifest later code (vault fleet, serve) reads.
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { BkvError } from '../protocol/errors.ts';
+import { initializedConf } from '../hsm-adapter/module.ts';
+import type { SealScheme } from '../hsm-adapter/token.ts';
+
+export class StateError extends BkvError {}
+
+/** Data centers in the order replicas are named after them; past the list, dc-N. */
+export const DATA_CENTERS = [
+  'us-east', 'us-west', 'eu-west', 'ap-southeast', 'sa-east',
+  'eu-central', 'ap-northeast', 'ap-south', 'ca-central', 'eu-north', 'me-central', 'af-south', 'ap-east',
+];
+
+export function replicaNames(count: number): string[] {
+  if (!Number.isInteger(count) || count < 1 || count > 64) {
+    throw new StateError('BAD_REPLICA_COUNT', `replica count must be an integer from 1 to 64 (got ${count})`);
+  }
+  return Array.from({ length: count }, (_, i) => DATA_CENTERS[i] ?? `dc-${i + 1}`);
+}
+
+export interface ReplicaInfo {
+  name: string;
+  tokenLabel: string;
+}
+
+export interface ManifestReplica extends ReplicaInfo {
+  serial: string;
+  /** The seal scheme the fleet AKE blob in this token was sealed with; open the token with it. */
+  sealScheme: SealScheme;
+  /** SHA-256 prefix of the replica identity public key (not secret; lets peers pin it). */
+  identityFingerprint: string;
+}
+
+export interface FleetManifest {
+  version: 1;
+  createdAt: string;
+  modulePath: string;
+  /** Relative to the state directory. */
+  conf: string;
+  replicas: ManifestReplica[];
+  /** Key check values of the fleet-wide secrets: equal in every token, reveal nothing about them. */
+  kcv: { oprfSeed: string; fleetAke: string };
+}
+
+export interface FleetState {
+  stateDir: string;
+  confPath: string;
+  modulePath: string;
+  replicas: ReplicaInfo[];
+  manifest: FleetManifest;
+  /** User PIN of a token: from the state's PIN file, else BKV_PIN. Never log it. */
+  pinFor(tokenLabel: string): string;
+  /** Seal scheme recorded for a token at provisioning. */
+  sealSchemeFor(tokenLabel: string): SealScheme;
+}
+
+export interface PinFile {
+  version: 1;
+  tokens: Record<string, { user: string; so: string }>;
+}
+
+export const statePaths = (stateDir: string) => {
+  const dir = resolve(stateDir);
+  return {
+    dir,
+    conf: join(dir, 'softhsm2.conf'),
+    tokens: join(dir, 'tokens'),
+    pins: join(dir, 'pins.json'),
+    manifest: join(dir, 'fleet.json'),
+  };
+};
+
+export function confText(tokenDir: string): string {
+  return [
+    '# SoftHSM2 configuration written by `bkv provision`: this fleet\'s own token directory.',
+    `directories.tokendir = ${tokenDir}`,
+    'objectstore.backend = file',
+    'log.level = ERROR',
+    'slots.removable = false',
+    'slots.mechanisms = ALL',
+    'library.reset_on_fork = false',
+    '',
+  ].join('\n');
+}
+
+export function readPinFile(path: string): PinFile | undefined {
+  if (!existsSync(path)) return undefined;
+  const mode = statSync(path).mode & 0o777;
+  if (mode & 0o077) {
+    throw new StateError('PIN_FILE_PERMISSIONS', `PIN file ${path} is readable by others (mode ${mode.toString(8)}); chmod 600 it`);
+  }
+  let parsed: PinFile;
+  try {
+    parsed = JSON.parse(readFileSync(path, 'utf8')) as PinFile;
+  } catch {
+    // Deliberately no parse detail: the text around a JSON error could be a PIN.
+    throw new StateError('STATE_CORRUPT', `PIN file ${path} is not valid JSON`);
+  }
+  if (parsed?.version !== 1 || typeof parsed.tokens !== 'object' || parsed.tokens === null) {
+    throw new StateError('STATE_CORRUPT', `PIN file ${path} has an unknown format`);
+  }
+  return parsed;
+}
+
+export function readManifest(path: string): FleetManifest | undefined {
+  if (!existsSync(path)) return undefined;
+  let m: FleetManifest;
+  try {
+    m = JSON.parse(readFileSync(path, 'utf8')) as FleetManifest;
+  } catch (e) {
+    throw new StateError('STATE_CORRUPT', `fleet manifest ${path} is not valid JSON: ${(e as Error).message}`);
+  }
+  const ok =
+    m?.version === 1 &&
+    typeof m.modulePath === 'string' &&
+    Array.isArray(m.replicas) &&
+    m.replicas.length > 0 &&
+    m.replicas.every((r) => typeof r?.name === 'string' && typeof r.tokenLabel === 'string') &&
+    typeof m.kcv?.oprfSeed === 'string' &&
+    typeof m.kcv?.fleetAke === 'string';
+  if (!ok) throw new StateError('STATE_CORRUPT', `fleet manifest ${path} is incomplete or of an unknown version`);
+  return m;
+}
+
+/** Reads a provisioned state directory; a clear StateError when it is missing or incomplete. */
+export function loadState(stateDir: string): FleetState {
+  const p = statePaths(stateDir);
+  if (!existsSync(p.dir)) {
+    throw new StateError('STATE_MISSING', `state directory ${p.dir} does not exist; run \`bkv provision --state ${stateDir}\` first`);
+  }
+  const manifest = readManifest(p.manifest);
+  if (!manifest) {
+    throw new StateError('STATE_INCOMPLETE', `state directory ${p.dir} has no fleet.json: provisioning did not finish; run \`bkv provision --state ${stateDir}\``);
+  }
+  const confPath = join(p.dir, manifest.conf ?? 'softhsm2.conf');
+  if (!existsSync(confPath)) {
+    throw new StateError('STATE_INCOMPLETE', `state directory ${p.dir} lacks ${manifest.conf}; run \`bkv provision --state ${stateDir}\``);
+  }
+  const pins = readPinFile(p.pins);
+  const schemes = new Map(manifest.replicas.map((r) => [r.tokenLabel, r.sealScheme ?? 'aes-256-gcm'] as const));
+  return {
+    stateDir: p.dir,
+    confPath,
+    modulePath: manifest.modulePath,
+    replicas: manifest.replicas.map(({ name, tokenLabel }) => ({ name, tokenLabel })),
+    manifest,
+    pinFor(tokenLabel: string): string {
+      const pin = pins?.tokens[tokenLabel]?.user ?? process.env.BKV_PIN;
+      if (pin === undefined) {
+        throw new StateError('PIN_MISSING', `no PIN for token '${tokenLabel}' in ${p.pins} and BKV_PIN is not set`);
+      }
+      return pin;
+    },
+    sealSchemeFor(tokenLabel: string): SealScheme {
+      const s = schemes.get(tokenLabel);
+      if (!s) throw new StateError('UNKNOWN_TOKEN', `token '${tokenLabel}' is not part of the fleet in ${p.dir}`);
+      return s;
+    },
+  };
+}
+
+/**
+ * Points SoftHSM2 at this state's conf. SoftHSM2 reads SOFTHSM2_CONF from the real process
+ * environment when the module is initialised, so call this in the main thread before any token is
+ * opened (a worker's process.env is a private copy SoftHSM never sees).
+ */
+export function activateSoftHsmConf(state: { confPath: string }): void {
+  const init = initializedConf();
+  if (init && init.conf !== state.confPath) {
+    throw new StateError(
+      'MODULE_ALREADY_INITIALISED',
+      `the PKCS#11 module is already initialised with ${init.conf ?? 'the default SoftHSM2 conf'}; ` +
+        `finalise it (finalizeModule) before switching to ${state.confPath}`,
+    );
+  }
+  process.env.SOFTHSM2_CONF = state.confPath;
+}
