@@ -1,0 +1,113 @@
+// The vault process over HTTP: vault/main.ts started as a real child process on a provisioned state
+// directory, spoken to through the relay envelope exactly as ChatD does; and the 503 of an unhealthy
+// replica.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { enablePassword, recoverK, status, type Send } from '../../client/password.ts';
+import { identityKsf } from '../../protocol/opaque/index.ts';
+import { RELAY_PATH, decodeRelayReply, encodeRelayRequest } from '../../protocol/relay.ts';
+import { Replica } from '../../vault/agent/replica.ts';
+import { startVaultServer } from '../../vault/agent/server.ts';
+import { provisionTestFleet, type TestFleet } from '../helpers/fleet.ts';
+
+const root = join(import.meta.dirname, '../..');
+let fleet: TestFleet;
+let child: ChildProcess | undefined;
+let out = '';
+let err = '';
+
+beforeAll(async () => {
+  fleet = await provisionTestFleet({ replicas: 2 });
+});
+afterAll(async () => {
+  if (child && child.exitCode === null) child.kill('SIGKILL');
+  await fleet?.cleanup();
+});
+
+function relaySend(url: string, user: string): Send {
+  return async (body) => {
+    const res = await fetch(url + RELAY_PATH, { method: 'POST', body: encodeRelayRequest({ user, body }) });
+    const reply = decodeRelayReply(new Uint8Array(await res.arrayBuffer()));
+    if (!reply.ok) throw Object.assign(new Error(reply.message), { code: reply.code, status: res.status });
+    return reply.body;
+  };
+}
+
+describe('vault/main.ts', () => {
+  it('serves register and recover over the relay route, then shuts down cleanly on SIGTERM', async () => {
+    child = spawn(process.execPath, ['bin/run.js', 'vault/main.ts', '--state', fleet.stateDir, '--port', '0'], { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] });
+    child.stdout!.on('data', (d) => (out += d));
+    child.stderr!.on('data', (d) => (err += d));
+    const url = await new Promise<string>((resolve, reject) => {
+      const t = setTimeout(() => reject(new Error(`vault did not start: ${err}`)), 60_000);
+      child!.stdout!.on('data', () => {
+        const m = /VAULT_URL=(\S+)/.exec(out);
+        if (m && /VAULT_AKE_PUBLIC_KEY_ristretto255_SHA512=/.test(out)) {
+          clearTimeout(t);
+          resolve(m[1]!);
+        }
+      });
+      child!.once('exit', () => reject(new Error(`vault exited: ${err}`)));
+    });
+    expect(url).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
+    const pinned = Buffer.from(/VAULT_AKE_PUBLIC_KEY_ristretto255_SHA512=([0-9a-f]+)/.exec(out)![1]!, 'hex');
+    const opts = { user: 'ivy', ksf: identityKsf, serverPublicKey: new Uint8Array(pinned) };
+    const k = new Uint8Array(randomBytes(32));
+    const password = 'relay route password';
+    await enablePassword(relaySend(url, 'ivy'), opts, password, k);
+    expect(Buffer.from(await recoverK(relaySend(url, 'ivy'), opts, password)).equals(Buffer.from(k))).toBe(true);
+    await expect(recoverK(relaySend(url, 'ivy'), opts, 'nope')).rejects.toMatchObject({ code: 'WRONG_PASSWORD', attemptsLeft: 9 });
+    expect(await status(relaySend(url, 'ivy'))).toMatchObject({ state: 'registered', attemptsLeft: 9 });
+
+    const bad = await fetch(url + RELAY_PATH, { method: 'POST', body: new Uint8Array([1, 2, 3]) });
+    expect(bad.status).toBe(400);
+    expect(decodeRelayReply(new Uint8Array(await bad.arrayBuffer()))).toMatchObject({ ok: false, code: 'BAD_RELAY_MESSAGE' });
+    expect((await fetch(url + '/nope')).status).toBe(404);
+    expect(await (await fetch(url + '/v1/health')).json()).toMatchObject({ healthy: true });
+
+    const exit = new Promise<number | null>((resolve) => child!.once('exit', (code) => resolve(code)));
+    child.kill('SIGTERM');
+    expect(await exit).toBe(0);
+    for (const s of [Buffer.from(k).toString('hex'), password, Buffer.from(k).toString('base64')]) {
+      expect(out + err).not.toContain(s);
+    }
+  });
+
+  it('rejects bad flags with exit code 2', async () => {
+    const c = spawn(process.execPath, ['bin/run.js', 'vault/main.ts', '--port', 'x'], { cwd: root, stdio: 'ignore' });
+    expect(await new Promise((r) => c.once('exit', r))).toBe(2);
+  });
+});
+
+describe('an unhealthy replica', () => {
+  it('answers 503 with the typed code and serves nothing', async () => {
+    const info = fleet.replicas[1]!;
+    const token = fleet.openToken(info.tokenLabel);
+    const dir = mkdtempSync(join(tmpdir(), 'bkv-vault-503-'));
+    try {
+      let r = await Replica.open({ replicaId: info.name, token, dbDir: join(dir, 'db'), tickMs: 0 });
+      const pinned = r.firmware.serverPublicKey('ristretto255-SHA512');
+      await enablePassword((b) => r.handle('jo', b), { user: 'jo', ksf: identityKsf, serverPublicKey: pinned }, 'pw', new Uint8Array(32).fill(1));
+      await r.close();
+      rmSync(join(dir, 'db'), { recursive: true, force: true }); // the host loses (or hides) its disk
+      r = await Replica.open({ replicaId: info.name, token, dbDir: join(dir, 'db'), tickMs: 0 });
+      const server = await startVaultServer(r);
+      try {
+        const e = await status(relaySend(server.url, 'jo')).catch((x) => x);
+        expect(e).toMatchObject({ code: 'ROLLBACK_DETECTED', status: 503 });
+        const h = await fetch(server.url + '/v1/health');
+        expect(h.status).toBe(503);
+        expect(await h.json()).toMatchObject({ healthy: false, code: 'ROLLBACK_DETECTED' });
+      } finally {
+        await server.close();
+        await r.close();
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

@@ -1,0 +1,101 @@
+// The replica's HTTP face on loopback: POST RELAY_PATH carries one relayed device request
+// (protocol/relay.ts) to the firmware and its reply back. An unhealthy replica answers 503 with the
+// typed code (TAMPERED, ROLLBACK_DETECTED, ...). Logs name the route, status and code only: never a
+// body, never a user's message.
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { BkvError } from '../../protocol/errors.ts';
+import { MAX_RELAY_BODY, RELAY_PATH, decodeRelayRequest, encodeRelayReply } from '../../protocol/relay.ts';
+import type { Replica } from './replica.ts';
+
+export const HEALTH_PATH = '/v1/health';
+
+export interface VaultServer {
+  url: string;
+  server: Server;
+  close(): Promise<void>;
+}
+
+export async function startVaultServer(replica: Replica, opts: { host?: string; port?: number; log?: (line: string) => void } = {}): Promise<VaultServer> {
+  const say = opts.log ?? (() => undefined);
+  const server = createServer((req, res) => {
+    void serve(replica, req, res).then(
+      (r) => say(`${req.method} ${req.url} ${r.status}${r.code ? ` ${r.code}` : ''}`),
+      () => say(`${req.method} ${req.url} failed`),
+    );
+  });
+  server.keepAliveTimeout = 5_000;
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(opts.port ?? 0, opts.host ?? '127.0.0.1', () => resolve());
+  });
+  const addr = server.address() as AddressInfo;
+  return {
+    url: `http://127.0.0.1:${addr.port}`,
+    server,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      }),
+  };
+}
+
+async function serve(replica: Replica, req: IncomingMessage, res: ServerResponse): Promise<{ status: number; code?: string }> {
+  if (req.url === HEALTH_PATH && req.method === 'GET') {
+    const h = replica.health;
+    return send(res, h.healthy ? 200 : 503, 'application/json', JSON.stringify({ healthy: h.healthy, code: h.code ?? null, index: replica.firmware.appliedIndex }));
+  }
+  if (req.url !== RELAY_PATH || req.method !== 'POST') {
+    return send(res, 404, 'application/json', JSON.stringify({ code: 'NOT_FOUND' }), 'NOT_FOUND');
+  }
+  let body: Uint8Array;
+  try {
+    body = await readBody(req, MAX_RELAY_BODY + 256);
+  } catch {
+    return fail(res, 413, 'BODY_TOO_LARGE', 'request body too large');
+  }
+  let relayed;
+  try {
+    relayed = decodeRelayRequest(body);
+  } catch (e) {
+    const err = e instanceof BkvError ? e : new BkvError('BAD_RELAY_MESSAGE', 'malformed relay request');
+    return fail(res, 400, err.code, err.message);
+  }
+  try {
+    const reply = await replica.handle(relayed.user, relayed.body);
+    return send(res, 200, 'application/octet-stream', encodeRelayReply({ ok: true, body: reply }));
+  } catch (e) {
+    const code = e instanceof BkvError ? e.code : 'UNAVAILABLE';
+    return fail(res, 503, code, 'vault replica is not serving');
+  }
+}
+
+function fail(res: ServerResponse, status: number, code: string, message: string): { status: number; code: string } {
+  send(res, status, 'application/octet-stream', encodeRelayReply({ ok: false, code, message }));
+  return { status, code };
+}
+
+function send(res: ServerResponse, status: number, type: string, body: Uint8Array | string, code?: string): { status: number; code?: string } {
+  res.writeHead(status, { 'content-type': type, 'content-length': Buffer.byteLength(body) });
+  res.end(body);
+  return { status, code };
+}
+
+function readBody(req: IncomingMessage, max: number): Promise<Uint8Array> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    req.on('data', (c: Buffer) => {
+      size += c.length;
+      if (size > max) {
+        reject(new Error('too large'));
+        req.destroy();
+        return;
+      }
+      chunks.push(c);
+    });
+    req.on('end', () => resolve(new Uint8Array(Buffer.concat(chunks))));
+    req.on('error', reject);
+  });
+}

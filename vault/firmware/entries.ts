@@ -1,0 +1,125 @@
+// Log entries: the only way the replicated record state changes. They are replicated to peers and
+// written to untrusted disks, so K inside an entry is always sealed under the fleet entry key
+// (see crypto.ts). Encoded here and nowhere else; decoding validates every field.
+import { Packr } from 'msgpackr';
+import { isWireSuite, type WireSuite } from '../../protocol/wire.ts';
+import { FirmwareError } from './errors.ts';
+
+export const ENTRY_VERSION = 1;
+export const ID_BYTES = 16;
+export const USER_RE = /^[A-Za-z0-9+._:@-]{1,64}$/;
+
+/** Every entry names its user and carries a unique id: the proposer matches commits to its requests by it. */
+interface Base {
+  id: Uint8Array;
+  user: string;
+}
+
+export interface RecordFields {
+  suite: WireSuite;
+  /** Per-registration OPRF key id: credential_identifier = user || 0x00 || oprfId. */
+  oprfId: Uint8Array;
+  /** Serialized OPAQUE registration record. */
+  record: Uint8Array;
+  /** K sealed under the fleet entry key (AAD: user, oprfId, version). */
+  kSealed: Uint8Array;
+  limit: number;
+  /** When the vault issued the registration ticket (ms): a record is only ever replaced by a newer one. */
+  issuedAt: number;
+}
+
+export type Entry =
+  | (Base & { t: 'Register' } & RecordFields)
+  | (Base & { t: 'ChangePassword' } & RecordFields)
+  /** id is the recovery session id: one OPRF evaluation charged to the user. */
+  | (Base & { t: 'Attempt' })
+  | (Base & { t: 'Reset'; oprfId: Uint8Array })
+  | (Base & { t: 'Lock'; oprfId: Uint8Array })
+  | (Base & { t: 'Delete' });
+
+export type EntryType = Entry['t'];
+
+const packr = new Packr({ useRecords: false, mapsAsObjects: true, variableMapSize: false });
+
+export function encodeEntry(e: Entry): Uint8Array {
+  const out: Record<string, unknown> = { v: ENTRY_VERSION, t: e.t, id: e.id, user: e.user };
+  switch (e.t) {
+    case 'Register':
+    case 'ChangePassword':
+      Object.assign(out, { suite: e.suite, oprfId: e.oprfId, record: e.record, kSealed: e.kSealed, limit: e.limit, issuedAt: e.issuedAt });
+      break;
+    case 'Reset':
+    case 'Lock':
+      out.oprfId = e.oprfId;
+      break;
+    case 'Attempt':
+    case 'Delete':
+      break;
+  }
+  const bytes = packr.pack(out);
+  decodeEntry(bytes); // never emit what we would refuse to apply
+  return bytes;
+}
+
+const FIELDS: Record<EntryType, string[]> = {
+  Register: ['suite', 'oprfId', 'record', 'kSealed', 'limit', 'issuedAt'],
+  ChangePassword: ['suite', 'oprfId', 'record', 'kSealed', 'limit', 'issuedAt'],
+  Attempt: [],
+  Reset: ['oprfId'],
+  Lock: ['oprfId'],
+  Delete: [],
+};
+
+/** Throws FirmwareError BAD_ENTRY: a committed entry that does not decode is a fatal inconsistency. */
+export function decodeEntry(bytes: Uint8Array): Entry {
+  let m: unknown;
+  try {
+    m = packr.unpack(bytes);
+  } catch {
+    throw bad('not msgpack');
+  }
+  if (typeof m !== 'object' || m === null || Array.isArray(m) || m instanceof Uint8Array) throw bad('not a map');
+  const o = m as Record<string, unknown>;
+  if (o.v !== ENTRY_VERSION) throw bad('unknown version');
+  if (typeof o.t !== 'string' || !Object.hasOwn(FIELDS, o.t)) throw bad('unknown type');
+  const t = o.t as EntryType;
+  const allowed = new Set(['v', 't', 'id', 'user', ...FIELDS[t]]);
+  for (const k of Object.keys(o)) if (!allowed.has(k)) throw bad('unexpected field');
+  const id = needBytes(o.id, ID_BYTES, ID_BYTES);
+  if (typeof o.user !== 'string' || !USER_RE.test(o.user)) throw bad('bad user');
+  const user = o.user;
+  switch (t) {
+    case 'Register':
+    case 'ChangePassword': {
+      if (!isWireSuite(o.suite)) throw bad('bad suite');
+      if (typeof o.limit !== 'number' || !Number.isSafeInteger(o.limit) || o.limit < 1 || o.limit > 1000) throw bad('bad limit');
+      if (typeof o.issuedAt !== 'number' || !Number.isSafeInteger(o.issuedAt) || o.issuedAt < 0) throw bad('bad issue time');
+      return {
+        t,
+        id,
+        user,
+        suite: o.suite,
+        oprfId: needBytes(o.oprfId, ID_BYTES, ID_BYTES),
+        record: needBytes(o.record, 64, 512),
+        kSealed: needBytes(o.kSealed, 60, 60),
+        limit: o.limit,
+        issuedAt: o.issuedAt,
+      };
+    }
+    case 'Reset':
+    case 'Lock':
+      return { t, id, user, oprfId: needBytes(o.oprfId, ID_BYTES, ID_BYTES) };
+    case 'Attempt':
+    case 'Delete':
+      return { t, id, user };
+  }
+}
+
+function needBytes(v: unknown, min: number, max: number): Uint8Array {
+  if (!(v instanceof Uint8Array) || v.length < min || v.length > max) throw bad('bad bytes field');
+  return new Uint8Array(v);
+}
+
+function bad(why: string): FirmwareError {
+  return new FirmwareError('BAD_ENTRY', `log entry refused: ${why}`);
+}

@@ -1,0 +1,500 @@
+// The vault firmware: one replica's trusted core, a pure deterministic state machine.
+//
+//   const fw = new Firmware({ replicaId, token, opaque, rng, policy });
+//   const outputs = fw.step(input);
+//
+// Inputs: a device request, a committed log entry, a timer tick, a leadership change, a proposal the
+// log could not take, a snapshot to restore at start. Outputs: replies, proposals (entry bytes for the
+// replicated log), snapshots the agent may compact the log to, and health changes. No I/O, no clock,
+// no randomness of its own: same inputs + same injected rng and token -> byte-identical outputs.
+//
+// The rules (docs/vault.md):
+// 1. KE1 -> propose Attempt; KE2 (the OPRF evaluation, one guess) is computed only once it committed.
+// 2. Correct KE3 -> propose Reset (policy) -> after commit, K encrypted under the session key.
+//    Wrong KE3 -> attempts left (from committed state).
+// 3. At the limit the record is Locked and K erased (Lock entry, or an Attempt past the limit).
+// 4. Nothing that depends on replicated state leaves before that state is committed.
+import type { Token } from '../../hsm-adapter/token.ts';
+import { BkvError } from '../../protocol/errors.ts';
+import { openKUpload, registrationConfirm, sealKRelease } from '../../protocol/kbox.ts';
+import type { Opaque, ServerLoginState, ServerSecrets } from '../../protocol/opaque/index.ts';
+import { tokenServerSecrets } from '../../protocol/opaque/index.ts';
+import {
+  SESSION_BYTES,
+  decodeDeviceMessage,
+  encodeVaultReply,
+  type DeviceMessage,
+  type VaultReply,
+  type WireSuite,
+} from '../../protocol/wire.ts';
+import { ID_BYTES, USER_RE, decodeEntry, encodeEntry, type Entry } from './entries.ts';
+import { FirmwareError } from './errors.ts';
+import { deriveFleetKeys, makeTicket, openK, openTicket, sealK, type FleetKeys } from './keys.ts';
+import { VaultState, sameBytes, type ApplyEffect } from './state.ts';
+
+export interface Policy {
+  /** Attempts per record when the device asks for none. */
+  defaultLimit: number;
+  /** Bounds on what a device may ask for at registration. */
+  minLimit: number;
+  maxLimit: number;
+  /** A correct password resets the counter. */
+  resetOnSuccess: boolean;
+  /** A recovery session (between KE2 and KE3) lives this long. */
+  sessionTtlMs: number;
+  /** A request waiting for its entry to commit gives up (TIMEOUT) after this long. */
+  requestTtlMs: number;
+  /** A registration ticket is accepted this long after it was issued. */
+  ticketTtlMs: number;
+  /** Live recovery sessions kept at most (oldest dropped first). */
+  maxSessions: number;
+  /** Emit a snapshot (log compaction) at least every this many entries. */
+  snapshotEvery: number;
+  /** Suite assumed for an unknown user's RecoverStart without one. */
+  defaultSuite: WireSuite;
+}
+
+export const DEFAULT_POLICY: Readonly<Policy> = Object.freeze({
+  defaultLimit: 10,
+  minLimit: 3,
+  maxLimit: 100,
+  resetOnSuccess: true,
+  sessionTtlMs: 120_000,
+  requestTtlMs: 15_000,
+  ticketTtlMs: 600_000,
+  maxSessions: 100_000,
+  snapshotEvery: 1000,
+  defaultSuite: 'ristretto255-SHA512',
+});
+
+export interface FirmwareConfig {
+  /** Replica name; bound into everything this replica seals. */
+  replicaId: string;
+  token: Token;
+  /** Ready OPAQUE instances, one per suite served (the vault side needs no KSF). */
+  opaque: Partial<Record<WireSuite, Opaque>>;
+  /** The only randomness the firmware uses. */
+  rng: (n: number) => Uint8Array;
+  policy?: Partial<Policy>;
+}
+
+export type FirmwareInput =
+  | { kind: 'request'; requestId: number; user: string; body: Uint8Array }
+  | { kind: 'committed'; index: number; entry: Uint8Array }
+  | { kind: 'tick'; now: number }
+  | { kind: 'leadership'; leader: boolean }
+  | { kind: 'proposalFailed'; tag: number; code: string }
+  /** The verified snapshot at start, or a snapshot consensus installs; never older than the applied state. */
+  | { kind: 'restore'; index: number; state: Uint8Array }
+  /** The host failed under us (disk write, token): stop serving. */
+  | { kind: 'fault'; code: string; reason: string };
+
+export type FirmwareOutput =
+  | { kind: 'reply'; requestId: number; body: Uint8Array }
+  | { kind: 'propose'; tag: number; entry: Uint8Array }
+  /** The agent may replace log entries up to `index` with this state (the K of erased records is gone from it). */
+  | { kind: 'snapshot'; index: number; state: Uint8Array }
+  | { kind: 'health'; healthy: boolean; code: string; reason: string };
+
+type Pending =
+  | { kind: 'register'; requestId: number; confirm: Uint8Array }
+  | { kind: 'attempt'; requestId: number; user: string; suite: WireSuite; ke1: Uint8Array; session: Uint8Array }
+  | { kind: 'release'; requestId: number; user: string; oprfId: Uint8Array; session: Uint8Array; sessionKey: Uint8Array }
+  | { kind: 'lock'; requestId: number; user: string }
+  | { kind: 'delete'; requestId: number }
+  /** A Lock proposed by the firmware itself (an expired last session): nobody waits. */
+  | { kind: 'internal'; user: string };
+
+interface Session {
+  user: string;
+  /** null: an unknown user's fake session, which never succeeds. */
+  oprfId: Uint8Array | null;
+  login: ServerLoginState;
+  expiresAt: number;
+}
+
+/** Credential identifier of RFC 9807: user || 0x00 || per-registration OPRF key id. */
+function credentialId(user: string, oprfId: Uint8Array): Uint8Array {
+  const u = new TextEncoder().encode(user);
+  const out = new Uint8Array(u.length + 1 + oprfId.length);
+  out.set(u, 0);
+  out.set(oprfId, u.length + 1);
+  return out;
+}
+
+/** The OPRF key id an unknown user's fake record is evaluated under; no registration ever draws it. */
+const UNKNOWN_OPRF_ID = new Uint8Array(ID_BYTES);
+
+class RequestError extends BkvError {}
+
+const hex = (b: Uint8Array): string => Buffer.from(b).toString('hex');
+
+export class Firmware {
+  readonly replicaId: string;
+  private readonly policy: Policy;
+  private readonly rng: (n: number) => Uint8Array;
+  private readonly opaque: Partial<Record<WireSuite, Opaque>>;
+  private readonly secrets: Partial<Record<WireSuite, ServerSecrets>> = {};
+  private readonly keys: FleetKeys;
+  private state = new VaultState();
+
+  private now = 0;
+  private leader = true;
+  private healthy = true;
+  private nextTag = 1;
+  private sinceSnapshot = 0;
+  private eraseSinceSnapshot = false;
+  /** Proposals waiting for commit, by entry id (hex). */
+  private readonly pending = new Map<string, Pending & { deadline: number; tag: number }>();
+  private readonly tagToId = new Map<number, string>();
+  private readonly sessions = new Map<string, Session>();
+  private out: FirmwareOutput[] = [];
+
+  constructor(cfg: FirmwareConfig) {
+    this.replicaId = cfg.replicaId;
+    this.policy = { ...DEFAULT_POLICY, ...cfg.policy };
+    const p = this.policy;
+    if (!(p.minLimit >= 1 && p.minLimit <= p.defaultLimit && p.defaultLimit <= p.maxLimit && p.maxLimit <= 1000)) {
+      throw new FirmwareError('BAD_CONFIG', 'policy limits must satisfy 1 <= min <= default <= max <= 1000');
+    }
+    this.rng = cfg.rng;
+    this.opaque = cfg.opaque;
+    for (const [suite, op] of Object.entries(cfg.opaque) as Array<[WireSuite, Opaque]>) {
+      if (op.suite.id !== suite) throw new FirmwareError('BAD_CONFIG', `OPAQUE instance for ${suite} is for ${op.suite.id}`);
+      this.secrets[suite] = tokenServerSecrets(cfg.token, suite);
+    }
+    if (!this.opaque[this.policy.defaultSuite]) throw new FirmwareError('BAD_CONFIG', 'the default suite has no OPAQUE instance');
+    this.keys = deriveFleetKeys(cfg.token);
+  }
+
+  /** The pinned key devices must be configured with (fleet-wide: same seed in every token). */
+  serverPublicKey(suite: WireSuite): Uint8Array {
+    const s = this.secrets[suite];
+    if (!s) throw new FirmwareError('BAD_CONFIG', `suite ${suite} not served`);
+    return s.akeKeyPair.publicKey.slice();
+  }
+
+  /** SHA-256 of the canonical state: equal on every replica that applied the same entries. */
+  digest(): string {
+    return this.state.digest();
+  }
+
+  get appliedIndex(): number {
+    return this.state.appliedIndex;
+  }
+
+  get isHealthy(): boolean {
+    return this.healthy;
+  }
+
+  /** Test/oracle view of a record's counters (no secrets). */
+  inspect(user: string): { state: string; used: number; limit: number; hasK: boolean } | undefined {
+    const r = this.state.get(user);
+    return r && { state: r.locked ? 'locked' : 'registered', used: r.used, limit: r.limit, hasK: r.kSealed !== null };
+  }
+
+  step(input: FirmwareInput): FirmwareOutput[] {
+    this.out = [];
+    try {
+      this.dispatch(input);
+    } catch (e) {
+      // Anything escaping a handler is an inconsistency of committed state or the token: fail closed.
+      const code = e instanceof BkvError ? e.code : 'INTERNAL';
+      this.becomeUnhealthy(code, e instanceof BkvError ? e.message : 'internal error in firmware');
+    }
+    const out = this.out;
+    this.out = [];
+    return out;
+  }
+
+  private dispatch(input: FirmwareInput): void {
+    switch (input.kind) {
+      case 'restore': {
+        // At start (from disk), or later when consensus installs a leader's snapshot on a lagging
+        // follower; never backwards. Sessions survive: each is re-checked against the record at KE3.
+        const s = VaultState.decode(input.state);
+        if (s.appliedIndex !== input.index) throw new FirmwareError('BAD_SNAPSHOT', 'snapshot index does not match its state');
+        if (s.appliedIndex < this.state.appliedIndex) throw new FirmwareError('BAD_SNAPSHOT', 'snapshot is older than the applied state');
+        this.state = s;
+        return;
+      }
+      case 'committed':
+        return this.onCommitted(input.index, input.entry);
+      case 'tick':
+        this.now = Math.max(this.now, input.now);
+        return this.onTick();
+      case 'leadership':
+        this.leader = input.leader;
+        return;
+      case 'proposalFailed': {
+        const id = this.tagToId.get(input.tag);
+        if (id === undefined) return;
+        const p = this.pending.get(id);
+        this.forget(id);
+        if (p && p.kind !== 'internal') this.reply(p.requestId, { t: 'Error', code: safeCode(input.code, 'UNAVAILABLE') });
+        return;
+      }
+      case 'fault':
+        return this.becomeUnhealthy(safeCode(input.code, 'HOST_FAULT'), input.reason);
+      case 'request':
+        return this.onRequest(input.requestId, input.user, input.body);
+    }
+  }
+
+  // ---- device requests ----
+
+  private onRequest(requestId: number, user: string, body: Uint8Array): void {
+    if (!this.healthy) return this.reply(requestId, { t: 'Error', code: 'UNHEALTHY' });
+    try {
+      if (typeof user !== 'string' || !USER_RE.test(user)) throw new RequestError('BAD_USER', 'user is malformed');
+      const m = decodeDeviceMessage(body);
+      this.handle(requestId, user, m);
+    } catch (e) {
+      if (e instanceof FirmwareError && (e.code === 'TAMPERED' || e.code === 'BAD_CONFIG')) throw e;
+      // Device-caused (bad input, bad OPAQUE message) or a token hiccup: typed code, no state touched.
+      const code = e instanceof BkvError ? e.code : 'INTERNAL';
+      this.reply(requestId, { t: 'Error', code: safeCode(code, 'INTERNAL') });
+    }
+  }
+
+  private handle(requestId: number, user: string, m: DeviceMessage): void {
+    switch (m.t) {
+      case 'Status': {
+        const s = this.state.status(user);
+        return this.reply(requestId, { t: 'Status', ...s });
+      }
+      case 'RegisterStart': {
+        const op = this.op(m.suite);
+        const oprfId = this.rng(ID_BYTES);
+        const response = op.serverRegistrationResponse(this.secrets[m.suite]!, m.request, credentialId(user, oprfId));
+        const ticket = makeTicket(this.keys, m.suite, user, oprfId, this.now);
+        return this.reply(requestId, { t: 'RegisterResponse', response, ticket });
+      }
+      case 'RegisterFinish': {
+        this.needLeader();
+        const op = this.op(m.suite);
+        const { oprfId, issuedAt } = openTicket(this.keys, m.suite, user, m.ticket);
+        // Another replica may have issued it: allow its clock a minute ahead of ours.
+        if (this.now - issuedAt > this.policy.ticketTtlMs || issuedAt > this.now + 60_000) throw new RequestError('TICKET_EXPIRED', 'registration ticket expired; start again');
+        op.decodeRegistrationRecord(m.record);
+        const limit = m.limit ?? this.policy.defaultLimit;
+        if (limit < this.policy.minLimit || limit > this.policy.maxLimit) {
+          throw new RequestError('BAD_LIMIT', `attempt limit must be ${this.policy.minLimit}..${this.policy.maxLimit}`);
+        }
+        const ctx = { user, suite: m.suite, record: m.record };
+        const { k, confirmKey } = openKUpload(op.dh, this.secrets[m.suite]!.akeKeyPair, ctx, m.kUpload);
+        const kSealed = sealK(this.keys, this.rng, user, oprfId, k);
+        k.fill(0);
+        const confirm = registrationConfirm(confirmKey, ctx);
+        const t = this.state.get(user) ? 'ChangePassword' : 'Register';
+        const entry: Entry = { t, id: this.rng(ID_BYTES), user, suite: m.suite, oprfId, record: m.record, kSealed, limit, issuedAt };
+        return this.propose(entry, { kind: 'register', requestId, confirm });
+      }
+      case 'RecoverStart': {
+        this.needLeader();
+        const r = this.state.get(user);
+        if (r?.locked) return this.reply(requestId, { t: 'Locked' });
+        const suite = r?.suite ?? m.suite ?? this.policy.defaultSuite;
+        this.op(suite).decodeKE1(m.ke1);
+        if (r && r.used >= r.limit) {
+          return this.propose({ t: 'Lock', id: this.rng(ID_BYTES), user, oprfId: r.oprfId }, { kind: 'lock', requestId, user });
+        }
+        // Charged before the password is tested: the KE2 waits for this entry to commit.
+        const session = this.rng(SESSION_BYTES);
+        return this.propose({ t: 'Attempt', id: session, user }, { kind: 'attempt', requestId, user, suite, ke1: m.ke1, session });
+      }
+      case 'RecoverFinish': {
+        const key = hex(m.session);
+        const s = this.sessions.get(key);
+        if (!s || s.user !== user || s.expiresAt < this.now) throw new RequestError('NO_SESSION', 'no such recovery session (expired, used, or never started)');
+        this.sessions.delete(key); // one KE3 per session
+        let sessionKey: Uint8Array | undefined;
+        try {
+          sessionKey = this.op(s.login.suite as WireSuite).serverFinishLogin(s.login, m.ke3).sessionKey;
+        } catch (e) {
+          if (!(e instanceof BkvError)) throw e;
+        }
+        const r = this.state.get(user);
+        if (!s.oprfId || !r) return this.reply(requestId, { t: 'WrongPassword', attemptsLeft: 0 });
+        if (r.locked) return this.reply(requestId, { t: 'Locked' });
+        if (!sameBytes(r.oprfId, s.oprfId)) throw new RequestError('RECORD_CHANGED', 'the record changed during this recovery; start again');
+        if (sessionKey) {
+          if (this.policy.resetOnSuccess) {
+            this.needLeader();
+            return this.propose(
+              { t: 'Reset', id: this.rng(ID_BYTES), user, oprfId: r.oprfId },
+              { kind: 'release', requestId, user, oprfId: r.oprfId, session: m.session, sessionKey },
+            );
+          }
+          return this.release(requestId, user, r.oprfId, m.session, sessionKey);
+        }
+        const left = r.limit - r.used;
+        if (left > 0) return this.reply(requestId, { t: 'WrongPassword', attemptsLeft: left });
+        this.needLeader();
+        return this.propose({ t: 'Lock', id: this.rng(ID_BYTES), user, oprfId: r.oprfId }, { kind: 'lock', requestId, user });
+      }
+      case 'Disable':
+        this.needLeader();
+        return this.propose({ t: 'Delete', id: this.rng(ID_BYTES), user }, { kind: 'delete', requestId });
+    }
+  }
+
+  private release(requestId: number, user: string, oprfId: Uint8Array, session: Uint8Array, sessionKey: Uint8Array): void {
+    const r = this.state.get(user);
+    if (!r || r.locked || !r.kSealed) return this.reply(requestId, { t: 'Locked' });
+    if (!sameBytes(r.oprfId, oprfId)) return this.reply(requestId, { t: 'Error', code: 'RECORD_CHANGED' });
+    const k = openK(this.keys, user, r.oprfId, r.kSealed);
+    const kEnc = sealKRelease(this.rng, sessionKey, session, user, k);
+    k.fill(0);
+    sessionKey.fill(0);
+    this.reply(requestId, { t: 'Released', kEnc });
+  }
+
+  // ---- the log ----
+
+  private propose(entry: Entry, p: Pending): void {
+    const bytes = encodeEntry(entry);
+    const id = hex(entry.id);
+    const tag = this.nextTag++;
+    this.pending.set(id, { ...p, deadline: this.now + this.policy.requestTtlMs, tag });
+    this.tagToId.set(tag, id);
+    this.out.push({ kind: 'propose', tag, entry: bytes });
+  }
+
+  private forget(id: string): void {
+    const p = this.pending.get(id);
+    if (p) this.tagToId.delete(p.tag);
+    this.pending.delete(id);
+  }
+
+  private onCommitted(index: number, bytes: Uint8Array): void {
+    if (!this.healthy) return;
+    const entry = decodeEntry(bytes);
+    // Records mutate in place: remember which sealed K was there, to see whether it just left.
+    const kBefore = this.state.get(entry.user)?.kSealed ?? null;
+    const effect = this.state.apply(index, entry);
+    if (kBefore && this.state.get(entry.user)?.kSealed !== kBefore) this.eraseSinceSnapshot = true;
+    this.sinceSnapshot++;
+
+    const id = hex(entry.id);
+    const p = this.pending.get(id);
+    if (p) {
+      this.forget(id);
+      this.finish(p, entry, effect);
+    }
+    if (this.eraseSinceSnapshot || this.sinceSnapshot >= this.policy.snapshotEvery) {
+      // K that left the state must leave the disk too: the agent compacts the log behind this.
+      this.eraseSinceSnapshot = false;
+      this.sinceSnapshot = 0;
+      this.out.push({ kind: 'snapshot', index: this.state.appliedIndex, state: this.state.encode() });
+    }
+  }
+
+  private finish(p: Pending, entry: Entry, effect: ApplyEffect): void {
+    switch (p.kind) {
+      case 'internal':
+        return;
+      case 'register':
+        if (effect.kind === 'stored') return this.reply(p.requestId, { t: 'Registered', confirm: p.confirm });
+        return this.reply(p.requestId, { t: 'Error', code: 'STALE_REGISTRATION' });
+      case 'delete':
+        return this.reply(p.requestId, { t: 'Disabled' });
+      case 'lock':
+        return this.reply(p.requestId, { t: 'Locked' });
+      case 'release':
+        if (effect.kind === 'reset' || effect.kind === 'stale') return this.release(p.requestId, p.user, p.oprfId, p.session, p.sessionKey);
+        return this.reply(p.requestId, { t: 'Locked' });
+      case 'attempt':
+        return this.afterAttempt(p, effect);
+    }
+  }
+
+  private afterAttempt(p: Extract<Pending, { kind: 'attempt' }>, effect: ApplyEffect): void {
+    if (effect.kind === 'locked') return this.reply(p.requestId, { t: 'Locked' });
+    const r = this.state.get(p.user);
+    let oprfId: Uint8Array | null = null;
+    let record: Uint8Array | null = null;
+    let suite = p.suite;
+    if (effect.kind === 'charged' && r && !r.locked) {
+      oprfId = r.oprfId;
+      record = r.record;
+      suite = r.suite;
+    }
+    // The attempt is durable: only now does the OPRF evaluation (one guess) leave the vault.
+    let ke2: Uint8Array;
+    let login: ServerLoginState;
+    try {
+      const op = this.op(suite);
+      ({ ke2, state: login } = op.serverStartLogin(this.secrets[suite]!, record, p.ke1, credentialId(p.user, oprfId ?? UNKNOWN_OPRF_ID), {
+        rng: this.rng,
+      }));
+    } catch (e) {
+      const code = e instanceof BkvError ? e.code : 'INTERNAL';
+      return this.reply(p.requestId, { t: 'Error', code: safeCode(code, 'INTERNAL') });
+    }
+    if (this.sessions.size >= this.policy.maxSessions) {
+      const oldest = this.sessions.keys().next().value;
+      if (oldest !== undefined) this.sessions.delete(oldest);
+    }
+    this.sessions.set(hex(p.session), { user: p.user, oprfId, login, expiresAt: this.now + this.policy.sessionTtlMs });
+    this.reply(p.requestId, { t: 'KE2', session: p.session, ke2 });
+  }
+
+  // ---- time ----
+
+  private onTick(): void {
+    for (const [id, p] of this.pending) {
+      if (p.deadline >= this.now) continue;
+      this.forget(id);
+      // The entry may still commit later; an attempt then stays charged (unknown outcome = used).
+      if (p.kind !== 'internal') this.reply(p.requestId, { t: 'Error', code: 'TIMEOUT' });
+    }
+    const expiredUsers = new Set<string>();
+    for (const [key, s] of this.sessions) {
+      if (s.expiresAt >= this.now) continue;
+      this.sessions.delete(key);
+      if (s.oprfId) expiredUsers.add(s.user);
+    }
+    if (!this.leader || !this.healthy) return;
+    // A record at its limit whose last session lapsed without a KE3 is locked now, not at the next KE1.
+    for (const user of expiredUsers) {
+      const r = this.state.get(user);
+      if (!r || r.locked || r.used < r.limit) continue;
+      if ([...this.sessions.values()].some((s) => s.user === user)) continue;
+      if ([...this.pending.values()].some((p) => (p.kind === 'internal' || p.kind === 'lock') && p.user === user)) continue;
+      this.propose({ t: 'Lock', id: this.rng(ID_BYTES), user, oprfId: r.oprfId }, { kind: 'internal', user });
+    }
+  }
+
+  // ---- helpers ----
+
+  private op(suite: WireSuite): Opaque {
+    const op = this.opaque[suite];
+    if (!op) throw new RequestError('UNSUPPORTED_SUITE', `suite ${suite} is not served by this vault`);
+    return op;
+  }
+
+  private needLeader(): void {
+    if (!this.leader) throw new RequestError('NOT_LEADER', 'this replica is not the leader');
+  }
+
+  private reply(requestId: number, r: VaultReply): void {
+    this.out.push({ kind: 'reply', requestId, body: encodeVaultReply(r) });
+  }
+
+  private becomeUnhealthy(code: string, reason: string): void {
+    if (!this.healthy) return;
+    this.healthy = false;
+    this.out.push({ kind: 'health', healthy: false, code, reason });
+    // Fail closed: everyone waiting gets an error, every session dies.
+    for (const [id, p] of this.pending) {
+      this.forget(id);
+      if (p.kind !== 'internal') this.reply(p.requestId, { t: 'Error', code: 'UNHEALTHY' });
+    }
+    this.sessions.clear();
+  }
+}
+
+function safeCode(code: string, fallback: string): string {
+  return /^[A-Z][A-Z0-9_]{0,47}$/.test(code) ? code : fallback;
+}
