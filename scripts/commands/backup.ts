@@ -13,6 +13,7 @@ import { createBackup, DEFAULT_ACCOUNT, readBackupInfo, restoreBackup, type Crea
 import { formatKey64Lines, generateBackupKey, parseKey64 } from '../../client/key64.ts';
 import { BackupError, Key64Error } from '../../client/errors.ts';
 import type { BackupMode } from '../../client/backup-format.ts';
+import { passwordCreate, passwordRestore, passwordSubcommands } from './backup-password.ts';
 
 type Options = NonNullable<ParseArgsConfig['options']>;
 export type FlagValues = Record<string, string | boolean | (string | boolean)[] | undefined>;
@@ -41,6 +42,8 @@ export interface CreateProtection {
   flags: Options;
   /** One line per flag for --help. */
   helpLines: string[];
+  /** Further --help lines for flags that do not select this protection (e.g. how to reach the vault). */
+  extraUsage?: string[];
   selected(values: FlagValues): boolean;
   /** Supplies K before anything is written; `afterUpload` runs once the backup is in the cloud. */
   prepare(values: FlagValues, ctx: BackupContext): Promise<{ key: Uint8Array; afterUpload(r: CreateBackupResult): Promise<void> }>;
@@ -49,6 +52,7 @@ export interface CreateProtection {
 export interface RestoreProtection {
   flags: Options;
   helpLines: string[];
+  extraUsage?: string[];
   selected(values: FlagValues): boolean;
   obtainKey(values: FlagValues, ctx: BackupContext): Promise<Uint8Array>;
 }
@@ -189,9 +193,9 @@ export const key64Restore: RestoreProtection = {
   obtainKey: (v) => key64FromFlags(v),
 };
 
-/** Protections in the order they are offered; the password helper pushes its own. */
-export const createProtections: CreateProtection[] = [key64Create];
-export const restoreProtections: RestoreProtection[] = [key64Restore];
+/** Protections in the order they are offered (the password ones live in backup-password.ts). */
+export const createProtections: CreateProtection[] = [key64Create, passwordCreate];
+export const restoreProtections: RestoreProtection[] = [key64Restore, passwordRestore];
 
 function mergeFlags(tables: Options[]): Options {
   const out: Options = {};
@@ -201,7 +205,8 @@ function mergeFlags(tables: Options[]): Options {
 
 function pickOne<P extends { selected(v: FlagValues): boolean; helpLines: string[] }>(list: P[], values: FlagValues, verb: string): P {
   const chosen = list.filter((p) => p.selected(values));
-  const names = list.flatMap((p) => p.helpLines.map((l) => l.trim().split(/\s+/)[0])).join(' or ');
+  // Continuation lines of a flag's help do not start with '--' and name no selector.
+  const names = list.flatMap((p) => p.helpLines.map((l) => l.trim().split(/\s+/)[0]!).filter((w) => w.startsWith('--'))).join(' or ');
   if (chosen.length === 0) throw new UsageError(`${verb} needs ${names}`);
   if (chosen.length > 1) throw new UsageError(`${verb} takes only one of ${names}`);
   return chosen[0]!;
@@ -213,7 +218,7 @@ const create: BackupSubcommand = {
   name: 'create',
   summary: 'encrypt a chat backup folder or file and upload it to the cloud folder',
   get usage() {
-    return ['  --in DIR|FILE     what to back up: a directory (packed with its subdirectories) or one file', ...createProtections.flatMap((p) => p.helpLines)].join('\n');
+    return ['  --in DIR|FILE     what to back up: a directory (packed with its subdirectories) or one file', ...createProtections.flatMap((p) => p.helpLines), ...createProtections.flatMap((p) => p.extraUsage ?? [])].join('\n');
   },
   help: [
     'Packs the input, encrypts it with AES-256-GCM in 64 KiB segments (STREAM; see docs/backup-format.md)',
@@ -246,7 +251,7 @@ const restore: BackupSubcommand = {
   name: 'restore',
   summary: 'download, verify and decrypt an account\'s backup into a new directory',
   get usage() {
-    return ['  --out DIR         where to restore: must not exist or be empty; its parent must exist', ...restoreProtections.flatMap((p) => p.helpLines)].join('\n');
+    return ['  --out DIR         where to restore: must not exist or be empty; its parent must exist', ...restoreProtections.flatMap((p) => p.helpLines), ...restoreProtections.flatMap((p) => p.extraUsage ?? [])].join('\n');
   },
   help: [
     'Decrypts into a temporary directory beside --out and renames it into place only after the whole',
@@ -267,7 +272,11 @@ const restore: BackupSubcommand = {
       if (e instanceof BackupError && e.code === 'BACKUP_WRONG_KEY') {
         // The header's mode is unauthenticated, but good enough for a hint.
         const info = await readBackupInfo(ctx.cloud, ctx.account).catch(() => undefined);
-        if (info?.mode === 'password') throw new BackupError(e.code, `${e.message}; this backup is protected by a password, not a 64-digit key`);
+        if (protection === key64Restore && info?.mode === 'password') throw new BackupError(e.code, `${e.message}; this backup is protected by a password, not a 64-digit key`);
+        if (protection !== key64Restore && info?.mode === 'key64') throw new BackupError(e.code, `${e.message}; this backup is protected by a 64-digit key, not a password`);
+        if (protection !== key64Restore) {
+          throw new BackupError(e.code, `${e.message}; the key the vault holds now is not the one this backup was made under (the password backup was disabled, locked or enabled anew since)`);
+        }
       }
       throw e;
     }
@@ -277,8 +286,8 @@ const restore: BackupSubcommand = {
   },
 };
 
-/** Subcommands in help order; the password helper pushes enable-password, change-password, ... */
-export const subcommands: BackupSubcommand[] = [create, restore];
+/** Subcommands in help order (enable-password, change-password, disable, status: backup-password.ts). */
+export const subcommands: BackupSubcommand[] = [create, restore, ...passwordSubcommands];
 
 function subHelp(s: BackupSubcommand): string {
   return [`usage: bkv backup ${s.name} [options]`, '', s.summary + '.', '', s.help, '', 'options:', s.usage, ...commonHelp].join('\n');

@@ -1,24 +1,307 @@
-// Placeholder walkthrough (`npm start`): until the real one exists, provision the default fleet
-// (idempotently) and show the doctor's report.
-import type { Command } from '../cli.ts';
-import { command as provision } from './provision.ts';
-import { command as doctor } from './doctor.ts';
+// `npm start` / `bkv walkthrough`: the story of password-protected backups, end to end on real parts.
+// Provisions a SoftHSM2 fleet in its own state directory, starts the vault and ChatD as processes
+// (the same start-up `bkv serve` uses), and plays the story with one short line per step: Alice
+// enables a password backup and uploads; her new phone restores it with the password; an attacker
+// guesses until the record locks and the backup is gone for good; Bob uses a 64-digit key instead.
+// Ends with a table of what each step was expected to show and what it showed.
+//
+// No secret is printed except Bob's 64-digit key, shown once to Bob as the real command does.
+import { createHash, randomBytes } from 'node:crypto';
+import { appendFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join, relative, resolve } from 'node:path';
+import { parseFlags, UsageError, type Command } from '../cli.ts';
+import { provision } from '../../softhsm/provision.ts';
+import { finalizeModule } from '../../hsm-adapter/module.ts';
+import { AccountStore } from '../../chatd/accounts.ts';
+import { CloudFolder } from '../../client/cloud.ts';
+import { createBackup, restoreBackup } from '../../client/backup.ts';
+import { formatKey64Lines, generateBackupKey, parseKey64 } from '../../client/key64.ts';
+import { decodeVaultReply } from '../../protocol/wire.ts';
+import type { Send } from '../../client/password.ts';
+import { clearServeRecord, startServices, writeServeRecord, writeVaultKeys, type Services } from '../services.ts';
+import { DEFAULT_SUITE, ksfByName, PasswordBackupError, PasswordDevice, type DeviceIdentity } from './backup-password.ts';
+
+const MARKER = '.bkv-walkthrough';
+const ALICE = '+15550100001';
+const BOB = '+15550100002';
+
+const help = `usage: bkv walkthrough [--state DIR] [--ksf NAME]
+
+The story of password-protected backups on real parts (SoftHSM2 tokens, the vault and ChatD as
+processes on loopback, OPAQUE, LMDB), one line per step, then a summary table. See docs/walkthrough.md.
+
+  --state DIR   where it runs (default .bkv/walkthrough); wiped at the start of every run, so reruns
+                work. A directory bkv did not create for a walkthrough is refused, never wiped.
+  --ksf NAME    the devices' key stretching: argon2id (default: the project's default, RFC 9106's second
+                set, 64 MiB), scrypt (RFC 9807's parameters, ~10x faster), argon2id-rfc9106-first (2 GiB,
+                ~1 min per step). The attacker's device runs the same.`;
+
+interface Row {
+  step: string;
+  expected: string;
+  observed: string;
+  ok: boolean;
+  ms: number;
+}
+
+function treeDigest(dir: string): Map<string, string> {
+  const out = new Map<string, string>();
+  const walk = (d: string) => {
+    for (const e of readdirSync(d, { withFileTypes: true })) {
+      const p = join(d, e.name);
+      if (e.isDirectory()) walk(p);
+      else out.set(relative(dir, p), createHash('sha256').update(readFileSync(p)).digest('hex'));
+    }
+  };
+  walk(dir);
+  return out;
+}
+
+function sameTree(a: string, b: string): { files: number; same: boolean } {
+  const x = treeDigest(a);
+  const y = treeDigest(b);
+  return { files: x.size, same: x.size === y.size && [...x].every(([k, v]) => y.get(k) === v) };
+}
+
+/** A small, plausible chat history: a message database, a few media files. */
+function makeChats(dir: string, who: string, mediaCount: number): void {
+  mkdirSync(join(dir, 'media'), { recursive: true });
+  const messages = Array.from({ length: 200 }, (_, i) => ({ id: i, from: i % 2 ? who : 'friend', at: 1_700_000_000 + i * 60, text: `message ${i} ${randomBytes(8).toString('hex')}` }));
+  writeFileSync(join(dir, 'messages.json'), JSON.stringify(messages));
+  for (let i = 1; i <= mediaCount; i++) writeFileSync(join(dir, 'media', `photo-${i}.jpg`), randomBytes(60_000 + i * 10_000));
+}
+
+function prepareState(dir: string): void {
+  if (existsSync(dir)) {
+    const empty = readdirSync(dir).length === 0;
+    if (!empty && !existsSync(join(dir, MARKER))) {
+      throw new UsageError(`${dir} exists and was not made by a walkthrough; refusing to wipe it (choose another --state)`);
+    }
+    rmSync(dir, { recursive: true, force: true });
+  }
+  mkdirSync(dir, { recursive: true });
+  writeFileSync(join(dir, MARKER), 'made by `bkv walkthrough`; wiped at its next run\n');
+}
+
+const secs = (ms: number) => `${(ms / 1000).toFixed(1)} s`;
 
 export const command: Command = {
   name: 'walkthrough',
-  summary: 'provision the default fleet (idempotent) and run the doctor',
-  help: `usage: bkv walkthrough
-
-Provisions the default state directory (.bkv, five SoftHSM2 tokens) if it is not complete, then runs
-\`bkv doctor\` on it. The full walkthrough (backup, password recovery, faults) replaces this later.`,
+  summary: 'the story end to end: password backup, new-phone restore, lockout, 64-digit key',
+  help,
   async run(argv) {
-    if (argv.length) {
-      console.error('bkv walkthrough takes no options yet');
-      return 2;
+    const { values } = parseFlags(argv, { state: { type: 'string' }, ksf: { type: 'string' } });
+    const stateDir = resolve(values.state ?? join('.bkv', 'walkthrough'));
+    const ksf = ksfByName(values.ksf ?? 'argon2id');
+    const t0 = performance.now();
+    const rows: Row[] = [];
+    const say = (line: string) => console.log(line);
+    const timed = async <T>(f: () => Promise<T>): Promise<[T, number]> => {
+      const s = performance.now();
+      const v = await f();
+      return [v, performance.now() - s];
+    };
+
+    prepareState(stateDir);
+    say('bkv walkthrough: password-protected chat backups on real parts');
+    say(`  state ${stateDir} (wiped each run); devices stretch passwords with ${ksf.name}${values.ksf && values.ksf !== 'argon2id' ? ' (chosen with --ksf, not the default)' : ' (the project default)'}`);
+    say('');
+
+    const logFile = join(stateDir, 'services.log');
+    let services: Services | undefined;
+    try {
+      // ---- set-up ----
+      const [report, provMs] = await timed(async () => {
+        try {
+          return await provision({ stateDir });
+        } finally {
+          finalizeModule();
+        }
+      });
+      say(`[setup] provisioned ${report.replicas.length} SoftHSM2 tokens (${report.replicas.map((r) => r.name).join(', ')}) and ran the key ceremony  (${secs(provMs)})`);
+      const [svc, startMs] = await timed(() => startServices({ stateDir, onLine: (who, line) => appendFileSync(logFile, `${who} | ${line}\n`) }));
+      services = svc;
+      writeVaultKeys(stateDir, svc.vault.keys);
+      writeServeRecord(stateDir, { version: 1, pid: process.pid, chatdUrl: svc.chatd.url, vaultUrl: svc.vault.url, startedAt: new Date().toISOString() });
+      say(`[setup] vault (replica ${report.replicas[0]!.name}, pid ${svc.vault.pid}) and ChatD (pid ${svc.chatd.pid}, ${svc.chatd.url}) running as two processes  (${secs(startMs)})`);
+      say(`[setup] devices pin the vault key ${svc.vault.keys[DEFAULT_SUITE].slice(0, 16)}... from ${join(stateDir, 'vault-keys.json')}, not from ChatD`);
+
+      const accounts = new AccountStore(stateDir);
+      const alice = await accounts.create(ALICE);
+      const bob = await accounts.create(BOB);
+      say(`[setup] ChatD accounts for Alice (${ALICE}) and Bob (${BOB}); each device holds its account token`);
+      const cloud = new CloudFolder(join(stateDir, 'cloud'));
+      const device = (token: string, user: string, wrapSend?: (s: Send) => Send) => {
+        const id: DeviceIdentity = { chatdUrl: svc.chatd.url, token, user, serverPublicKey: new Uint8Array(Buffer.from(svc.vault.keys[DEFAULT_SUITE], 'hex')), suite: DEFAULT_SUITE, ksf };
+        return new PasswordDevice(id, { wrapSend });
+      };
+      // Alice's password: a real one a person would pick is never printed; this one is random.
+      const alicePassword = `alice-${randomBytes(9).toString('base64url')}`;
+      say('');
+
+      // ---- 1. Alice enables a password backup ----
+      const alicePhone = device(alice.token, ALICE);
+      const [enabled, enableMs] = await timed(() => alicePhone.enable(alicePassword));
+      const enableOk = enabled.state === 'registered' && enabled.attemptsLeft === enabled.limit;
+      say(`[1] Alice's phone enables a password backup: new key K registered with the vault by OPAQUE; ${enabled.limit} wrong passwords will lock it  (${secs(enableMs)})`);
+      rows.push({ step: 'Alice enables a password backup', expected: 'registered, full attempts', observed: `${enabled.state}, ${enabled.attemptsLeft}/${enabled.limit} left`, ok: enableOk, ms: enableMs });
+
+      // ---- 2. Alice uploads her encrypted backup ----
+      const aliceChats = join(stateDir, 'devices', 'alice-phone', 'chats');
+      makeChats(aliceChats, 'alice', 3);
+      const [created, createMs] = await timed(async () => {
+        const k = await alicePhone.recover(alicePassword);
+        try {
+          return await createBackup({ input: aliceChats, key: k, mode: 'password', cloud, account: 'alice' });
+        } finally {
+          k.fill(0);
+        }
+      });
+      alicePhone.close();
+      const kib = (n: number) => `${(n / 1024).toFixed(0)} KiB`;
+      say(`[2] Alice's phone gets K back with her password and uploads ${created.files} files (${kib(created.plaintextBytes)}) encrypted: cloud/${created.object} (${kib(created.backupBytes)})  (${secs(createMs)})`);
+      const afterCreate = await device(alice.token, ALICE).status();
+      rows.push({
+        step: 'Alice uploads her encrypted backup',
+        expected: 'in the cloud; counter reset',
+        observed: `${created.files} files -> ${created.object}; ${afterCreate.attemptsLeft}/${afterCreate.limit} left`,
+        ok: created.files > 0 && afterCreate.attemptsLeft === afterCreate.limit,
+        ms: createMs,
+      });
+
+      // ---- 3. A new phone restores with the password ----
+      const newPhoneOut = join(stateDir, 'devices', 'alice-new-phone', 'chats');
+      mkdirSync(join(stateDir, 'devices', 'alice-new-phone'), { recursive: true });
+      const newPhone = device(alice.token, ALICE);
+      const [restored, restoreMs] = await timed(async () => {
+        const k = await newPhone.recover(alicePassword);
+        try {
+          return await restoreBackup({ key: k, cloud, account: 'alice', out: newPhoneOut });
+        } finally {
+          k.fill(0);
+        }
+      });
+      const cmp = sameTree(aliceChats, newPhoneOut);
+      say(`[3] Alice's new phone (only her account token, her password and the cloud folder) restores ${restored.files} files: ${cmp.same ? 'identical to the old phone\'s' : 'DIFFERENT'}  (${secs(restoreMs)})`);
+      rows.push({ step: 'New phone restores with the password', expected: 'files identical', observed: `${restored.files} files, ${cmp.same ? 'identical' : 'different'}`, ok: cmp.same && restored.files === cmp.files, ms: restoreMs });
+
+      // ---- 4. An attacker guesses until the record locks ----
+      // The attacker has Alice's account token (a SIM swap, a malicious ChatD insider): everything but
+      // the password. Every KE2 the vault hands out is one password guess; count them as they arrive.
+      let ke2s = 0;
+      const countKe2: (s: Send) => Send = (s) => async (b) => {
+        const reply = await s(b);
+        try {
+          if (decodeVaultReply(reply).t === 'KE2') ke2s++;
+        } catch {
+          // not a reply we can read: the device will say so
+        }
+        return reply;
+      };
+      const attacker = device(alice.token, ALICE, countKe2);
+      const limit = enabled.limit;
+      let lockedAt = 0;
+      const [, attackMs] = await timed(async () => {
+        for (let guess = 1; guess <= limit + 2 && !lockedAt; guess++) {
+          try {
+            await attacker.recover(`guess-${guess}-${randomBytes(6).toString('hex')}`);
+            say(`    guess ${guess}: ACCEPTED (this must not happen)`);
+          } catch (e) {
+            if (!(e instanceof PasswordBackupError)) throw e;
+            if (e.code === 'WRONG_PASSWORD') say(`    guess ${String(guess).padStart(2)}: wrong, ${e.attemptsLeft} left`);
+            else if (e.code === 'LOCKED') {
+              lockedAt = guess;
+              say(`    guess ${String(guess).padStart(2)}: LOCKED: the vault erased K`);
+            } else throw e;
+          }
+        }
+      });
+      attacker.close();
+      say(`[4] An attacker with Alice's token guessed until the record locked: locked at guess ${lockedAt}, ${ke2s} password evaluations (KE2) handed out, limit ${limit}  (${secs(attackMs)})`);
+      rows.push({ step: 'Attacker guesses wrong passwords', expected: `locked at guess ${limit}; <= ${limit} KE2`, observed: `locked at guess ${lockedAt}; ${ke2s} KE2`, ok: lockedAt === limit && ke2s === limit, ms: attackMs });
+
+      // ---- 5. The backup is now unrecoverable, even with the right password ----
+      let ke2sAfter = 0;
+      const alicePhone3 = device(alice.token, ALICE, (s) => async (b) => {
+        const r = await s(b);
+        if (decodeVaultReply(r).t === 'KE2') ke2sAfter++;
+        return r;
+      });
+      const [outcome, lockedMs] = await timed(async () => {
+        try {
+          await alicePhone3.recover(alicePassword);
+          return 'RELEASED K';
+        } catch (e) {
+          if (e instanceof PasswordBackupError) return e.code;
+          throw e;
+        }
+      });
+      const lockedStatus = await newPhone.status();
+      alicePhone3.close();
+      newPhone.close();
+      say(`[5] Alice, with her right password: ${outcome}; vault status ${lockedStatus.state}: the backup in the cloud can never be decrypted  (${secs(lockedMs)})`);
+      rows.push({ step: 'Alice tries the right password', expected: 'LOCKED, unrecoverable', observed: `${outcome}, ${ke2sAfter} KE2, status ${lockedStatus.state}`, ok: outcome === 'LOCKED' && ke2sAfter === 0 && lockedStatus.state === 'locked', ms: lockedMs });
+
+      // ---- 6. Bob uses a 64-digit key instead ----
+      const bobChats = join(stateDir, 'devices', 'bob-phone', 'chats');
+      makeChats(bobChats, 'bob', 2);
+      const bobOut = join(stateDir, 'devices', 'bob-new-phone', 'chats');
+      mkdirSync(join(stateDir, 'devices', 'bob-new-phone'), { recursive: true });
+      const [bobResult, bobMs] = await timed(async () => {
+        const k = generateBackupKey();
+        const c = await createBackup({ input: bobChats, key: k, mode: 'key64', cloud, account: 'bob' });
+        const written = formatKey64Lines(k);
+        k.fill(0);
+        say(`[6] Bob backs up ${c.files} files with a 64-digit key instead (the vault is not involved). Shown once, to Bob:`);
+        for (const l of written) say(`        ${l}`);
+        // Bob's new phone: he types the key back in.
+        const k2 = parseKey64(written.join('\n'));
+        try {
+          const r = await restoreBackup({ key: k2, cloud, account: 'bob', out: bobOut });
+          return { created: c, restored: r };
+        } finally {
+          k2.fill(0);
+        }
+      });
+      const bobCmp = sameTree(bobChats, bobOut);
+      const bobDevice = device(bob.token, BOB);
+      const bobVault = await bobDevice.status();
+      bobDevice.close();
+      say(`    Bob's new phone restores ${bobResult.restored.files} files with the key: ${bobCmp.same ? 'identical' : 'DIFFERENT'}; the vault holds ${bobVault.state === 'none' ? 'no record' : 'a record'} for Bob  (${secs(bobMs)})`);
+      rows.push({
+        step: 'Bob uses a 64-digit key',
+        expected: 'restores without the vault',
+        observed: `${bobResult.restored.files} files ${bobCmp.same ? 'identical' : 'different'}; vault: ${bobVault.state}`,
+        ok: bobCmp.same && bobVault.state === 'none',
+        ms: bobMs,
+      });
+    } catch (e) {
+      if (services) {
+        say(`walkthrough stopped: ${(e as Error).message}`);
+        say(`(vault and ChatD logs: ${logFile})`);
+      }
+      throw e;
+    } finally {
+      if (services) {
+        const r = await services.stop();
+        clearServeRecord(stateDir);
+        say('');
+        say(`[done] stopped ChatD (${r.chatd.signal ?? `exit ${r.chatd.code}`}) and the vault (${r.vault.signal ?? `exit ${r.vault.code}`}); logs in ${logFile}`);
+      }
     }
-    const code = await provision.run([]);
-    if (code !== 0) return code;
-    console.log('');
-    return doctor.run([]);
+
+    // ---- summary ----
+    const head = ['#', 'step', 'expected', 'observed', 'ok', 'time'];
+    const body = rows.map((r, i) => [String(i + 1), r.step, r.expected, r.observed, r.ok ? 'yes' : 'NO', secs(r.ms)]);
+    const widths = head.map((h, c) => Math.max(h.length, ...body.map((b) => b[c]!.length)));
+    const line = (cells: string[]) => cells.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd();
+    say('');
+    say(line(head));
+    say(widths.map((w) => '-'.repeat(w)).join('  '));
+    for (const b of body) say(line(b));
+    const failed = rows.filter((r) => !r.ok).length;
+    say('');
+    say(`${rows.length - failed} of ${rows.length} steps as expected, ${secs(performance.now() - t0)} in all (KSF ${ksf.name}).`);
+    return failed === 0 ? 0 : 1;
   },
 };

@@ -1,0 +1,153 @@
+// `bkv serve`: the vault and ChatD together, as two processes, on embedded defaults. Provisions the
+// state directory first when needed (idempotent), records where ChatD listens and the vault keys
+// devices pin, and supervises both: Ctrl-C/SIGTERM stops them in order, and if either dies the other is
+// stopped and the exit code says which.
+import { parseFlags, UsageError, type Command } from '../cli.ts';
+import { provision } from '../../softhsm/provision.ts';
+import { finalizeModule } from '../../hsm-adapter/module.ts';
+import { existsSync } from 'node:fs';
+import { ServiceError, clearServeRecord, orphanedVault, readServeRecord, readVaultKeys, servePaths, startServices, writeServeRecord, writeVaultKeys, type ExitInfo } from '../services.ts';
+
+/** Exit codes beyond cli.ts's 0/1/2: which child died on its own. */
+export const SERVE_EXIT = { vaultDied: 3, chatdDied: 4 } as const;
+
+const help = `usage: bkv serve [--state DIR] [--port N] [--vault-port N] [--quiet]
+
+Starts the vault (replica of the fleet in DIR, on its SoftHSM2 token) and ChatD (the relay devices
+talk to) as two processes on loopback, provisioning DIR first if it holds no complete fleet.
+
+Prints ChatD's URL (also as a CHATD_URL=... line) and records it in DIR/serve.json, and writes the
+vault's AKE public keys, computed by the vault from its token, to DIR/vault-keys.json: the keys
+devices pin (they never learn them through ChatD). \`bkv backup ... --state DIR\` finds both there.
+
+  --state DIR       state directory (default .bkv)
+  --port N          ChatD's port (default 0: any free port)
+  --vault-port N    the vault's port (default 0)
+  --quiet           do not pass the children's logs through to stderr
+
+Ctrl-C or SIGTERM stops ChatD, then the vault, and exits 0. If either process dies on its own the
+other is stopped: exit ${SERVE_EXIT.vaultDied} when the vault died, ${SERVE_EXIT.chatdDied} when ChatD died; 1 when they could not start.
+The children run in their own process group; if serve itself is killed outright (SIGKILL) they keep
+running, and the next serve on DIR refuses to start beside that vault (SERVE_ORPHAN) and names its pid.`;
+
+function port(name: string, v: string | undefined): number {
+  if (v === undefined) return 0;
+  const n = Number(v);
+  if (!/^\d+$/.test(v) || n > 65535) throw new UsageError(`--${name} must be a port number 0..65535 (got '${v.slice(0, 20)}')`);
+  return n;
+}
+
+function describe(e: ExitInfo): string {
+  return e.signal ? `signal ${e.signal}` : `code ${e.code}`;
+}
+
+export const command: Command = {
+  name: 'serve',
+  summary: 'run the vault and ChatD together (provisions the state directory if needed)',
+  help,
+  async run(argv) {
+    const { values } = parseFlags(argv, {
+      state: { type: 'string' },
+      port: { type: 'string' },
+      'vault-port': { type: 'string' },
+      quiet: { type: 'boolean' },
+    });
+    const stateDir = values.state ?? '.bkv';
+    const chatdPort = port('port', values.port);
+    const vaultPort = port('vault-port', values['vault-port']);
+
+    const running = readServeRecord(stateDir);
+    if (running) {
+      throw new ServiceError('SERVE_RUNNING', `bkv serve (pid ${running.pid}) already runs on ${stateDir}, ChatD at ${running.chatdUrl}; two vaults on one state directory would fork its log`);
+    }
+
+    const orphan = orphanedVault(stateDir);
+    if (orphan !== undefined) {
+      throw new ServiceError(
+        'SERVE_ORPHAN',
+        `a vault (pid ${orphan}) started by an earlier bkv serve that did not stop cleanly still runs on ${stateDir}; stop it (kill ${orphan}) first ` +
+          '(if that pid is something else now, delete serve.json)',
+      );
+    }
+
+    // Signals that arrive while starting are honoured once the children exist.
+    let signalled: NodeJS.Signals | undefined;
+    let wake: (() => void) | undefined;
+    const onSignal = (s: NodeJS.Signals) => {
+      signalled ??= s;
+      wake?.();
+    };
+    process.on('SIGINT', onSignal);
+    process.on('SIGTERM', onSignal);
+    try {
+      try {
+        const report = await provision({ stateDir, onProgress: (m) => console.error(`bkv serve: ${m}`) });
+        if (!report.unchanged) console.error(`bkv serve: provisioned ${report.replicas.length} tokens in ${report.stateDir}`);
+      } finally {
+        // The vault process opens the tokens itself; this process must let go of the module.
+        finalizeModule();
+      }
+      if (signalled) return 0;
+
+      const services = await startServices({
+        stateDir,
+        chatdPort,
+        vaultPort,
+        onLine: values.quiet ? undefined : (who, line) => process.stderr.write(`${who} | ${line}\n`),
+      });
+      // Devices pin these keys. A change means a new fleet (provision --force): say so, loudly.
+      if (existsSync(servePaths(stateDir).vaultKeys)) {
+        const before = (() => {
+          try {
+            return readVaultKeys(stateDir);
+          } catch {
+            return undefined;
+          }
+        })();
+        if (before && JSON.stringify(before) !== JSON.stringify(services.vault.keys)) {
+          console.error('bkv serve: WARNING: the vault\'s public keys differ from the ones pinned in vault-keys.json (a new fleet?); devices now pin the new ones and records registered with the old fleet are gone');
+        }
+      }
+      writeVaultKeys(stateDir, services.vault.keys);
+      writeServeRecord(stateDir, {
+        version: 1,
+        pid: process.pid,
+        chatdUrl: services.chatd.url,
+        vaultUrl: services.vault.url,
+        vaultPid: services.vault.pid,
+        chatdPid: services.chatd.pid,
+        startedAt: new Date().toISOString(),
+      });
+      const paths = servePaths(stateDir);
+      console.log(`bkv serve: vault (pid ${services.vault.pid}) at ${services.vault.url}`);
+      console.log(`bkv serve: ChatD (pid ${services.chatd.pid}) at ${services.chatd.url}`);
+      console.log(`CHATD_URL=${services.chatd.url}`);
+      console.log(`bkv serve: recorded in ${paths.serve}; pinned vault keys in ${paths.vaultKeys}. Ctrl-C stops both.`);
+
+      const outcome = await new Promise<{ kind: 'signal' } | { kind: 'died'; who: 'vault' | 'chatd'; exit: ExitInfo }>((resolve) => {
+        wake = () => resolve({ kind: 'signal' });
+        if (signalled) wake();
+        void services.firstExit.then((e) => resolve({ kind: 'died', who: e.who, exit: e }));
+      });
+      try {
+        if (outcome.kind === 'signal') {
+          console.error(`bkv serve: ${signalled}: stopping ChatD, then the vault`);
+          const r = await services.stop();
+          const clean = r.chatd.code === 0 && r.vault.code === 0;
+          console.error(`bkv serve: stopped (ChatD ${describe(r.chatd)}, vault ${describe(r.vault)})`);
+          return clean ? 0 : 1;
+        }
+        const other = outcome.who === 'vault' ? services.chatd : services.vault;
+        const name = outcome.who === 'vault' ? 'the vault' : 'ChatD';
+        console.error(`bkv serve: ${name} exited unexpectedly (${describe(outcome.exit)}); stopping ${outcome.who === 'vault' ? 'ChatD' : 'the vault'}`);
+        await other.stop();
+        return outcome.who === 'vault' ? SERVE_EXIT.vaultDied : SERVE_EXIT.chatdDied;
+      } finally {
+        clearServeRecord(stateDir);
+      }
+    } finally {
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
+    }
+  },
+};

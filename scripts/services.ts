@@ -1,0 +1,363 @@
+// The vault and ChatD as child processes, the way `bkv serve`, the walkthrough and the end-to-end tests
+// run them: each is spawned through bin/run.js, reports readiness on stdout, and is stopped with
+// SIGTERM (SIGKILL only if it does not stop in time). The vault's start-up is one function
+// (`startVault`) so that swapping the single replica for the Raft fleet touches one place.
+//
+// Children run in their own process group, so a Ctrl-C in the terminal reaches only the supervisor,
+// which then stops ChatD before the vault (no request is cut between the two).
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { BkvError } from '../protocol/errors.ts';
+import { WIRE_SUITES, type WireSuite } from '../protocol/wire.ts';
+
+export class ServiceError extends BkvError {}
+
+export interface ExitInfo {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+}
+
+export type LineSink = (who: 'vault' | 'chatd', line: string) => void;
+
+export interface ChildService {
+  readonly who: 'vault' | 'chatd';
+  readonly pid: number;
+  /** Resolves when the process has exited, however that happened. */
+  readonly exited: Promise<ExitInfo>;
+  readonly running: boolean;
+  /** SIGTERM, then SIGKILL after `graceMs` (default 10 s). Idempotent. */
+  stop(graceMs?: number): Promise<ExitInfo>;
+  /** Sends a signal without waiting (tests: SIGKILL to simulate a crash). */
+  kill(signal: NodeJS.Signals): void;
+}
+
+export interface VaultService extends ChildService {
+  url: string;
+  port: number;
+  /** The AKE public keys the vault computed from its token: what devices pin. */
+  keys: VaultKeys;
+}
+
+export interface ChatdService extends ChildService {
+  url: string;
+  port: number;
+}
+
+export type VaultKeys = Record<WireSuite, string>;
+
+const RUN_JS = fileURLToPath(new URL('../bin/run.js', import.meta.url));
+const VAULT_MAIN = fileURLToPath(new URL('../vault/main.ts', import.meta.url));
+const CHATD_MAIN = fileURLToPath(new URL('../chatd/main.ts', import.meta.url));
+
+// Every child still running when this process exits is killed: a crashed supervisor or test must not
+// leave a vault holding the LMDB directory.
+const live = new Set<ChildProcess>();
+let exitHookInstalled = false;
+function track(child: ChildProcess): void {
+  if (!exitHookInstalled) {
+    exitHookInstalled = true;
+    process.on('exit', () => {
+      for (const c of live) {
+        try {
+          c.kill('SIGKILL');
+        } catch {
+          // already gone
+        }
+      }
+    });
+  }
+  live.add(child);
+  child.once('exit', () => live.delete(child));
+}
+
+interface SpawnSpec<R> {
+  who: 'vault' | 'chatd';
+  entry: string;
+  args: string[];
+  env?: NodeJS.ProcessEnv;
+  onLine?: LineSink;
+  timeoutMs: number;
+  /** Fed each stdout line until it returns a value: the service is then ready. */
+  ready(line: string): R | undefined;
+}
+
+async function spawnService<R>(spec: SpawnSpec<R>): Promise<{ service: ChildService; ready: R }> {
+  const child = spawn(process.execPath, [RUN_JS, spec.entry, ...spec.args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    detached: true,
+    env: { ...process.env, ...spec.env },
+  });
+  track(child);
+  const exited = new Promise<ExitInfo>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+  const stderrTail: string[] = [];
+  createInterface({ input: child.stderr! }).on('line', (line) => {
+    stderrTail.push(line);
+    if (stderrTail.length > 8) stderrTail.shift();
+    spec.onLine?.(spec.who, line);
+  });
+  let stopping: Promise<ExitInfo> | undefined;
+  let done = false;
+  void exited.then(() => (done = true));
+  const service: ChildService = {
+    who: spec.who,
+    pid: child.pid ?? -1,
+    exited,
+    get running() {
+      return !done;
+    },
+    kill(signal) {
+      if (!done) child.kill(signal);
+    },
+    stop(graceMs = 10_000) {
+      if (done) return exited;
+      stopping ??= (async () => {
+        child.kill('SIGTERM');
+        const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
+        const info = await exited;
+        clearTimeout(timer);
+        return info;
+      })();
+      return stopping;
+    },
+  };
+  const ready = await new Promise<R>((resolve, reject) => {
+    let settled = false;
+    const fail = (why: string) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      void service.stop(2000);
+      // The children's stderr names codes and paths only (they never log secrets): worth showing.
+      const tail = stderrTail.filter((l) => l.trim()).slice(-4).join(' | ');
+      reject(new ServiceError(`${spec.who.toUpperCase()}_START_FAILED`, `${spec.who === 'vault' ? 'the vault' : 'ChatD'} ${why}${tail ? `: ${tail}` : ''}`));
+    };
+    const timer = setTimeout(() => fail(`was not ready within ${spec.timeoutMs} ms`), spec.timeoutMs);
+    const out = createInterface({ input: child.stdout! });
+    out.on('line', (line) => {
+      if (settled) {
+        spec.onLine?.(spec.who, line);
+        return;
+      }
+      const r = spec.ready(line);
+      if (r !== undefined) {
+        settled = true;
+        clearTimeout(timer);
+        resolve(r);
+      }
+    });
+    void exited.then((e) => fail(`exited (${e.signal ?? `code ${e.code}`}) before it was ready`));
+    child.once('error', (e) => fail(`could not be started (${(e as NodeJS.ErrnoException).code ?? 'error'})`));
+  });
+  return { service, ready };
+}
+
+export interface StartVaultOptions {
+  stateDir: string;
+  /** 0 (default): any free port. A restart passes the old port so ChatD finds it again. */
+  port?: number;
+  /** Default: the fleet's first replica. */
+  replica?: string;
+  onLine?: LineSink;
+  timeoutMs?: number;
+}
+
+/**
+ * Starts the vault (today one replica on a solo log: vault/main.ts) and resolves once it listens,
+ * with its URL and the AKE public keys it computed from its token. This is the one place to change
+ * when the vault becomes a fleet.
+ */
+export async function startVault(o: StartVaultOptions): Promise<VaultService> {
+  const args = ['--state', resolve(o.stateDir), '--port', String(o.port ?? 0)];
+  if (o.replica) args.push('--replica', o.replica);
+  const envName = (s: string) => `VAULT_AKE_PUBLIC_KEY_${s.replace(/[^A-Za-z0-9]/g, '_')}`;
+  let url: string | undefined;
+  const keys: Partial<VaultKeys> = {};
+  const { service, ready } = await spawnService({
+    who: 'vault',
+    entry: VAULT_MAIN,
+    args,
+    onLine: o.onLine,
+    timeoutMs: o.timeoutMs ?? 60_000,
+    ready(line) {
+      const eq = line.indexOf('=');
+      if (eq < 0) return undefined;
+      const name = line.slice(0, eq);
+      const value = line.slice(eq + 1).trim();
+      if (name === 'VAULT_URL') url = value;
+      for (const s of WIRE_SUITES) if (name === envName(s) && /^[0-9a-f]+$/.test(value)) keys[s] = value;
+      if (url && WIRE_SUITES.every((s) => keys[s])) return { url, keys: keys as VaultKeys };
+      return undefined;
+    },
+  });
+  return Object.assign(service, { url: ready.url, port: Number(new URL(ready.url).port), keys: ready.keys }) as VaultService;
+}
+
+export interface StartChatdOptions {
+  stateDir: string;
+  vaultUrl: string;
+  /** 0 (default): any free port. */
+  port?: number;
+  /** Extra chatd/main.ts flags (e.g. --account-burst 1000 for load tests). */
+  extraArgs?: string[];
+  onLine?: LineSink;
+  timeoutMs?: number;
+}
+
+export async function startChatdService(o: StartChatdOptions): Promise<ChatdService> {
+  const args = ['--vault-url', o.vaultUrl, '--state', resolve(o.stateDir), '--port', String(o.port ?? 0), ...(o.extraArgs ?? [])];
+  const { service, ready } = await spawnService({
+    who: 'chatd',
+    entry: CHATD_MAIN,
+    args,
+    onLine: o.onLine,
+    timeoutMs: o.timeoutMs ?? 60_000,
+    ready: (line) => (/^http:\/\/[^\s]+$/.test(line.trim()) ? line.trim() : undefined),
+  });
+  return Object.assign(service, { url: ready, port: Number(new URL(ready).port) }) as ChatdService;
+}
+
+export interface Services {
+  vault: VaultService;
+  chatd: ChatdService;
+  /** Resolves with whichever child exits first (expectedly or not). */
+  firstExit: Promise<{ who: 'vault' | 'chatd' } & ExitInfo>;
+  /** ChatD first (it drains requests already at the vault), then the vault. */
+  stop(): Promise<{ vault: ExitInfo; chatd: ExitInfo }>;
+}
+
+export interface StartServicesOptions {
+  stateDir: string;
+  chatdPort?: number;
+  vaultPort?: number;
+  chatdArgs?: string[];
+  onLine?: LineSink;
+}
+
+/** The vault, then ChatD pointed at it. If ChatD fails to start, the vault is stopped again. */
+export async function startServices(o: StartServicesOptions): Promise<Services> {
+  const vault = await startVault({ stateDir: o.stateDir, port: o.vaultPort, onLine: o.onLine });
+  let chatd: ChatdService;
+  try {
+    chatd = await startChatdService({ stateDir: o.stateDir, vaultUrl: vault.url, port: o.chatdPort, extraArgs: o.chatdArgs, onLine: o.onLine });
+  } catch (e) {
+    await vault.stop();
+    throw e;
+  }
+  return {
+    vault,
+    chatd,
+    firstExit: Promise.race([vault.exited.then((e) => ({ who: 'vault' as const, ...e })), chatd.exited.then((e) => ({ who: 'chatd' as const, ...e }))]),
+    async stop() {
+      const c = await chatd.stop();
+      const v = await vault.stop();
+      return { vault: v, chatd: c };
+    },
+  };
+}
+
+// ---- what a running `bkv serve` leaves in the state directory for devices ----------------------
+
+export interface ServeRecord {
+  version: 1;
+  pid: number;
+  chatdUrl: string;
+  vaultUrl: string;
+  /** The children, so a later serve can tell when a crashed supervisor left them running. */
+  vaultPid?: number;
+  chatdPid?: number;
+  startedAt: string;
+}
+
+export interface VaultKeysFile {
+  version: 1;
+  /** How the keys were obtained: computed by the vault from its token at `bkv serve` time. */
+  source: string;
+  writtenAt: string;
+  keys: VaultKeys;
+}
+
+export const servePaths = (stateDir: string) => ({
+  serve: join(resolve(stateDir), 'serve.json'),
+  vaultKeys: join(resolve(stateDir), 'vault-keys.json'),
+});
+
+function writeJsonAtomic(path: string, value: unknown, mode: number): void {
+  const tmp = `${path}.tmp-${process.pid}`;
+  writeFileSync(tmp, JSON.stringify(value, null, 2) + '\n', { mode });
+  renameSync(tmp, path);
+}
+
+function readJson(path: string, what: string): unknown {
+  try {
+    return JSON.parse(readFileSync(path, 'utf8'));
+  } catch {
+    throw new ServiceError('STATE_CORRUPT', `${what} ${path} is not valid JSON`);
+  }
+}
+
+export function writeServeRecord(stateDir: string, r: ServeRecord): void {
+  writeJsonAtomic(servePaths(stateDir).serve, r, 0o644);
+}
+
+/** The record of a running `bkv serve`, or undefined when none was written (or its process is gone). */
+export function readServeRecord(stateDir: string): ServeRecord | undefined {
+  const path = servePaths(stateDir).serve;
+  if (!existsSync(path)) return undefined;
+  const r = readJson(path, 'serve record') as ServeRecord;
+  if (r?.version !== 1 || typeof r.chatdUrl !== 'string' || !Number.isInteger(r.pid)) {
+    throw new ServiceError('STATE_CORRUPT', `serve record ${path} has an unknown format`);
+  }
+  return pidAlive(r.pid) ? r : undefined;
+}
+
+/**
+ * A vault a crashed supervisor left running on this state directory (its children are detached), or
+ * undefined. Two vaults on one disk would fork its log, so `bkv serve` refuses to start beside one.
+ */
+export function orphanedVault(stateDir: string): number | undefined {
+  const path = servePaths(stateDir).serve;
+  if (!existsSync(path)) return undefined;
+  const r = readJson(path, 'serve record') as ServeRecord;
+  if (pidAlive(r.pid)) return undefined;
+  return r.vaultPid !== undefined && Number.isInteger(r.vaultPid) && pidAlive(r.vaultPid) ? r.vaultPid : undefined;
+}
+
+/** Removes serve.json if it is ours (a newer serve may have replaced it). */
+export function clearServeRecord(stateDir: string, pid = process.pid): void {
+  const path = servePaths(stateDir).serve;
+  try {
+    const r = JSON.parse(readFileSync(path, 'utf8')) as ServeRecord;
+    if (r.pid === pid) rmSync(path, { force: true });
+  } catch {
+    // nothing (readable) there
+  }
+}
+
+export function writeVaultKeys(stateDir: string, keys: VaultKeys): void {
+  const f: VaultKeysFile = { version: 1, source: 'computed by the vault from its token (bkv serve)', writtenAt: new Date().toISOString(), keys };
+  writeJsonAtomic(servePaths(stateDir).vaultKeys, f, 0o644);
+}
+
+/** The pinned vault AKE keys devices use; a clear error when `bkv serve` never ran on this state. */
+export function readVaultKeys(stateDir: string): VaultKeys {
+  const path = servePaths(stateDir).vaultKeys;
+  if (!existsSync(path)) {
+    throw new ServiceError('VAULT_KEY_UNKNOWN', `no pinned vault key in ${path}: run \`bkv serve --state ${stateDir}\` once (it records the vault's public keys there)`);
+  }
+  const f = readJson(path, 'vault key file') as VaultKeysFile;
+  const ok = f?.version === 1 && WIRE_SUITES.every((s) => typeof f.keys?.[s] === 'string' && /^[0-9a-f]{64,}$/.test(f.keys[s]));
+  if (!ok) throw new ServiceError('STATE_CORRUPT', `vault key file ${path} has an unknown format`);
+  return f.keys;
+}
+
+export function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}

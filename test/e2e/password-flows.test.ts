@@ -1,0 +1,175 @@
+// Every password flow through the real `bkv backup` command code, over real sockets:
+// device (CLI) -> ChatD process -> vault process -> SoftHSM2 token + LMDB.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { cli, closedPort, makeChats, startRig, treeDigest, writeSecret, type Rig } from './fixture.ts';
+
+let rig: Rig;
+beforeAll(async () => {
+  rig = await startRig();
+});
+afterAll(async () => {
+  await rig?.cleanup();
+});
+
+function dev(a: { tokenFile: string }, extra: string[] = []): string[] {
+  return ['--state', rig.stateDir, '--chatd', rig.chatd.url, '--token-file', a.tokenFile, '--ksf', 'identity', ...extra];
+}
+
+async function statusJson(a: { tokenFile: string }): Promise<{ state: string; attemptsLeft: number; limit: number; cloud: { mode: string } | null }> {
+  const r = await cli(['backup', 'status', '--json', ...dev(a)]);
+  expect(r.status, r.err).toBe(0);
+  return JSON.parse(r.out);
+}
+
+describe('password backups end to end (CLI -> ChatD -> vault -> SoftHSM2)', () => {
+  it('enable, create, restore on a new device, change password, disable, status', async () => {
+    const alice = await rig.account('+15551110001');
+    const pw1 = writeSecret(rig.dir, 'pw1', 'first password of alice, long enough');
+    const pw2 = writeSecret(rig.dir, 'pw2', 'a second, different password for alice');
+    const chats = join(rig.dir, 'alice-chats');
+    makeChats(chats);
+
+    expect((await statusJson(alice)).state).toBe('none');
+
+    // enable
+    let r = await cli(['backup', 'enable-password', '--password-file', pw1, ...dev(alice)]);
+    expect(r.status, r.err).toBe(0);
+    expect(r.out).toContain('Password backup enabled for +15551110001');
+    expect(await statusJson(alice)).toMatchObject({ state: 'registered', attemptsLeft: 10, limit: 10 });
+    // A second enable would replace K (and orphan the backups): refused.
+    r = await cli(['backup', 'enable-password', '--password-file', pw2, ...dev(alice)]);
+    expect(r.status).toBe(1);
+    expect(r.err).toContain('[ALREADY_ENABLED]');
+
+    // create
+    r = await cli(['backup', 'create', '--in', chats, '--password-file', pw1, ...dev(alice)]);
+    expect(r.status, r.err).toBe(0);
+    expect(r.out).toContain('protected by your password backup');
+    expect((await statusJson(alice)).cloud?.mode).toBe('password');
+
+    // restore on a new device: nothing but the token, the password and the cloud folder
+    const out1 = join(rig.dir, 'new-phone-1');
+    r = await cli(['backup', 'restore', '--out', out1, '--password-file', pw1, ...dev(alice)]);
+    expect(r.status, r.err).toBe(0);
+    expect(treeDigest(out1)).toEqual(treeDigest(chats));
+
+    // a wrong password costs an attempt, leaves --out alone; the right one resets the counter
+    const out2 = join(rig.dir, 'new-phone-2');
+    r = await cli(['backup', 'restore', '--out', out2, '--password-file', pw2, ...dev(alice)]);
+    expect(r.status).toBe(1);
+    expect(r.err).toContain('wrong password: 9 attempts left');
+    expect(r.err).toContain('[WRONG_PASSWORD]');
+    expect(existsSync(out2)).toBe(false);
+    expect((await statusJson(alice)).attemptsLeft).toBe(9);
+
+    // change password: the old one then fails, the new one restores the same backup
+    r = await cli(['backup', 'change-password', '--old-password-file', pw1, '--password-file', pw2, ...dev(alice)]);
+    expect(r.status, r.err).toBe(0);
+    expect(await statusJson(alice)).toMatchObject({ state: 'registered', attemptsLeft: 10, limit: 10 });
+    r = await cli(['backup', 'restore', '--out', out2, '--password-file', pw1, ...dev(alice)]);
+    expect(r.status).toBe(1);
+    expect(r.err).toContain('[WRONG_PASSWORD]');
+    expect(existsSync(out2)).toBe(false);
+    r = await cli(['backup', 'restore', '--out', out2, '--password-file', pw2, ...dev(alice)]);
+    expect(r.status, r.err).toBe(0);
+    expect(treeDigest(out2)).toEqual(treeDigest(chats));
+
+    // change-password with a wrong old password changes nothing
+    r = await cli(['backup', 'change-password', '--old-password-file', pw1, '--password-file', pw1, ...dev(alice)]);
+    expect(r.status).toBe(1);
+    expect(r.err).toContain('[WRONG_PASSWORD]');
+    const out3 = join(rig.dir, 'new-phone-3');
+    r = await cli(['backup', 'restore', '--out', out3, '--password-file', pw2, ...dev(alice)]);
+    expect(r.status, r.err).toBe(0);
+
+    // status, human form
+    r = await cli(['backup', 'status', ...dev(alice)]);
+    expect(r.status).toBe(0);
+    expect(r.out).toContain('+15551110001: password backup enabled, 10 of 10 attempts left');
+    expect(r.out).toContain('password mode');
+
+    // disable: restore then fails, status says none
+    r = await cli(['backup', 'disable', ...dev(alice)]);
+    expect(r.status, r.err).toBe(0);
+    expect((await statusJson(alice)).state).toBe('none');
+    const out4 = join(rig.dir, 'new-phone-4');
+    r = await cli(['backup', 'restore', '--out', out4, '--password-file', pw2, ...dev(alice)]);
+    expect(r.status).toBe(1);
+    expect(r.err).toContain('[NOT_REGISTERED]');
+    expect(existsSync(out4)).toBe(false);
+    r = await cli(['backup', 'create', '--in', chats, '--password-file', pw2, ...dev(alice)]);
+    expect(r.status).toBe(1);
+    expect(r.err).toContain('[NOT_REGISTERED]');
+
+    // no password ever reached the output
+    for (const p of [pw1, pw2]) {
+      const text = readFileSync(p, 'utf8').trim();
+      expect(rig.lines.join('\n')).not.toContain(text);
+    }
+  });
+
+  it('refuses a password in argv, saying why, and changes nothing', async () => {
+    const bob = await rig.account('+15551110002');
+    for (const args of [
+      ['backup', 'enable-password', '--password', 'hunter2-secret', ...dev(bob)],
+      ['backup', 'restore', '--out', join(rig.dir, 'x'), '--password', 'hunter2-secret', ...dev(bob)],
+      ['backup', 'create', '--in', rig.dir, '--password=hunter2-secret', ...dev(bob)],
+      ['backup', 'change-password', '--old-password', 'hunter2-secret', ...dev(bob)],
+    ]) {
+      const r = await cli(args);
+      expect(r.status).toBe(2);
+      expect(r.err).toContain('is not accepted');
+      expect(r.err).toContain('shell history');
+      expect(r.err + r.out).not.toContain('hunter2-secret');
+    }
+    expect((await statusJson(bob)).state).toBe('none');
+  });
+
+  it('gives clear errors: ChatD unreachable, unknown token, revoked token, no password, wrong limit', async () => {
+    const carol = await rig.account('+15551110003');
+    const pw = writeSecret(rig.dir, 'pw-carol', 'carol password here!');
+    const port = await closedPort();
+    let r = await cli(['backup', 'status', '--state', rig.stateDir, '--chatd', `http://127.0.0.1:${port}`, '--token-file', carol.tokenFile]);
+    expect(r.status).toBe(1);
+    expect(r.err).toContain('[CHATD_UNREACHABLE]');
+    expect(r.err).toContain('bkv serve');
+
+    const fake = writeSecret(rig.dir, 'fake-token', 'bkvt_' + 'A'.repeat(43));
+    r = await cli(['backup', 'restore', '--out', join(rig.dir, 'y'), '--password-file', pw, ...dev({ tokenFile: fake })]);
+    expect(r.status).toBe(1);
+    expect(r.err).toContain('[NOT_REGISTERED]');
+    // With --phone the device gets as far as ChatD, which refuses the token.
+    r = await cli(['backup', 'status', '--phone', '+15551110003', ...dev({ tokenFile: fake })]);
+    expect(r.status).toBe(1);
+    expect(r.err).toContain('[UNAUTHORIZED]');
+
+    r = await cli(['backup', 'enable-password', ...dev(carol)]);
+    expect(r.status).toBe(2);
+    expect(r.err).toContain('no password given');
+
+    r = await cli(['backup', 'enable-password', '--password-file', pw, '--limit', '1', ...dev(carol)]);
+    expect(r.status).toBe(1);
+    expect(r.err).toContain('BAD_LIMIT');
+    expect((await statusJson(carol)).state).toBe('none');
+
+    r = await cli(['backup', 'status', '--state', join(rig.dir, 'nowhere'), '--token-file', carol.tokenFile]);
+    expect(r.status).toBe(1);
+    expect(r.err).toContain('[CHATD_UNKNOWN]');
+  });
+
+  it('a custom limit is kept and enforced, and the KSF must match', async () => {
+    const dan = await rig.account('+15551110004');
+    const pw = writeSecret(rig.dir, 'pw-dan', 'dan has a password too');
+    let r = await cli(['backup', 'enable-password', '--password-file', pw, '--limit', '3', ...dev(dan)]);
+    expect(r.status, r.err).toBe(0);
+    expect(await statusJson(dan)).toMatchObject({ state: 'registered', attemptsLeft: 3, limit: 3 });
+    // The right password under another KSF is a wrong password to the vault (and costs an attempt).
+    const chats = join(rig.dir, 'dan-chats');
+    makeChats(chats);
+    r = await cli(['backup', 'create', '--in', chats, '--password-file', pw, ...dev(dan).filter((x) => x !== 'identity' && x !== '--ksf'), '--ksf', 'scrypt']);
+    expect(r.status).toBe(1);
+    expect(r.err).toContain('wrong password: 2 attempts left');
+  });
+});
