@@ -2,7 +2,8 @@
 // behind it. Everything is pure (no I/O); randomness is injectable; the vault's secrets come in
 // through ServerSecrets so the OPRF seed can stay in the HSM.
 //
-//   const op = await createOpaque({ suite: 'ristretto255-SHA512', backend: 'libsodium', ksf });
+//   const op = await createOpaque({ suite: 'ristretto255-SHA512', ksf });   // backend: native if built, else libsodium
+//   backendStatus() -> { defaultBackend, native: { loaded, sodiumVersion | reason } }
 //   device: op.clientStartRegistration / op.clientFinishRegistration, op.clientStartLogin / op.clientFinishLogin
 //   vault:  op.serverRegistrationResponse, op.serverStartLogin (record or null) / op.serverFinishLogin
 export { OpaqueError, type OpaqueErrorCode } from './errors.ts';
@@ -34,9 +35,12 @@ export {
   createOpaque,
   makeOpaque,
   ready,
+  defaultBackend,
+  backendStatus,
   BKV_OPAQUE_CONTEXT,
   type Opaque,
   type OpaqueConfig,
+  type BackendStatus,
   type BackendId,
   type Rng,
   type Identities,
@@ -53,4 +57,5 @@ export {
   type KE3,
 } from './opaque.ts';
 export type { PrimeGroup, DhGroup } from './group.ts';
+export type { NativeStatus } from '../../native/index.ts';
 export type { Oprf } from './oprf.ts';

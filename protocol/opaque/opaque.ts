@@ -4,7 +4,10 @@
 import { createHash, randomBytes, randomFillSync, timingSafeEqual } from 'node:crypto';
 import { OpaqueError } from './errors.ts';
 import { EMPTY, concat, hkdfExpand, hkdfExtract, hmac, i2osp, utf8 } from './hash.ts';
+import { nativeStatus, type NativeStatus } from '../../native/index.ts';
 import {
+  nativeAvailable,
+  nativeRistretto255,
   nobleP256,
   nobleRistretto255,
   primeDhGroup,
@@ -28,7 +31,11 @@ export const BKV_OPAQUE_CONTEXT = utf8('bkv OPAQUE v1');
 
 export interface OpaqueConfig {
   suite?: SuiteId;
-  /** Group arithmetic: 'libsodium' (ristretto255 only; default for it) or 'noble' (reference, any suite). */
+  /**
+   * Group arithmetic for ristretto255: 'native' (the bkv_native addon; the default when it loads),
+   * 'libsodium' (WebAssembly; the default otherwise) or 'noble' (reference; the only one for P-256).
+   * X25519 (vectors only) runs on libsodium for 'libsodium' and on noble otherwise.
+   */
   backend?: BackendId;
   /** Key stretching on the device; default Argon2id (RFC 9106 second set). Tests pass identityKsf. */
   ksf?: Ksf;
@@ -180,8 +187,12 @@ const defaultRng: Rng = (n) => {
   return out;
 };
 
-/** Loads libsodium's WebAssembly. Needed once per thread before any libsodium-backed instance. */
+/**
+ * Loads libsodium's WebAssembly and tries the native addon. Needed once per thread before any
+ * libsodium-backed instance (the native one loads on demand, synchronously).
+ */
 export async function ready(): Promise<void> {
+  nativeAvailable();
   await sodiumReady();
 }
 
@@ -192,8 +203,22 @@ export async function createOpaque(config: OpaqueConfig = {}): Promise<Opaque> {
   return makeOpaque(config);
 }
 
-function defaultBackend(suite: SuiteId): BackendId {
-  return suite === 'P256-SHA256' ? 'noble' : 'libsodium';
+/** The backend an instance of this suite gets when the config names none: native when it loaded. */
+export function defaultBackend(suite: SuiteId = DEFAULT_SUITE): BackendId {
+  if (suite === 'P256-SHA256') return 'noble';
+  return nativeAvailable() ? 'native' : 'libsodium';
+}
+
+export interface BackendStatus {
+  /** What `createOpaque()` / `makeOpaque()` use for the default suite in this thread. */
+  readonly defaultBackend: BackendId;
+  /** The native addon: loaded (with libsodium's version) or why not. */
+  readonly native: NativeStatus;
+}
+
+/** Which group backend is active in this thread, and why native is not when it is not. */
+export function backendStatus(): BackendStatus {
+  return { defaultBackend: defaultBackend(DEFAULT_SUITE), native: nativeStatus() };
 }
 
 function checkLen(what: string, bytes: Uint8Array, want: number): void {
@@ -215,7 +240,7 @@ function lp(x: Uint8Array): Uint8Array {
   return concat(i2osp(x.length, 2), x);
 }
 
-/** Sync factory; for the libsodium backend, `await ready()` must have run in this thread. */
+/** Sync factory; for the libsodium backend (the default when native is unavailable), `await ready()` must have run in this thread. */
 export function makeOpaque(config: OpaqueConfig = {}): Opaque {
   const S = suiteParams(config.suite ?? DEFAULT_SUITE);
   const backend = config.backend ?? defaultBackend(S.id);
@@ -225,6 +250,12 @@ export function makeOpaque(config: OpaqueConfig = {}): Opaque {
   if (S.oprf === 'P256-SHA256') {
     if (backend !== 'noble') throw new OpaqueError('BAD_CONFIG', `backend ${backend} has no P-256; use 'noble'`);
     group = nobleP256;
+  } else if (backend === 'native') {
+    if (!nativeAvailable()) {
+      const st = nativeStatus();
+      throw new OpaqueError('BAD_CONFIG', `native backend unavailable: ${st.loaded ? 'unknown' : st.reason}`);
+    }
+    group = nativeRistretto255;
   } else if (backend === 'libsodium') group = sodiumRistretto255;
   else if (backend === 'noble') group = nobleRistretto255;
   else throw new OpaqueError('BAD_CONFIG', `unknown backend ${JSON.stringify(backend)}`);

@@ -16,7 +16,8 @@ beforeAll(async () => {
 });
 
 function backendsFor(suite: string): BackendId[] {
-  return suite === 'P256-SHA256' ? ['noble'] : ['noble', 'libsodium'];
+  // native must be built (scripts/setup.sh) unless BKV_NATIVE=off opts out explicitly
+  return suite === 'P256-SHA256' ? ['noble'] : process.env.BKV_NATIVE === 'off' ? ['noble', 'libsodium'] : ['noble', 'libsodium', 'native'];
 }
 
 function opaqueFor(v: RealVector | FakeVector, backend: BackendId): Opaque {
