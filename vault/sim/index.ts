@@ -1,0 +1,5 @@
+// The deterministic test cluster's public face.
+export { SimCluster, type ClusterOptions, type NetConfig, type ClientOp, type OpKind, type DurableState } from './cluster.ts';
+export { KvApp, encodeCommand, decodeCommand, type KvCommand } from './kv.ts';
+export { Checker } from './checker.ts';
+export { randomRun, type RandomRunOptions, type RandomRunResult } from './nemesis.ts';
