@@ -1,13 +1,15 @@
 // The checks behind `bkv doctor`: is the module loadable, does each token offer what the vault needs,
 // do its keys work and stay inside it, and do the fleet secrets agree across tokens. Works on a
 // provisioned fleet (state directory) and on any single PKCS#11 token (then it checks what exists
-// and lists what bkv would still need). Reports never contain a secret: only names, flags and KCVs.
+// and lists what bkv would still need). Also says which OPAQUE group backend this build runs (a slow
+// fallback is a warning, not a failure). Reports never contain a secret: only names, flags and KCVs.
 import pkcs11 from 'pkcs11js';
 import { FLEET_AKE_AAD, KeyLabels, type SealScheme } from '../hsm-adapter/token.ts';
 import { TokenError, toTokenError } from '../hsm-adapter/errors.ts';
 import { loadModule } from '../hsm-adapter/module.ts';
 import { openToken, mechanismName, requiredMechanisms, sealSchemeMechanisms, type Pkcs11Token } from '../hsm-adapter/pkcs11-token.ts';
 import { BkvError } from '../protocol/errors.ts';
+import { backendStatus, type BackendId } from '../protocol/opaque/index.ts';
 import { activateSoftHsmConf, loadState } from './state.ts';
 import { fleetAkeKcv, identityFingerprint, oprfSeedKcv, secretKeyFlags } from './keys.ts';
 
@@ -38,6 +40,12 @@ export interface TokenReport {
   identityFingerprint?: string;
 }
 
+/** The OPAQUE group backend for ristretto255 (the default suite) in this process, as the vault would get it. */
+export interface OpaqueBackendReport {
+  backend: BackendId;
+  native: { loaded: true; path: string; sodiumVersion: string } | { loaded: false; path: string; reason: string };
+}
+
 export interface DoctorReport {
   ok: boolean;
   mode: 'fleet' | 'token';
@@ -46,8 +54,27 @@ export interface DoctorReport {
   library?: { manufacturer: string; description: string; version: string; cryptokiVersion: string };
   tokens: TokenReport[];
   fleetChecks: Check[];
+  opaqueBackend: OpaqueBackendReport;
   /** Why the verdict is red, one line each. */
   problems: string[];
+  /** Worth fixing but not red (the verdict ignores them), one line each. */
+  warnings: string[];
+}
+
+function opaqueBackend(): { report: OpaqueBackendReport; warnings: string[] } {
+  const st = backendStatus();
+  const native = st.native.loaded
+    ? { loaded: true as const, path: st.native.path, sodiumVersion: st.native.sodiumVersion }
+    : { loaded: false as const, path: st.native.path, reason: st.native.reason };
+  const warnings = native.loaded
+    ? []
+    : [`OPAQUE runs on the ${st.defaultBackend} fallback, not the native backend (${native.reason}): slower, still correct`];
+  return { report: { backend: st.defaultBackend, native }, warnings };
+}
+
+function newReport(mode: DoctorReport['mode'], modulePath: string, stateDir?: string): DoctorReport {
+  const o = opaqueBackend();
+  return { ok: false, mode, ...(stateDir ? { stateDir } : {}), modulePath, tokens: [], fleetChecks: [], opaqueBackend: o.report, problems: [], warnings: o.warnings };
 }
 
 const neededNames = [...new Set([...requiredMechanisms, ...Object.values(sealSchemeMechanisms).flat()])];
@@ -254,7 +281,7 @@ export interface FleetDoctorOptions {
 export function doctorFleet(opts: FleetDoctorOptions): DoctorReport {
   const state = loadState(opts.stateDir);
   activateSoftHsmConf(state);
-  const report: DoctorReport = { ok: false, mode: 'fleet', stateDir: state.stateDir, modulePath: state.modulePath, tokens: [], fleetChecks: [], problems: [] };
+  const report = newReport('fleet', state.modulePath, state.stateDir);
   report.library = libraryInfo(state.modulePath);
   const open: Pkcs11Token[] = [];
   try {
@@ -325,7 +352,7 @@ export interface TokenDoctorOptions {
 
 /** Doctor for one token of any PKCS#11 module: checks what exists, reports missing bkv objects. */
 export function doctorToken(opts: TokenDoctorOptions): DoctorReport {
-  const report: DoctorReport = { ok: false, mode: 'token', modulePath: opts.modulePath, tokens: [], fleetChecks: [], problems: [] };
+  const report = newReport('token', opts.modulePath);
   report.library = libraryInfo(opts.modulePath, opts.moduleArgs);
   const r: TokenReport = { tokenLabel: opts.token, opened: false, checks: [] };
   report.tokens.push(r);

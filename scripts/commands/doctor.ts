@@ -11,7 +11,9 @@ const help = `usage: bkv doctor [--state DIR] [--json] [--seal-scheme S]
 
 Checks the PKCS#11 module, each replica token's mechanisms and the choices bkv makes from them, a
 self-test per token (seal/open, HMAC, sign/verify, keys that refuse to leave the token) and that the
-fleet secrets' key check values agree across tokens. Exit 0 when green, 1 when red.
+fleet secrets' key check values agree across tokens, and which OPAQUE group backend this build runs
+(native, or the libsodium WebAssembly fallback with the reason: a warning, not red). Exit 0 when
+green, 1 when red.
 
 With --token it checks any single token (a hardware one too): only the bkv objects that exist are
 tested; missing ones are listed.
@@ -39,6 +41,11 @@ function render(r: DoctorReport): string {
   out.push(r.mode === 'fleet' ? `bkv doctor: fleet in ${r.stateDir}` : `bkv doctor: single token`);
   const lib = r.library;
   out.push(`module   ${r.modulePath}${lib ? `  (${lib.description} ${lib.version} by ${lib.manufacturer}, Cryptoki ${lib.cryptokiVersion})` : ''}`);
+  const ob = r.opaqueBackend;
+  out.push(
+    `opaque   ${ob.backend} ristretto255 backend` +
+      (ob.native.loaded ? ` (system libsodium ${ob.native.sodiumVersion}, ${ob.native.path})` : ` (native unavailable: ${ob.native.reason})`),
+  );
   for (const t of r.tokens) {
     out.push('');
     if (!t.opened) {
@@ -64,6 +71,7 @@ function render(r: DoctorReport): string {
     out.push(`verdict: RED`);
     for (const p of r.problems) out.push(`  - ${p}`);
   }
+  for (const w of r.warnings) out.push(`warning: ${w}`);
   return out.join('\n');
 }
 

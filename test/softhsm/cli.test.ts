@@ -5,6 +5,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { backendStatus } from '../../protocol/opaque/index.ts';
 
 const bkv = fileURLToPath(new URL('../../bin/bkv.js', import.meta.url));
 let dir: string;
@@ -49,6 +50,34 @@ describe('bkv provision / doctor', () => {
     expect(r.tokens.map((x: { tokenLabel: string }) => x.tokenLabel)).toEqual(['us-east', 'us-west', 'eu-west']);
     expect(new Set(r.tokens.map((x: { kcv: { oprfSeed: string } }) => x.kcv.oprfSeed)).size).toBe(1);
     expect(r.fleetChecks.every((c: { status: string }) => c.status === 'pass')).toBe(true);
+    // the OPAQUE backend, as this (same build, same environment) process sees it
+    const here = backendStatus();
+    expect(r.opaqueBackend.backend).toBe(here.defaultBackend);
+    expect(r.opaqueBackend.native.loaded).toBe(here.native.loaded);
+    expect(t.stdout).toMatch(new RegExp(`^opaque   ${here.defaultBackend} ristretto255 backend`, 'm'));
+    expect(r.warnings.length).toBe(here.native.loaded ? 0 : 1);
+  });
+
+  it('doctor reports a missing native OPAQUE backend, with the reason, as a warning that keeps it green', () => {
+    for (const [env, reason] of [
+      [{ BKV_NATIVE: 'off' }, 'disabled by BKV_NATIVE=off'],
+      [{ BKV_NATIVE_ADDON: join(dir, 'no-such-addon.node') }, 'not built'],
+    ] as const) {
+      const t = run(['doctor', '--state', 'fleet'], env);
+      expect(t.status).toBe(0);
+      expect(t.stdout).toContain('verdict: GREEN, 3 tokens healthy');
+      expect(t.stdout).toMatch(/^opaque   libsodium ristretto255 backend \(native unavailable: /m);
+      expect(t.stdout).toMatch(new RegExp(`^warning: OPAQUE runs on the libsodium fallback, not the native backend \\(${reason}`, 'm'));
+      const j = run(['doctor', '--state', 'fleet', '--json'], env);
+      expect(j.status).toBe(0);
+      const r = JSON.parse(j.stdout);
+      expect(r.ok).toBe(true);
+      expect(r.problems).toEqual([]);
+      expect(r.opaqueBackend.backend).toBe('libsodium');
+      expect(r.opaqueBackend.native.loaded).toBe(false);
+      expect(r.opaqueBackend.native.reason).toContain(reason);
+      expect(r.warnings).toHaveLength(1);
+    }
   });
 
   it('doctor turns red when the manifest and the tokens disagree', () => {

@@ -8,7 +8,7 @@ import { enablePassword, recoverK, status, disable } from '../../client/password
 import type { Token } from '../../hsm-adapter/token.ts';
 import { createOpaque, identityKsf, tokenServerSecrets, type Opaque } from '../../protocol/opaque/index.ts';
 import { InputError } from '../../protocol/errors.ts';
-import { decodeDeviceMessage, decodeVaultReply, encodeDeviceMessage, type WireSuite } from '../../protocol/wire.ts';
+import { decodeDeviceMessage, decodeVaultReply, encodeDeviceMessage, encodeVaultReply, type WireSuite } from '../../protocol/wire.ts';
 import { Firmware, type FirmwareInput } from '../../vault/firmware/firmware.ts';
 import { decodeEntry, encodeEntry } from '../../vault/firmware/entries.ts';
 import { FirmwareError } from '../../vault/firmware/errors.ts';
@@ -40,7 +40,7 @@ const client = (user: string, seed: string, suite: WireSuite = SUITE) => ({
 });
 
 describe('rules', () => {
-  it('KE2 (one guess) leaves only after the Attempt is committed; K only after the Reset is', async () => {
+  it('KE2 (one guess) leaves only after the Attempt is committed; K only after the resetting Outcome is', async () => {
     const h = new Harness(firmware('rules'));
     h.step({ kind: 'tick', now: 1_000 });
     const k = new Uint8Array(randomBytes(32));
@@ -60,9 +60,11 @@ describe('rules', () => {
     const fin = op2.clientFinishLogin(start.state, ke2.ke2);
     const out2 = h.step({ kind: 'request', requestId: 901, user: 'ann', body: encodeDeviceMessage({ t: 'RecoverFinish', session: ke2.session, ke3: fin.ke3 }) });
     expect(out2.map((o) => o.kind)).toEqual(['propose']);
-    expect(decodeEntry((out2[0] as { entry: Uint8Array }).entry)).toMatchObject({ t: 'Reset' });
+    expect(decodeEntry((out2[0] as { entry: Uint8Array }).entry)).toMatchObject({ t: 'Outcome', ok: true, reset: true });
+    expect(h.replies.has(901)).toBe(false);
     h.commitAll();
     expect(decodeVaultReply(h.replies.get(901)!).t).toBe('Released');
+    expect(h.fw.inspect('ann')?.used).toBe(0);
     expect(op.suite.id).toBe(SUITE);
   });
 
@@ -132,7 +134,9 @@ describe('rules', () => {
     const b: Uint8Array[] = [];
     const tap = (into: Uint8Array[], user: string) => async (m: Uint8Array) => (into.push(m), h.send(user)(m));
     await enablePassword(tap(a, 'fay'), client('fay', 'c8'), 'victim pw', new Uint8Array(32).fill(6));
-    await enablePassword(tap(b, 'fay'), client('fay', 'c9'), 'attacker pw', new Uint8Array(32).fill(7)).catch(() => undefined);
+    // ChatD holds the attacker's own RegisterFinish back and sends a forged one instead
+    const withhold = async (m: Uint8Array) => (b.push(m), b.length === 2 ? encodeVaultReply({ t: 'Error', code: 'UNAVAILABLE' }) : h.send('fay')(m));
+    await enablePassword(withhold, client('fay', 'c9'), 'attacker pw', new Uint8Array(32).fill(7)).catch(() => undefined);
     const victim = decodeDeviceMessage(a[1]!) as Extract<ReturnType<typeof decodeDeviceMessage>, { t: 'RegisterFinish' }>;
     const attacker = decodeDeviceMessage(b[1]!) as typeof victim;
     const forged = encodeDeviceMessage({ ...attacker, kUpload: victim.kUpload });

@@ -33,9 +33,20 @@ export type Entry =
   | (Base & { t: 'ChangePassword' } & RecordFields)
   /** id is the recovery session id: one OPRF evaluation charged to the user. */
   | (Base & { t: 'Attempt' })
+  /** Written by older firmware for a correct KE3; still applied, no longer proposed (see Outcome). */
   | (Base & { t: 'Reset'; oprfId: Uint8Array })
+  /**
+   * Every KE3's outcome, right or wrong, so each RecoverFinish reply waits for exactly one commit and
+   * latency does not tell the outcome. Booleans keep the encoding the same length for every outcome.
+   * ok && reset: counter to 0; ok && !reset: no change; !ok: at the limit locks, else no change.
+   */
+  | (Base & { t: 'Outcome'; oprfId: Uint8Array; ok: boolean; reset: boolean })
   | (Base & { t: 'Lock'; oprfId: Uint8Array })
-  | (Base & { t: 'Delete' });
+  /**
+   * at: the proposer's clock (ms, same clock as tickets) and tombstoneMs: how long the tombstone lives.
+   * Both absent only in entries written by older firmware (then no tombstone is kept).
+   */
+  | (Base & { t: 'Delete'; at?: number; tombstoneMs?: number });
 
 export type EntryType = Entry['t'];
 
@@ -52,8 +63,13 @@ export function encodeEntry(e: Entry): Uint8Array {
     case 'Lock':
       out.oprfId = e.oprfId;
       break;
-    case 'Attempt':
+    case 'Outcome':
+      Object.assign(out, { oprfId: e.oprfId, ok: e.ok, reset: e.reset });
+      break;
     case 'Delete':
+      if (e.at !== undefined || e.tombstoneMs !== undefined) Object.assign(out, { at: e.at, tombstoneMs: e.tombstoneMs });
+      break;
+    case 'Attempt':
       break;
   }
   const bytes = packr.pack(out);
@@ -66,8 +82,9 @@ const FIELDS: Record<EntryType, string[]> = {
   ChangePassword: ['suite', 'oprfId', 'record', 'kSealed', 'limit', 'issuedAt'],
   Attempt: [],
   Reset: ['oprfId'],
+  Outcome: ['oprfId', 'ok', 'reset'],
   Lock: ['oprfId'],
-  Delete: [],
+  Delete: ['at', 'tombstoneMs'],
 };
 
 /** Throws FirmwareError BAD_ENTRY: a committed entry that does not decode is a fatal inconsistency. */
@@ -109,10 +126,23 @@ export function decodeEntry(bytes: Uint8Array): Entry {
     case 'Reset':
     case 'Lock':
       return { t, id, user, oprfId: needBytes(o.oprfId, ID_BYTES, ID_BYTES) };
+    case 'Outcome': {
+      if (typeof o.ok !== 'boolean' || typeof o.reset !== 'boolean') throw bad('bad outcome');
+      if (o.reset && !o.ok) throw bad('reset on a wrong password');
+      return { t, id, user, oprfId: needBytes(o.oprfId, ID_BYTES, ID_BYTES), ok: o.ok, reset: o.reset };
+    }
+    case 'Delete': {
+      if (o.at === undefined && o.tombstoneMs === undefined) return { t, id, user };
+      if (!isTime(o.at) || !isTime(o.tombstoneMs)) throw bad('bad delete time');
+      return { t, id, user, at: o.at, tombstoneMs: o.tombstoneMs };
+    }
     case 'Attempt':
-    case 'Delete':
       return { t, id, user };
   }
+}
+
+function isTime(v: unknown): v is number {
+  return typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
 }
 
 function needBytes(v: unknown, min: number, max: number): Uint8Array {

@@ -10,10 +10,13 @@
 //
 // The rules (docs/vault.md):
 // 1. KE1 -> propose Attempt; KE2 (the OPRF evaluation, one guess) is computed only once it committed.
-// 2. Correct KE3 -> propose Reset (policy) -> after commit, K encrypted under the session key.
-//    Wrong KE3 -> attempts left (from committed state).
-// 3. At the limit the record is Locked and K erased (Lock entry, or an Attempt past the limit).
+// 2. Every KE3 -> propose Outcome{ok, reset} -> after commit: K encrypted under the session key, or
+//    attempts left (from committed state), or Locked. One commit whatever the outcome, so reply
+//    latency does not tell a right password from a wrong one.
+// 3. At the limit the record is Locked and K erased (Lock entry, an Attempt past the limit, or a wrong
+//    Outcome with none left).
 // 4. Nothing that depends on replicated state leaves before that state is committed.
+// 5. Disable leaves a tombstone: no RegisterFinish whose ticket predates the Delete brings it back.
 import type { Token } from '../../hsm-adapter/token.ts';
 import { BkvError } from '../../protocol/errors.ts';
 import { openKUpload, registrationConfirm, sealKRelease } from '../../protocol/kbox.ts';
@@ -96,10 +99,14 @@ export type FirmwareOutput =
   | { kind: 'snapshot'; index: number; state: Uint8Array }
   | { kind: 'health'; healthy: boolean; code: string; reason: string };
 
+/** How far ahead of ours another replica's clock may be when it issued a ticket. */
+const TICKET_SKEW_MS = 60_000;
+
 type Pending =
   | { kind: 'register'; requestId: number; confirm: Uint8Array }
   | { kind: 'attempt'; requestId: number; user: string; suite: WireSuite; ke1: Uint8Array; session: Uint8Array }
-  | { kind: 'release'; requestId: number; user: string; oprfId: Uint8Array; session: Uint8Array; sessionKey: Uint8Array }
+  /** A KE3 waiting for its Outcome entry; oprfId null = an unknown user's fake session, sessionKey null = wrong. */
+  | { kind: 'outcome'; requestId: number; user: string; oprfId: Uint8Array | null; session: Uint8Array; sessionKey: Uint8Array | null }
   | { kind: 'lock'; requestId: number; user: string }
   | { kind: 'delete'; requestId: number }
   /** A Lock proposed by the firmware itself (an expired last session): nobody waits. */
@@ -230,7 +237,7 @@ export class Firmware {
         const id = this.tagToId.get(input.tag);
         if (id === undefined) return;
         const p = this.pending.get(id);
-        this.forget(id);
+        this.abandon(id);
         if (p && p.kind !== 'internal') this.reply(p.requestId, { t: 'Error', code: safeCode(input.code, 'UNAVAILABLE') });
         return;
       }
@@ -267,7 +274,10 @@ export class Firmware {
         const op = this.op(m.suite);
         const oprfId = this.rng(ID_BYTES);
         const response = op.serverRegistrationResponse(this.secrets[m.suite]!, m.request, credentialId(user, oprfId));
-        const ticket = makeTicket(this.keys, m.suite, user, oprfId, this.now);
+        // Strictly after the current record and any tombstone, so a re-registration in the same
+        // millisecond as a Disable or a change is not refused as stale.
+        const floor = Math.max(this.state.get(user)?.issuedAt ?? -1, this.state.tombstone(user)?.before ?? -1) + 1;
+        const ticket = makeTicket(this.keys, m.suite, user, oprfId, Math.max(this.now, floor));
         return this.reply(requestId, { t: 'RegisterResponse', response, ticket });
       }
       case 'RegisterFinish': {
@@ -275,7 +285,11 @@ export class Firmware {
         const op = this.op(m.suite);
         const { oprfId, issuedAt } = openTicket(this.keys, m.suite, user, m.ticket);
         // Another replica may have issued it: allow its clock a minute ahead of ours.
-        if (this.now - issuedAt > this.policy.ticketTtlMs || issuedAt > this.now + 60_000) throw new RequestError('TICKET_EXPIRED', 'registration ticket expired; start again');
+        if (this.now - issuedAt > this.policy.ticketTtlMs || issuedAt > this.now + TICKET_SKEW_MS) throw new RequestError('TICKET_EXPIRED', 'registration ticket expired; start again');
+        // Refused early so a stale K never reaches the log; apply() refuses it again, deterministically.
+        if (this.state.isStaleRegistration(user, issuedAt)) {
+          throw new RequestError('STALE_REGISTRATION', 'a newer registration or a Disable supersedes this ticket; start again');
+        }
         op.decodeRegistrationRecord(m.record);
         const limit = m.limit ?? this.policy.defaultLimit;
         if (limit < this.policy.minLimit || limit > this.policy.maxLimit) {
@@ -308,34 +322,33 @@ export class Firmware {
         const s = this.sessions.get(key);
         if (!s || s.user !== user || s.expiresAt < this.now) throw new RequestError('NO_SESSION', 'no such recovery session (expired, used, or never started)');
         this.sessions.delete(key); // one KE3 per session
-        let sessionKey: Uint8Array | undefined;
+        this.needLeader();
+        let sessionKey: Uint8Array | null = null;
         try {
           sessionKey = this.op(s.login.suite as WireSuite).serverFinishLogin(s.login, m.ke3).sessionKey;
         } catch (e) {
           if (!(e instanceof BkvError)) throw e;
         }
-        const r = this.state.get(user);
-        if (!s.oprfId || !r) return this.reply(requestId, { t: 'WrongPassword', attemptsLeft: 0 });
-        if (r.locked) return this.reply(requestId, { t: 'Locked' });
-        if (!sameBytes(r.oprfId, s.oprfId)) throw new RequestError('RECORD_CHANGED', 'the record changed during this recovery; start again');
-        if (sessionKey) {
-          if (this.policy.resetOnSuccess) {
-            this.needLeader();
-            return this.propose(
-              { t: 'Reset', id: this.rng(ID_BYTES), user, oprfId: r.oprfId },
-              { kind: 'release', requestId, user, oprfId: r.oprfId, session: m.session, sessionKey },
-            );
-          }
-          return this.release(requestId, user, r.oprfId, m.session, sessionKey);
+        if (!s.oprfId && sessionKey) {
+          sessionKey.fill(0); // a fake record never succeeds
+          sessionKey = null;
         }
-        const left = r.limit - r.used;
-        if (left > 0) return this.reply(requestId, { t: 'WrongPassword', attemptsLeft: left });
-        this.needLeader();
-        return this.propose({ t: 'Lock', id: this.rng(ID_BYTES), user, oprfId: r.oprfId }, { kind: 'lock', requestId, user });
+        // Every outcome - right, wrong, wrong at the limit, unknown user, locked - commits exactly one
+        // entry of one size before its reply; what the reply says is decided from the committed state.
+        const ok = sessionKey !== null;
+        return this.propose(
+          { t: 'Outcome', id: this.rng(ID_BYTES), user, oprfId: s.oprfId ?? UNKNOWN_OPRF_ID, ok, reset: ok && this.policy.resetOnSuccess },
+          { kind: 'outcome', requestId, user, oprfId: s.oprfId, session: m.session, sessionKey },
+        );
       }
       case 'Disable':
         this.needLeader();
-        return this.propose({ t: 'Delete', id: this.rng(ID_BYTES), user }, { kind: 'delete', requestId });
+        // The tombstone outlives every ticket issued before it, allowing for clock skew between the
+        // replica that issued a ticket, the proposer, and the one whose time sweeps it.
+        return this.propose(
+          { t: 'Delete', id: this.rng(ID_BYTES), user, at: this.now, tombstoneMs: this.policy.ticketTtlMs + 2 * TICKET_SKEW_MS },
+          { kind: 'delete', requestId },
+        );
     }
   }
 
@@ -365,6 +378,13 @@ export class Firmware {
     const p = this.pending.get(id);
     if (p) this.tagToId.delete(p.tag);
     this.pending.delete(id);
+  }
+
+  /** A request that will get no outcome: drop it, and the session key it may hold. */
+  private abandon(id: string): void {
+    const p = this.pending.get(id);
+    if (p?.kind === 'outcome') p.sessionKey?.fill(0);
+    this.forget(id);
   }
 
   private onCommitted(index: number, bytes: Uint8Array): void {
@@ -401,11 +421,26 @@ export class Firmware {
         return this.reply(p.requestId, { t: 'Disabled' });
       case 'lock':
         return this.reply(p.requestId, { t: 'Locked' });
-      case 'release':
-        if (effect.kind === 'reset' || effect.kind === 'stale') return this.release(p.requestId, p.user, p.oprfId, p.session, p.sessionKey);
-        return this.reply(p.requestId, { t: 'Locked' });
+      case 'outcome':
+        return this.afterOutcome(p, effect);
       case 'attempt':
         return this.afterAttempt(p, effect);
+    }
+  }
+
+  private afterOutcome(p: Extract<Pending, { kind: 'outcome' }>, effect: ApplyEffect): void {
+    const { requestId, user, oprfId, sessionKey } = p;
+    try {
+      const r = this.state.get(user);
+      // An unknown user, or a record deleted during the recovery: indistinguishable, as at KE2.
+      if (!oprfId || !r) return this.reply(requestId, { t: 'WrongPassword', attemptsLeft: 0 });
+      if (r.locked) return this.reply(requestId, { t: 'Locked' });
+      if (!sameBytes(r.oprfId, oprfId)) return this.reply(requestId, { t: 'Error', code: 'RECORD_CHANGED' });
+      if (sessionKey) return this.release(requestId, user, oprfId, p.session, sessionKey);
+      const attemptsLeft = effect.kind === 'failed' ? effect.attemptsLeft : r.limit - r.used;
+      return this.reply(requestId, { t: 'WrongPassword', attemptsLeft });
+    } finally {
+      sessionKey?.fill(0);
     }
   }
 
@@ -445,7 +480,7 @@ export class Firmware {
   private onTick(): void {
     for (const [id, p] of this.pending) {
       if (p.deadline >= this.now) continue;
-      this.forget(id);
+      this.abandon(id);
       // The entry may still commit later; an attempt then stays charged (unknown outcome = used).
       if (p.kind !== 'internal') this.reply(p.requestId, { t: 'Error', code: 'TIMEOUT' });
     }
@@ -488,7 +523,7 @@ export class Firmware {
     this.out.push({ kind: 'health', healthy: false, code, reason });
     // Fail closed: everyone waiting gets an error, every session dies.
     for (const [id, p] of this.pending) {
-      this.forget(id);
+      this.abandon(id);
       if (p.kind !== 'internal') this.reply(p.requestId, { t: 'Error', code: 'UNHEALTHY' });
     }
     this.sessions.clear();
