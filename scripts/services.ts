@@ -12,6 +12,7 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { BkvError } from '../protocol/errors.ts';
 import { WIRE_SUITES, type WireSuite } from '../protocol/wire.ts';
+import { FLEET_FAULT_PATH, FLEET_STATUS_PATH, type FleetFault, type ReplicaStatus } from '../vault/fleet/fleet-types.ts';
 
 export class ServiceError extends BkvError {}
 
@@ -50,6 +51,7 @@ export type VaultKeys = Record<WireSuite, string>;
 
 const RUN_JS = fileURLToPath(new URL('../bin/run.js', import.meta.url));
 const VAULT_MAIN = fileURLToPath(new URL('../vault/main.ts', import.meta.url));
+const FLEET_MAIN = fileURLToPath(new URL('../vault/fleet/main.ts', import.meta.url));
 const CHATD_MAIN = fileURLToPath(new URL('../chatd/main.ts', import.meta.url));
 
 // Every child still running when this process exits is killed: a crashed supervisor or test must not
@@ -160,6 +162,8 @@ export interface StartVaultOptions {
   port?: number;
   /** Default: the fleet's first replica. */
   replica?: string;
+  /** LMDB directory (default: the replica's own under the state directory). */
+  db?: string;
   onLine?: LineSink;
   timeoutMs?: number;
 }
@@ -172,6 +176,7 @@ export interface StartVaultOptions {
 export async function startVault(o: StartVaultOptions): Promise<VaultService> {
   const args = ['--state', resolve(o.stateDir), '--port', String(o.port ?? 0)];
   if (o.replica) args.push('--replica', o.replica);
+  if (o.db) args.push('--db', resolve(o.db));
   const envName = (s: string) => `VAULT_AKE_PUBLIC_KEY_${s.replace(/[^A-Za-z0-9]/g, '_')}`;
   let url: string | undefined;
   const keys: Partial<VaultKeys> = {};
@@ -194,6 +199,183 @@ export async function startVault(o: StartVaultOptions): Promise<VaultService> {
   });
   return Object.assign(service, { url: ready.url, port: Number(new URL(ready.url).port), keys: ready.keys }) as VaultService;
 }
+
+// ---- the fleet: five replicas (worker threads, Raft) in one process -------------------------------
+
+export type WanChoice = 'default' | 'none' | string;
+
+export interface StartFleetOptions {
+  stateDir: string;
+  /** Replicas to run, the first N of the provisioned fleet (default: all of them). */
+  replicas?: number;
+  /** WAN model between data centers: 'default', 'none' or a JSON file (docs/fleet-network.md). */
+  wan?: WanChoice;
+  /** The fleet's front port (what ChatD talks to); 0 (default): any free port. */
+  port?: number;
+  onLine?: LineSink;
+  timeoutMs?: number;
+}
+
+export type { FleetFault, ReplicaStatus };
+
+export interface FleetStatus {
+  replicas: ReplicaStatus[];
+  /** The leader (highest-term healthy replica that says it leads), or null (election, no quorum). */
+  leader: string | null;
+  /** The fleet process's CPU time so far (user + system, all threads), ms; null where /proc is absent. */
+  cpuMs: number | null;
+  pid: number | null;
+}
+
+export interface FleetService extends VaultService {
+  readonly kind: 'fleet';
+  status(): Promise<FleetStatus>;
+  fault(f: FleetFault): Promise<unknown>;
+}
+
+
+/**
+ * Starts the fleet process (vault/fleet/main.ts: every replica a worker thread on its own token,
+ * agreeing by Raft) and resolves once its front listens, with that URL (ChatD's vault URL) and the
+ * fleet's AKE public keys, computed from the tokens: the same keys the single vault prints.
+ */
+export async function startFleetService(o: StartFleetOptions): Promise<FleetService> {
+  const args = ['--state', resolve(o.stateDir), '--port', String(o.port ?? 0)];
+  if (o.replicas !== undefined) args.push('--replicas', String(o.replicas));
+  if (o.wan !== undefined) args.push('--wan', o.wan === 'default' || o.wan === 'none' ? o.wan : resolve(o.wan));
+  let url: string | undefined;
+  const keys: Partial<VaultKeys> = {};
+  const { service, ready } = await spawnService({
+    who: 'vault',
+    entry: FLEET_MAIN,
+    args,
+    onLine: o.onLine,
+    timeoutMs: o.timeoutMs ?? 120_000,
+    ready(line) {
+      const eq = line.indexOf('=');
+      if (eq < 0) return undefined;
+      const name = line.slice(0, eq);
+      const value = line.slice(eq + 1).trim();
+      if (name === 'FLEET_URL') url = value;
+      for (const s of WIRE_SUITES) if (name === akeEnvName(s) && /^[0-9a-f]+$/.test(value)) keys[s] = value;
+      if (url && WIRE_SUITES.every((s) => keys[s])) return { url, keys: keys as VaultKeys };
+      return undefined;
+    },
+  });
+  const pid = service.pid;
+  const fleetUrl = ready.url;
+  return Object.assign(service, {
+    kind: 'fleet' as const,
+    url: fleetUrl,
+    port: Number(new URL(fleetUrl).port),
+    keys: ready.keys,
+    status: () => fetchFleetStatus(fleetUrl, pid),
+    fault: (f: FleetFault) => postFleetFault(fleetUrl, f),
+  }) as FleetService;
+}
+
+const akeEnvName = (s: string) => `VAULT_AKE_PUBLIC_KEY_${s.replace(/[^A-Za-z0-9]/g, '_')}`;
+
+/** No fleet answers at that URL (not running, or something else listens there). */
+export class FleetUnreachableError extends ServiceError {
+  constructor(message: string) {
+    super('FLEET_UNREACHABLE', message);
+  }
+}
+
+async function fleetRequest(base: string, path: string, init: { method: 'GET' | 'POST'; body?: unknown }, timeoutMs = 5000): Promise<unknown> {
+  let res: Response;
+  try {
+    res = await fetch(new URL(path, base), {
+      method: init.method,
+      headers: init.body === undefined ? {} : { 'content-type': 'application/json' },
+      body: init.body === undefined ? undefined : JSON.stringify(init.body),
+      signal: AbortSignal.timeout(timeoutMs),
+    });
+  } catch (e) {
+    const cause = ((e as { cause?: { code?: unknown } }).cause?.code as string | undefined) ?? '';
+    const why = (e as Error).name === 'TimeoutError' ? `did not answer within ${timeoutMs} ms` : `cannot be reached${/^[A-Z_]+$/.test(cause) ? ` (${cause})` : ''}`;
+    throw new FleetUnreachableError(`the fleet at ${base} ${why}`);
+  }
+  const text = await res.text();
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    throw new ServiceError('FLEET_BAD_REPLY', `the fleet at ${base} answered ${path} with HTTP ${res.status} and no JSON (is it a bkv fleet?)`);
+  }
+  if (!res.ok) {
+    const j = json as { code?: unknown; message?: unknown; error?: unknown };
+    const code = typeof j.code === 'string' ? j.code : `HTTP_${res.status}`;
+    const msg = typeof j.message === 'string' ? j.message : typeof j.error === 'string' ? j.error : `HTTP ${res.status}`;
+    throw new ServiceError(code, `the fleet refused ${init.method} ${path}: ${msg}`);
+  }
+  return json;
+}
+
+
+/** Reads the fleet's status; `pid` (the fleet process) adds its CPU time from /proc. */
+export async function fetchFleetStatus(fleetUrl: string, pid?: number): Promise<FleetStatus> {
+  const raw = await fleetRequest(fleetUrl, FLEET_STATUS_PATH, { method: 'GET' });
+  return parseFleetStatus(raw, pid);
+}
+
+const ROLES = new Set(['leader', 'follower', 'candidate', 'preCandidate', 'rejoining', 'down']);
+
+/** Validates the fleet's status reply (a list of replicas, or `{ replicas }`): a typed error, never a guess. */
+export function parseFleetStatus(raw: unknown, pid?: number): FleetStatus {
+  const obj = (Array.isArray(raw) ? { replicas: raw } : raw) as Record<string, unknown> | null;
+  const list = obj?.replicas;
+  const bad = (why: string) => new ServiceError('FLEET_BAD_REPLY', `the fleet status is malformed: ${why}`);
+  if (!Array.isArray(list)) throw bad('no replica list');
+  const replicas = list.map((r: Record<string, unknown>, i): ReplicaStatus => {
+    if (typeof r !== 'object' || r === null || typeof r.name !== 'string') throw bad(`replica ${i} has no name`);
+    if (typeof r.role !== 'string' || !ROLES.has(r.role)) throw bad(`replica ${r.name} has an unknown role`);
+    for (const k of ['term', 'commitIndex', 'appliedIndex', 'lag'] as const) if (typeof r[k] !== 'number') throw bad(`replica ${r.name} has no ${k}`);
+    return {
+      name: r.name,
+      region: typeof r.region === 'string' ? r.region : r.name,
+      role: r.role as ReplicaStatus['role'],
+      term: r.term as number,
+      commitIndex: r.commitIndex as number,
+      appliedIndex: r.appliedIndex as number,
+      lag: r.lag as number,
+      healthy: r.healthy === true,
+      reason: typeof r.reason === 'string' ? r.reason : '',
+      leader: typeof r.leader === 'string' && r.leader ? r.leader : null,
+    };
+  });
+  // Two replicas may both say they lead (an old one not yet stepped down): the higher term wins.
+  const leaders = replicas.filter((r) => r.role === 'leader' && r.healthy).sort((a, b) => b.term - a.term);
+  const fleetPid = typeof obj?.pid === 'number' ? obj.pid : pid ?? null;
+  return { replicas, leader: leaders[0]?.name ?? null, cpuMs: fleetPid === null ? null : processCpuMs(fleetPid), pid: fleetPid };
+}
+
+export async function postFleetFault(fleetUrl: string, f: FleetFault): Promise<unknown> {
+  return fleetRequest(fleetUrl, FLEET_FAULT_PATH, { method: 'POST', body: f }, 30_000);
+}
+
+/**
+ * CPU time (user + system, all threads, ms) a process has used so far, from /proc/PID/stat; null
+ * where there is no /proc (not Linux) or the process is gone. Resolution is one clock tick (10 ms).
+ */
+export function processCpuMs(pid: number): number | null {
+  let text: string;
+  try {
+    text = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  } catch {
+    return null;
+  }
+  // The command name (field 2) may hold spaces and parentheses: split after its closing one.
+  const rest = text.slice(text.lastIndexOf(')') + 2).split(' ');
+  const utime = Number(rest[11]);
+  const stime = Number(rest[12]);
+  if (!Number.isFinite(utime) || !Number.isFinite(stime)) return null;
+  return ((utime + stime) * 1000) / CLOCK_TICKS;
+}
+
+// sysconf(_SC_CLK_TCK): 100 on every Linux this runs on (USER_HZ is fixed at 100 in the kernel ABI).
+const CLOCK_TICKS = 100;
 
 export interface StartChatdOptions {
   stateDir: string;
@@ -220,7 +402,9 @@ export async function startChatdService(o: StartChatdOptions): Promise<ChatdServ
 }
 
 export interface Services {
+  /** The single vault, or the fleet (then `fleet` is set too). */
   vault: VaultService;
+  fleet?: FleetService;
   chatd: ChatdService;
   /** Resolves with whichever child exits first (expectedly or not). */
   firstExit: Promise<{ who: 'vault' | 'chatd' } & ExitInfo>;
@@ -230,15 +414,18 @@ export interface Services {
 
 export interface StartServicesOptions {
   stateDir: string;
+  /** Run the Raft fleet (vault/fleet/main.ts) instead of the single vault. */
+  fleet?: { replicas?: number; wan?: WanChoice };
   chatdPort?: number;
   vaultPort?: number;
   chatdArgs?: string[];
   onLine?: LineSink;
 }
 
-/** The vault, then ChatD pointed at it. If ChatD fails to start, the vault is stopped again. */
+/** The vault (or the fleet), then ChatD pointed at it. If ChatD fails to start, the vault is stopped again. */
 export async function startServices(o: StartServicesOptions): Promise<Services> {
-  const vault = await startVault({ stateDir: o.stateDir, port: o.vaultPort, onLine: o.onLine });
+  const fleet = o.fleet ? await startFleetService({ stateDir: o.stateDir, port: o.vaultPort, onLine: o.onLine, replicas: o.fleet.replicas, wan: o.fleet.wan }) : undefined;
+  const vault: VaultService = fleet ?? (await startVault({ stateDir: o.stateDir, port: o.vaultPort, onLine: o.onLine }));
   let chatd: ChatdService;
   try {
     chatd = await startChatdService({ stateDir: o.stateDir, vaultUrl: vault.url, port: o.chatdPort, extraArgs: o.chatdArgs, onLine: o.onLine });
@@ -248,6 +435,7 @@ export async function startServices(o: StartServicesOptions): Promise<Services> 
   }
   return {
     vault,
+    ...(fleet ? { fleet } : {}),
     chatd,
     firstExit: Promise.race([vault.exited.then((e) => ({ who: 'vault' as const, ...e })), chatd.exited.then((e) => ({ who: 'chatd' as const, ...e }))]),
     async stop() {
@@ -265,6 +453,11 @@ export interface ServeRecord {
   pid: number;
   chatdUrl: string;
   vaultUrl: string;
+  /** 'fleet' when `bkv fleet up` runs the Raft fleet behind ChatD (vaultUrl is then the fleet's front). */
+  mode?: 'vault' | 'fleet';
+  /** Fleet mode: replicas, WAN model. */
+  replicas?: string[];
+  wan?: string;
   /** The children, so a later serve can tell when a crashed supervisor left them running. */
   vaultPid?: number;
   chatdPid?: number;
@@ -345,7 +538,7 @@ export function writeVaultKeys(stateDir: string, keys: VaultKeys): void {
 export function readVaultKeys(stateDir: string): VaultKeys {
   const path = servePaths(stateDir).vaultKeys;
   if (!existsSync(path)) {
-    throw new ServiceError('VAULT_KEY_UNKNOWN', `no pinned vault key in ${path}: run \`bkv serve --state ${stateDir}\` once (it records the vault's public keys there)`);
+    throw new ServiceError('VAULT_KEY_UNKNOWN', `no pinned vault key in ${path}: run \`bkv fleet up --state ${stateDir}\` (or \`bkv serve\`: one replica) once; it records the vault's public keys there`);
   }
   const f = readJson(path, 'vault key file') as VaultKeysFile;
   const ok = f?.version === 1 && WIRE_SUITES.every((s) => typeof f.keys?.[s] === 'string' && /^[0-9a-f]{64,}$/.test(f.keys[s]));

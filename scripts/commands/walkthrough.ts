@@ -1,9 +1,11 @@
 // `npm start` / `bkv walkthrough`: the story of password-protected backups, end to end on real parts.
-// Provisions a SoftHSM2 fleet in its own state directory, starts the vault and ChatD as processes
-// (the same start-up `bkv serve` uses), and plays the story with one short line per step: Alice
-// enables a password backup and uploads; her new phone restores it with the password; an attacker
-// guesses until the record locks and the backup is gone for good; Bob uses a 64-digit key instead.
-// Ends with a table of what each step was expected to show and what it showed.
+// Provisions a SoftHSM2 fleet in its own state directory, starts the five-replica Raft fleet (default
+// WAN model) and ChatD as processes (the same start-up `bkv fleet up` uses), and plays the story with
+// one short line per step: Alice enables a password backup and uploads; her new phone restores it with
+// the password; a data center goes dark in the middle of a restore, which still succeeds with the
+// attempt count right; an attacker guesses until the record locks and the backup is gone for good; Bob
+// uses a 64-digit key instead. Ends with a table of what each step was expected to show and what it
+// showed.
 //
 // No secret is printed except Bob's 64-digit key, shown once to Bob as the real command does.
 import { createHash, randomBytes } from 'node:crypto';
@@ -17,24 +19,30 @@ import { CloudFolder } from '../../client/cloud.ts';
 import { createBackup, restoreBackup } from '../../client/backup.ts';
 import { formatKey64Lines, generateBackupKey, parseKey64 } from '../../client/key64.ts';
 import { decodeVaultReply } from '../../protocol/wire.ts';
+import { resolveWanConfig } from '../../vault/fleet/wan.ts';
 import type { Send } from '../../client/password.ts';
-import { clearServeRecord, startServices, writeServeRecord, writeVaultKeys, type Services } from '../services.ts';
+import { ServiceError, clearServeRecord, startServices, writeServeRecord, writeVaultKeys, type FleetService, type FleetStatus, type Services } from '../services.ts';
 import { DEFAULT_SUITE, ksfByName, PasswordBackupError, PasswordDevice, type DeviceIdentity } from './backup-password.ts';
 
 const MARKER = '.bkv-walkthrough';
 const ALICE = '+15550100001';
 const BOB = '+15550100002';
 
-const help = `usage: bkv walkthrough [--state DIR] [--ksf NAME]
+const help = `usage: bkv walkthrough [--state DIR] [--ksf NAME] [--vault fleet|single] [--wan default|none|FILE]
 
-The story of password-protected backups on real parts (SoftHSM2 tokens, the vault and ChatD as
-processes on loopback, OPAQUE, LMDB), one line per step, then a summary table. See docs/walkthrough.md.
+The story of password-protected backups on real parts (SoftHSM2 tokens, the five-replica Raft fleet
+and ChatD as processes on loopback, OPAQUE, LMDB), one line per step, then a summary table. See
+docs/walkthrough.md.
 
   --state DIR   where it runs (default .bkv/walkthrough); wiped at the start of every run, so reruns
                 work. A directory bkv did not create for a walkthrough is refused, never wiped.
   --ksf NAME    the devices' key stretching: argon2id (default: the project's default, RFC 9106's second
                 set, 64 MiB), scrypt (RFC 9807's parameters, ~10x faster), argon2id-rfc9106-first (2 GiB,
-                ~1 min per step). The attacker's device runs the same.`;
+                ~1 min per step). The attacker's device runs the same.
+  --vault KIND  fleet (default): five replicas, one per data center, agreeing by Raft, and a data
+                center goes dark during a restore; single: one replica on a solo log (no fleet step)
+  --wan MODEL   the fleet's WAN between data centers: default (public inter-region RTTs), none, or
+                a JSON file (docs/fleet-network.md)`;
 
 interface Row {
   step: string;
@@ -84,13 +92,47 @@ function prepareState(dir: string): void {
 }
 
 const secs = (ms: number) => `${(ms / 1000).toFixed(1)} s`;
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+/** What an app retries after an outage: the fleet cannot serve right now, or the session died with its leader. */
+function retryable(e: PasswordBackupError): boolean {
+  return ['VAULT_UNAVAILABLE', 'CHATD_TIMEOUT', 'RECORD_CHANGED'].includes(e.code) || (e.code === 'VAULT_REFUSED' && /NO_SESSION|NOT_LEADER|NO_LEADER/.test(e.message));
+}
+
+/** Retries a read through an election (a few seconds at most). */
+async function retrying<T>(f: () => Promise<T>): Promise<T> {
+  for (let i = 0; ; i++) {
+    try {
+      return await f();
+    } catch (e) {
+      if (!(e instanceof PasswordBackupError) || !retryable(e) || i >= 20) throw e;
+      await sleep(250);
+    }
+  }
+}
+
+/** Polls the fleet's status until `ok` holds; throws after `timeoutMs`. */
+async function waitFor(fleet: FleetService, ok: (s: FleetStatus) => boolean, timeoutMs: number): Promise<FleetStatus> {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    const s = await fleet.status().catch(() => undefined);
+    if (s && ok(s)) return s;
+    if (Date.now() > until) throw new ServiceError('FLEET_TIMEOUT', `the fleet did not reach the expected state within ${timeoutMs / 1000} s`);
+    await sleep(150);
+  }
+}
 
 export const command: Command = {
   name: 'walkthrough',
-  summary: 'the story end to end: password backup, new-phone restore, lockout, 64-digit key',
+  summary: 'the story end to end on the fleet: password backup, new-phone restore, a data center dark mid-restore, lockout, 64-digit key',
   help,
   async run(argv) {
-    const { values } = parseFlags(argv, { state: { type: 'string' }, ksf: { type: 'string' } });
+    const { values } = parseFlags(argv, { state: { type: 'string' }, ksf: { type: 'string' }, vault: { type: 'string' }, wan: { type: 'string' } });
+    const kind = values.vault ?? 'fleet';
+    if (kind !== 'fleet' && kind !== 'single') throw new UsageError(`--vault must be fleet or single (got '${kind.slice(0, 20)}')`);
+    if (kind === 'single' && values.wan !== undefined) throw new UsageError('--wan applies to the fleet only (--vault fleet)');
+    const wan = values.wan ?? 'default';
+    if (kind === 'fleet') resolveWanConfig(wan); // a bad WAN file is refused before anything starts
     const stateDir = resolve(values.state ?? join('.bkv', 'walkthrough'));
     const ksf = ksfByName(values.ksf ?? 'argon2id');
     const t0 = performance.now();
@@ -109,6 +151,7 @@ export const command: Command = {
 
     const logFile = join(stateDir, 'services.log');
     let services: Services | undefined;
+    const stepNo = (n: number) => (kind === 'fleet' || n < 4 ? n : n - 1);
     try {
       // ---- set-up ----
       const [report, provMs] = await timed(async () => {
@@ -119,12 +162,31 @@ export const command: Command = {
         }
       });
       say(`[setup] provisioned ${report.replicas.length} SoftHSM2 tokens (${report.replicas.map((r) => r.name).join(', ')}) and ran the key ceremony  (${secs(provMs)})`);
-      const [svc, startMs] = await timed(() => startServices({ stateDir, onLine: (who, line) => appendFileSync(logFile, `${who} | ${line}\n`) }));
-      services = svc;
-      writeVaultKeys(stateDir, svc.vault.keys);
-      writeServeRecord(stateDir, { version: 1, pid: process.pid, chatdUrl: svc.chatd.url, vaultUrl: svc.vault.url, startedAt: new Date().toISOString() });
-      say(`[setup] vault (replica ${report.replicas[0]!.name}, pid ${svc.vault.pid}) and ChatD (pid ${svc.chatd.pid}, ${svc.chatd.url}) running as two processes  (${secs(startMs)})`);
-      say(`[setup] devices pin the vault key ${svc.vault.keys[DEFAULT_SUITE].slice(0, 16)}... from ${join(stateDir, 'vault-keys.json')}, not from ChatD`);
+      const [svc, startMs] = await timed(async () => {
+        const started = await startServices({ stateDir, ...(kind === 'fleet' ? { fleet: { wan } } : {}), onLine: (who, line) => appendFileSync(logFile, `${who} | ${line}\n`) });
+        services = started;
+        // The story starts once the fleet has a leader and every replica is up.
+        const st = started.fleet ? await waitFor(started.fleet, (x) => !!x.leader && x.replicas.every((r) => r.healthy), 30_000) : undefined;
+        return { started, st };
+      });
+      const fleet = svc.started.fleet;
+      writeVaultKeys(stateDir, svc.started.vault.keys);
+      writeServeRecord(stateDir, {
+        version: 1,
+        pid: process.pid,
+        mode: fleet ? 'fleet' : 'vault',
+        chatdUrl: svc.started.chatd.url,
+        vaultUrl: svc.started.vault.url,
+        ...(svc.st ? { replicas: svc.st.replicas.map((r) => r.name), wan } : {}),
+        startedAt: new Date().toISOString(),
+      });
+      if (fleet && svc.st) {
+        say(`[setup] the vault: ${svc.st.replicas.length} replicas (${svc.st.replicas.map((r) => r.name).join(', ')}), one per data center, worker threads on their own tokens agreeing by Raft, WAN model ${wan}; leader ${svc.st.leader}  (${secs(startMs)})`);
+        say(`[setup] ChatD (pid ${svc.started.chatd.pid}, ${svc.started.chatd.url}) relays to the fleet (pid ${fleet.pid}): two processes`);
+      } else {
+        say(`[setup] vault (replica ${report.replicas[0]!.name}, pid ${svc.started.vault.pid}) and ChatD (pid ${svc.started.chatd.pid}, ${svc.started.chatd.url}) running as two processes  (${secs(startMs)})`);
+      }
+      say(`[setup] devices pin the vault key ${svc.started.vault.keys[DEFAULT_SUITE].slice(0, 16)}... from ${join(stateDir, 'vault-keys.json')}, not from ChatD`);
 
       const accounts = new AccountStore(stateDir);
       const alice = await accounts.create(ALICE);
@@ -132,7 +194,7 @@ export const command: Command = {
       say(`[setup] ChatD accounts for Alice (${ALICE}) and Bob (${BOB}); each device holds its account token`);
       const cloud = new CloudFolder(join(stateDir, 'cloud'));
       const device = (token: string, user: string, wrapSend?: (s: Send) => Send) => {
-        const id: DeviceIdentity = { chatdUrl: svc.chatd.url, token, user, serverPublicKey: new Uint8Array(Buffer.from(svc.vault.keys[DEFAULT_SUITE], 'hex')), suite: DEFAULT_SUITE, ksf };
+        const id: DeviceIdentity = { chatdUrl: svc.started.chatd.url, token, user, serverPublicKey: new Uint8Array(Buffer.from(svc.started.vault.keys[DEFAULT_SUITE], 'hex')), suite: DEFAULT_SUITE, ksf };
         return new PasswordDevice(id, { wrapSend });
       };
       // Alice's password: a real one a person would pick is never printed; this one is random.
@@ -144,6 +206,7 @@ export const command: Command = {
       const [enabled, enableMs] = await timed(() => alicePhone.enable(alicePassword));
       const enableOk = enabled.state === 'registered' && enabled.attemptsLeft === enabled.limit;
       say(`[1] Alice's phone enables a password backup: new key K registered with the vault by OPAQUE; ${enabled.limit} wrong passwords will lock it  (${secs(enableMs)})`);
+      const limit0 = enabled.limit;
       rows.push({ step: 'Alice enables a password backup', expected: 'registered, full attempts', observed: `${enabled.state}, ${enabled.attemptsLeft}/${enabled.limit} left`, ok: enableOk, ms: enableMs });
 
       // ---- 2. Alice uploads her encrypted backup ----
@@ -185,6 +248,84 @@ export const command: Command = {
       say(`[3] Alice's new phone (only her account token, her password and the cloud folder) restores ${restored.files} files: ${cmp.same ? 'identical to the old phone\'s' : 'DIFFERENT'}  (${secs(restoreMs)})`);
       rows.push({ step: 'New phone restores with the password', expected: 'files identical', observed: `${restored.files} files, ${cmp.same ? 'identical' : 'different'}`, ok: cmp.same && restored.files === cmp.files, ms: restoreMs });
 
+      // ---- 4. A data center goes dark in the middle of a restore (fleet only) ----
+      if (fleet) {
+        const tabletOut = join(stateDir, 'devices', 'alice-tablet', 'chats');
+        mkdirSync(join(stateDir, 'devices', 'alice-tablet'), { recursive: true });
+        // The moment KE2 reaches the device, the attempt it cost is committed on a majority (rule 1).
+        // Then the leader's data center goes dark: its replica crashes, and with it the recovery
+        // session the device was about to finish. The app tries again, as it would after any outage.
+        let dark: { replica: string; term: number } | undefined;
+        let ke2Tablet = 0;
+        const tablet = device(alice.token, ALICE, (s) => async (b) => {
+          const reply = await s(b);
+          if (decodeVaultReply(reply).t === 'KE2') {
+            ke2Tablet++;
+            if (!dark) {
+              const st = await fleet.status();
+              const leader = st.replicas.find((r) => r.name === st.leader)!;
+              dark = { replica: leader.name, term: leader.term };
+              await fleet.fault({ op: 'crash', replica: leader.name });
+            }
+          }
+          return reply;
+        });
+        let firstFailure: string | undefined;
+        let leftWhileDark: number | undefined;
+        let tries = 0;
+        const [restoredDark, darkMs] = await timed(async () => {
+          for (;;) {
+            tries++;
+            try {
+              const k = await tablet.recover(alicePassword);
+              try {
+                return await restoreBackup({ key: k, cloud, account: 'alice', out: tabletOut });
+              } finally {
+                k.fill(0);
+              }
+            } catch (e) {
+              if (!(e instanceof PasswordBackupError) || !retryable(e) || tries >= 8) throw e;
+              if (firstFailure === undefined) {
+                firstFailure = e.code === 'VAULT_REFUSED' ? e.message.replace(/^.*\((\w+)\)$/, '$1') : e.code;
+                // What the fleet holds for Alice now, with the leader gone: the charged attempt.
+                leftWhileDark = (await retrying(() => tablet.status())).attemptsLeft;
+              }
+              await sleep(500);
+            }
+          }
+        });
+        const victim = dark?.replica ?? '(none)';
+        const afterDark = await retrying(() => tablet.status());
+        const newLeader = (await waitFor(fleet, (x) => !!x.leader && x.leader !== victim, 20_000)).leader;
+        const tabletCmp = sameTree(aliceChats, tabletOut);
+        say(
+          `[4] A data center goes dark during a restore: as KE2 reached Alice's tablet, the leader's data center (${victim}) lost power; ` +
+            `${firstFailure ? `the tablet's KE3 failed (${firstFailure}: its session died with the leader), ${leftWhileDark}/${limit0} attempts left while dark (the charged attempt survived on the majority); ` : ''}` +
+            `${newLeader} leads now; the restore ${tries > 1 ? `retried and ` : ''}got ${restoredDark.files} files (${tabletCmp.same ? 'identical' : 'DIFFERENT'}), ${afterDark.attemptsLeft}/${afterDark.limit} left  (${secs(darkMs)})`,
+        );
+        // The dark data center comes back: it rejoins on its disk and catches up from the others.
+        const [back, backMs] = await timed(async () => {
+          await fleet.fault({ op: 'restart', replica: victim });
+          return waitFor(fleet, (x) => {
+            const r = x.replicas.find((y) => y.name === victim);
+            return !!r && r.healthy && r.role === 'follower' && r.lag === 0 && !!x.leader;
+          }, 30_000).then(
+            (x) => x,
+            () => undefined,
+          );
+        });
+        const backRow = back?.replicas.find((r) => r.name === victim);
+        say(`    ${victim} back on: ${backRow ? `rejoined as a follower, caught up to commit ${backRow.commitIndex} (lag 0)` : 'NOT caught up within 30 s'}  (${secs(backMs)})`);
+        tablet.close();
+        rows.push({
+          step: `Leader's DC (${victim}) dark mid-restore`,
+          expected: `restore succeeds; ${limit0 - 1}/${limit0} left while dark; ${limit0}/${limit0} after`,
+          observed: `${tabletCmp.same ? 'restored' : 'NOT restored'} in ${tries} tr${tries === 1 ? 'y' : 'ies'} (${ke2Tablet} KE2); ${leftWhileDark ?? '-'}/${limit0} while dark; ${afterDark.attemptsLeft}/${afterDark.limit} after; ${backRow ? 'DC back, lag 0' : 'DC not back'}`,
+          ok: !!dark && tabletCmp.same && restoredDark.files === tabletCmp.files && (firstFailure === undefined || leftWhileDark === limit0 - 1) && afterDark.attemptsLeft === limit0 && ke2Tablet === tries && !!backRow,
+          ms: darkMs + backMs,
+        });
+      }
+
       // ---- 4. An attacker guesses until the record locks ----
       // The attacker has Alice's account token (a SIM swap, a malicious ChatD insider): everything but
       // the password. Every KE2 the vault hands out is one password guess; count them as they arrive.
@@ -217,7 +358,7 @@ export const command: Command = {
         }
       });
       attacker.close();
-      say(`[4] An attacker with Alice's token guessed until the record locked: locked at guess ${lockedAt}, ${ke2s} password evaluations (KE2) handed out, limit ${limit}  (${secs(attackMs)})`);
+      say(`[${stepNo(5)}] An attacker with Alice's token guessed until the record locked: locked at guess ${lockedAt}, ${ke2s} password evaluations (KE2) handed out, limit ${limit}  (${secs(attackMs)})`);
       rows.push({ step: 'Attacker guesses wrong passwords', expected: `locked at guess ${limit}; <= ${limit} KE2`, observed: `locked at guess ${lockedAt}; ${ke2s} KE2`, ok: lockedAt === limit && ke2s === limit, ms: attackMs });
 
       // ---- 5. The backup is now unrecoverable, even with the right password ----
@@ -239,7 +380,7 @@ export const command: Command = {
       const lockedStatus = await newPhone.status();
       alicePhone3.close();
       newPhone.close();
-      say(`[5] Alice, with her right password: ${outcome}; vault status ${lockedStatus.state}: the backup in the cloud can never be decrypted  (${secs(lockedMs)})`);
+      say(`[${stepNo(6)}] Alice, with her right password: ${outcome}; vault status ${lockedStatus.state}: the backup in the cloud can never be decrypted  (${secs(lockedMs)})`);
       rows.push({ step: 'Alice tries the right password', expected: 'LOCKED, unrecoverable', observed: `${outcome}, ${ke2sAfter} KE2, status ${lockedStatus.state}`, ok: outcome === 'LOCKED' && ke2sAfter === 0 && lockedStatus.state === 'locked', ms: lockedMs });
 
       // ---- 6. Bob uses a 64-digit key instead ----
@@ -252,7 +393,7 @@ export const command: Command = {
         const c = await createBackup({ input: bobChats, key: k, mode: 'key64', cloud, account: 'bob' });
         const written = formatKey64Lines(k);
         k.fill(0);
-        say(`[6] Bob backs up ${c.files} files with a 64-digit key instead (the vault is not involved). Shown once, to Bob:`);
+        say(`[${stepNo(7)}] Bob backs up ${c.files} files with a 64-digit key instead (the vault is not involved). Shown once, to Bob:`);
         for (const l of written) say(`        ${l}`);
         // Bob's new phone: he types the key back in.
         const k2 = parseKey64(written.join('\n'));
@@ -278,7 +419,7 @@ export const command: Command = {
     } catch (e) {
       if (services) {
         say(`walkthrough stopped: ${(e as Error).message}`);
-        say(`(vault and ChatD logs: ${logFile})`);
+        say(`(vault/fleet and ChatD logs: ${logFile})`);
       }
       throw e;
     } finally {
@@ -286,7 +427,7 @@ export const command: Command = {
         const r = await services.stop();
         clearServeRecord(stateDir);
         say('');
-        say(`[done] stopped ChatD (${r.chatd.signal ?? `exit ${r.chatd.code}`}) and the vault (${r.vault.signal ?? `exit ${r.vault.code}`}); logs in ${logFile}`);
+        say(`[done] stopped ChatD (${r.chatd.signal ?? `exit ${r.chatd.code}`}) and the ${services.fleet ? 'fleet' : 'vault'} (${r.vault.signal ?? `exit ${r.vault.code}`}); logs in ${logFile}`);
       }
     }
 
@@ -301,7 +442,7 @@ export const command: Command = {
     for (const b of body) say(line(b));
     const failed = rows.filter((r) => !r.ok).length;
     say('');
-    say(`${rows.length - failed} of ${rows.length} steps as expected, ${secs(performance.now() - t0)} in all (KSF ${ksf.name}).`);
+    say(`${rows.length - failed} of ${rows.length} steps as expected, ${secs(performance.now() - t0)} in all (KSF ${ksf.name}; vault: ${kind === 'fleet' ? `five-replica Raft fleet, WAN model ${wan}` : 'single replica'}).`);
     return failed === 0 ? 0 : 1;
   },
 };

@@ -114,6 +114,18 @@ export class PortTransport implements PeerTransport {
   stats(): TransportStats {
     return cloneStats(this.counters);
   }
+  /**
+   * A peer's worker was replaced (crash and restart): talk to it through this new port from now on.
+   * The old port is closed, so nothing the dead worker left queued can arrive.
+   */
+  replacePort(peer: string, port: MessagePort): void {
+    if (!this.ports.has(peer)) throw new TransportError('TRANSPORT_UNKNOWN_PEER', `unknown replica ${peer}`);
+    this.ports.get(peer)!.close();
+    if (this.closed) { port.close(); return; }
+    this.ports.set(peer, port);
+    port.on('message', (data: unknown) => this.onArrival(peer, data));
+  }
+
 
   /** Messages accepted by the WAN but not yet handed to their port. */
   get inFlight(): number {

@@ -1,0 +1,482 @@
+// `bkv fleet up | status | fault | down`: the Raft fleet of vault replicas behind ChatD, and a window
+// onto it. `up` is `bkv serve` with the fleet in place of the single vault (same serve.json and
+// vault-keys.json, so every `bkv backup ...` command works against it unchanged); `status` reads the
+// fleet's own report; `fault` drives its fault injector for attack demos.
+import { existsSync } from 'node:fs';
+import { parseFlags, UsageError, wantsHelp, type Command } from '../cli.ts';
+import { provision } from '../../softhsm/provision.ts';
+import { finalizeModule } from '../../hsm-adapter/module.ts';
+import { readManifest, replicaNames, statePaths } from '../../softhsm/state.ts';
+import { resolveWanConfig } from '../../vault/fleet/wan.ts';
+import {
+  ServiceError,
+  clearServeRecord,
+  fetchFleetStatus,
+  orphanedVault,
+  pidAlive,
+  postFleetFault,
+  readServeRecord,
+  readVaultKeys,
+  servePaths,
+  startServices,
+  writeServeRecord,
+  writeVaultKeys,
+  type ExitInfo,
+  type FleetFault,
+  type FleetStatus,
+  type ServeRecord,
+} from '../services.ts';
+
+/** Exit codes beyond cli.ts's 0/1/2, as `bkv serve`: which child died on its own. */
+export const FLEET_EXIT = { fleetDied: 3, chatdDied: 4 } as const;
+
+const upHelp = `usage: bkv fleet up [--replicas N] [--wan default|none|FILE] [--state DIR] [--port N] [--fleet-port N] [--quiet]
+
+Starts the vault as a fleet of replicas, one per data center, each a worker thread on its own
+SoftHSM2 token, agreeing by Raft on every record change (above all the attempt counter), plus ChatD
+in front of it: two processes on loopback, supervised like \`bkv serve\` (which runs one replica).
+Provisions DIR first if it holds no fleet.
+
+Writes DIR/serve.json (ChatD's URL, the fleet's URL) and DIR/vault-keys.json (the fleet's AKE public
+keys, computed from the tokens), so \`bkv backup ... --state DIR\` works against the fleet unchanged.
+
+  --replicas N      replicas (data centers) to provision on a fresh DIR (default 5: us-east, us-west,
+                    eu-west, ap-southeast, sa-east); on a provisioned DIR, at most the fleet's size
+  --wan MODEL       the WAN between data centers: default (round-trip matrix from public inter-region
+                    measurements, docs/fleet-network.md), none (zero delay), or a JSON FILE in that format
+  --state DIR       state directory (default .bkv)
+  --port N          ChatD's port (default 0: any free port)
+  --fleet-port N    the fleet front's port, where ChatD sends relayed requests (default 0)
+  --quiet           do not pass the children's logs through to stderr
+
+Ctrl-C or SIGTERM (or \`bkv fleet down\`) stops ChatD, then the fleet, and exits 0. If either dies on
+its own the other is stopped: exit ${FLEET_EXIT.fleetDied} when the fleet died, ${FLEET_EXIT.chatdDied} when ChatD died; 1 when they could not start.`;
+
+const statusHelp = `usage: bkv fleet status [--state DIR] [--json] [--watch]
+
+Each replica's data center, role (leader, follower, candidate, down...), Raft term, commit index,
+applied index, lag behind the leader's commit index (entries), health (and why not), and the leader,
+as the running fleet (\`bkv fleet up --state DIR\`) reports them.
+
+  --state DIR   state directory of the running fleet (default .bkv)
+  --json        machine-readable: one JSON object (with --watch: one per line, every second)
+  --watch       refresh in place every second until Ctrl-C
+
+Exit 1 with FLEET_NOT_RUNNING when no fleet runs on DIR.`;
+
+const faultHelp = `usage: bkv fleet fault ACTION [--state DIR]
+
+Injects a fault into the running fleet, for attack demos. The fleet must keep every promise anyway:
+no more guesses than the limit, no committed attempt lost.
+
+  partition A,B C,D,E   cut the network between groups of replicas (comma-separated names)
+  isolate R             cut every link to and from replica R (its data center goes dark)
+  block A B             cut the link from A to B only (one-way: B still reaches A)
+  heal                  restore every link
+  crash R               stop replica R at once (what Raft did not flush is lost, like a power cut)
+  snapshot-disk R       copy replica R's disk aside (for a later restart --rollback)
+  restart R [--rollback]
+                        start a crashed replica again on its disk, or on the copy snapshot-disk
+                        took (the host rolled its disk back: the replica must not vote or serve on
+                        stale state; it rejoins as a non-voter and catches up from its peers)
+
+  --state DIR           state directory of the running fleet (default .bkv)
+
+Replica names are data centers: \`bkv fleet status\` lists them.`;
+
+const help = `usage: bkv fleet up|status|fault|down [options]
+
+The vault as a fleet of HSM replicas agreeing by Raft, behind ChatD.
+
+  bkv fleet up [--replicas 5] [--wan default|none|FILE] [--state DIR] [--port N]
+                              start the fleet and ChatD (Ctrl-C stops both)
+  bkv fleet status [--state DIR] [--json] [--watch]
+                              roles, terms, commit indexes, lag, health, leader
+  bkv fleet fault partition|isolate|block|heal|crash|snapshot-disk|restart ... [--state DIR]
+                              inject a fault (attack demos)
+  bkv fleet down [--state DIR]
+                              stop the fleet and ChatD that \`bkv fleet up\` started
+
+\`bkv fleet SUBCOMMAND --help\` tells each one's options. Password backups against the fleet: the usual
+\`bkv backup ... --state DIR\` commands.`;
+
+function port(name: string, v: string | undefined): number {
+  if (v === undefined) return 0;
+  const n = Number(v);
+  if (!/^\d+$/.test(v) || n > 65535) throw new UsageError(`--${name} must be a port number 0..65535 (got '${v.slice(0, 20)}')`);
+  return n;
+}
+
+function describe(e: ExitInfo): string {
+  return e.signal ? `signal ${e.signal}` : `code ${e.code}`;
+}
+
+/** The running fleet on stateDir, or a clear error saying what runs there instead. */
+export function runningFleet(stateDir: string): ServeRecord & { vaultUrl: string } {
+  const r = readServeRecord(stateDir);
+  if (!r) {
+    throw new ServiceError('FLEET_NOT_RUNNING', `no fleet is running on ${stateDir}: start one with \`bkv fleet up --state ${stateDir}\``);
+  }
+  if (r.mode !== 'fleet') {
+    throw new ServiceError('FLEET_NOT_RUNNING', `${stateDir} is served by \`bkv serve\` (pid ${r.pid}), a single vault replica, not a fleet; stop it and run \`bkv fleet up --state ${stateDir}\``);
+  }
+  return r;
+}
+
+// ---- up --------------------------------------------------------------------------------------
+
+async function up(argv: string[]): Promise<number> {
+  if (wantsHelp(argv)) {
+    console.log(upHelp);
+    return 0;
+  }
+  const { values } = parseFlags(argv, {
+    state: { type: 'string' },
+    replicas: { type: 'string' },
+    wan: { type: 'string' },
+    port: { type: 'string' },
+    'fleet-port': { type: 'string' },
+    quiet: { type: 'boolean' },
+  });
+  const stateDir = values.state ?? '.bkv';
+  const chatdPort = port('port', values.port);
+  const fleetPort = port('fleet-port', values['fleet-port']);
+  let replicas: number | undefined;
+  if (values.replicas !== undefined) {
+    replicas = Number(values.replicas);
+    if (!/^\d+$/.test(values.replicas) || replicas < 1 || replicas > 13) throw new UsageError(`--replicas must be an integer from 1 to 13 (got '${values.replicas.slice(0, 20)}')`);
+  }
+  const wan = values.wan ?? 'default';
+  // Refuse a bad WAN file here, with the field at fault, before anything starts.
+  const wanConfig = resolveWanConfig(wan);
+
+  const running = readServeRecord(stateDir);
+  if (running) {
+    const what = running.mode === 'fleet' ? 'bkv fleet up' : 'bkv serve';
+    throw new ServiceError('SERVE_RUNNING', `${what} (pid ${running.pid}) already runs on ${stateDir}, ChatD at ${running.chatdUrl}; two vaults on one state directory would fork its log`);
+  }
+  const orphan = orphanedVault(stateDir);
+  if (orphan !== undefined) {
+    throw new ServiceError(
+      'SERVE_ORPHAN',
+      `a vault (pid ${orphan}) started by an earlier bkv serve / fleet up that did not stop cleanly still runs on ${stateDir}; stop it (kill ${orphan}) first ` +
+        '(if that pid is something else now, delete serve.json)',
+    );
+  }
+  // A provisioned directory keeps its fleet (its tokens hold secrets no new token can get): run
+  // the first N of its replicas when fewer are asked for, refuse more.
+  const manifest = readManifest(statePaths(stateDir).manifest);
+  const provisioned = manifest?.replicas.length;
+  if (provisioned !== undefined && replicas !== undefined && replicas > provisioned) {
+    throw new ServiceError('FLEET_MISMATCH', `${stateDir} holds a fleet of ${provisioned} replicas; cannot run ${replicas} (provision another directory, or \`bkv provision --force\` to start over)`);
+  }
+
+  // Each replica is placed in the WAN model's data center of the same name.
+  const names = manifest ? manifest.replicas.slice(0, replicas ?? provisioned).map((r) => r.name) : replicaNames(replicas ?? 5);
+  const unplaced = wanConfig.none ? [] : names.filter((n) => !wanConfig.regions.includes(n));
+  if (unplaced.length) {
+    throw new ServiceError('WAN_UNKNOWN_REGION', `the WAN model ${wan} has no data center for replica(s) ${unplaced.join(', ')} (it knows ${wanConfig.regions.join(', ')}); use --wan FILE with those regions, or --wan none`);
+  }
+
+  let signalled: NodeJS.Signals | undefined;
+  let wake: (() => void) | undefined;
+  const onSignal = (s: NodeJS.Signals) => {
+    signalled ??= s;
+    wake?.();
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  try {
+    try {
+      const report = await provision({ stateDir, replicas: provisioned ?? replicas, onProgress: (m) => console.error(`bkv fleet: ${m}`) });
+      if (!report.unchanged) console.error(`bkv fleet: provisioned ${report.replicas.length} tokens in ${report.stateDir}`);
+    } finally {
+      finalizeModule(); // the fleet process opens the tokens itself
+    }
+    if (signalled) return 0;
+
+    const services = await startServices({
+      stateDir,
+      chatdPort,
+      vaultPort: fleetPort,
+      fleet: { replicas, wan },
+      onLine: values.quiet ? undefined : (who, line) => process.stderr.write(`${who === 'vault' ? 'fleet' : who} | ${line}\n`),
+    });
+    const fleet = services.fleet!;
+    if (existsSync(servePaths(stateDir).vaultKeys)) {
+      let before;
+      try {
+        before = readVaultKeys(stateDir);
+      } catch {
+        before = undefined;
+      }
+      if (before && JSON.stringify(before) !== JSON.stringify(fleet.keys)) {
+        console.error('bkv fleet: WARNING: the fleet\'s public keys differ from the ones pinned in vault-keys.json (a new fleet?); devices now pin the new ones');
+      }
+    }
+    writeVaultKeys(stateDir, fleet.keys);
+    let names: string[] = [];
+    let status: FleetStatus | undefined;
+    try {
+      status = await fleet.status();
+      names = status.replicas.map((r) => r.name);
+    } catch {
+      // The status is shown when available; the fleet serves either way.
+    }
+    writeServeRecord(stateDir, {
+      version: 1,
+      pid: process.pid,
+      mode: 'fleet',
+      chatdUrl: services.chatd.url,
+      vaultUrl: fleet.url,
+      replicas: names,
+      wan,
+      vaultPid: fleet.pid,
+      chatdPid: services.chatd.pid,
+      startedAt: new Date().toISOString(),
+    });
+    const paths = servePaths(stateDir);
+    console.log(`bkv fleet: ${names.length || replicas || provisioned || 5} replicas${names.length ? ` (${names.join(', ')})` : ''} in one process (pid ${fleet.pid}), WAN model ${wan}, at ${fleet.url}`);
+    console.log(`bkv fleet: ChatD (pid ${services.chatd.pid}) at ${services.chatd.url}`);
+    console.log(`CHATD_URL=${services.chatd.url}`);
+    console.log(`FLEET_URL=${fleet.url}`);
+    console.log(`bkv fleet: recorded in ${paths.serve}; pinned vault keys in ${paths.vaultKeys}. \`bkv fleet status --state ${stateDir} --watch\` to watch it; Ctrl-C stops both.`);
+    if (status) for (const l of formatStatus(status)) console.log(`  ${l}`);
+
+    const outcome = await new Promise<{ kind: 'signal' } | { kind: 'died'; who: 'vault' | 'chatd'; exit: ExitInfo }>((resolve) => {
+      wake = () => resolve({ kind: 'signal' });
+      if (signalled) wake();
+      void services.firstExit.then((e) => resolve({ kind: 'died', who: e.who, exit: e }));
+    });
+    try {
+      if (outcome.kind === 'signal') {
+        console.error(`bkv fleet: ${signalled}: stopping ChatD, then the fleet`);
+        const r = await services.stop();
+        console.error(`bkv fleet: stopped (ChatD ${describe(r.chatd)}, fleet ${describe(r.vault)})`);
+        return r.chatd.code === 0 && r.vault.code === 0 ? 0 : 1;
+      }
+      const fleetDied = outcome.who === 'vault';
+      console.error(`bkv fleet: ${fleetDied ? 'the fleet' : 'ChatD'} exited unexpectedly (${describe(outcome.exit)}); stopping ${fleetDied ? 'ChatD' : 'the fleet'}`);
+      await (fleetDied ? services.chatd : services.vault).stop();
+      return fleetDied ? FLEET_EXIT.fleetDied : FLEET_EXIT.chatdDied;
+    } finally {
+      clearServeRecord(stateDir);
+    }
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  }
+}
+
+// ---- status ----------------------------------------------------------------------------------
+
+const dash = (n: number) => (Number.isFinite(n) ? String(n) : '-');
+
+/** The status as a table: one line per replica, then the leader. */
+export function formatStatus(s: FleetStatus): string[] {
+  const head = ['replica', 'region', 'role', 'term', 'commit', 'applied', 'lag', 'health'];
+  const rows = s.replicas.map((r) => [
+    `${r.name === s.leader ? '*' : ' '} ${r.name}`,
+    r.region,
+    r.role,
+    dash(r.term),
+    dash(r.commitIndex),
+    dash(r.appliedIndex),
+    r.lag < 0 ? '?' : dash(r.lag),
+    r.healthy ? (r.reason ? `ok (${r.reason})` : 'ok') : `DOWN${r.reason ? ` (${r.reason})` : ''}`,
+  ]);
+  const widths = head.map((h, c) => Math.max(h.length, ...rows.map((row) => row[c]!.length)));
+  const line = (cells: string[]) => cells.map((c, i) => (i >= 3 && i <= 6 ? c.padStart(widths[i]!) : c.padEnd(widths[i]!))).join('  ').trimEnd();
+  const up = s.replicas.filter((r) => r.healthy).length;
+  const majority = Math.floor(s.replicas.length / 2) + 1;
+  return [
+    line(head.map((h, i) => (i === 0 ? `  ${h}` : h))),
+    ...rows.map(line),
+    '',
+    `leader: ${s.leader ?? 'none (election under way, or no quorum)'}; ${up} of ${s.replicas.length} replicas healthy, quorum ${majority}${up < majority ? ': NO QUORUM, the fleet refuses requests' : ''}`,
+  ];
+}
+
+function statusJson(s: FleetStatus, r: ServeRecord): unknown {
+  return {
+    at: new Date().toISOString(),
+    leader: s.leader,
+    replicas: s.replicas,
+    fleet: { url: r.vaultUrl, pid: s.pid, cpuMs: s.cpuMs, wan: r.wan ?? null },
+    chatdUrl: r.chatdUrl,
+  };
+}
+
+async function status(argv: string[]): Promise<number> {
+  if (wantsHelp(argv)) {
+    console.log(statusHelp);
+    return 0;
+  }
+  const { values } = parseFlags(argv, { state: { type: 'string' }, json: { type: 'boolean' }, watch: { type: 'boolean' } });
+  const stateDir = values.state ?? '.bkv';
+  const rec = runningFleet(stateDir);
+  const pid = rec.vaultPid;
+  if (!values.watch) {
+    const s = await fetchFleetStatus(rec.vaultUrl, pid);
+    if (values.json) console.log(JSON.stringify(statusJson(s, rec), null, 2));
+    else for (const l of formatStatus(s)) console.log(l);
+    return 0;
+  }
+
+  // --watch: redraw in place (cursor home + clear below) on a terminal; plain repeats otherwise.
+  const tty = process.stdout.isTTY && !values.json;
+  let stop = false;
+  let wake: (() => void) | undefined;
+  const onSignal = () => {
+    stop = true;
+    wake?.();
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  try {
+    if (tty) process.stdout.write('\x1b[?25l'); // hide the cursor while redrawing
+    while (!stop) {
+      if (!pidAlive(rec.pid)) {
+        if (tty) process.stdout.write('\x1b[?25h');
+        throw new ServiceError('FLEET_NOT_RUNNING', `the fleet on ${stateDir} (bkv fleet up, pid ${rec.pid}) has stopped`);
+      }
+      let lines: string[];
+      let s: FleetStatus | undefined;
+      try {
+        s = await fetchFleetStatus(rec.vaultUrl, pid);
+        lines = formatStatus(s);
+      } catch (e) {
+        lines = [`fleet status unavailable: ${(e as Error).message}`];
+      }
+      if (values.json) {
+        if (s) console.log(JSON.stringify(statusJson(s, rec)));
+      } else {
+        const header = `bkv fleet status  ${stateDir}  ${new Date().toISOString().slice(11, 19)} UTC  (Ctrl-C to stop)`;
+        const text = [header, '', ...lines].join('\n');
+        if (tty) process.stdout.write(`\x1b[H\x1b[J${text}\n`);
+        else console.log(text + '\n');
+      }
+      await new Promise<void>((r) => {
+        wake = r;
+        setTimeout(r, 1000);
+      });
+    }
+    return 0;
+  } finally {
+    if (tty) process.stdout.write('\x1b[?25h');
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  }
+}
+
+// ---- fault -----------------------------------------------------------------------------------
+
+async function fault(argv: string[]): Promise<number> {
+  if (wantsHelp(argv) || argv.length === 0) {
+    console.log(faultHelp);
+    return argv.length === 0 ? 2 : 0;
+  }
+  const { values, positionals } = parseFlags(argv, { state: { type: 'string' }, rollback: { type: 'boolean' } }, true);
+  const stateDir = values.state ?? '.bkv';
+  const [action, ...args] = positionals;
+  const rec = runningFleet(stateDir);
+  const s = await fetchFleetStatus(rec.vaultUrl, rec.vaultPid);
+  const known = s.replicas.map((r) => r.name);
+  const replica = (v: string | undefined): string => {
+    if (v === undefined) throw new UsageError(`fleet fault ${action} needs a replica name (one of ${known.join(', ')})`);
+    if (!known.includes(v)) throw new UsageError(`no replica '${v.slice(0, 40)}' in this fleet (have ${known.join(', ')})`);
+    return v;
+  };
+  const one = (n: number) => {
+    if (args.length > n) throw new UsageError(`fleet fault ${action}: unexpected '${args[n]!.slice(0, 40)}'`);
+  };
+  let f: FleetFault;
+  switch (action) {
+    case 'partition': {
+      if (args.length < 2) throw new UsageError('fleet fault partition needs at least two groups, e.g. `partition us-east,us-west eu-west,ap-southeast,sa-east`');
+      const groups = args.map((g) => g.split(',').filter(Boolean).map(replica));
+      const all = groups.flat();
+      const dup = all.find((n, i) => all.indexOf(n) !== i);
+      if (dup) throw new UsageError(`replica ${dup} is in two partition groups`);
+      f = { op: 'partition', groups };
+      break;
+    }
+    case 'heal':
+      one(0);
+      f = { op: 'heal' };
+      break;
+    case 'isolate':
+    case 'crash':
+      one(1);
+      f = { op: action, replica: replica(args[0]) };
+      break;
+    case 'block':
+      one(2);
+      f = { op: 'block', from: replica(args[0]), to: replica(args[1]) };
+      if (f.from === f.to) throw new UsageError('fleet fault block needs two different replicas');
+      break;
+    case 'snapshot-disk':
+      one(1);
+      f = { op: 'snapshotDisk', replica: replica(args[0]) };
+      break;
+    case 'restart':
+      one(1);
+      f = { op: 'restart', replica: replica(args[0]), disk: values.rollback ? 'rollback' : 'keep' };
+      break;
+    default:
+      throw new UsageError(`unknown fault '${(action ?? '').slice(0, 40)}' (partition, isolate, block, heal, crash, snapshot-disk, restart)`);
+  }
+  if (values.rollback && f.op !== 'restart') throw new UsageError('--rollback goes with `restart` only');
+  await postFleetFault(rec.vaultUrl, f);
+  const what =
+    f.op === 'partition' ? `partitioned ${f.groups.map((g) => `{${g.join(', ')}}`).join(' | ')}` :
+    f.op === 'heal' ? 'healed every link' :
+    f.op === 'isolate' ? `isolated ${f.replica} (its data center is dark)` :
+    f.op === 'block' ? `cut the link ${f.from} -> ${f.to} (one way)` :
+    f.op === 'crash' ? `crashed ${f.replica}` :
+    f.op === 'snapshotDisk' ? `copied ${f.replica}'s disk aside` :
+    `restarted ${f.replica}${f.disk === 'rollback' ? ' on its rolled-back disk' : ''}`;
+  console.log(`bkv fleet: ${what}; \`bkv fleet status --state ${stateDir}\` shows the effect`);
+  return 0;
+}
+
+// ---- down ------------------------------------------------------------------------------------
+
+async function down(argv: string[]): Promise<number> {
+  if (wantsHelp(argv)) {
+    console.log('usage: bkv fleet down [--state DIR]\n\nStops the `bkv fleet up` running on DIR (as Ctrl-C in its terminal would): ChatD, then the fleet.');
+    return 0;
+  }
+  const { values } = parseFlags(argv, { state: { type: 'string' } });
+  const stateDir = values.state ?? '.bkv';
+  const rec = runningFleet(stateDir);
+  process.kill(rec.pid, 'SIGTERM');
+  for (let i = 0; i < 300 && pidAlive(rec.pid); i++) await new Promise((r) => setTimeout(r, 100));
+  if (pidAlive(rec.pid)) throw new ServiceError('FLEET_STOP_TIMEOUT', `bkv fleet up (pid ${rec.pid}) did not stop within 30 s`);
+  console.log(`bkv fleet: stopped the fleet and ChatD on ${stateDir}`);
+  return 0;
+}
+
+export const command: Command = {
+  name: 'fleet',
+  summary: 'the vault as a Raft fleet of HSM replicas: up, status (--watch), fault injection, down',
+  help,
+  async run(argv) {
+    const [sub, ...rest] = argv;
+    switch (sub) {
+      case 'up':
+        return up(rest);
+      case 'status':
+        return status(rest);
+      case 'fault':
+        return fault(rest);
+      case 'down':
+        return down(rest);
+      case undefined:
+        console.error(help);
+        return 2;
+      default:
+        throw new UsageError(`unknown fleet subcommand '${sub.slice(0, 40)}' (up, status, fault, down)`);
+    }
+  },
+};

@@ -1,0 +1,145 @@
+// Password recovery end to end through ChatD against the Raft fleet (real processes: the fleet with
+// its replica threads on their own SoftHSM2 tokens, ChatD; devices over real sockets), with replicas
+// crashed: a follower, then the leader between KE2 and KE3. The guess budget is counted from outside
+// (KE2 replies reaching the devices) and by the fleet's own status after the failover.
+import { afterAll, beforeAll, describe, expect, it, onTestFailed } from 'vitest';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { provision } from '../../softhsm/provision.ts';
+import { finalizeModule } from '../../hsm-adapter/module.ts';
+import { AccountStore } from '../../chatd/accounts.ts';
+import { identityKsf } from '../../protocol/opaque/index.ts';
+import { decodeVaultReply } from '../../protocol/wire.ts';
+import type { Send } from '../../client/password.ts';
+import { startServices, writeVaultKeys, type FleetService, type FleetStatus, type Services } from '../../scripts/services.ts';
+import { DEFAULT_SUITE, PasswordBackupError, PasswordDevice } from '../../scripts/commands/backup-password.ts';
+import { ke2Counter } from './fixture.ts';
+
+const REPLICAS = 3;
+
+let dir: string;
+let services: Services;
+let fleet: FleetService;
+const lines: string[] = [];
+
+beforeAll(async () => {
+  dir = mkdtempSync(join(tmpdir(), 'bkv-e2e-fleet-'));
+  const stateDir = join(dir, 'state');
+  try {
+    await provision({ stateDir, replicas: REPLICAS });
+  } finally {
+    finalizeModule();
+  }
+  services = await startServices({ stateDir, fleet: { wan: 'none' }, onLine: (who, l) => lines.push(`${who} | ${l}`) });
+  fleet = services.fleet!;
+  writeVaultKeys(stateDir, fleet.keys);
+  await waitFor((s) => !!s.leader && s.replicas.every((r) => r.healthy));
+}, 120_000);
+
+afterAll(async () => {
+  await services?.stop();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+async function waitFor(ok: (s: FleetStatus) => boolean, ms = 20_000): Promise<FleetStatus> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const s = await fleet.status().catch(() => undefined);
+    if (s && ok(s)) return s;
+    if (Date.now() > end) throw new Error(`fleet never reached the state; last: ${JSON.stringify(s?.replicas)}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+function device(token: string, user: string, wrapSend?: (s: Send) => Send): PasswordDevice {
+  return new PasswordDevice(
+    { chatdUrl: services.chatd.url, token, user, serverPublicKey: new Uint8Array(Buffer.from(fleet.keys[DEFAULT_SUITE], 'hex')), suite: DEFAULT_SUITE, ksf: identityKsf },
+    { wrapSend },
+  );
+}
+
+async function code(p: Promise<unknown>): Promise<string> {
+  try {
+    await p;
+    return 'OK';
+  } catch (e) {
+    if (e instanceof PasswordBackupError) return e.code === 'VAULT_REFUSED' ? `VAULT_REFUSED:${e.message}` : e.code;
+    throw e;
+  }
+}
+
+/** What an app does after an outage: try again, a bounded number of times. */
+async function withRetries<T>(f: () => Promise<T>, tries = 40): Promise<{ value: T; failures: string[] }> {
+  const failures: string[] = [];
+  for (;;) {
+    try {
+      return { value: await f(), failures };
+    } catch (e) {
+      if (!(e instanceof PasswordBackupError) || failures.length >= tries) throw e;
+      if (e.code === 'WRONG_PASSWORD' || e.code === 'LOCKED') throw e;
+      failures.push(e.code === 'VAULT_REFUSED' ? e.message : e.code);
+      await new Promise((r) => setTimeout(r, 250));
+    }
+  }
+}
+
+describe('password recovery through ChatD against the fleet', () => {
+  it('recovers K with a follower crashed, then with the leader crashed between KE2 and KE3; the attempt count stays exact', async () => {
+    // The children's logs (codes and names only, never secrets) say what the fleet did when this fails.
+    onTestFailed(() => void process.stderr.write(`fleet ${fleet.running ? 'running' : 'EXITED'}; fleet/ChatD log tail:\n${lines.slice(-40).join('\n')}\n`));
+    const phone = '+15556660001';
+    const { token } = await new AccountStore(join(dir, 'state')).create(phone);
+    const password = 'the password, and only this one';
+    const owner = device(token, phone);
+    await owner.enable(password);
+    const k1 = await owner.recover(password);
+    expect(k1).toHaveLength(32);
+
+    // 1. A follower crashes. The two left are a majority: recovery works, nothing to retry.
+    const s0 = await fleet.status();
+    const follower = s0.replicas.find((r) => r.name !== s0.leader)!.name;
+    await fleet.fault({ op: 'crash', replica: follower });
+    await waitFor((s) => s.replicas.find((r) => r.name === follower)!.role === 'down');
+    const ke2 = ke2Counter();
+    const guesser = device(token, phone, ke2.wrap);
+    expect(await code(guesser.recover('wrong 1'))).toBe('WRONG_PASSWORD');
+    expect(await code(guesser.recover('wrong 2'))).toBe('WRONG_PASSWORD');
+    expect(await owner.status()).toMatchObject({ state: 'registered', attemptsLeft: 8 });
+    expect(Buffer.from(await owner.recover(password)).equals(Buffer.from(k1))).toBe(true);
+    expect(await owner.status()).toMatchObject({ attemptsLeft: 10 });
+    // Back on its disk, it rejoins and catches up.
+    await fleet.fault({ op: 'restart', replica: follower });
+    await waitFor((s) => s.replicas.every((r) => r.healthy && r.role !== 'down' && r.role !== 'rejoining' && r.lag === 0));
+
+    // 2. Two wrong guesses, then the leader dies right after handing out a third KE2.
+    expect(await code(guesser.recover('wrong 3'))).toBe('WRONG_PASSWORD');
+    expect(await code(guesser.recover('wrong 4'))).toBe('WRONG_PASSWORD');
+    let crashed: string | undefined;
+    const dying = device(token, phone, (s) => async (b) => {
+      const reply = await s(b);
+      if (!crashed && decodeVaultReply(reply).t === 'KE2') {
+        crashed = (await fleet.status()).leader!;
+        await fleet.fault({ op: 'crash', replica: crashed });
+      }
+      return reply;
+    });
+    // The KE3 meets a fleet without that leader (or session): it cannot succeed on the first go.
+    const first = await code(dying.recover(password));
+    expect(first).not.toBe('OK');
+    expect(['VAULT_UNAVAILABLE', 'CHATD_TIMEOUT'].includes(first) || first.startsWith('VAULT_REFUSED')).toBe(true);
+    const after = await waitFor((s) => !!s.leader && s.leader !== crashed);
+    expect(after.replicas.find((r) => r.name === crashed)!.role).toBe('down');
+    // The attempt charged before that KE2 left was committed on the majority: it is still counted.
+    const { value: st } = await withRetries(() => owner.status());
+    expect(st).toMatchObject({ state: 'registered', attemptsLeft: 7 });
+    // The user tries again; the surviving majority releases the same K and resets the counter.
+    const { value: k2 } = await withRetries(() => dying.recover(password));
+    expect(Buffer.from(k2).equals(Buffer.from(k1))).toBe(true);
+    expect(await owner.status()).toMatchObject({ attemptsLeft: 10 });
+    // The guesser's four KE2s: four wrong guesses, each charged, none lost in the failovers.
+    expect(ke2.count()).toBe(4);
+    for (const d of [owner, guesser, dying]) d.close();
+    writeFileSync(join(dir, 'fleet.log'), lines.join('\n'));
+  }, 120_000);
+});

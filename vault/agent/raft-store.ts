@@ -1,0 +1,91 @@
+// A Raft replica's disk: the same LMDB layout as LogStore (sealed entries by index in `log`, the
+// sealed snapshot in `meta`), plus the sealed Raft hard state. One Ready is one LMDB transaction,
+// flushed before the promise resolves: the caller sends that Ready's messages only afterwards.
+// Everything here is sealed by the firmware's token; this module only moves bytes.
+import { mkdirSync } from 'node:fs';
+import { open, type Database, type RootDatabase } from 'lmdb';
+import type { StoredItems } from '../firmware/storage.ts';
+import { StoreError } from './store.ts';
+
+const SNAPSHOT_KEY = 'snapshot';
+const HARD_STATE_KEY = 'hardState';
+
+export interface RaftWrite {
+  /** Replaces the whole stored log (a snapshot installed from the leader). */
+  snapshot?: Uint8Array;
+  /** Sealed entries; the first one replaces the stored entry at its index and everything after it. */
+  entries: Array<{ index: number; sealed: Uint8Array }>;
+  hardState?: Uint8Array;
+}
+
+export class RaftStore {
+  private constructor(
+    private readonly root: RootDatabase,
+    private readonly log: Database<Uint8Array, number>,
+    private readonly meta: Database<unknown, string>,
+  ) {}
+
+  static open(dir: string): RaftStore {
+    mkdirSync(dir, { recursive: true });
+    let root: RootDatabase;
+    try {
+      root = open({ path: dir, noSync: false, overlappingSync: false, cache: false, maxDbs: 4 });
+    } catch (e) {
+      throw new StoreError('STORE_OPEN_FAILED', `cannot open LMDB at ${dir}: ${(e as Error).message}`);
+    }
+    return new RaftStore(root, root.openDB({ name: 'log', cache: false }), root.openDB({ name: 'meta', cache: false }));
+  }
+
+  readAll(): StoredItems & { hardState?: Uint8Array } {
+    const entries: StoredItems['entries'] = [];
+    for (const { key, value } of this.log.getRange({})) {
+      if (typeof key !== 'number' || !(value instanceof Uint8Array)) throw new StoreError('TAMPERED', 'log database holds a non-entry item');
+      entries.push({ index: key, sealed: new Uint8Array(value) });
+    }
+    const snap = this.meta.get(SNAPSHOT_KEY);
+    const hs = this.meta.get(HARD_STATE_KEY);
+    if (snap !== undefined && !(snap instanceof Uint8Array)) throw new StoreError('TAMPERED', 'snapshot slot holds a non-snapshot item');
+    if (hs !== undefined && !(hs instanceof Uint8Array)) throw new StoreError('TAMPERED', 'hard state slot holds a non-hard-state item');
+    return { snapshot: snap ? new Uint8Array(snap) : undefined, entries, hardState: hs ? new Uint8Array(hs) : undefined };
+  }
+
+  /** One Ready's persistence, atomically and durably. */
+  async write(w: RaftWrite): Promise<void> {
+    if (!w.snapshot && w.entries.length === 0 && !w.hardState) return;
+    await this.root.transaction(() => {
+      if (w.snapshot) {
+        this.meta.put(SNAPSHOT_KEY, w.snapshot);
+        for (const k of [...this.log.getKeys({})]) this.log.remove(k);
+      }
+      if (w.entries.length > 0) {
+        for (const k of [...this.log.getKeys({ start: w.entries[0]!.index })]) this.log.remove(k);
+        for (const { index, sealed } of w.entries) this.log.put(index, sealed);
+      }
+      if (w.hardState) this.meta.put(HARD_STATE_KEY, w.hardState);
+    });
+    await this.root.flushed;
+  }
+
+  /** Replaces entries up to `index` with the snapshot, atomically; resolves once durable. */
+  async compact(index: number, sealedSnapshot: Uint8Array): Promise<void> {
+    await this.root.transaction(() => {
+      this.meta.put(SNAPSHOT_KEY, sealedSnapshot);
+      for (const k of [...this.log.getKeys({ end: index + 1 })]) this.log.remove(k);
+    });
+    await this.root.flushed;
+  }
+
+  /** Forget everything (a rolled-back disk the replica will re-replicate from its peers). */
+  async wipe(): Promise<void> {
+    await this.root.transaction(() => {
+      for (const k of [...this.log.getKeys({})]) this.log.remove(k);
+      this.meta.remove(SNAPSHOT_KEY);
+      this.meta.remove(HARD_STATE_KEY);
+    });
+    await this.root.flushed;
+  }
+
+  async close(): Promise<void> {
+    await this.root.close();
+  }
+}

@@ -1,0 +1,100 @@
+// The fleet runner's public types (main thread). Kept apart from fleet.ts so the CLI, the
+// walkthrough and bench:fleet can import them without pulling in worker threads.
+import type { Policy } from '../firmware/firmware.ts';
+import type { WanConfig } from './wan.ts';
+
+export type ReplicaRole = 'leader' | 'follower' | 'candidate' | 'preCandidate' | 'rejoining' | 'down';
+
+export interface ReplicaStatus {
+  name: string;
+  /** Data center (the WAN model's region for this replica). */
+  region: string;
+  role: ReplicaRole;
+  term: number;
+  commitIndex: number;
+  appliedIndex: number;
+  /** Leader's commit index minus this replica's applied index (0 on the leader; -1 when unknown). */
+  lag: number;
+  /** Serving: started, storage verified, not failed. A rejoining replica is healthy but does not vote yet. */
+  healthy: boolean;
+  /** Why not healthy / why not voting (e.g. ROLLBACK_DETECTED, REJOINING, CRASHED); '' when fine. */
+  reason: string;
+  /** The leader this replica knows of, if any. */
+  leader: string | null;
+  /** Last index in this replica's Raft log (committed or not). */
+  lastIndex?: number;
+  /** SHA-256 of the replicated record state (equal on replicas that applied the same index). */
+  digest?: string;
+  /** Counters for tests and benchmarks (Readies, flushes, anchors, forwarded requests...). */
+  stats?: Record<string, number | boolean>;
+}
+
+export type FleetEvent =
+  | { kind: 'started'; replica: string }
+  | { kind: 'leader'; replica: string; term: number }
+  | { kind: 'health'; replica: string; healthy: boolean; code: string; reason: string }
+  | { kind: 'rejoined'; replica: string; index: number }
+  | { kind: 'crashed'; replica: string }
+  | { kind: 'log'; replica: string; line: string };
+
+export interface StartFleetOptions {
+  /** A provisioned state directory (bkv provision): fleet.json, tokens, PINs. */
+  stateDir: string;
+  /** Replica names to run (default: every replica in fleet.json). */
+  replicas?: string[];
+  /** 'default' (five-region matrix), 'none' (no delay), a WAN file path, or a config. Default 'none'. */
+  wan?: 'default' | 'none' | string | WanConfig;
+  /** Seeds the WAN model. Default 1. */
+  seed?: number;
+  policy?: Partial<Policy>;
+  /** Raft election timeout in ms (ticks are electionTimeoutMs / 10). Default 1000. */
+  electionTimeoutMs?: number;
+  /** HTTP port for the relay endpoint (default 0 = any). */
+  port?: number;
+  /** Also serve POST /v1/fleet/fault on the HTTP server (the fleet process and the CLI drive faults through it). Default false. */
+  faultEndpoint?: boolean;
+  onEvent?(e: FleetEvent): void;
+}
+
+export interface Fleet {
+  /** HTTP on 127.0.0.1: POST RELAY_PATH (protocol/relay.ts), routed by header `x-bkv-region` (a replica name) or round-robin. */
+  url: string;
+  replicas: string[];
+  /** Suite -> hex AKE public key (what devices pin; same on every replica). */
+  akePublicKeys(): Record<string, string>;
+  status(): Promise<ReplicaStatus[]>;
+  leader(): Promise<string | undefined>;
+  /** Symmetric partition: replicas in different groups cannot talk; replicas in no group keep their links. */
+  partition(groups: string[][]): void;
+  heal(): void;
+  isolate(name: string): void;
+  /** One-way cut: nothing from `from` reaches `to` (until heal()). */
+  blockLink(from: string, to: string): void;
+  /** Terminates the replica's worker at once (no flush beyond what Raft already flushed). */
+  crash(name: string): Promise<void>;
+  /** Starts a crashed replica again; disk 'rollback' restores the last snapshotDisk() copy first. It rejoins as a non-voter until caught up. */
+  restart(name: string, opts?: { disk?: 'keep' | 'rollback' }): Promise<void>;
+  /** Copies the replica's LMDB directory (for a later restart with disk 'rollback'); returns the copy's path. */
+  snapshotDisk(name: string): Promise<string>;
+  close(): Promise<void>;
+}
+
+/**
+ * The HTTP server at Fleet.url serves: POST RELAY_PATH (device requests), GET FLEET_STATUS_PATH
+ * (JSON ReplicaStatus[]), and with faultEndpoint POST FLEET_FAULT_PATH (JSON FleetFault -> {ok:true} or
+ * 400 {code, message}).
+ */
+/** Header naming the replica (its name/region) a relayed request should enter the fleet at. */
+export const REGION_HEADER = 'x-bkv-region';
+export const FLEET_STATUS_PATH = '/v1/fleet/status';
+export const FLEET_FAULT_PATH = '/v1/fleet/fault';
+
+/** Body of POST /v1/fleet/fault (JSON). */
+export type FleetFault =
+  | { op: 'partition'; groups: string[][] }
+  | { op: 'heal' }
+  | { op: 'isolate'; replica: string }
+  | { op: 'block'; from: string; to: string }
+  | { op: 'crash'; replica: string }
+  | { op: 'restart'; replica: string; disk?: 'keep' | 'rollback' }
+  | { op: 'snapshotDisk'; replica: string };

@@ -1,0 +1,97 @@
+// Worker-thread entry of one replica (loaded by bin/ts-worker.js). Opens its own token by label (the
+// main thread set SOFTHSM2_CONF and initialised the module), its LMDB directory, the MessagePort
+// transport through the WAN model wrapped in the secure channel, and a FleetReplica.
+// What crosses the thread boundary: device requests and replies (opaque bodies), status, control
+// messages, new ports after a peer restarts. Never K, a password or a key.
+import { parentPort, workerData, type MessagePort } from 'node:worker_threads';
+import { openToken } from '../../hsm-adapter/pkcs11-token.ts';
+import type { SealScheme } from '../../hsm-adapter/token.ts';
+import { WIRE_SUITES } from '../../protocol/wire.ts';
+import type { Policy } from '../firmware/firmware.ts';
+import { FleetReplica } from './replica.ts';
+import { SecureTransport } from './secure-transport.ts';
+import { PortTransport, type PortEndpointInit } from './transport-port.ts';
+
+export interface ReplicaWorkerData {
+  name: string;
+  voters: string[];
+  modulePath: string;
+  tokenLabel: string;
+  pin: string;
+  sealScheme: SealScheme;
+  dbDir: string;
+  fleetId: string;
+  /** Replica -> hex identity public key (pins). */
+  pins: Record<string, string>;
+  endpoint: PortEndpointInit;
+  policy?: Partial<Policy>;
+  tickMs: number;
+  rejoining: boolean;
+}
+
+export type ToWorker =
+  | { t: 'request'; id: number; user: string; body: Uint8Array }
+  | { t: 'status'; id: number }
+  | { t: 'port'; peer: string; port: MessagePort }
+  | { t: 'backup'; id: number; path: string }
+  | { t: 'close' };
+
+export type FromWorker =
+  | { t: 'ready'; akeKeys: Record<string, string> }
+  | { t: 'failed'; code: string; message: string }
+  | { t: 'reply'; id: number; ok: true; body: Uint8Array }
+  | { t: 'reply'; id: number; ok: false; code: string }
+  | { t: 'status'; id: number; status: import('./replica.ts').LocalStatus }
+  | { t: 'backup'; id: number; ok: boolean; code?: string }
+  | { t: 'event'; e: { kind: 'leader'; term: number } | { kind: 'health'; healthy: boolean; code: string; reason: string } | { kind: 'rejoined'; index: number } | { kind: 'log'; line: string } }
+  | { t: 'closed' };
+
+const d = workerData as ReplicaWorkerData & { __entry: string };
+const port = parentPort!;
+const post = (m: FromWorker, transfer?: ArrayBuffer[]) => port.postMessage(m, transfer ?? []);
+
+async function main(): Promise<void> {
+  const token = openToken({ modulePath: d.modulePath, token: d.tokenLabel, pin: d.pin, sealScheme: d.sealScheme });
+  const ports = new PortTransport(d.endpoint);
+  const transport = new SecureTransport(ports, {
+    fleetId: d.fleetId, token, pins: new Map(Object.entries(d.pins).map(([k, v]) => [k, new Uint8Array(Buffer.from(v, 'hex'))])),
+  });
+  const replica = await FleetReplica.open({
+    name: d.name, voters: d.voters, token, dbDir: d.dbDir, transport, policy: d.policy, tickMs: d.tickMs, rejoining: d.rejoining,
+    log: (line) => post({ t: 'event', e: { kind: 'log', line } }),
+    onEvent: (e) => post({ t: 'event', e }),
+  });
+  transport.dialAll();
+  const akeKeys: Record<string, string> = {};
+  for (const s of WIRE_SUITES) akeKeys[s] = Buffer.from(replica.firmware.serverPublicKey(s)).toString('hex');
+  post({ t: 'ready', akeKeys });
+
+  port.on('message', (m: ToWorker) => {
+    switch (m.t) {
+      case 'request':
+        void replica.handle(m.user, m.body).then((o) => post(o.ok ? { t: 'reply', id: m.id, ok: true, body: o.body } : { t: 'reply', id: m.id, ok: false, code: o.code }));
+        return;
+      case 'status':
+        post({ t: 'status', id: m.id, status: replica.status() });
+        return;
+      case 'port':
+        ports.replacePort(m.peer, m.port);
+        return;
+      case 'backup':
+        replica.backup(m.path).then(() => post({ t: 'backup', id: m.id, ok: true }), (e: unknown) => post({ t: 'backup', id: m.id, ok: false, code: (e as { code?: string }).code ?? 'BACKUP_FAILED' }));
+        return;
+      case 'close':
+        void replica.close().then(() => {
+          token.close();
+          post({ t: 'closed' });
+          port.close();
+        });
+        return;
+    }
+  });
+}
+
+main().catch((e: unknown) => {
+  const code = (e as { code?: string })?.code ?? 'START_FAILED';
+  post({ t: 'failed', code, message: (e as Error)?.message ?? 'replica failed to start' });
+});

@@ -1,0 +1,361 @@
+// One fleet replica's host (runs inside its worker thread): firmware + RaftLog + sealed LMDB, ticks
+// from a timer, peer traffic through the secure transport. Any replica takes device requests; a
+// follower forwards the device request itself to the leader, whose firmware charges the attempt,
+// waits for its commit, computes the KE2 and keeps the recovery session. So a KE2 leaves only from
+// the replica holding the session, after the Attempt committed on a majority; a KE3 reaching a new
+// leader finds no session (NO_SESSION) and the device starts over, the attempt stays charged.
+import { randomBytes } from 'node:crypto';
+import { cpSync } from 'node:fs';
+import type { Token } from '../../hsm-adapter/token.ts';
+import { BkvError } from '../../protocol/errors.ts';
+import { WIRE_SUITES, type WireSuite } from '../../protocol/wire.ts';
+import { servingOpaque } from '../agent/replica.ts';
+import { RaftStore } from '../agent/raft-store.ts';
+import { SeededRng, type SoftState } from '../consensus/index.ts';
+import { Firmware, type FirmwareInput, type FirmwareOutput, type Policy } from '../firmware/firmware.ts';
+import { SealedStorage } from '../firmware/storage.ts';
+import { decodePeer, encodePeer, type PeerMessage } from './peer-wire.ts';
+import { RaftLog } from './raft-log.ts';
+import type { PeerTransport } from './transport.ts';
+import type { ReplicaRole } from './fleet-types.ts';
+
+export type Outcome = { ok: true; body: Uint8Array } | { ok: false; code: string };
+
+export interface FleetReplicaOptions {
+  name: string;
+  voters: readonly string[];
+  token: Token;
+  dbDir: string;
+  transport: PeerTransport;
+  policy?: Partial<Policy>;
+  suites?: readonly WireSuite[];
+  /** Raft tick period; election timeout is 10 ticks, heartbeat 2. */
+  tickMs: number;
+  /** A restart inside a running fleet: rejoin as a non-voter until caught up. */
+  rejoining: boolean;
+  /** How long a replica waits for a leader to appear before answering NO_LEADER. */
+  leaderWaitMs?: number;
+  log?: (line: string) => void;
+  onEvent?: (e: { kind: 'leader'; term: number } | { kind: 'health'; healthy: boolean; code: string; reason: string } | { kind: 'rejoined'; index: number }) => void;
+}
+
+export interface LocalStatus {
+  name: string;
+  role: ReplicaRole;
+  term: number;
+  commitIndex: number;
+  lastIndex: number;
+  appliedIndex: number;
+  healthy: boolean;
+  reason: string;
+  leader: string | null;
+  digest: string;
+  stats: Record<string, number | boolean>;
+}
+
+interface Forwarded { to: string; resolve(o: Outcome): void; timer: NodeJS.Timeout }
+
+function transportStats(t: PeerTransport): Record<string, number> {
+  const s = t.stats();
+  const out: Record<string, number> = { netSent: s.sent, netDelivered: s.delivered, handshakes: s.handshakes };
+  for (const [k, v] of Object.entries(s.dropped)) out[`dropped_${k}`] = v;
+  return out;
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export class FleetReplica {
+  readonly firmware: Firmware;
+  readonly raft: RaftLog;
+  private readonly store: RaftStore;
+  private readonly o: FleetReplicaOptions;
+  private readonly say: (line: string) => void;
+  private healthState: { healthy: boolean; code: string; reason: string } = { healthy: true, code: '', reason: '' };
+  private nextRequest = 1;
+  private readonly waiting = new Map<number, (body: Uint8Array) => void>();
+  private nextForward = 1;
+  private readonly forwarded = new Map<number, Forwarded>();
+  private timer?: NodeJS.Timeout;
+  private rejoinTimer?: NodeJS.Timeout;
+  private readonly incarnation = new Uint8Array(randomBytes(16));
+  private readonly seenIncarnation = new Map<string, string>();
+  private soft: SoftState = { leader: null, role: 'follower', term: 0 };
+  private closed = false;
+  readonly counters = { forwardedOut: 0, forwardedIn: 0, badPeer: 0, retries: 0 };
+
+  private constructor(fw: Firmware, store: RaftStore, raft: RaftLog, o: FleetReplicaOptions) {
+    this.firmware = fw;
+    this.store = store;
+    this.raft = raft;
+    this.o = o;
+    this.say = o.log ?? (() => undefined);
+  }
+
+  static async open(o: FleetReplicaOptions): Promise<FleetReplica> {
+    const fw = new Firmware({
+      replicaId: o.name, token: o.token, opaque: await servingOpaque(o.suites ?? WIRE_SUITES),
+      rng: (n) => new Uint8Array(randomBytes(n)), policy: o.policy,
+    });
+    fw.step({ kind: 'leadership', leader: false });
+    const store = RaftStore.open(o.dbDir);
+    // Its own seal domain: a solo vault's log (bkv serve) on the same token and disk never opens
+    // as a Raft log, nor the other way round.
+    const sealed = new SealedStorage(o.token, `${o.name}/raft`);
+    let self: FleetReplica | undefined;
+    const raft = new RaftLog({
+      id: o.name, voters: o.voters, token: o.token, store, sealed,
+      rng: new SeededRng(randomBytes(4).readUInt32BE(0)),
+      electionTick: 10, heartbeatTick: 2,
+      send: (to, bytes) => o.transport.send(to, encodePeer({ kind: 'raft', bytes })),
+      rejoining: o.rejoining, reReplicateOnRollback: true,
+      onSoftState: (s) => self?.onSoft(s),
+      onRejoined: (index) => { self?.say(`rejoined at ${index}`); o.onEvent?.({ kind: 'rejoined', index }); },
+      log: (l) => self?.say(l),
+    });
+    const r = new FleetReplica(fw, store, raft, o);
+    self = r;
+    o.transport.onMessage((from, bytes) => r.onPeer(from, bytes));
+    r.run({ kind: 'tick', now: Date.now() });
+    try {
+      await raft.start({
+        restore: (s) => r.run({ kind: 'restore', index: s.index, state: s.state }),
+        committed: (batch) => { for (const e of batch) r.run({ kind: 'committed', index: e.index, entry: e.entry }); },
+        failed: (err) => r.run({ kind: 'fault', code: err.code, reason: err.message }),
+      });
+    } catch (e) {
+      const err = e instanceof BkvError ? e : new BkvError('START_FAILED', 'replica start failed');
+      r.run({ kind: 'fault', code: err.code, reason: err.message });
+    }
+    r.timer = setInterval(() => r.tick(), o.tickMs);
+    if (raft.isRejoining) r.startRejoin();
+    r.say(`replica ${o.name} started${raft.isRejoining ? ' (rejoining as a non-voter)' : ''}${r.healthState.healthy ? '' : ` UNHEALTHY ${r.healthState.code}`}`);
+    return r;
+  }
+
+  /** Leading as far as the firmware knows: the node leads and its soft state reached the firmware. */
+  private get leading(): boolean { return this.soft.role === 'leader' && !!this.raft.node?.isLeader; }
+
+  get health(): { healthy: boolean; code: string; reason: string } { return { ...this.healthState }; }
+
+  status(): LocalStatus {
+    const n = this.raft.node;
+    const role: ReplicaRole = !n ? 'down' : this.raft.isRejoining ? 'rejoining' : n.softState().role;
+    return {
+      name: this.o.name, role, term: n?.currentTerm ?? 0, commitIndex: n?.commitIndex ?? 0, lastIndex: n?.lastIndex ?? 0, appliedIndex: this.raft.appliedIndex,
+      healthy: this.healthState.healthy, leader: n?.leader ?? null, digest: this.firmware.digest(),
+      reason: !this.healthState.healthy ? `${this.healthState.code}: ${this.healthState.reason}` : this.raft.isRejoining ? 'REJOINING: not voting until caught up' : '',
+      stats: { ...this.raft.stats, ...this.counters, ...transportStats(this.o.transport) },
+    };
+  }
+
+  // ------------------------------------------------------------------ device requests
+
+  /** A device request that reached this replica (from the fleet's HTTP front). */
+  async handle(user: string, body: Uint8Array): Promise<Outcome> {
+    const deadline = Date.now() + (this.o.leaderWaitMs ?? 5 * this.o.tickMs * 10);
+    for (;;) {
+      if (this.closed) return { ok: false, code: 'CLOSED' };
+      if (!this.healthState.healthy) return { ok: false, code: this.healthState.code || 'UNHEALTHY' };
+      const n = this.raft.node;
+      if (this.leading) {
+        const r = await this.serveAsLeader(user, body);
+        if (r.ok || r.code !== 'NOT_LEADER') return r;
+      } else if (n?.leader && n.leader !== this.o.name) {
+        const r = await this.forward(n.leader, user, body);
+        if (r.ok || r.code !== 'NOT_LEADER') return r;
+      }
+      if (Date.now() > deadline) return { ok: false, code: 'NO_LEADER' };
+      this.counters.retries++;
+      await sleep(Math.max(10, this.o.tickMs));
+    }
+  }
+
+  private forward(to: string, user: string, body: Uint8Array): Promise<Outcome> {
+    const id = this.nextForward++;
+    this.counters.forwardedOut++;
+    return new Promise((resolve) => {
+      const ttl = (this.o.policy?.requestTtlMs ?? 15_000) + 2_000;
+      const timer = setTimeout(() => { this.forwarded.delete(id); resolve({ ok: false, code: 'TIMEOUT' }); }, ttl);
+      this.forwarded.set(id, { to, resolve, timer });
+      this.o.transport.send(to, encodePeer({ kind: 'forward', id, user, body }));
+    });
+  }
+
+  /**
+   * On the leader. Processing waits until everything this node knew committed when the request
+   * arrived is applied. Replies the firmware gives at once (Status, WrongPassword, Locked, errors:
+   * they read replicated state without proposing) then wait for a ReadIndex asked in the same
+   * synchronous turn as the processing: so such a reply is never older than the fleet's commit
+   * when it arrived, and a deposed leader never gives one. Replies that follow a commit (KE2, Released, Registered...) leave when
+   * the firmware sees the entry committed.
+   */
+  private async serveAsLeader(user: string, body: Uint8Array): Promise<Outcome> {
+    if (!this.leading) return { ok: false, code: 'NOT_LEADER' };
+    // A new leader's commit index may lag its predecessor's until an entry of its own term commits.
+    for (let i = 0; this.raft.node.termAt(this.raft.node.commitIndex) !== this.raft.node.currentTerm; i++) {
+      if (i > 200 || !this.leading) return { ok: false, code: 'NOT_LEADER' };
+      await sleep(5);
+    }
+    const target = this.raft.node.commitIndex;
+    try {
+      await this.raft.whenApplied(target);
+    } catch {
+      return { ok: false, code: 'UNAVAILABLE' };
+    }
+    if (!this.leading) return { ok: false, code: 'NOT_LEADER' };
+    const requestId = this.nextRequest++;
+    let immediate: Uint8Array | undefined;
+    let inStep = true;
+    return new Promise<Outcome>((resolve) => {
+      this.waiting.set(requestId, (reply) => {
+        if (inStep) immediate = reply;
+        else resolve({ ok: true, body: reply });
+      });
+      this.run({ kind: 'tick', now: Date.now() });
+      this.run({ kind: 'request', requestId, user, body });
+      inStep = false;
+      if (immediate !== undefined) {
+        // Asked in the same synchronous turn as the processing, so it confirms the state it read.
+        const reply = immediate;
+        this.raft.read().then(() => resolve({ ok: true, body: reply }), () => resolve({ ok: false, code: 'UNAVAILABLE' }));
+      }
+    });
+  }
+
+  // ------------------------------------------------------------------ peers
+
+  private onPeer(from: string, bytes: Uint8Array): void {
+    let m: PeerMessage;
+    try {
+      m = decodePeer(bytes);
+    } catch {
+      this.counters.badPeer++;
+      return;
+    }
+    switch (m.kind) {
+      case 'raft': return this.raft.receive(m.bytes);
+      case 'forward': {
+        this.counters.forwardedIn++;
+        const answer = (o: Outcome) => this.o.transport.send(from, encodePeer(o.ok ? { kind: 'forwardReply', id: m.id, ok: true, body: o.body } : { kind: 'forwardReply', id: m.id, ok: false, code: o.code }));
+        if (!this.healthState.healthy) return answer({ ok: false, code: this.healthState.code || 'UNHEALTHY' });
+        if (!this.leading) return answer({ ok: false, code: 'NOT_LEADER' });
+        void this.serveAsLeader(m.user, m.body).then(answer);
+        return;
+      }
+      case 'forwardReply': {
+        const f = this.forwarded.get(m.id);
+        if (!f || f.to !== from) return;
+        this.forwarded.delete(m.id);
+        clearTimeout(f.timer);
+        f.resolve(m.ok ? { ok: true, body: m.body } : { ok: false, code: m.code });
+        return;
+      }
+      case 'rejoin': {
+        if (!this.raft.node?.isLeader) return;
+        const inc = Buffer.from(m.incarnation).toString('hex');
+        if (this.seenIncarnation.get(from) !== inc) {
+          // Its acknowledgements from before the restart may cover entries its disk no longer has.
+          this.raft.resetPeer(from);
+          this.seenIncarnation.set(from, inc);
+          this.say(`${from} restarted: forgot its old acknowledgements`);
+        }
+        this.o.transport.send(from, encodePeer({ kind: 'rejoinAck', incarnation: m.incarnation, term: this.raft.node.currentTerm, lastIndex: this.raft.node.lastIndex }));
+        return;
+      }
+      case 'rejoinAck': {
+        if (!this.raft.isRejoining || Buffer.compare(m.incarnation, this.incarnation) !== 0) return;
+        if (this.raft.node?.leader !== from) return; // only the leader we follow now
+        this.raft.setRejoinTarget(m.lastIndex);
+        return;
+      }
+    }
+  }
+
+  private startRejoin(): void {
+    const ask = () => {
+      if (this.closed || !this.raft.isRejoining) { clearInterval(this.rejoinTimer); return; }
+      const lead = this.raft.node?.leader;
+      const targets = lead ? [lead] : this.o.voters.filter((v) => v !== this.o.name);
+      for (const t of targets) this.o.transport.send(t, encodePeer({ kind: 'rejoin', incarnation: this.incarnation }));
+    };
+    this.rejoinTimer = setInterval(ask, Math.max(50, this.o.tickMs * 2));
+    ask();
+  }
+
+  private onSoft(s: SoftState): void {
+    const prev = this.soft;
+    this.soft = s;
+    if (prev.leader !== s.leader) {
+      this.raft.clearRejoinTarget();
+      // Requests forwarded to a leader we no longer follow: their outcome is unknown (an attempt
+      // that reached its log stays charged), so answer now rather than at the timeout.
+      for (const [id, f] of this.forwarded) {
+        if (f.to === s.leader) continue;
+        this.forwarded.delete(id);
+        clearTimeout(f.timer);
+        f.resolve({ ok: false, code: 'LEADER_CHANGED' });
+      }
+    }
+    if ((prev.role === 'leader') !== (s.role === 'leader')) {
+      this.run({ kind: 'leadership', leader: s.role === 'leader' });
+    }
+    if (s.role === 'leader' && prev.role !== 'leader') {
+      this.say(`leader in term ${s.term}`);
+      this.o.onEvent?.({ kind: 'leader', term: s.term });
+    }
+  }
+
+  // ------------------------------------------------------------------ firmware
+
+  private tick(): void {
+    if (this.closed) return;
+    this.run({ kind: 'tick', now: Date.now() });
+    this.raft.tick();
+  }
+
+  private run(input: FirmwareInput): void {
+    for (const o of this.firmware.step(input)) this.perform(o);
+  }
+
+  private perform(o: FirmwareOutput): void {
+    switch (o.kind) {
+      case 'reply': {
+        const done = this.waiting.get(o.requestId);
+        this.waiting.delete(o.requestId);
+        done?.(o.body);
+        return;
+      }
+      case 'propose':
+        this.raft.propose(o.entry).catch((e: unknown) => {
+          const code = e instanceof BkvError ? e.code : 'UNAVAILABLE';
+          this.run({ kind: 'proposalFailed', tag: o.tag, code });
+        });
+        return;
+      case 'snapshot':
+        this.raft.compact(o.index, o.state).catch(() => undefined);
+        return;
+      case 'health':
+        this.healthState = { healthy: o.healthy, code: o.code, reason: o.reason };
+        this.say(`${o.healthy ? 'healthy' : `UNHEALTHY ${o.code}: ${o.reason}`}`);
+        this.o.onEvent?.({ kind: 'health', healthy: o.healthy, code: o.code, reason: o.reason });
+        return;
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    clearInterval(this.timer);
+    clearInterval(this.rejoinTimer);
+    for (const f of this.forwarded.values()) { clearTimeout(f.timer); f.resolve({ ok: false, code: 'CLOSED' }); }
+    this.forwarded.clear();
+    await this.o.transport.close();
+    await this.raft.close();
+    await this.store.close();
+  }
+
+  /** A copy of this replica's LMDB directory at `path`, taken between two Readies (nothing half-written). */
+  backup(path: string): Promise<void> {
+    return this.raft.exclusive(() => cpSync(this.o.dbDir, path, { recursive: true }));
+  }
+}
