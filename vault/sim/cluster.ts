@@ -81,7 +81,7 @@ type Event =
 
 interface Scheduled { at: number; seq: number; ev: Event }
 
-class EventQueue {
+export class EventQueue {
   private h: Scheduled[] = [];
   get size(): number { return this.h.length; }
   private less(a: Scheduled, b: Scheduled): boolean { return a.at < b.at || (a.at === b.at && a.seq < b.seq); }

@@ -1,0 +1,120 @@
+// Staged faults on the deterministic vault cluster: the leader crashes at each step of a password
+// recovery (after KE1 is proposed, after the KE2 left, after the KE3's Outcome is proposed, after K
+// was released). Whatever the step, the attempt stays charged unless an Outcome reset committed,
+// K leaves only for the right password, the fleet converges, and the owner can recover afterwards.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { provisionTestFleet, type TestFleet } from '../helpers/fleet.ts';
+import type { Token } from '../../hsm-adapter/token.ts';
+import { identityKsf, tokenServerSecrets } from '../../protocol/opaque/index.ts';
+import { enablePassword, recoverK, type PasswordOptions } from '../../client/password.ts';
+import { VaultCluster } from '../../vault/sim/vault-cluster.ts';
+import { SeededRng } from '../../vault/consensus/index.ts';
+
+let fleet: TestFleet;
+let tokens: Map<string, Token>;
+let serverPublicKey: Uint8Array;
+
+beforeAll(async () => {
+  fleet = await provisionTestFleet({ replicas: 3 });
+  tokens = new Map(fleet.replicas.map((r) => [r.name, fleet.openToken(r.tokenLabel) as Token]));
+  serverPublicKey = tokenServerSecrets([...tokens.values()][0]!, 'ristretto255-SHA512').akeKeyPair.publicKey;
+}, 120_000);
+
+afterAll(async () => { await fleet?.cleanup(); });
+
+type Step = 'ke1-proposed' | 'ke2-out' | 'ke3-proposed' | 'released';
+
+async function crashLeaderAt(step: Step, seed: number) {
+  const c = await VaultCluster.create({ seed, tokens, policy: { requestTtlMs: 2_000 }, deviceTimeoutMs: 3_000 });
+  c.knownUsers.add('olga');
+  const rng = new SeededRng(seed + 1);
+  const bytes = (n: number) => { const b = new Uint8Array(n); for (let i = 0; i < n; i++) b[i] = rng.int(256); return b; };
+  const opts: PasswordOptions = { user: 'olga', serverPublicKey, ksf: identityKsf, rng: bytes };
+  const k = bytes(32);
+  const toLeader = () => c.leader() ?? c.ids[0]!;
+  const send = c.deviceSend('phone', 'olga', toLeader, () => ({ correct: true }));
+  await c.run(500);
+  let done = false;
+  void enablePassword(send, opts, 'pw', k, 3).then(() => { done = true; });
+  expect(await c.runUntil(() => done, 5_000)).toBe(true);
+
+  // The recovery whose leader dies at `step`.
+  let first: string | null = null;
+  void recoverK(send, opts, 'pw').then(() => { first = 'released'; }, (e: { code?: string; vaultCode?: string }) => { first = e.vaultCode ?? e.code ?? 'error'; });
+  const reached = {
+    'ke1-proposed': () => (c.proposed.Attempt ?? 0) >= 1,
+    'ke2-out': () => (c.replied.KE2 ?? 0) >= 1,
+    'ke3-proposed': () => (c.proposed.Outcome ?? 0) >= 1,
+    released: () => (c.replied.Released ?? 0) >= 1,
+  }[step];
+  expect(await c.runUntil(reached, 5_000)).toBe(true);
+  const dead = c.leader()!;
+  c.crash(dead);
+  await c.runUntil(() => first !== null, 10_000);
+  c.restart(dead);
+  expect(await c.quiesce()).toBe(true);
+  const usedAfterCrash = c.firmware(c.leader()!)!.inspect('olga')!.used;
+
+  // The owner tries again until K comes back (an attempt each time; the limit is 3).
+  let recovered: Uint8Array | null = null;
+  for (let i = 0; i < 3 && !recovered; i++) {
+    let settled = false;
+    void recoverK(send, opts, 'pw').then((x) => { recovered = x; }, () => undefined).finally(() => { settled = true; });
+    await c.runUntil(() => settled, 10_000);
+  }
+  expect(await c.quiesce()).toBe(true);
+  c.checkConverged();
+  return { c, first, usedAfterCrash, recovered: recovered as Uint8Array | null, k, traceHash: c.traceHash() };
+}
+
+describe('leader crashes at each step of a recovery', () => {
+  it.each([
+    ['ke1-proposed', [0, 1]],
+    ['ke2-out', [1]],
+    ['ke3-proposed', [0, 1]],
+    ['released', [0]],
+  ] as const)('after %s: attempt charged as expected, no violation, owner recovers', async (step, allowedUsed) => {
+    const r = await crashLeaderAt(step, 11);
+    if (process.env.BKV_SIM_DEBUG) console.log(step, r.first, r.usedAfterCrash, r.c.proposed, r.c.replied);
+    expect(r.c.violations()).toEqual([]);
+    // Unknown outcome counts as used: only a committed reset (the Outcome of a right KE3) gives it back.
+    expect(allowedUsed).toContain(r.usedAfterCrash);
+    if (step === 'released') expect(r.first).toBe('released');
+    else expect(r.first).not.toBe('released');
+    expect(r.recovered && Buffer.from(r.recovered).equals(Buffer.from(r.k))).toBe(true);
+    // The same seed stages the same run.
+    const again = await crashLeaderAt(step, 11);
+    expect(again.traceHash).toBe(r.traceHash);
+  }, 60_000);
+});
+
+describe('a network that duplicates every message', () => {
+  it('stays within the guess budget; each delivered copy of a KE1 is charged (no idempotency: see docs)', async () => {
+    const c = await VaultCluster.create({ seed: 5, tokens, deviceTimeoutMs: 3_000 });
+    c.knownUsers.add('olga');
+    const rng = new SeededRng(6);
+    const bytes = (n: number) => { const b = new Uint8Array(n); for (let i = 0; i < n; i++) b[i] = rng.int(256); return b; };
+    const opts: PasswordOptions = { user: 'olga', serverPublicKey, ksf: identityKsf, rng: bytes };
+    const send = c.deviceSend('phone', 'olga', () => c.leader() ?? c.ids[0]!, () => ({ correct: false }));
+    await c.run(500);
+    let res = '';
+    void enablePassword(send, opts, 'pw', bytes(32), 3).then(() => { res = 'registered'; });
+    expect(await c.runUntil(() => res !== '', 5_000)).toBe(true);
+    c.net.dupRate = 1;
+    const outcomes: string[] = [];
+    for (let i = 0; i < 3; i++) {
+      res = '';
+      void recoverK(send, opts, `guess ${i}`).then(() => { res = 'released'; }, (e: { code: string; vaultCode?: string }) => { res = e.vaultCode ?? e.code; });
+      await c.runUntil(() => res !== '', 10_000);
+      await c.run(500);
+      outcomes.push(res);
+    }
+    expect(await c.quiesce()).toBe(true);
+    c.checkConverged();
+    expect(c.violations()).toEqual([]);
+    expect(outcomes).not.toContain('released');
+    // Three device guesses; the duplicated KE1s were each charged, so the record locked early.
+    expect(c.firmware(c.leader()!)!.inspect('olga')!.state).toBe('locked');
+    expect(c.proposed.Attempt).toBeGreaterThan(3);
+  }, 60_000);
+});

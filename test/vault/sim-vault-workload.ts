@@ -1,0 +1,158 @@
+// A seeded vault workload for VaultCluster: owners register and recover with the right password,
+// attackers guess concurrently on the same users, all through client/password.ts (identity KSF,
+// seeded randomness) against random replicas, while a seeded nemesis crashes, restarts, pauses,
+// partitions, isolates the leader, drops, duplicates and reorders. Afterwards the fleet is healed and must
+// converge, and the oracle's verdicts are collected. Everything is drawn from the seed.
+import type { Token } from '../../hsm-adapter/token.ts';
+import { identityKsf } from '../../protocol/opaque/index.ts';
+import { PasswordError, enablePassword, recoverK, status, type PasswordOptions } from '../../client/password.ts';
+import { VaultCluster, DeviceTimeout, type FirmwareLike } from '../../vault/sim/vault-cluster.ts';
+import type { Firmware } from '../../vault/firmware/firmware.ts';
+import { SeededRng } from '../../vault/consensus/index.ts';
+
+export interface VaultRunOptions {
+  seed: number;
+  tokens: ReadonlyMap<string, Token>;
+  serverPublicKey: Uint8Array;
+  durationMs?: number;
+  users?: number;
+  wrapFirmware?: (fw: Firmware, id: string) => FirmwareLike;
+}
+
+export interface VaultRunResult {
+  cluster: VaultCluster;
+  violations: string[];
+  converged: boolean;
+  traceHash: string;
+  outcomes: Record<string, number>;
+}
+
+const LIMIT = 3;
+
+function bytesFrom(rng: SeededRng): (n: number) => Uint8Array {
+  return (n) => { const b = new Uint8Array(n); for (let i = 0; i < n; i++) b[i] = rng.int(256); return b; };
+}
+
+export async function randomVaultRun(o: VaultRunOptions): Promise<VaultRunResult> {
+  // The seed picks the fault model before the cluster exists.
+  const pick = new SeededRng(o.seed ^ 0x9e3779b9);
+  const choose = <T>(a: readonly T[]): T => a[pick.int(a.length)]!;
+  const c = await VaultCluster.create({
+    seed: o.seed,
+    tokens: o.tokens,
+    policy: { requestTtlMs: 2_000, sessionTtlMs: 5_000, snapshotEvery: choose([5, 20, 1000]) },
+    net: { minDelayMs: 1, maxDelayMs: choose([5, 15, 40]), dropRate: choose([0, 0.02, 0.08]), dupRate: choose([0, 0.03, 0.1]) },
+    diskMaxMs: choose([1, 4]),
+    deviceTimeoutMs: 3_000,
+    wrapFirmware: o.wrapFirmware,
+  });
+  const rng = c.rng.fork();
+  const ids = c.ids;
+  const users = Array.from({ length: o.users ?? 2 }, (_, i) => `user${i}`);
+  for (const u of users) c.knownUsers.add(u);
+  const secrets = new Map(users.map((u) => [u, { password: `right horse ${u}`, k: bytesFrom(rng)(32) }]));
+  const registered = new Set<string>();
+  const outcomes: Record<string, number> = {};
+  const count = (k: string) => { outcomes[k] = (outcomes[k] ?? 0) + 1; };
+  const inflight = new Set<string>();
+  let devN = 0;
+
+  const device = (user: string, correct: boolean): { send: (b: Uint8Array) => Promise<Uint8Array>; opts: PasswordOptions } => {
+    const dev = `dev${++devN}`;
+    const drng = rng.fork();
+    const send = c.deviceSend(dev, user, () => ids[drng.int(ids.length)]!, () => ({ correct }));
+    return { send, opts: { user, serverPublicKey: o.serverPublicKey, ksf: identityKsf, rng: bytesFrom(drng) } };
+  };
+
+  const classify = (e: unknown): string => {
+    if (e instanceof DeviceTimeout) return 'unknown';
+    if (e instanceof PasswordError) return e.code === 'VAULT_ERROR' ? `error:${e.vaultCode}` : e.code.toLowerCase();
+    throw e;
+  };
+
+  const register = (user: string): void => {
+    if (inflight.has(`reg:${user}`)) return;
+    inflight.add(`reg:${user}`);
+    const d = device(user, true);
+    const s = secrets.get(user)!;
+    void enablePassword(d.send, d.opts, s.password, s.k, LIMIT)
+      .then(() => { registered.add(user); count('registered'); }, (e: unknown) => count(`register-${classify(e)}`))
+      .finally(() => inflight.delete(`reg:${user}`));
+  };
+
+  const recover = (user: string, correct: boolean, tag: string): void => {
+    if (inflight.has(tag)) return;
+    inflight.add(tag);
+    const d = device(user, correct);
+    const s = secrets.get(user)!;
+    void recoverK(d.send, d.opts, correct ? s.password : `guess ${rng.int(1e9)}`)
+      .then((k) => {
+        count('released');
+        if (!correct) c.oracle.fail(`${user}: a wrong password recovered K`);
+        else if (Buffer.compare(Buffer.from(k), Buffer.from(s.k)) !== 0) c.oracle.fail(`${user}: recovered a K that is not the registered one`);
+      }, (e: unknown) => count(`${correct ? 'owner' : 'attacker'}-${classify(e)}`))
+      .finally(() => inflight.delete(tag));
+  };
+
+  // Registration first (a quiet start), then the faulty phase.
+  await c.run(300);
+  for (const u of users) register(u);
+  for (let i = 0; i < 40 && registered.size < users.length; i++) {
+    await c.run(200);
+    for (const u of users) if (!registered.has(u)) register(u);
+  }
+
+  const duration = o.durationMs ?? 3_000;
+  const step = 25;
+  const maxDown = Math.floor((ids.length - 1) / 2);
+  for (let t = 0; t < duration; t += step) {
+    await c.run(step);
+    const down = ids.filter((id) => !c.isUp(id));
+    const r = rng.int(1000);
+    if (r < 20 && down.length < maxDown) {
+      const up = c.upIds();
+      // Often the leader: crash it at whatever step of a recovery it happens to be.
+      const l = c.leader();
+      c.crash(l !== null && rng.int(2) === 0 ? l : up[rng.int(up.length)]!);
+    } else if (r < 60 && down.length > 0) {
+      c.restart(down[rng.int(down.length)]!);
+    } else if (r < 75) {
+      const a: string[] = []; const b: string[] = [];
+      for (const id of ids) (rng.int(2) === 0 ? a : b).push(id);
+      c.partition(a, b);
+    } else if (r < 85) {
+      const l = c.leader();
+      if (l) c.isolate(l);
+    } else if (r < 130) {
+      c.heal();
+    } else if (r < 140 && down.length < maxDown) {
+      // A stopped process, often the leader: it resumes at the next heal, possibly stale.
+      const l = c.leader();
+      const up = c.upIds();
+      c.pause(l !== null && rng.int(2) === 0 ? l : up[rng.int(up.length)]!);
+    }
+    for (const u of users) {
+      if (!registered.has(u)) continue;
+      const x = rng.int(100);
+      if (x < 6) recover(u, true, `owner:${u}`);
+      else if (x < 16) recover(u, false, `attacker${rng.int(3)}:${u}`);
+    }
+  }
+  const converged = await c.quiesce(30_000);
+  // Let any device flow still running finish or time out, then settle again.
+  await c.run(4_000);
+  const settled = await c.quiesce(30_000);
+  c.checkConverged();
+  // Healed and quiet: a Status through any replica answers (liveness) with the committed state.
+  for (const u of users) {
+    const d = device(u, true);
+    const box: { got: { state: string; attemptsLeft: number } | string | null } = { got: null };
+    void status(d.send).then((x) => { box.got = x; }, (e: unknown) => { box.got = classify(e); });
+    await c.runUntil(() => box.got !== null, 5_000);
+    const got = box.got as { state: string; attemptsLeft: number } | string | null;
+    if (got === null || typeof got === 'string') c.oracle.fail(`${u}: no Status answer after healing (${String(got)})`);
+    // What it says is judged by the oracle where it left the replica (against the committed history
+    // at that replica's applied index): a Lock may still commit after the read (an expired last session).
+  }
+  return { cluster: c, violations: c.violations(), converged: converged && settled, traceHash: c.traceHash(), outcomes };
+}
