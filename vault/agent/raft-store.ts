@@ -2,7 +2,7 @@
 // sealed snapshot in `meta`), plus the sealed Raft hard state. One Ready is one LMDB transaction,
 // flushed before the promise resolves: the caller sends that Ready's messages only afterwards.
 // Everything here is sealed by the firmware's token; this module only moves bytes.
-import { mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync } from 'node:fs';
 import { open, type Database, type RootDatabase } from 'lmdb';
 import type { StoredItems } from '../firmware/storage.ts';
 import { StoreError } from './store.ts';
@@ -73,6 +73,21 @@ export class RaftStore {
       for (const k of [...this.log.getKeys({ end: index + 1 })]) this.log.remove(k);
     });
     await this.root.flushed;
+  }
+
+  /**
+   * A consistent copy of the database into the directory `dir` (which must not hold one), taken by
+   * LMDB from a read snapshot while writes go on: it holds exactly the last committed transaction,
+   * i.e. whole Readies only, as a crash at that moment would have left the disk.
+   */
+  async backup(dir: string): Promise<void> {
+    if (existsSync(dir)) throw new StoreError('BACKUP_FAILED', 'backup target already exists');
+    mkdirSync(dir, { recursive: true });
+    try {
+      await this.root.backup(dir, false);
+    } catch (e) {
+      throw new StoreError('BACKUP_FAILED', `LMDB copy failed: ${(e as Error).message}`);
+    }
   }
 
   /** Forget everything (a rolled-back disk the replica will re-replicate from its peers). */

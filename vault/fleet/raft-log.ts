@@ -44,6 +44,15 @@ export interface RaftLogOptions {
   rejoining: boolean;
   /** When the stored log fails verification (rollback, tampering): wipe it and re-replicate instead of failing. */
   reReplicateOnRollback: boolean;
+  /**
+   * Whether this replica's firmware may answer a device from what it applies now (it leads, or a
+   * request of its own still waits). While false, applying needs no anchor first (nothing leaves),
+   * so anchors are coalesced: at most one per `lazyAnchorMs`, and always on compaction. Absent:
+   * every Ready with committed entries is anchored before they are applied.
+   */
+  mayReply?(): boolean;
+  /** Coalescing period of anchors while mayReply() is false. Default 50 ms. */
+  lazyAnchorMs?: number;
   onSoftState?(s: SoftState): void;
   onRejoined?(index: number): void;
   log?(line: string): void;
@@ -73,7 +82,18 @@ export class RaftLog implements ReplicatedLog {
   private target = Infinity;
   private floor = 0;
   private floorHash?: Uint8Array;
-  readonly stats = { readies: 0, flushes: 0, anchors: 0, sent: 0, filtered: 0, snapshotsInstalled: 0, compactions: 0, rereplicated: false };
+  /** Highest index the token anchor covers (written by this process), and the last normal entry applied. */
+  private anchoredTo = 0;
+  private lastNormal = 0;
+  private anchorTimer?: NodeJS.Timeout;
+  /** Term and vote of the hard state on disk; a change of commit alone is written with the next write. */
+  private diskTerm = -1;
+  private diskVote: string | null = null;
+  private pendingHs?: HardState;
+  readonly stats = {
+    readies: 0, flushes: 0, anchors: 0, lazyAnchors: 0, sent: 0, filtered: 0, snapshotsInstalled: 0, compactions: 0, rereplicated: false,
+    commitOnlyDeferred: 0, persistMs: 0, anchorMs: 0, sealMs: 0, applyMs: 0,
+  };
 
   constructor(private readonly o: RaftLogOptions) {
     this.rejoining = o.rejoining;
@@ -103,6 +123,7 @@ export class RaftLog implements ReplicatedLog {
         if (a) { this.floor = a.index; this.floorHash = a.hash; }
       } catch { /* an anchor that does not open (another seal domain) protects nothing here */ }
       await this.o.store.wipe();
+      this.anchoredTo = 0; // the floor logic below governs the anchor from here
       this.stats.rereplicated = true;
       this.rejoining = true;
       this.hashes.clear();
@@ -117,6 +138,8 @@ export class RaftLog implements ReplicatedLog {
       this.hashes.set(e.index, hash);
       await this.o.store.write({ entries: [{ index: e.index, sealed }], hardState: this.o.token.seal('record-key', encodeHardState(persisted.hardState), this.aad('hard state')) });
     }
+    this.diskTerm = persisted.hardState.term;
+    this.diskVote = persisted.hardState.vote;
     this.node = new RaftNode({
       id: this.o.id, storage: persisted, rng: this.o.rng, electionTick: this.o.electionTick, heartbeatTick: this.o.heartbeatTick,
     });
@@ -130,6 +153,8 @@ export class RaftLog implements ReplicatedLog {
   /** Verify the sealed disk and turn it into what the node was flushed with. */
   private load(items: ReturnType<RaftStore['readAll']>): PersistedState {
     const v = this.o.sealed.verify(items);
+    // The disk's commit may lag the anchor (commit-only hard states are not flushed): never move it back.
+    this.anchoredTo = v.anchor?.index ?? 0;
     if (!v.snapshot && v.entries.length === 0 && !items.hardState) {
       if (v.anchor && v.anchor.index > 0) throw new FirmwareError('ROLLBACK_DETECTED', `empty disk but the token anchor is at ${v.anchor.index}`);
       // A founding member's first start: entry 1 is the initial configuration on every founder.
@@ -296,6 +321,7 @@ export class RaftLog implements ReplicatedLog {
   }
 
   async close(): Promise<void> {
+    clearTimeout(this.anchorTimer);
     this.dead ??= new LogError('LOG_CLOSED', 'log closed');
     this.failAll(this.dead);
     while (this.pumping) await new Promise((r) => setTimeout(r, 2));
@@ -313,12 +339,26 @@ export class RaftLog implements ReplicatedLog {
     try {
       do {
         this.again = false;
+        // Pipelined: Ready N+1 is sealed and handed to LMDB first, then Ready N is applied (token
+        // anchor, firmware) while LMDB flushes N+1 on its own thread. Each Ready is still persisted
+        // before its messages leave, applied in order, and anchored before anything can reply from it.
+        let toApply: Ready | undefined;
         while (!this.dead && this.node.hasReady()) {
           const rd = this.node.ready();
-          await this.handle(rd);
+          // A snapshot replaces the chain hashes the previous Ready's anchor needs, and a role change
+          // must reach the firmware after what was committed before it: apply the previous one first.
+          if (toApply && (rd.snapshot || rd.softState)) { this.apply(toApply); toApply = undefined; }
+          const persisted = this.persist(rd);
+          if (toApply) { this.apply(toApply); toApply = undefined; }
+          await persisted;
+          if (this.dead) break;
+          // The node only needs applied for compaction bounds and the next committed slice; the
+          // firmware gets these entries right after (next turn of this loop, or below).
           this.node.advance(rd);
+          toApply = rd;
           await this.runCompaction();
         }
+        if (toApply && !this.dead) this.apply(toApply);
       } while (this.again && !this.dead);
     } catch (e) {
       this.fail(e);
@@ -327,8 +367,10 @@ export class RaftLog implements ReplicatedLog {
     }
   }
 
-  private async handle(rd: Ready): Promise<void> {
+  /** Steps 1 and 2 of the Ready contract: persist and flush, then send. */
+  private async persist(rd: Ready): Promise<void> {
     this.stats.readies++;
+    const t0 = performance.now();
     // 1. persist and flush
     let snapWrite: Uint8Array | undefined;
     if (rd.snapshot) {
@@ -349,10 +391,22 @@ export class RaftLog implements ReplicatedLog {
         entries.push({ index: e.index, sealed });
       }
     }
-    const hs = rd.hardState ? this.o.token.seal('record-key', encodeHardState(rd.hardState), this.aad('hard state')) : undefined;
-    if (snapWrite || entries.length > 0 || hs) {
+    // Raft's commit index is volatile state: a hard state whose term and vote are unchanged need
+    // not be flushed before this Ready's messages (as etcd's MustSync). It rides with the next
+    // write; a disk whose commit lags only makes a restart re-learn the commit from the leader.
+    if (rd.hardState) this.pendingHs = rd.hardState;
+    const mustSync = !!rd.hardState && (rd.hardState.term !== this.diskTerm || rd.hardState.vote !== this.diskVote);
+    if (rd.hardState && !mustSync && !snapWrite && entries.length === 0) this.stats.commitOnlyDeferred++;
+    if (snapWrite || entries.length > 0 || mustSync) {
+      const h = this.pendingHs;
+      this.pendingHs = undefined;
+      const hs = h ? this.o.token.seal('record-key', encodeHardState(h), this.aad('hard state')) : undefined;
+      const t1 = performance.now();
+      this.stats.sealMs += t1 - t0;
       await this.o.store.write({ snapshot: snapWrite, entries, hardState: hs });
+      this.stats.persistMs += performance.now() - t1;
       this.stats.flushes++;
+      if (h) { this.diskTerm = h.term; this.diskVote = h.vote; }
     }
     if (rd.hardState && (rd.hardState.term !== this.tokenTerm || rd.hardState.vote !== this.tokenVote)) {
       this.o.token.writeData(VOTE_LABEL, this.o.token.seal('record-key', pack([rd.hardState.term, rd.hardState.vote]), this.aad('vote')));
@@ -370,7 +424,11 @@ export class RaftLog implements ReplicatedLog {
       this.o.send(m.to, encodeMessage(m));
     }
     if (rd.softState) this.onSoft(rd.softState);
-    // 3. apply: the anchor first, then the firmware
+  }
+
+  /** Step 3: the anchor first, then the firmware; reads and waiters. */
+  private apply(rd: Ready): void {
+    const t2 = performance.now();
     if (rd.snapshot) {
       const idx = rd.snapshot.meta.index;
       this.anchor(idx);
@@ -381,11 +439,14 @@ export class RaftLog implements ReplicatedLog {
     if (rd.committed.length > 0) {
       const last = rd.committed.at(-1)!;
       const normal: CommittedEntry[] = rd.committed.filter((e) => e.type === 'normal').map((e) => ({ index: e.index, entry: e.data }));
-      if (normal.length > 0) {
-        // Replies that depend on these entries may leave right after: anchor them first.
-        this.anchor(last.index);
-        this.handlers!.committed(normal);
+      if (normal.length > 0) this.lastNormal = normal.at(-1)!.index;
+      if (this.lastNormal > this.anchoredTo) {
+        // Replies that depend on these entries may leave right after: anchor them first. A replica
+        // that cannot answer from them (a follower with no request of its own) anchors a little later.
+        if (this.mustAnchorNow()) this.anchor(last.index);
+        else this.anchorSoon();
       }
+      if (normal.length > 0) this.handlers!.committed(normal);
       this.applied = last.index;
       for (const e of rd.committed) {
         const w = this.waiting.get(e.index);
@@ -399,6 +460,9 @@ export class RaftLog implements ReplicatedLog {
       const r = this.reads.get(new TextDecoder().decode(rs.ctx));
       if (r) r.index = rs.index;
     }
+    // Reads and applied-waiters lead to replies: what they read must be anchored (a new leader may
+    // have applied entries as a follower that were anchored lazily).
+    if ((this.reads.size > 0 || this.appliedWaiters.length > 0) && this.lastNormal > this.anchoredTo) this.anchor(this.applied);
     for (const [ctx, r] of this.reads) {
       if (r.index <= this.applied) { this.reads.delete(ctx); r.resolve(); }
     }
@@ -408,6 +472,27 @@ export class RaftLog implements ReplicatedLog {
       this.appliedWaiters = keep;
     }
     this.checkCaughtUp();
+    this.stats.applyMs += performance.now() - t2;
+  }
+
+  private mustAnchorNow(): boolean {
+    if (!this.o.mayReply) return true;
+    return this.node.isLeader || this.o.mayReply();
+  }
+
+  /** Anchor the applied position after `lazyAnchorMs` (coalescing the Readies in between). */
+  private anchorSoon(): void {
+    if (this.anchorTimer || this.dead) return;
+    this.anchorTimer = setTimeout(() => {
+      this.anchorTimer = undefined;
+      if (this.dead || this.lastNormal <= this.anchoredTo) return;
+      try {
+        this.anchor(this.applied);
+        this.stats.lazyAnchors++;
+      } catch (e) {
+        this.fail(e);
+      }
+    }, this.o.lazyAnchorMs ?? 50);
   }
 
   /**
@@ -416,14 +501,19 @@ export class RaftLog implements ReplicatedLog {
    * must agree with what this token had anchored: otherwise committed history changed (FORK_DETECTED).
    */
   private anchor(index: number): void {
-    const hash = this.hashes.get(index)!;
-    if (index < this.floor) return;
+    if (index <= this.anchoredTo) return;
+    const hash = this.hashes.get(index);
+    // A lazy anchor firing while a snapshot is being installed: the install anchors it itself.
+    if (!hash || index < this.floor) return;
     if (this.floorHash) {
       const at = this.hashes.get(this.floor);
       if (at && Buffer.compare(at, this.floorHash) !== 0) throw new LogError('FORK_DETECTED', `the fleet's log at ${this.floor} differs from this token's anchor`);
       if (at || index > this.floor) this.floorHash = undefined;
     }
+    const t = performance.now();
     this.o.sealed.writeAnchor({ index, hash });
+    this.stats.anchorMs += performance.now() - t;
+    this.anchoredTo = Math.max(this.anchoredTo, index);
     this.stats.anchors++;
   }
 
@@ -453,6 +543,9 @@ export class RaftLog implements ReplicatedLog {
     await this.o.store.compact(want.index, this.o.sealed.sealSnapshot(want.index, head, encodeSnapshot(snap)));
     for (const k of [...this.hashes.keys()]) if (k < want.index) this.hashes.delete(k);
     this.stats.compactions++;
+    // A compaction erases (K of a disabled record leaves the disk): anchor at once, so a disk copy
+    // from before it is refused as a rollback rather than served.
+    if (this.lastNormal > this.anchoredTo) this.anchor(this.applied);
   }
 
   private fail(e: unknown): void {

@@ -5,7 +5,6 @@
 // the replica holding the session, after the Attempt committed on a majority; a KE3 reaching a new
 // leader finds no session (NO_SESSION) and the device starts over, the attempt stays charged.
 import { randomBytes } from 'node:crypto';
-import { cpSync } from 'node:fs';
 import type { Token } from '../../hsm-adapter/token.ts';
 import { BkvError } from '../../protocol/errors.ts';
 import { WIRE_SUITES, type WireSuite } from '../../protocol/wire.ts';
@@ -108,6 +107,12 @@ export class FleetReplica {
       electionTick: 10, heartbeatTick: 2,
       send: (to, bytes) => o.transport.send(to, encodePeer({ kind: 'raft', bytes })),
       rejoining: o.rejoining, reReplicateOnRollback: true,
+      // Only a leader, or a replica whose firmware still holds a request, can answer from what it applies.
+      mayReply: () => !!self && (self.leading || self.waiting.size > 0),
+      // A follower's anchor guards only against a rollback of its own disk (layer 1 of docs/fleet.md);
+      // writing it costs a token object rewrite (destroy + create in SoftHSM2, under a module-wide
+      // lock every replica thread waits on), so followers refresh it once per election timeout.
+      lazyAnchorMs: 10 * o.tickMs,
       onSoftState: (s) => self?.onSoft(s),
       onRejoined: (index) => { self?.say(`rejoined at ${index}`); o.onEvent?.({ kind: 'rejoined', index }); },
       log: (l) => self?.say(l),
@@ -354,8 +359,11 @@ export class FleetReplica {
     await this.store.close();
   }
 
-  /** A copy of this replica's LMDB directory at `path`, taken between two Readies (nothing half-written). */
+  /**
+   * A copy of this replica's LMDB directory at `path`: LMDB copies a read snapshot (whole Readies
+   * only) while the replica keeps writing. Waiting for a gap between Readies starved under load.
+   */
   backup(path: string): Promise<void> {
-    return this.raft.exclusive(() => cpSync(this.o.dbDir, path, { recursive: true }));
+    return this.store.backup(path);
   }
 }
