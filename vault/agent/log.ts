@@ -35,6 +35,12 @@ export interface ReplicatedLog {
 
 export class LogError extends BkvError {}
 
+/**
+ * The code of a proposal the log refused before appending it (this replica does not lead): no entry
+ * exists, so the request may be retried elsewhere without spending anything.
+ */
+export const NOT_APPENDED = 'NOT_APPENDED';
+
 interface Queued {
   entry: Uint8Array;
   resolve: (index: number) => void;

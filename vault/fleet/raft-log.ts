@@ -12,7 +12,7 @@
 import { pack, unpack } from 'msgpackr';
 import type { Token } from '../../hsm-adapter/token.ts';
 import { BkvError } from '../../protocol/errors.ts';
-import { LogError, type CommittedEntry, type LogHandlers, type ReplicatedLog } from '../agent/log.ts';
+import { LogError, NOT_APPENDED, type CommittedEntry, type LogHandlers, type ReplicatedLog } from '../agent/log.ts';
 import type { RaftStore } from '../agent/raft-store.ts';
 import {
   NotLeaderError, RaftNode, bootstrapStorage, decodeEntry, decodeHardState, decodeMessage, decodeSnapshot, emptyStorage,
@@ -249,7 +249,9 @@ export class RaftLog implements ReplicatedLog {
     if (this.dead) return Promise.reject(this.dead);
     if (!this.node) return Promise.reject(new LogError('LOG_NOT_STARTED', 'propose before start'));
     const r = this.node.propose(entry);
-    if (!r.ok) return Promise.reject(r.error);
+    // Refused before it reached the log: nothing can commit from it, so the host may safely try the
+    // request again on the new leader. (A NotLeaderError later means "appended, outcome unknown".)
+    if (!r.ok) return Promise.reject(r.error.code === 'NOT_LEADER' ? new LogError(NOT_APPENDED, 'proposal refused: not the leader') : r.error);
     this.kick();
     return new Promise((resolve, reject) => this.waiting.set(r.index, { term: r.term, resolve, reject }));
   }

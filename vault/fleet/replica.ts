@@ -7,7 +7,8 @@
 import { randomBytes } from 'node:crypto';
 import type { Token } from '../../hsm-adapter/token.ts';
 import { BkvError } from '../../protocol/errors.ts';
-import { WIRE_SUITES, type WireSuite } from '../../protocol/wire.ts';
+import { WIRE_SUITES, decodeVaultReply, type WireSuite } from '../../protocol/wire.ts';
+import { NOT_APPENDED } from '../agent/log.ts';
 import { servingOpaque } from '../agent/replica.ts';
 import { RaftStore } from '../agent/raft-store.ts';
 import { SeededRng, type SoftState } from '../consensus/index.ts';
@@ -214,6 +215,7 @@ export class FleetReplica {
     return new Promise<Outcome>((resolve) => {
       this.waiting.set(requestId, (reply) => {
         if (inStep) immediate = reply;
+        else if (refusedUnappended(reply)) resolve({ ok: false, code: 'NOT_LEADER' }); // handle() retries
         else resolve({ ok: true, body: reply });
       });
       this.run({ kind: 'tick', now: Date.now() });
@@ -365,5 +367,15 @@ export class FleetReplica {
    */
   backup(path: string): Promise<void> {
     return this.store.backup(path);
+  }
+}
+
+/** The firmware's answer to a request whose proposal never reached the log (see NOT_APPENDED). */
+function refusedUnappended(reply: Uint8Array): boolean {
+  try {
+    const r = decodeVaultReply(reply);
+    return r.t === 'Error' && r.code === NOT_APPENDED;
+  } catch {
+    return false;
   }
 }
