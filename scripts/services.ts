@@ -210,6 +210,8 @@ export interface StartFleetOptions {
   replicas?: number;
   /** WAN model between data centers: 'default', 'none' or a JSON file (docs/fleet-network.md). */
   wan?: WanChoice;
+  /** 'tcp': every replica its own process over TcpTransport (vault/fleet/replica-process.ts); default worker threads. */
+  transport?: 'ports' | 'tcp';
   /** The fleet's front port (what ChatD talks to); 0 (default): any free port. */
   port?: number;
   onLine?: LineSink;
@@ -243,6 +245,7 @@ export async function startFleetService(o: StartFleetOptions): Promise<FleetServ
   const args = ['--state', resolve(o.stateDir), '--port', String(o.port ?? 0)];
   if (o.replicas !== undefined) args.push('--replicas', String(o.replicas));
   if (o.wan !== undefined) args.push('--wan', o.wan === 'default' || o.wan === 'none' ? o.wan : resolve(o.wan));
+  if (o.transport !== undefined) args.push('--transport', o.transport);
   let url: string | undefined;
   const keys: Partial<VaultKeys> = {};
   const { service, ready } = await spawnService({
@@ -415,7 +418,7 @@ export interface Services {
 export interface StartServicesOptions {
   stateDir: string;
   /** Run the Raft fleet (vault/fleet/main.ts) instead of the single vault. */
-  fleet?: { replicas?: number; wan?: WanChoice };
+  fleet?: { replicas?: number; wan?: WanChoice; transport?: 'ports' | 'tcp' };
   chatdPort?: number;
   vaultPort?: number;
   chatdArgs?: string[];
@@ -424,7 +427,7 @@ export interface StartServicesOptions {
 
 /** The vault (or the fleet), then ChatD pointed at it. If ChatD fails to start, the vault is stopped again. */
 export async function startServices(o: StartServicesOptions): Promise<Services> {
-  const fleet = o.fleet ? await startFleetService({ stateDir: o.stateDir, port: o.vaultPort, onLine: o.onLine, replicas: o.fleet.replicas, wan: o.fleet.wan }) : undefined;
+  const fleet = o.fleet ? await startFleetService({ stateDir: o.stateDir, port: o.vaultPort, onLine: o.onLine, replicas: o.fleet.replicas, wan: o.fleet.wan, transport: o.fleet.transport }) : undefined;
   const vault: VaultService = fleet ?? (await startVault({ stateDir: o.stateDir, port: o.vaultPort, onLine: o.onLine }));
   let chatd: ChatdService;
   try {

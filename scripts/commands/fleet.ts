@@ -30,7 +30,7 @@ import {
 /** Exit codes beyond cli.ts's 0/1/2, as `bkv serve`: which child died on its own. */
 export const FLEET_EXIT = { fleetDied: 3, chatdDied: 4 } as const;
 
-const upHelp = `usage: bkv fleet up [--replicas N] [--wan default|none|FILE] [--state DIR] [--port N] [--fleet-port N] [--quiet]
+const upHelp = `usage: bkv fleet up [--replicas N] [--wan default|none|FILE] [--transport ports|tcp] [--state DIR] [--port N] [--fleet-port N] [--quiet]
 
 Starts the vault as a fleet of replicas, one per data center, each a worker thread on its own
 SoftHSM2 token, agreeing by Raft on every record change (above all the attempt counter), plus ChatD
@@ -44,6 +44,9 @@ keys, computed from the tokens), so \`bkv backup ... --state DIR\` works against
                     eu-west, ap-southeast, sa-east); on a provisioned DIR, at most the fleet's size
   --wan MODEL       the WAN between data centers: default (round-trip matrix from public inter-region
                     measurements, docs/fleet-network.md), none (zero delay), or a JSON FILE in that format
+  --transport T     ports (default): replicas are worker threads of one process, joined through the WAN
+                    model; tcp: every replica its own process, joined by the mutually authenticated TCP
+                    transport on loopback (the real network: --wan none; crash/restart faults only)
   --state DIR       state directory (default .bkv)
   --port N          ChatD's port (default 0: any free port)
   --fleet-port N    the fleet front's port, where ChatD sends relayed requests (default 0)
@@ -134,6 +137,7 @@ async function up(argv: string[]): Promise<number> {
     state: { type: 'string' },
     replicas: { type: 'string' },
     wan: { type: 'string' },
+    transport: { type: 'string' },
     port: { type: 'string' },
     'fleet-port': { type: 'string' },
     quiet: { type: 'boolean' },
@@ -146,7 +150,10 @@ async function up(argv: string[]): Promise<number> {
     replicas = Number(values.replicas);
     if (!/^\d+$/.test(values.replicas) || replicas < 1 || replicas > 13) throw new UsageError(`--replicas must be an integer from 1 to 13 (got '${values.replicas.slice(0, 20)}')`);
   }
-  const wan = values.wan ?? 'default';
+  const transport = values.transport ?? 'ports';
+  if (transport !== 'ports' && transport !== 'tcp') throw new UsageError(`--transport must be ports or tcp (got '${transport.slice(0, 20)}')`);
+  if (transport === 'tcp' && values.wan !== undefined && values.wan !== 'none') throw new UsageError('--transport tcp runs on the real network: --wan must be none');
+  const wan = values.wan ?? (transport === 'tcp' ? 'none' : 'default');
   // Refuse a bad WAN file here, with the field at fault, before anything starts.
   const wanConfig = resolveWanConfig(wan);
 
@@ -199,7 +206,7 @@ async function up(argv: string[]): Promise<number> {
       stateDir,
       chatdPort,
       vaultPort: fleetPort,
-      fleet: { replicas, wan },
+      fleet: { replicas, wan, ...(transport === 'tcp' ? { transport } : {}) },
       onLine: values.quiet ? undefined : (who, line) => process.stderr.write(`${who === 'vault' ? 'fleet' : who} | ${line}\n`),
     });
     const fleet = services.fleet!;
@@ -236,7 +243,7 @@ async function up(argv: string[]): Promise<number> {
       startedAt: new Date().toISOString(),
     });
     const paths = servePaths(stateDir);
-    console.log(`bkv fleet: ${names.length || replicas || provisioned || 5} replicas${names.length ? ` (${names.join(', ')})` : ''} in one process (pid ${fleet.pid}), WAN model ${wan}, at ${fleet.url}`);
+    console.log(`bkv fleet: ${names.length || replicas || provisioned || 5} replicas${names.length ? ` (${names.join(', ')})` : ''} ${transport === 'tcp' ? `as processes over TCP (supervisor pid ${fleet.pid})` : `in one process (pid ${fleet.pid}), WAN model ${wan}`}, at ${fleet.url}`);
     console.log(`bkv fleet: ChatD (pid ${services.chatd.pid}) at ${services.chatd.url}`);
     console.log(`CHATD_URL=${services.chatd.url}`);
     console.log(`FLEET_URL=${fleet.url}`);

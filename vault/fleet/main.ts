@@ -10,8 +10,9 @@ import { parseArgs } from 'node:util';
 import { isBkvError } from '../../protocol/errors.ts';
 import { loadState } from '../../softhsm/state.ts';
 import { startFleet, type Fleet } from './fleet.ts';
+import { startProcessFleet } from './process-fleet.ts';
 
-const USAGE = 'usage: vault/fleet/main.ts [--state DIR] [--replicas N] [--wan none|default|FILE] [--port N] [--seed N] [--election-ms MS]';
+const USAGE = 'usage: vault/fleet/main.ts [--state DIR] [--replicas N] [--wan none|default|FILE] [--port N] [--seed N] [--election-ms MS] [--transport ports|tcp]';
 
 export async function main(argv: string[]): Promise<number> {
   let flags;
@@ -21,7 +22,10 @@ export async function main(argv: string[]): Promise<number> {
       options: {
         state: { type: 'string', default: process.env.BKV_STATE ?? '.bkv' },
         replicas: { type: 'string' },
-        wan: { type: 'string', default: 'default' },
+        wan: { type: 'string' },
+        // ports: replicas are worker threads of this process (MessagePorts through the WAN model);
+        // tcp: each replica its own process (replica-process.ts), TcpTransport on loopback, no WAN model.
+        transport: { type: 'string', default: 'ports' },
         port: { type: 'string', default: process.env.BKV_FLEET_PORT ?? '0' },
         seed: { type: 'string', default: '1' },
         'election-ms': { type: 'string' },
@@ -34,6 +38,10 @@ export async function main(argv: string[]): Promise<number> {
     return 2;
   }
   if (flags.help) { process.stdout.write(`${USAGE}\n`); return 0; }
+  const tcp = flags.transport === 'tcp';
+  if (!tcp && flags.transport !== 'ports') { process.stderr.write(`--transport must be ports or tcp\n${USAGE}\n`); return 2; }
+  if (tcp && flags.wan !== undefined && flags.wan !== 'none') { process.stderr.write(`--transport tcp runs on the real network: --wan must be none\n${USAGE}\n`); return 2; }
+  const wan = flags.wan ?? (tcp ? 'none' : 'default');
   const int = (v: string | undefined, name: string, lo: number, hi: number): number | undefined => {
     if (v === undefined) return undefined;
     const n = Number(v);
@@ -63,8 +71,8 @@ export async function main(argv: string[]): Promise<number> {
       }
       replicas = state.replicas.slice(0, count).map((r) => r.name);
     }
-    fleet = await startFleet({
-      stateDir: flags.state!, replicas, wan: flags.wan, seed, electionTimeoutMs: electionMs, port, faultEndpoint: true,
+    fleet = await (tcp ? startProcessFleet : startFleet)({
+      stateDir: flags.state!, replicas, wan, seed, electionTimeoutMs: electionMs, port, faultEndpoint: true,
       onEvent: (e) => {
         if (e.kind === 'log') log(`${e.replica}: ${e.line}`);
         else if (e.kind === 'leader') log(`${e.replica} leads term ${e.term}`);

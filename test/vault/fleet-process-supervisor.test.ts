@@ -1,0 +1,66 @@
+// The process fleet behind the fleet's usual front (vault/fleet/process-fleet.ts, what
+// `bkv fleet up --transport tcp` runs): the same `Fleet` interface and HTTP endpoints as the
+// threaded runner, but every replica a real OS process over TcpTransport.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { enablePassword, recoverK, status, type PasswordOptions, type Send } from '../../client/password.ts';
+import { identityKsf } from '../../protocol/opaque/index.ts';
+import { decodeRelayReply, encodeRelayRequest, RELAY_PATH } from '../../protocol/relay.ts';
+import { FLEET_FAULT_PATH, REGION_HEADER, type Fleet } from '../../vault/fleet/fleet-types.ts';
+import { startProcessFleet } from '../../vault/fleet/process-fleet.ts';
+import { provisionTestFleet, type TestFleet } from '../helpers/fleet.ts';
+import { waitFor } from './fleet-process-harness.ts';
+
+let tf: TestFleet;
+let fleet: Fleet;
+beforeAll(async () => {
+  tf = await provisionTestFleet({ replicas: 3 });
+  fleet = await startProcessFleet({ stateDir: tf.stateDir, wan: 'none', electionTimeoutMs: 400, policy: { requestTtlMs: 4000 }, faultEndpoint: true });
+});
+afterAll(async () => {
+  await fleet?.close();
+  await tf?.cleanup();
+});
+
+const send = (user: string, at?: string): Send => async (body) => {
+  const res = await fetch(fleet.url + RELAY_PATH, { method: 'POST', body: encodeRelayRequest({ user, body }), headers: at ? { [REGION_HEADER]: at } : {} });
+  const reply = decodeRelayReply(new Uint8Array(await res.arrayBuffer()));
+  if (!reply.ok) throw new Error(`relay failed: ${reply.code}`);
+  return reply.body;
+};
+
+const stable = () => waitFor('a stable leader', async () => {
+  const st = (await fleet.status()).filter((s) => s.role !== 'down');
+  const l = st.filter((s) => s.role === 'leader');
+  return l.length === 1 && st.every((s) => s.leader === l[0]!.name && s.term === l[0]!.term) && l[0]!.commitIndex > 1 ? l[0]! : undefined;
+}, 30_000);
+
+describe('process fleet (supervisor)', () => {
+  it('serves through its front, refuses network faults, and survives crash and restart of the leader', async () => {
+    const opts: PasswordOptions = { user: 'bob', ksf: identityKsf, serverPublicKey: new Uint8Array(Buffer.from(fleet.akePublicKeys()['ristretto255-SHA512']!, 'hex')) };
+    const leader = await stable();
+    const k = new Uint8Array(32).fill(9);
+    await enablePassword(send('bob'), opts, 'pw', k, 4);
+    await expect(recoverK(send('bob'), opts, 'nope')).rejects.toMatchObject({ code: 'WRONG_PASSWORD', attemptsLeft: 3 });
+
+    const res = await fetch(fleet.url + FLEET_FAULT_PATH, { method: 'POST', body: JSON.stringify({ op: 'partition', groups: [[leader.name]] }) });
+    expect(res.status).toBe(400);
+    expect(await res.json()).toMatchObject({ code: 'FAULT_UNSUPPORTED' });
+    expect(() => fleet.isolate(leader.name)).toThrow(expect.objectContaining({ code: 'FAULT_UNSUPPORTED' }));
+
+    await fleet.crash(leader.name);
+    expect((await fleet.status()).find((s) => s.name === leader.name)).toMatchObject({ role: 'down', reason: 'CRASHED' });
+    const next = await stable();
+    expect(next.name).not.toBe(leader.name);
+    expect(next.term).toBeGreaterThan(leader.term);
+    expect(await status(send('bob'))).toEqual({ state: 'registered', attemptsLeft: 3, limit: 4 });
+
+    await fleet.restart(leader.name);
+    await waitFor('the restarted replica to catch up', async () => {
+      const st = await fleet.status();
+      const b = st.find((s) => s.name === leader.name)!;
+      const l = st.find((s) => s.role === 'leader');
+      return !!l && b.role === 'follower' && b.lag === 0 && b.digest === l.digest;
+    }, 30_000);
+    expect(Buffer.from(await recoverK(send('bob', leader.name), opts, 'pw')).equals(Buffer.from(k))).toBe(true);
+  });
+});

@@ -1,0 +1,267 @@
+// One fleet replica as its own OS process: its token, its LMDB directory, the firmware and RaftLog
+// (FleetReplica, as in a worker thread), but the peers reached over TcpTransport (mutually
+// authenticated with the token identity keys, docs/fleet-network.md) instead of MessagePorts. The
+// process also serves an HTTP front on its own: device requests entering the fleet at this replica
+// (POST RELAY_PATH; a follower forwards them to the leader over the channel) and its status.
+//   node bin/run.js vault/fleet/replica-process.ts --state DIR --replica NAME --listen HOST:PORT \
+//     (--peer NAME=HOST:PORT ... | --peers FILE) [--relay-port P] [--election-ms MS] [--rejoin]
+// Prints on stdout, once listening (KEY=VALUE lines, READY last):
+//   REPLICA_NAME=, REPLICA_PEER_ADDR=HOST:PORT, REPLICA_RELAY_URL=http://..., REPLICA_IDENTITY_KEY=<hex>,
+//   VAULT_AKE_PUBLIC_KEY_<suite>=<hex> (what devices pin), READY=<name>
+// Logs go to stderr. SIGTERM/SIGINT: stop serving, close the replica, C_Finalize, exit 0.
+// Exit 2 on bad flags or a configuration the manifest refuses, 1 when it cannot start.
+// --rejoin: this replica restarts inside a running fleet (a supervisor restarting a crashed process
+// passes it): it does not vote until caught up (docs/fleet.md, "Rollback and restart"). A whole-fleet
+// start passes no --rejoin: a fleet where nobody votes cannot elect. --exit-with-stdin: stop when
+// stdin closes (the supervisor died).
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { pathToFileURL } from 'node:url';
+import { parseArgs } from 'node:util';
+import { finalizeModule, openToken, type Pkcs11Token } from '../../hsm-adapter/pkcs11-token.ts';
+import { BkvError, isBkvError } from '../../protocol/errors.ts';
+import { MAX_RELAY_BODY, RELAY_PATH, decodeRelayRequest, encodeRelayReply } from '../../protocol/relay.ts';
+import { WIRE_SUITES } from '../../protocol/wire.ts';
+import { activateSoftHsmConf, loadState } from '../../softhsm/state.ts';
+import { replicaDbDir } from '../agent/replica.ts';
+import type { ReplicaStatus } from './fleet-types.ts';
+import {
+  ProcessConfigError, REPLICA_STATUS_PATH, fleetIdOf, parseHostPort, parsePeerFlag, parsePeersFile, resolvePeers, type PeerSpec,
+} from './process-config.ts';
+import { FleetReplica } from './replica.ts';
+import { TcpTransport } from './transport-tcp.ts';
+
+const USAGE = `usage: vault/fleet/replica-process.ts --replica NAME [--state DIR] [--listen HOST:PORT]
+       (--peer NAME=HOST:PORT ... | --peers FILE) [--relay-host H] [--relay-port P] [--election-ms MS]
+       [--request-ttl-ms MS] [--rejoin] [--exit-with-stdin] [--quiet]`;
+
+/** What GET REPLICA_STATUS_PATH answers: the fleet's ReplicaStatus for this one replica, plus the keys it serves. */
+export interface ReplicaProcessStatus extends ReplicaStatus {
+  akePublicKeys: Record<string, string>;
+}
+
+interface Config {
+  stateDir: string;
+  name: string;
+  listen: { host: string; port: number };
+  peers: PeerSpec[];
+  relay: { host: string; port: number };
+  electionMs: number;
+  requestTtlMs?: number;
+  rejoin: boolean;
+  quiet: boolean;
+  exitWithStdin: boolean;
+}
+
+function parse(argv: string[]): Config | 'help' {
+  let v;
+  try {
+    v = parseArgs({
+      args: argv, strict: true, allowPositionals: false,
+      options: {
+        state: { type: 'string', default: process.env.BKV_STATE ?? '.bkv' },
+        replica: { type: 'string' },
+        listen: { type: 'string', default: '127.0.0.1:0' },
+        peer: { type: 'string', multiple: true, default: [] },
+        peers: { type: 'string' },
+        'relay-host': { type: 'string', default: '127.0.0.1' },
+        'relay-port': { type: 'string', default: '0' },
+        'election-ms': { type: 'string', default: '1000' },
+        'request-ttl-ms': { type: 'string' },
+        rejoin: { type: 'boolean', default: false },
+        'exit-with-stdin': { type: 'boolean', default: false },
+        quiet: { type: 'boolean', default: false },
+        help: { type: 'boolean', default: false },
+      },
+    }).values;
+  } catch (e) {
+    throw new ProcessConfigError('BAD_FLAGS', (e as Error).message);
+  }
+  if (v.help) return 'help';
+  if (!v.replica) throw new ProcessConfigError('BAD_FLAGS', '--replica NAME is required');
+  if (v.peer!.length > 0 && v.peers) throw new ProcessConfigError('BAD_FLAGS', 'give peers either as --peer flags or as --peers FILE, not both');
+  const int = (s: string, name: string, lo: number, hi: number): number => {
+    const n = /^[0-9]+$/.test(s) ? Number(s) : NaN;
+    if (!(n >= lo && n <= hi)) throw new ProcessConfigError('BAD_FLAGS', `--${name} must be an integer ${lo}..${hi}`);
+    return n;
+  };
+  const relayHost = v['relay-host']!;
+  return {
+    stateDir: v.state!,
+    name: v.replica,
+    listen: parseHostPort(v.listen!, '--listen', true),
+    peers: v.peers ? parsePeersFile(v.peers) : v.peer!.map(parsePeerFlag),
+    relay: { host: parseHostPort(`${relayHost.includes(':') ? `[${relayHost}]` : relayHost}:1`, '--relay-host').host, port: int(v['relay-port']!, 'relay-port', 0, 65535) },
+    electionMs: int(v['election-ms']!, 'election-ms', 50, 60_000),
+    requestTtlMs: v['request-ttl-ms'] === undefined ? undefined : int(v['request-ttl-ms'], 'request-ttl-ms', 100, 600_000),
+    rejoin: v.rejoin!,
+    quiet: v.quiet!,
+    exitWithStdin: v['exit-with-stdin']!,
+  };
+}
+
+export async function main(argv: string[]): Promise<number> {
+  let cfg: Config | 'help';
+  try {
+    cfg = parse(argv);
+  } catch (e) {
+    process.stderr.write(`replica: ${isBkvError(e) ? `${e.code}: ${e.message}` : 'bad flags'}\n${USAGE}\n`);
+    return 2;
+  }
+  if (cfg === 'help') { process.stdout.write(`${USAGE}\n`); return 0; }
+  const c = cfg;
+  // Installed before anything starts: a stop asked during start-up still closes the token cleanly.
+  let stopAsked!: () => void;
+  const stopped = new Promise<void>((resolve) => { stopAsked = resolve; });
+  process.once('SIGTERM', () => stopAsked());
+  process.once('SIGINT', () => stopAsked());
+  if (c.exitWithStdin) {
+    // A supervisor holds our stdin: when it dies without stopping us, its end closes and we stop.
+    process.stdin.on('end', () => stopAsked()).on('error', () => stopAsked()).resume();
+  }
+  const log = (line: string) => { if (!c.quiet) process.stderr.write(`[${c.name}] ${line}\n`); };
+
+  let token: Pkcs11Token | undefined;
+  let transport: TcpTransport | undefined;
+  let replica: FleetReplica | undefined;
+  let server: Server | undefined;
+  const shutdown = async () => {
+    if (server) await new Promise<void>((res) => { server!.close(() => res()); server!.closeAllConnections(); });
+    if (replica) await replica.close();
+    else await transport?.close();
+    token?.close();
+    finalizeModule();
+    if (c.exitWithStdin) process.stdin.destroy();
+  };
+  try {
+    const state = loadState(c.stateDir);
+    activateSoftHsmConf(state);
+    const info = state.replicas.find((r) => r.name === c.name);
+    let peers;
+    try {
+      peers = await withTokenRetry(() => resolvePeers(state, c.name, c.peers), log);
+    } catch (e) {
+      if (e instanceof ProcessConfigError) {
+        process.stderr.write(`replica: ${e.code}: ${e.message}\n${USAGE}\n`);
+        finalizeModule();
+        return 2;
+      }
+      throw e;
+    }
+    token = await withTokenRetry(() => openToken({ modulePath: state.modulePath, token: info!.tokenLabel, pin: state.pinFor(info!.tokenLabel), sealScheme: state.sealSchemeFor(info!.tokenLabel) }), log);
+    transport = await TcpTransport.start({
+      fleetId: fleetIdOf(state), self: c.name, token, pins: peers.pins,
+      listen: c.listen, peers: peers.addresses,
+      backoff: { initialMs: 50, maxMs: Math.max(200, Math.min(2_000, c.electionMs)) },
+      onEvent: (e) => {
+        if (e.type === 'open') log(`channel ${e.direction === 'out' ? 'to' : 'from'} ${e.peer} open (session ${e.sessionId})`);
+        else if (e.type === 'rejected') log(`refused ${e.direction} connection${e.peer ? ` (${e.peer})` : ''}: ${e.code}`);
+      },
+    });
+    const tickMs = Math.max(5, Math.round(c.electionMs / 10));
+    replica = await FleetReplica.open({
+      name: c.name, voters: peers.voters, token, dbDir: replicaDbDir(state.stateDir, c.name), transport,
+      policy: c.requestTtlMs === undefined ? undefined : { requestTtlMs: c.requestTtlMs }, tickMs, rejoining: c.rejoin,
+      log,
+    });
+    const akeKeys: Record<string, string> = {};
+    for (const s of WIRE_SUITES) akeKeys[s] = Buffer.from(replica.firmware.serverPublicKey(s)).toString('hex');
+    const r = replica;
+    server = createServer((req, res) => { void serve(r, akeKeys, req, res).catch(() => send(res, 500, 'application/json', JSON.stringify({ code: 'INTERNAL' }))); });
+    server.keepAliveTimeout = 5_000;
+    const srv = server;
+    await new Promise<void>((resolve, reject) => {
+      srv.once('error', reject);
+      srv.listen(c.relay.port, c.relay.host, () => { srv.off('error', reject); resolve(); });
+    });
+    const relay = srv.address() as AddressInfo;
+    const urlHost = relay.family === 'IPv6' ? `[${relay.address}]` : relay.address;
+    const peerAddr = transport.address;
+    const lines = [
+      `REPLICA_NAME=${c.name}`,
+      `REPLICA_PEER_ADDR=${peerAddr.host.includes(':') ? `[${peerAddr.host}]` : peerAddr.host}:${peerAddr.port}`,
+      `REPLICA_RELAY_URL=http://${urlHost}:${relay.port}`,
+      `REPLICA_IDENTITY_KEY=${Buffer.from(peers.pins.get(c.name)!).toString('hex')}`,
+      ...Object.entries(akeKeys).map(([s, hex]) => `VAULT_AKE_PUBLIC_KEY_${s.replace(/[^A-Za-z0-9]/g, '_')}=${hex}`),
+      `READY=${c.name}`,
+    ];
+    process.stdout.write(lines.join('\n') + '\n');
+    await stopped;
+    log('shutting down');
+    await shutdown();
+    return 0;
+  } catch (e) {
+    process.stderr.write(`replica ${c.name}: ${isBkvError(e) ? `${e.code}: ${e.message}` : 'failed to start'}\n`);
+    await shutdown().catch(() => undefined);
+    return 1;
+  }
+}
+
+/**
+ * SoftHSM2 scans its token directory once, at C_Initialize; a token another process is writing at
+ * that moment can be missing from the scan (seen on loopback: TOKEN_NOT_FOUND for a token that is
+ * there). Nothing else in this process uses the module yet, so finalise, wait and scan again.
+ */
+async function withTokenRetry<T>(f: () => T, log: (line: string) => void): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return f();
+    } catch (e) {
+      if ((e as { code?: string }).code !== 'TOKEN_NOT_FOUND' || attempt >= 5) throw e;
+      log(`token scan missed a token (attempt ${attempt}); scanning again`);
+      finalizeModule();
+      await new Promise((r) => setTimeout(r, 100 + Math.random() * 200 * attempt));
+    }
+  }
+}
+
+async function serve(replica: FleetReplica, akeKeys: Record<string, string>, req: IncomingMessage, res: ServerResponse): Promise<void> {
+  if (req.url === REPLICA_STATUS_PATH && req.method === 'GET') {
+    const s = replica.status();
+    const body: ReplicaProcessStatus = {
+      name: s.name, region: s.name, role: s.role, term: s.term, commitIndex: s.commitIndex, appliedIndex: s.appliedIndex,
+      // The leader's commit index is the leader's to report; a lone follower cannot know its lag.
+      lag: s.role === 'leader' ? 0 : -1,
+      healthy: s.healthy, reason: s.reason, leader: s.leader, lastIndex: s.lastIndex, digest: s.digest, stats: s.stats, akePublicKeys: akeKeys,
+    };
+    return send(res, 200, 'application/json', JSON.stringify(body));
+  }
+  if (req.url !== RELAY_PATH || req.method !== 'POST') return send(res, 404, 'application/json', JSON.stringify({ code: 'NOT_FOUND' }));
+  let relayed;
+  try {
+    relayed = decodeRelayRequest(await readBody(req, MAX_RELAY_BODY + 256));
+  } catch (e) {
+    const code = e instanceof BkvError ? e.code : 'BAD_RELAY_MESSAGE';
+    return send(res, 400, 'application/octet-stream', encodeRelayReply({ ok: false, code, message: 'malformed relay request' }));
+  }
+  const o = await replica.handle(relayed.user, relayed.body);
+  if (o.ok) return send(res, 200, 'application/octet-stream', encodeRelayReply({ ok: true, body: o.body }));
+  return send(res, 503, 'application/octet-stream', encodeRelayReply({ ok: false, code: o.code, message: 'vault replica did not serve the request' }));
+}
+
+function send(res: ServerResponse, status: number, type: string, body: Uint8Array | string): void {
+  if (res.headersSent) return;
+  res.writeHead(status, { 'content-type': type, 'content-length': Buffer.byteLength(body) });
+  res.end(body);
+}
+
+function readBody(req: IncomingMessage, max: number): Promise<Uint8Array> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    req.on('data', (ch: Buffer) => {
+      size += ch.length;
+      if (size > max) { reject(new ProcessConfigError('RELAY_TOO_LARGE', 'relay body too large')); req.destroy(); return; }
+      chunks.push(ch);
+    });
+    req.on('end', () => resolve(new Uint8Array(Buffer.concat(chunks))));
+    req.on('error', reject);
+  });
+}
+
+if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
+  const code = await main(process.argv.slice(2));
+  process.exitCode = code;
+  // Everything was closed; should a library still hold a handle, do not hang a supervisor's SIGTERM.
+  setTimeout(() => process.exit(code), 3_000).unref();
+}
