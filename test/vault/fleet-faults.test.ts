@@ -157,6 +157,9 @@ describe('fleet under faults', () => {
     await enablePassword(fx.send('throwaway', other), fx.opts('throwaway'), PW, K, 5);
     await disable(fx.send('throwaway', other));
     await fx.waitFor('victim applied the attempts', async () => (await fx.fleet.status()).find((s) => s.name === victim)!.lag === 0);
+    // A follower anchors lazily, but at once after a compaction: wait for that anchor, or the crash
+    // can beat it (then only the non-voting rejoin, not the anchor, stands between the copy and a vote).
+    await fx.waitFor('victim compacted and anchored', async () => Number((await fx.fleet.status()).find((s) => s.name === victim)!.stats?.compactions) > 0);
     await fx.fleet.crash(victim);
     await fx.fleet.restart(victim, { disk: 'rollback' });
     const back = await fx.waitFor('victim caught up and voting', async () => {

@@ -17,6 +17,8 @@
 //    Outcome with none left).
 // 4. Nothing that depends on replicated state leaves before that state is committed.
 // 5. Disable leaves a tombstone: no RegisterFinish whose ticket predates the Delete brings it back.
+// 6. A byte-identical copy of a RecoverStart, RecoverFinish or RegisterFinish (same user) is the same
+//    request: it waits for the original's commit and gets the original's reply (replies.ts).
 import type { Token } from '../../hsm-adapter/token.ts';
 import { BkvError } from '../../protocol/errors.ts';
 import { openKUpload, registrationConfirm, sealKRelease } from '../../protocol/kbox.ts';
@@ -33,6 +35,7 @@ import {
 import { ID_BYTES, USER_RE, decodeEntry, encodeEntry, type Entry } from './entries.ts';
 import { FirmwareError } from './errors.ts';
 import { deriveFleetKeys, makeTicket, openK, openTicket, sealK, type FleetKeys } from './keys.ts';
+import { ReplyMemory } from './replies.ts';
 import { VaultState, sameBytes, type ApplyEffect } from './state.ts';
 
 export interface Policy {
@@ -49,8 +52,10 @@ export interface Policy {
   requestTtlMs: number;
   /** A registration ticket is accepted this long after it was issued. */
   ticketTtlMs: number;
-  /** Live recovery sessions kept at most (oldest dropped first). */
+  /** Live recovery sessions kept at most (oldest dropped first); also the bound on remembered replies. */
   maxSessions: number;
+  /** Replies remembered per user for duplicate requests (oldest forgotten first). */
+  repliesPerUser: number;
   /** Emit a snapshot (log compaction) at least every this many entries. */
   snapshotEvery: number;
   /** Suite assumed for an unknown user's RecoverStart without one. */
@@ -66,6 +71,7 @@ export const DEFAULT_POLICY: Readonly<Policy> = Object.freeze({
   requestTtlMs: 15_000,
   ticketTtlMs: 600_000,
   maxSessions: 100_000,
+  repliesPerUser: 8,
   snapshotEvery: 1000,
   defaultSuite: 'ristretto255-SHA512',
 });
@@ -151,10 +157,14 @@ export class Firmware {
   private nextTag = 1;
   private sinceSnapshot = 0;
   private eraseSinceSnapshot = false;
-  /** Proposals waiting for commit, by entry id (hex). */
-  private readonly pending = new Map<string, Pending & { deadline: number; tag: number }>();
+  /**
+   * Proposals waiting for commit, by entry id (hex). `memo`: where the reply is remembered for
+   * duplicates; `copies`: request ids of duplicates that arrived meanwhile and get the same reply.
+   */
+  private readonly pending = new Map<string, Pending & { deadline: number; tag: number; memo: string | null; copies: number[] }>();
   private readonly tagToId = new Map<number, string>();
   private readonly sessions = new Map<string, Session>();
+  private readonly replies: ReplyMemory;
   private out: FirmwareOutput[] = [];
 
   constructor(cfg: FirmwareConfig) {
@@ -172,6 +182,7 @@ export class Firmware {
     }
     if (!this.opaque[this.policy.defaultSuite]) throw new FirmwareError('BAD_CONFIG', 'the default suite has no OPAQUE instance');
     this.keys = deriveFleetKeys(cfg.token);
+    this.replies = new ReplyMemory({ perUser: this.policy.repliesPerUser, total: this.policy.maxSessions });
   }
 
   /** The pinned key devices must be configured with (fleet-wide: same seed in every token). */
@@ -236,10 +247,7 @@ export class Firmware {
       case 'proposalFailed': {
         const id = this.tagToId.get(input.tag);
         if (id === undefined) return;
-        const p = this.pending.get(id);
-        this.abandon(id);
-        if (p && p.kind !== 'internal') this.reply(p.requestId, { t: 'Error', code: safeCode(input.code, 'UNAVAILABLE') });
-        return;
+        return this.fail(id, safeCode(input.code, 'UNAVAILABLE'));
       }
       case 'fault':
         return this.becomeUnhealthy(safeCode(input.code, 'HOST_FAULT'), input.reason);
@@ -255,7 +263,9 @@ export class Firmware {
     try {
       if (typeof user !== 'string' || !USER_RE.test(user)) throw new RequestError('BAD_USER', 'user is malformed');
       const m = decodeDeviceMessage(body);
-      this.handle(requestId, user, m);
+      const memo = REMEMBERED.has(m.t) ? ReplyMemory.key(user, body) : null;
+      if (memo !== null && this.replayed(requestId, user, memo)) return;
+      this.handle(requestId, user, m, memo);
     } catch (e) {
       if (e instanceof FirmwareError && (e.code === 'TAMPERED' || e.code === 'BAD_CONFIG')) throw e;
       // Device-caused (bad input, bad OPAQUE message) or a token hiccup: typed code, no state touched.
@@ -264,7 +274,31 @@ export class Firmware {
     }
   }
 
-  private handle(requestId: number, user: string, m: DeviceMessage): void {
+  /**
+   * A copy of a request already proposed or answered: join the original, or get its reply again. Even
+   * on a replica that has since lost the leadership: the reply was decided from committed state.
+   */
+  private replayed(requestId: number, user: string, memo: string): boolean {
+    const r = this.replies.lookup(memo, this.now);
+    if (!r) return false;
+    if (r.kind === 'decided') {
+      // Registered / Released stay true only while that registration is live: after a newer one, a
+      // Disable or a lock the copy is a new request again (STALE_REGISTRATION, NO_SESSION).
+      const live = this.state.get(user);
+      if (r.guard && !(live && !live.locked && sameBytes(live.oprfId, r.guard))) {
+        this.replies.drop(memo);
+        return false;
+      }
+      this.out.push({ kind: 'reply', requestId, body: r.body });
+      return true;
+    }
+    const p = this.pending.get(r.id);
+    if (!p) return false; // (not reached: forgetting a pending entry forgets its memo)
+    p.copies.push(requestId);
+    return true;
+  }
+
+  private handle(requestId: number, user: string, m: DeviceMessage, memo: string | null): void {
     switch (m.t) {
       case 'Status': {
         const s = this.state.status(user);
@@ -302,7 +336,7 @@ export class Firmware {
         const confirm = registrationConfirm(confirmKey, ctx);
         const t = this.state.get(user) ? 'ChangePassword' : 'Register';
         const entry: Entry = { t, id: this.rng(ID_BYTES), user, suite: m.suite, oprfId, record: m.record, kSealed, limit, issuedAt };
-        return this.propose(entry, { kind: 'register', requestId, confirm });
+        return this.propose(entry, { kind: 'register', requestId, confirm }, memo);
       }
       case 'RecoverStart': {
         this.needLeader();
@@ -315,7 +349,7 @@ export class Firmware {
         }
         // Charged before the password is tested: the KE2 waits for this entry to commit.
         const session = this.rng(SESSION_BYTES);
-        return this.propose({ t: 'Attempt', id: session, user }, { kind: 'attempt', requestId, user, suite, ke1: m.ke1, session });
+        return this.propose({ t: 'Attempt', id: session, user }, { kind: 'attempt', requestId, user, suite, ke1: m.ke1, session }, memo);
       }
       case 'RecoverFinish': {
         const key = hex(m.session);
@@ -339,6 +373,7 @@ export class Firmware {
         return this.propose(
           { t: 'Outcome', id: this.rng(ID_BYTES), user, oprfId: s.oprfId ?? UNKNOWN_OPRF_ID, ok, reset: ok && this.policy.resetOnSuccess },
           { kind: 'outcome', requestId, user, oprfId: s.oprfId, session: m.session, sessionKey },
+          memo,
         );
       }
       case 'Disable':
@@ -352,25 +387,27 @@ export class Firmware {
     }
   }
 
-  private release(requestId: number, user: string, oprfId: Uint8Array, session: Uint8Array, sessionKey: Uint8Array): void {
+  private release(user: string, oprfId: Uint8Array, session: Uint8Array, sessionKey: Uint8Array): VaultReply {
     const r = this.state.get(user);
-    if (!r || r.locked || !r.kSealed) return this.reply(requestId, { t: 'Locked' });
-    if (!sameBytes(r.oprfId, oprfId)) return this.reply(requestId, { t: 'Error', code: 'RECORD_CHANGED' });
+    if (!r || r.locked || !r.kSealed) return { t: 'Locked' };
+    if (!sameBytes(r.oprfId, oprfId)) return { t: 'Error', code: 'RECORD_CHANGED' };
     const k = openK(this.keys, user, r.oprfId, r.kSealed);
     const kEnc = sealKRelease(this.rng, sessionKey, session, user, k);
     k.fill(0);
     sessionKey.fill(0);
-    this.reply(requestId, { t: 'Released', kEnc });
+    return { t: 'Released', kEnc };
   }
 
   // ---- the log ----
 
-  private propose(entry: Entry, p: Pending): void {
+  /** `memo`: remember the reply under this key, so a copy of the request joins instead of proposing again. */
+  private propose(entry: Entry, p: Pending, memo: string | null = null): void {
     const bytes = encodeEntry(entry);
     const id = hex(entry.id);
     const tag = this.nextTag++;
-    this.pending.set(id, { ...p, deadline: this.now + this.policy.requestTtlMs, tag });
+    this.pending.set(id, { ...p, deadline: this.now + this.policy.requestTtlMs, tag, memo, copies: [] });
     this.tagToId.set(tag, id);
+    if (memo !== null) this.replies.waitFor(memo, entry.user, id);
     this.out.push({ kind: 'propose', tag, entry: bytes });
   }
 
@@ -380,11 +417,19 @@ export class Firmware {
     this.pending.delete(id);
   }
 
-  /** A request that will get no outcome: drop it, and the session key it may hold. */
+  /** A request that will get no outcome: drop it, the session key it may hold, and its memo (a later copy is new). */
   private abandon(id: string): void {
     const p = this.pending.get(id);
     if (p?.kind === 'outcome') p.sessionKey?.fill(0);
+    if (p?.memo) this.replies.forget(p.memo, id);
     this.forget(id);
+  }
+
+  /** Abandon and tell everyone waiting on it (the original and its copies). */
+  private fail(id: string, code: string): void {
+    const p = this.pending.get(id);
+    this.abandon(id);
+    if (p && p.kind !== 'internal') for (const rid of [p.requestId, ...p.copies]) this.reply(rid, { t: 'Error', code });
   }
 
   private onCommitted(index: number, bytes: Uint8Array): void {
@@ -400,7 +445,13 @@ export class Firmware {
     const p = this.pending.get(id);
     if (p) {
       this.forget(id);
-      this.finish(p, entry, effect);
+      if (p.kind !== 'internal') {
+        // One reply, byte-identical for the original and every copy; remembered for later copies.
+        const reply = this.finish(p, effect);
+        const body = encodeVaultReply(reply);
+        for (const rid of [p.requestId, ...p.copies]) this.out.push({ kind: 'reply', requestId: rid, body });
+        if (p.memo) this.replies.settle(p.memo, id, body, this.now + this.policy.sessionTtlMs, guardOf(reply, entry));
+      }
     }
     if (this.eraseSinceSnapshot || this.sinceSnapshot >= this.policy.snapshotEvery) {
       // K that left the state must leave the disk too: the agent compacts the log behind this.
@@ -410,17 +461,15 @@ export class Firmware {
     }
   }
 
-  private finish(p: Pending, entry: Entry, effect: ApplyEffect): void {
+  private finish(p: Exclude<Pending, { kind: 'internal' }>, effect: ApplyEffect): VaultReply {
     switch (p.kind) {
-      case 'internal':
-        return;
       case 'register':
-        if (effect.kind === 'stored') return this.reply(p.requestId, { t: 'Registered', confirm: p.confirm });
-        return this.reply(p.requestId, { t: 'Error', code: 'STALE_REGISTRATION' });
+        if (effect.kind === 'stored') return { t: 'Registered', confirm: p.confirm };
+        return { t: 'Error', code: 'STALE_REGISTRATION' };
       case 'delete':
-        return this.reply(p.requestId, { t: 'Disabled' });
+        return { t: 'Disabled' };
       case 'lock':
-        return this.reply(p.requestId, { t: 'Locked' });
+        return { t: 'Locked' };
       case 'outcome':
         return this.afterOutcome(p, effect);
       case 'attempt':
@@ -428,24 +477,24 @@ export class Firmware {
     }
   }
 
-  private afterOutcome(p: Extract<Pending, { kind: 'outcome' }>, effect: ApplyEffect): void {
-    const { requestId, user, oprfId, sessionKey } = p;
+  private afterOutcome(p: Extract<Pending, { kind: 'outcome' }>, effect: ApplyEffect): VaultReply {
+    const { user, oprfId, sessionKey } = p;
     try {
       const r = this.state.get(user);
       // An unknown user, or a record deleted during the recovery: indistinguishable, as at KE2.
-      if (!oprfId || !r) return this.reply(requestId, { t: 'WrongPassword', attemptsLeft: 0 });
-      if (r.locked) return this.reply(requestId, { t: 'Locked' });
-      if (!sameBytes(r.oprfId, oprfId)) return this.reply(requestId, { t: 'Error', code: 'RECORD_CHANGED' });
-      if (sessionKey) return this.release(requestId, user, oprfId, p.session, sessionKey);
+      if (!oprfId || !r) return { t: 'WrongPassword', attemptsLeft: 0 };
+      if (r.locked) return { t: 'Locked' };
+      if (!sameBytes(r.oprfId, oprfId)) return { t: 'Error', code: 'RECORD_CHANGED' };
+      if (sessionKey) return this.release(user, oprfId, p.session, sessionKey);
       const attemptsLeft = effect.kind === 'failed' ? effect.attemptsLeft : r.limit - r.used;
-      return this.reply(requestId, { t: 'WrongPassword', attemptsLeft });
+      return { t: 'WrongPassword', attemptsLeft };
     } finally {
       sessionKey?.fill(0);
     }
   }
 
-  private afterAttempt(p: Extract<Pending, { kind: 'attempt' }>, effect: ApplyEffect): void {
-    if (effect.kind === 'locked') return this.reply(p.requestId, { t: 'Locked' });
+  private afterAttempt(p: Extract<Pending, { kind: 'attempt' }>, effect: ApplyEffect): VaultReply {
+    if (effect.kind === 'locked') return { t: 'Locked' };
     const r = this.state.get(p.user);
     let oprfId: Uint8Array | null = null;
     let record: Uint8Array | null = null;
@@ -465,14 +514,14 @@ export class Firmware {
       }));
     } catch (e) {
       const code = e instanceof BkvError ? e.code : 'INTERNAL';
-      return this.reply(p.requestId, { t: 'Error', code: safeCode(code, 'INTERNAL') });
+      return { t: 'Error', code: safeCode(code, 'INTERNAL') };
     }
     if (this.sessions.size >= this.policy.maxSessions) {
       const oldest = this.sessions.keys().next().value;
       if (oldest !== undefined) this.sessions.delete(oldest);
     }
     this.sessions.set(hex(p.session), { user: p.user, oprfId, login, expiresAt: this.now + this.policy.sessionTtlMs });
-    this.reply(p.requestId, { t: 'KE2', session: p.session, ke2 });
+    return { t: 'KE2', session: p.session, ke2 };
   }
 
   // ---- time ----
@@ -480,10 +529,10 @@ export class Firmware {
   private onTick(): void {
     for (const [id, p] of this.pending) {
       if (p.deadline >= this.now) continue;
-      this.abandon(id);
       // The entry may still commit later; an attempt then stays charged (unknown outcome = used).
-      if (p.kind !== 'internal') this.reply(p.requestId, { t: 'Error', code: 'TIMEOUT' });
+      this.fail(id, 'TIMEOUT');
     }
+    this.replies.expire(this.now);
     const expiredUsers = new Set<string>();
     for (const [key, s] of this.sessions) {
       if (s.expiresAt >= this.now) continue;
@@ -522,13 +571,21 @@ export class Firmware {
     this.healthy = false;
     this.out.push({ kind: 'health', healthy: false, code, reason });
     // Fail closed: everyone waiting gets an error, every session dies.
-    for (const [id, p] of this.pending) {
-      this.abandon(id);
-      if (p.kind !== 'internal') this.reply(p.requestId, { t: 'Error', code: 'UNHEALTHY' });
-    }
+    for (const id of [...this.pending.keys()]) this.fail(id, 'UNHEALTHY');
     this.sessions.clear();
+    this.replies.clear();
   }
 }
+
+/** The registration a remembered reply is only true of while it is live (K stored, K released). */
+function guardOf(reply: VaultReply, entry: Entry): Uint8Array | null {
+  if (reply.t === 'Registered' && (entry.t === 'Register' || entry.t === 'ChangePassword')) return entry.oprfId;
+  if (reply.t === 'Released' && entry.t === 'Outcome') return entry.oprfId;
+  return null;
+}
+
+/** Requests whose copies are answered from the original (see replies.ts). */
+const REMEMBERED: ReadonlySet<DeviceMessage['t']> = new Set(['RecoverStart', 'RecoverFinish', 'RegisterFinish']);
 
 function safeCode(code: string, fallback: string): string {
   return /^[A-Z][A-Z0-9_]{0,47}$/.test(code) ? code : fallback;

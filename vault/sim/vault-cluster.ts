@@ -534,9 +534,9 @@ export class VaultCluster {
   private judge(r: Replica, req: DeviceReq | undefined, body: Uint8Array): void {
     const reply = decodeVaultReply(body);
     this.replied[reply.t] = (this.replied[reply.t] ?? 0) + 1;
-    if (reply.t === 'KE2') this.oracle.onKE2(r.id, req?.user ?? '?', reply.session, this.now);
+    if (reply.t === 'KE2') this.oracle.onKE2(r.id, req?.user ?? '?', reply.session, this.now, body);
     if (reply.t === 'Status' && req && r.healthy) this.oracle.onStatus(r.id, req.user, r.fw!.appliedIndex, reply, this.now);
-    if (reply.t === 'Released') this.oracle.onReleased(r.id, req?.user ?? '?', r.fw!.appliedIndex, req?.meta.correct, this.now);
+    if (reply.t === 'Released') this.oracle.onReleased(r.id, req?.user ?? '?', r.fw!.appliedIndex, req?.meta.correct, this.now, body);
   }
 
   private after(r: Replica): void {

@@ -36,10 +36,14 @@ export class VaultOracle {
   private readonly attempts = new Map<string, { user: string; epoch: number; index: number; charged: boolean; limit: number }>();
   /** user -> epoch -> KE2s handed out. */
   private readonly ke2s = new Map<string, Map<number, number>>();
-  private readonly ke2Sessions = new Set<string>();
+  /** session -> the KE2 reply bytes handed out for it. */
+  private readonly ke2Sessions = new Map<string, string>();
+  /** Released reply bytes already judged. */
+  private readonly releasedBodies = new Set<string>();
   private epochs = 0;
   private readonly limits = new Map<string, { limit: number }>();
-  readonly counts = { ke2: 0, released: 0, resets: 0, locks: 0, attempts: 0 };
+  /** resent: a reply byte-identical to one already judged (a duplicate request answered again): no new evaluation, no new K. */
+  readonly counts = { ke2: 0, released: 0, resets: 0, locks: 0, attempts: 0, resent: 0 };
 
   fail(msg: string): void {
     if (this.violations.length < 100) this.violations.push(msg);
@@ -145,14 +149,19 @@ export class VaultOracle {
 
   /**
    * Invariant 1 (and rule 1): a KE2 for `session` left replica `replica`. Its Attempt must be
-   * committed (and charged to this user), and per budget epoch at most `limit` KE2s leave.
+   * committed (and charged to this user), and per budget epoch at most `limit` KE2s leave. The same
+   * reply bytes again (`body`: a duplicate request answered from the firmware's memory) evaluate
+   * nothing new; another KE2 for a session already answered is a violation.
    */
-  onKE2(replica: string, user: string, session: Uint8Array, now: number): void {
-    this.counts.ke2++;
+  onKE2(replica: string, user: string, session: Uint8Array, now: number, body?: Uint8Array): void {
     this.advance();
     const s = hex(session);
-    if (this.ke2Sessions.has(s)) this.fail(`t=${now}: ${replica} handed out a second KE2 for session ${s.slice(0, 8)}`);
-    this.ke2Sessions.add(s);
+    const b = body ? hex(body) : '';
+    const seen = this.ke2Sessions.get(s);
+    if (seen !== undefined && b !== '' && seen === b) { this.counts.resent++; return; }
+    this.counts.ke2++;
+    if (seen !== undefined) this.fail(`t=${now}: ${replica} handed out a second KE2 for session ${s.slice(0, 8)}`);
+    this.ke2Sessions.set(s, b);
     const a = this.attempts.get(s);
     if (!a) return this.fail(`t=${now}: ${replica} handed out a KE2 for ${user} before its Attempt committed`);
     if (a.user !== user) return this.fail(`t=${now}: KE2 for ${user} charged to ${a.user}`);
@@ -165,7 +174,10 @@ export class VaultOracle {
   }
 
   /** Invariant 3: K left `replica` (whose firmware had applied `index`) for a KE3 from the `correct` password or not. */
-  onReleased(replica: string, user: string, index: number, correct: boolean | undefined, now: number): void {
+  onReleased(replica: string, user: string, index: number, correct: boolean | undefined, now: number, body?: Uint8Array): void {
+    // The same ciphertext again (a duplicate KE3 answered from memory) releases nothing new.
+    if (body && this.releasedBodies.has(hex(body))) { this.counts.resent++; return; }
+    if (body) this.releasedBodies.add(hex(body));
     this.counts.released++;
     if (correct !== true) this.fail(`t=${now}: ${replica} released K of ${user} for a wrong password`);
     const p = this.at(user, index);
