@@ -7,6 +7,7 @@ import type { AddressInfo } from 'node:net';
 import { BkvError } from '../../protocol/errors.ts';
 import { MAX_RELAY_BODY, RELAY_PATH, decodeRelayRequest, encodeRelayReply } from '../../protocol/relay.ts';
 import type { Replica } from './replica.ts';
+import { readBody } from './http.ts';
 
 export const HEALTH_PATH = '/v1/health';
 
@@ -80,22 +81,4 @@ function send(res: ServerResponse, status: number, type: string, body: Uint8Arra
   res.writeHead(status, { 'content-type': type, 'content-length': Buffer.byteLength(body) });
   res.end(body);
   return { status, code };
-}
-
-function readBody(req: IncomingMessage, max: number): Promise<Uint8Array> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    req.on('data', (c: Buffer) => {
-      size += c.length;
-      if (size > max) {
-        reject(new Error('too large'));
-        req.destroy();
-        return;
-      }
-      chunks.push(c);
-    });
-    req.on('end', () => resolve(new Uint8Array(Buffer.concat(chunks))));
-    req.on('error', reject);
-  });
 }

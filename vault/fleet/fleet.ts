@@ -24,6 +24,7 @@ import type { FromWorker, ReplicaWorkerData, ToWorker } from './replica-worker.t
 import { createPortFleet, type PortEndpointInit } from './transport-port.ts';
 import { createHash } from 'node:crypto';
 import { noneWanConfig, resolveWanConfig, type LinkTable, type WanConfig, type WanNode } from './wan.ts';
+import { readBody, sendBody } from '../agent/http.ts';
 
 export type { Fleet, FleetEvent, FleetFault, ReplicaRole, ReplicaStatus, StartFleetOptions } from './fleet-types.ts';
 export { REGION_HEADER, FLEET_STATUS_PATH, FLEET_FAULT_PATH } from './fleet-types.ts';
@@ -271,10 +272,10 @@ export async function startFleet(opts: StartFleetOptions): Promise<Fleet> {
     }
   };
 
-  const server = createServer((req, res) => { void serve(req, res).catch(() => send(res, 500, 'application/json', JSON.stringify({ code: 'INTERNAL' }))); });
+  const server = createServer((req, res) => { void serve(req, res).catch(() => sendBody(res, 500, 'application/json', JSON.stringify({ code: 'INTERNAL' }))); });
   const serve = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     if (req.url === FLEET_STATUS_PATH && req.method === 'GET') {
-      return send(res, 200, 'application/json', JSON.stringify(await fleet.status()));
+      return sendBody(res, 200, 'application/json', JSON.stringify(await fleet.status()));
     }
     if (req.url === FLEET_FAULT_PATH && req.method === 'POST' && opts.faultEndpoint) {
       let f: FleetFault;
@@ -282,30 +283,30 @@ export async function startFleet(opts: StartFleetOptions): Promise<Fleet> {
         f = JSON.parse(Buffer.from(await readBody(req, 64 * 1024)).toString('utf8')) as FleetFault;
         if (typeof f !== 'object' || f === null || typeof f.op !== 'string') throw new Error('no op');
       } catch {
-        return send(res, 400, 'application/json', JSON.stringify({ code: 'BAD_FAULT', message: 'body must be JSON {op, ...}' }));
+        return sendBody(res, 400, 'application/json', JSON.stringify({ code: 'BAD_FAULT', message: 'body must be JSON {op, ...}' }));
       }
       try {
-        return send(res, 200, 'application/json', JSON.stringify({ ok: true, ...(await handleFault(f) as object) }));
+        return sendBody(res, 200, 'application/json', JSON.stringify({ ok: true, ...(await handleFault(f) as object) }));
       } catch (e) {
         const code = e instanceof BkvError ? e.code : 'FAULT_FAILED';
-        return send(res, 400, 'application/json', JSON.stringify({ code, message: e instanceof BkvError ? e.message : 'fault failed' }));
+        return sendBody(res, 400, 'application/json', JSON.stringify({ code, message: e instanceof BkvError ? e.message : 'fault failed' }));
       }
     }
-    if (req.url !== RELAY_PATH || req.method !== 'POST') return send(res, 404, 'application/json', JSON.stringify({ code: 'NOT_FOUND' }));
+    if (req.url !== RELAY_PATH || req.method !== 'POST') return sendBody(res, 404, 'application/json', JSON.stringify({ code: 'NOT_FOUND' }));
     let relayed;
     try {
       relayed = decodeRelayRequest(await readBody(req, MAX_RELAY_BODY + 256));
     } catch (e) {
       const code = e instanceof BkvError ? e.code : 'BAD_RELAY_MESSAGE';
-      return send(res, 400, 'application/octet-stream', encodeRelayReply({ ok: false, code, message: 'malformed relay request' }));
+      return sendBody(res, 400, 'application/octet-stream', encodeRelayReply({ ok: false, code, message: 'malformed relay request' }));
     }
     const hint = req.headers[REGION_HEADER];
     const name = pick(typeof hint === 'string' ? hint : undefined);
-    if (!name) return send(res, 503, 'application/octet-stream', encodeRelayReply({ ok: false, code: 'NO_REPLICA', message: 'no replica is running' }));
+    if (!name) return sendBody(res, 503, 'application/octet-stream', encodeRelayReply({ ok: false, code: 'NO_REPLICA', message: 'no replica is running' }));
     const m = await call(name, { t: 'request', id: nextId++, user: relayed.user, body: relayed.body }, 120_000);
-    if (m?.t === 'reply' && m.ok) return send(res, 200, 'application/octet-stream', encodeRelayReply({ ok: true, body: m.body }));
+    if (m?.t === 'reply' && m.ok) return sendBody(res, 200, 'application/octet-stream', encodeRelayReply({ ok: true, body: m.body }));
     const code = m?.t === 'reply' && !m.ok ? m.code : 'TIMEOUT';
-    return send(res, 503, 'application/octet-stream', encodeRelayReply({ ok: false, code, message: 'vault fleet did not serve the request' }));
+    return sendBody(res, 503, 'application/octet-stream', encodeRelayReply({ ok: false, code, message: 'vault fleet did not serve the request' }));
   };
   server.keepAliveTimeout = 5_000;
   await new Promise<void>((resolve, reject) => {
@@ -341,24 +342,3 @@ function identityPins(state: FleetState, names: readonly string[]): Record<strin
   }
   return pins;
 }
-
-function send(res: ServerResponse, status: number, type: string, body: Uint8Array | string): void {
-  if (res.headersSent) return;
-  res.writeHead(status, { 'content-type': type, 'content-length': Buffer.byteLength(body) });
-  res.end(body);
-}
-
-function readBody(req: IncomingMessage, max: number): Promise<Uint8Array> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    req.on('data', (c: Buffer) => {
-      size += c.length;
-      if (size > max) { reject(new Error('too large')); req.destroy(); return; }
-      chunks.push(c);
-    });
-    req.on('end', () => resolve(new Uint8Array(Buffer.concat(chunks))));
-    req.on('error', reject);
-  });
-}
-

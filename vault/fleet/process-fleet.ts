@@ -25,6 +25,7 @@ import {
 } from './fleet-types.ts';
 import { REPLICA_STATUS_PATH, resolvePeers } from './process-config.ts';
 import type { ReplicaProcessStatus } from './replica-process.ts';
+import { readBody, sendBody } from '../agent/http.ts';
 
 export class ProcessFleetError extends BkvError {}
 
@@ -240,42 +241,42 @@ export async function startProcessFleet(opts: StartFleetOptions): Promise<Fleet>
     }
   };
 
-  const server = createHttpServer((req, res) => { void serve(req, res).catch(() => send(res, 500, 'application/json', JSON.stringify({ code: 'INTERNAL' }))); });
+  const server = createHttpServer((req, res) => { void serve(req, res).catch(() => sendBody(res, 500, 'application/json', JSON.stringify({ code: 'INTERNAL' }))); });
   const serve = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
-    if (req.url === FLEET_STATUS_PATH && req.method === 'GET') return send(res, 200, 'application/json', JSON.stringify(await fleet.status()));
+    if (req.url === FLEET_STATUS_PATH && req.method === 'GET') return sendBody(res, 200, 'application/json', JSON.stringify(await fleet.status()));
     if (req.url === FLEET_FAULT_PATH && req.method === 'POST' && opts.faultEndpoint) {
       let f: FleetFault;
       try {
         f = JSON.parse(Buffer.from(await readBody(req, 64 * 1024)).toString('utf8')) as FleetFault;
         if (typeof f !== 'object' || f === null || typeof f.op !== 'string') throw new Error('no op');
       } catch {
-        return send(res, 400, 'application/json', JSON.stringify({ code: 'BAD_FAULT', message: 'body must be JSON {op, ...}' }));
+        return sendBody(res, 400, 'application/json', JSON.stringify({ code: 'BAD_FAULT', message: 'body must be JSON {op, ...}' }));
       }
       try {
-        return send(res, 200, 'application/json', JSON.stringify({ ok: true, ...(await handleFault(f) as object) }));
+        return sendBody(res, 200, 'application/json', JSON.stringify({ ok: true, ...(await handleFault(f) as object) }));
       } catch (e) {
-        return send(res, 400, 'application/json', JSON.stringify({ code: e instanceof BkvError ? e.code : 'FAULT_FAILED', message: e instanceof BkvError ? e.message : 'fault failed' }));
+        return sendBody(res, 400, 'application/json', JSON.stringify({ code: e instanceof BkvError ? e.code : 'FAULT_FAILED', message: e instanceof BkvError ? e.message : 'fault failed' }));
       }
     }
-    if (req.url !== RELAY_PATH || req.method !== 'POST') return send(res, 404, 'application/json', JSON.stringify({ code: 'NOT_FOUND' }));
+    if (req.url !== RELAY_PATH || req.method !== 'POST') return sendBody(res, 404, 'application/json', JSON.stringify({ code: 'NOT_FOUND' }));
     let raw: Uint8Array;
     try {
       raw = await readBody(req, MAX_RELAY_BODY + 256);
       decodeRelayRequest(raw);
     } catch (e) {
-      return send(res, 400, 'application/octet-stream', encodeRelayReply({ ok: false, code: e instanceof BkvError ? e.code : 'BAD_RELAY_MESSAGE', message: 'malformed relay request' }));
+      return sendBody(res, 400, 'application/octet-stream', encodeRelayReply({ ok: false, code: e instanceof BkvError ? e.code : 'BAD_RELAY_MESSAGE', message: 'malformed relay request' }));
     }
     const hint = req.headers[REGION_HEADER];
     const name = pick(typeof hint === 'string' ? hint : undefined);
     const p = name ? running.get(name) : undefined;
-    if (!p) return send(res, 503, 'application/octet-stream', encodeRelayReply({ ok: false, code: 'NO_REPLICA', message: 'no replica is running' }));
+    if (!p) return sendBody(res, 503, 'application/octet-stream', encodeRelayReply({ ok: false, code: 'NO_REPLICA', message: 'no replica is running' }));
     try {
       // The replica's reply (relay envelope, success or its error code) passes through unchanged.
       const r = await fetch(p.relayUrl + RELAY_PATH, { method: 'POST', body: raw, signal: AbortSignal.timeout(120_000) });
-      return send(res, r.status, 'application/octet-stream', new Uint8Array(await r.arrayBuffer()));
+      return sendBody(res, r.status, 'application/octet-stream', new Uint8Array(await r.arrayBuffer()));
     } catch {
       // Died under the request: its outcome is unknown (an attempt may be charged), like a worker's exit.
-      return send(res, 503, 'application/octet-stream', encodeRelayReply({ ok: false, code: 'REPLICA_DOWN', message: 'vault fleet did not serve the request' }));
+      return sendBody(res, 503, 'application/octet-stream', encodeRelayReply({ ok: false, code: 'REPLICA_DOWN', message: 'vault fleet did not serve the request' }));
     }
   };
   server.keepAliveTimeout = 5_000;
@@ -289,24 +290,4 @@ export async function startProcessFleet(opts: StartFleetOptions): Promise<Fleet>
 
 function unsupported(op: string): ProcessFleetError {
   return new ProcessFleetError('FAULT_UNSUPPORTED', `${op}: replicas over TCP use the real network; cut links with network namespaces or firewall rules`);
-}
-
-function send(res: ServerResponse, status: number, type: string, body: Uint8Array | string): void {
-  if (res.headersSent) return;
-  res.writeHead(status, { 'content-type': type, 'content-length': Buffer.byteLength(body) });
-  res.end(body);
-}
-
-function readBody(req: IncomingMessage, max: number): Promise<Uint8Array> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    req.on('data', (c: Buffer) => {
-      size += c.length;
-      if (size > max) { reject(new InputError('body too large', 'BODY_TOO_LARGE')); req.destroy(); return; }
-      chunks.push(c);
-    });
-    req.on('end', () => resolve(new Uint8Array(Buffer.concat(chunks))));
-    req.on('error', reject);
-  });
 }

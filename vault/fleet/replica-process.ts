@@ -30,6 +30,7 @@ import {
 } from './process-config.ts';
 import { FleetReplica } from './replica.ts';
 import { TcpTransport } from './transport-tcp.ts';
+import { readBody, sendBody } from '../agent/http.ts';
 
 const USAGE = `usage: vault/fleet/replica-process.ts --replica NAME [--state DIR] [--listen HOST:PORT]
        (--peer NAME=HOST:PORT ... | --peers FILE) [--relay-host H] [--relay-port P] [--election-ms MS]
@@ -167,7 +168,7 @@ export async function main(argv: string[]): Promise<number> {
     const akeKeys: Record<string, string> = {};
     for (const s of WIRE_SUITES) akeKeys[s] = Buffer.from(replica.firmware.serverPublicKey(s)).toString('hex');
     const r = replica;
-    server = createServer((req, res) => { void serve(r, akeKeys, req, res).catch(() => send(res, 500, 'application/json', JSON.stringify({ code: 'INTERNAL' }))); });
+    server = createServer((req, res) => { void serve(r, akeKeys, req, res).catch(() => sendBody(res, 500, 'application/json', JSON.stringify({ code: 'INTERNAL' }))); });
     server.keepAliveTimeout = 5_000;
     const srv = server;
     await new Promise<void>((resolve, reject) => {
@@ -224,39 +225,19 @@ async function serve(replica: FleetReplica, akeKeys: Record<string, string>, req
       lag: s.role === 'leader' ? 0 : -1,
       healthy: s.healthy, reason: s.reason, leader: s.leader, lastIndex: s.lastIndex, digest: s.digest, stats: s.stats, akePublicKeys: akeKeys,
     };
-    return send(res, 200, 'application/json', JSON.stringify(body));
+    return sendBody(res, 200, 'application/json', JSON.stringify(body));
   }
-  if (req.url !== RELAY_PATH || req.method !== 'POST') return send(res, 404, 'application/json', JSON.stringify({ code: 'NOT_FOUND' }));
+  if (req.url !== RELAY_PATH || req.method !== 'POST') return sendBody(res, 404, 'application/json', JSON.stringify({ code: 'NOT_FOUND' }));
   let relayed;
   try {
     relayed = decodeRelayRequest(await readBody(req, MAX_RELAY_BODY + 256));
   } catch (e) {
     const code = e instanceof BkvError ? e.code : 'BAD_RELAY_MESSAGE';
-    return send(res, 400, 'application/octet-stream', encodeRelayReply({ ok: false, code, message: 'malformed relay request' }));
+    return sendBody(res, 400, 'application/octet-stream', encodeRelayReply({ ok: false, code, message: 'malformed relay request' }));
   }
   const o = await replica.handle(relayed.user, relayed.body);
-  if (o.ok) return send(res, 200, 'application/octet-stream', encodeRelayReply({ ok: true, body: o.body }));
-  return send(res, 503, 'application/octet-stream', encodeRelayReply({ ok: false, code: o.code, message: 'vault replica did not serve the request' }));
-}
-
-function send(res: ServerResponse, status: number, type: string, body: Uint8Array | string): void {
-  if (res.headersSent) return;
-  res.writeHead(status, { 'content-type': type, 'content-length': Buffer.byteLength(body) });
-  res.end(body);
-}
-
-function readBody(req: IncomingMessage, max: number): Promise<Uint8Array> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    req.on('data', (ch: Buffer) => {
-      size += ch.length;
-      if (size > max) { reject(new ProcessConfigError('RELAY_TOO_LARGE', 'relay body too large')); req.destroy(); return; }
-      chunks.push(ch);
-    });
-    req.on('end', () => resolve(new Uint8Array(Buffer.concat(chunks))));
-    req.on('error', reject);
-  });
+  if (o.ok) return sendBody(res, 200, 'application/octet-stream', encodeRelayReply({ ok: true, body: o.body }));
+  return sendBody(res, 503, 'application/octet-stream', encodeRelayReply({ ok: false, code: o.code, message: 'vault replica did not serve the request' }));
 }
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
