@@ -16,7 +16,7 @@ import { MAX_RELAY_BODY, RELAY_PATH, decodeRelayRequest, encodeRelayReply } from
 import { activateSoftHsmConf, loadState, type FleetState } from '../../softhsm/state.ts';
 import { replicaDbDir } from '../agent/replica.ts';
 import {
-  FLEET_FAULT_PATH, FLEET_STATUS_PATH, REGION_HEADER,
+  REGION_HEADER,
   type Fleet, type FleetEvent, type FleetFault, type ReplicaStatus, type StartFleetOptions,
 } from './fleet-types.ts';
 import type { LocalStatus } from './replica.ts';
@@ -25,6 +25,7 @@ import { createPortFleet, type PortEndpointInit } from './transport-port.ts';
 import { createHash } from 'node:crypto';
 import { noneWanConfig, resolveWanConfig, type LinkTable, type WanConfig, type WanNode } from './wan.ts';
 import { readBody, sendBody } from '../agent/http.ts';
+import { serveAdminRoute } from './admin-routes.ts';
 
 export type { Fleet, FleetEvent, FleetFault, ReplicaRole, ReplicaStatus, StartFleetOptions } from './fleet-types.ts';
 export { REGION_HEADER, FLEET_STATUS_PATH, FLEET_FAULT_PATH } from './fleet-types.ts';
@@ -274,24 +275,7 @@ export async function startFleet(opts: StartFleetOptions): Promise<Fleet> {
 
   const server = createServer((req, res) => { void serve(req, res).catch(() => sendBody(res, 500, 'application/json', JSON.stringify({ code: 'INTERNAL' }))); });
   const serve = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
-    if (req.url === FLEET_STATUS_PATH && req.method === 'GET') {
-      return sendBody(res, 200, 'application/json', JSON.stringify(await fleet.status()));
-    }
-    if (req.url === FLEET_FAULT_PATH && req.method === 'POST' && opts.faultEndpoint) {
-      let f: FleetFault;
-      try {
-        f = JSON.parse(Buffer.from(await readBody(req, 64 * 1024)).toString('utf8')) as FleetFault;
-        if (typeof f !== 'object' || f === null || typeof f.op !== 'string') throw new Error('no op');
-      } catch {
-        return sendBody(res, 400, 'application/json', JSON.stringify({ code: 'BAD_FAULT', message: 'body must be JSON {op, ...}' }));
-      }
-      try {
-        return sendBody(res, 200, 'application/json', JSON.stringify({ ok: true, ...(await handleFault(f) as object) }));
-      } catch (e) {
-        const code = e instanceof BkvError ? e.code : 'FAULT_FAILED';
-        return sendBody(res, 400, 'application/json', JSON.stringify({ code, message: e instanceof BkvError ? e.message : 'fault failed' }));
-      }
-    }
+    if (await serveAdminRoute(req, res, { status: () => fleet.status(), fault: opts.faultEndpoint ? handleFault : undefined })) return;
     if (req.url !== RELAY_PATH || req.method !== 'POST') return sendBody(res, 404, 'application/json', JSON.stringify({ code: 'NOT_FOUND' }));
     let relayed;
     try {

@@ -20,12 +20,13 @@ import { finalizeModule } from '../../hsm-adapter/pkcs11-token.ts';
 import { activateSoftHsmConf, loadState } from '../../softhsm/state.ts';
 import { replicaDbDir } from '../agent/replica.ts';
 import {
-  FLEET_FAULT_PATH, FLEET_STATUS_PATH, REGION_HEADER,
+  REGION_HEADER,
   type Fleet, type FleetEvent, type FleetFault, type ReplicaStatus, type StartFleetOptions,
 } from './fleet-types.ts';
 import { REPLICA_STATUS_PATH, resolvePeers } from './process-config.ts';
 import type { ReplicaProcessStatus } from './replica-process.ts';
 import { readBody, sendBody } from '../agent/http.ts';
+import { serveAdminRoute } from './admin-routes.ts';
 
 export class ProcessFleetError extends BkvError {}
 
@@ -243,21 +244,7 @@ export async function startProcessFleet(opts: StartFleetOptions): Promise<Fleet>
 
   const server = createHttpServer((req, res) => { void serve(req, res).catch(() => sendBody(res, 500, 'application/json', JSON.stringify({ code: 'INTERNAL' }))); });
   const serve = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
-    if (req.url === FLEET_STATUS_PATH && req.method === 'GET') return sendBody(res, 200, 'application/json', JSON.stringify(await fleet.status()));
-    if (req.url === FLEET_FAULT_PATH && req.method === 'POST' && opts.faultEndpoint) {
-      let f: FleetFault;
-      try {
-        f = JSON.parse(Buffer.from(await readBody(req, 64 * 1024)).toString('utf8')) as FleetFault;
-        if (typeof f !== 'object' || f === null || typeof f.op !== 'string') throw new Error('no op');
-      } catch {
-        return sendBody(res, 400, 'application/json', JSON.stringify({ code: 'BAD_FAULT', message: 'body must be JSON {op, ...}' }));
-      }
-      try {
-        return sendBody(res, 200, 'application/json', JSON.stringify({ ok: true, ...(await handleFault(f) as object) }));
-      } catch (e) {
-        return sendBody(res, 400, 'application/json', JSON.stringify({ code: e instanceof BkvError ? e.code : 'FAULT_FAILED', message: e instanceof BkvError ? e.message : 'fault failed' }));
-      }
-    }
+    if (await serveAdminRoute(req, res, { status: () => fleet.status(), fault: opts.faultEndpoint ? handleFault : undefined })) return;
     if (req.url !== RELAY_PATH || req.method !== 'POST') return sendBody(res, 404, 'application/json', JSON.stringify({ code: 'NOT_FOUND' }));
     let raw: Uint8Array;
     try {
