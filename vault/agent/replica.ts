@@ -11,6 +11,7 @@ import { Firmware, type FirmwareOutput, type Policy } from '../firmware/firmware
 import { SealedStorage } from '../firmware/storage.ts';
 import { SoloLog, type ReplicatedLog } from './log.ts';
 import { LogStore } from './store.ts';
+import { performOutput, type OutputHost } from './outputs.ts';
 
 export class ReplicaError extends BkvError {}
 
@@ -133,28 +134,19 @@ export class Replica {
   }
 
   private perform(o: FirmwareOutput): void {
-    switch (o.kind) {
-      case 'reply': {
-        const done = this.waiting.get(o.requestId);
-        this.waiting.delete(o.requestId);
-        done?.(o.body);
-        return;
-      }
-      case 'propose':
-        this.log.propose(o.entry).catch((e: unknown) => {
-          const code = e instanceof BkvError ? e.code : 'UNAVAILABLE';
-          this.run({ kind: 'proposalFailed', tag: o.tag, code });
-        });
-        return;
-      case 'snapshot':
-        this.log.compact(o.index, o.state).catch(() => undefined); // a failure marks the log failed -> fault
-        return;
-      case 'health':
-        this.healthState = { healthy: o.healthy, code: o.code, reason: o.reason };
-        this.say(`replica ${this.firmware.replicaId} ${o.healthy ? 'healthy' : `UNHEALTHY ${o.code}: ${o.reason}`}`);
-        return;
-    }
+    performOutput(o, this.outputs);
   }
+
+  private readonly outputs: OutputHost = {
+    waiting: this.waiting,
+    log: { propose: (e) => this.log.propose(e), compact: (i, st) => this.log.compact(i, st) },
+    run: (input) => this.run(input),
+    health: (h) => {
+      this.healthState = h;
+      this.say(`replica ${this.firmware.replicaId} ${h.healthy ? 'healthy' : `UNHEALTHY ${h.code}: ${h.reason}`}`);
+    },
+  };
+
 
   async close(): Promise<void> {
     if (this.closed) return;

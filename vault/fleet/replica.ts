@@ -18,6 +18,7 @@ import { decodePeer, encodePeer, type PeerMessage } from './peer-wire.ts';
 import { RaftLog } from './raft-log.ts';
 import type { PeerTransport } from './transport.ts';
 import type { ReplicaRole } from './fleet-types.ts';
+import { performOutput, type OutputHost } from '../agent/outputs.ts';
 
 export type Outcome = { ok: true; body: Uint8Array } | { ok: false; code: string };
 
@@ -325,29 +326,20 @@ export class FleetReplica {
   }
 
   private perform(o: FirmwareOutput): void {
-    switch (o.kind) {
-      case 'reply': {
-        const done = this.waiting.get(o.requestId);
-        this.waiting.delete(o.requestId);
-        done?.(o.body);
-        return;
-      }
-      case 'propose':
-        this.raft.propose(o.entry).catch((e: unknown) => {
-          const code = e instanceof BkvError ? e.code : 'UNAVAILABLE';
-          this.run({ kind: 'proposalFailed', tag: o.tag, code });
-        });
-        return;
-      case 'snapshot':
-        this.raft.compact(o.index, o.state).catch(() => undefined);
-        return;
-      case 'health':
-        this.healthState = { healthy: o.healthy, code: o.code, reason: o.reason };
-        this.say(`${o.healthy ? 'healthy' : `UNHEALTHY ${o.code}: ${o.reason}`}`);
-        this.o.onEvent?.({ kind: 'health', healthy: o.healthy, code: o.code, reason: o.reason });
-        return;
-    }
+    performOutput(o, this.outputs);
   }
+
+  private readonly outputs: OutputHost = {
+    waiting: this.waiting,
+    log: { propose: (e) => this.raft.propose(e), compact: (i, st) => this.raft.compact(i, st) },
+    run: (input) => this.run(input),
+    health: (h) => {
+      this.healthState = h;
+      this.say(`${h.healthy ? 'healthy' : `UNHEALTHY ${h.code}: ${h.reason}`}`);
+      this.o.onEvent?.({ kind: 'health', ...h });
+    },
+  };
+
 
   async close(): Promise<void> {
     if (this.closed) return;
