@@ -3,9 +3,9 @@
 // flushed before the promise resolves: the caller sends that Ready's messages only afterwards.
 // Everything here is sealed by the firmware's token; this module only moves bytes.
 import { existsSync, mkdirSync } from 'node:fs';
-import { open, type Database, type RootDatabase } from 'lmdb';
+import type { Database, RootDatabase } from 'lmdb';
 import type { StoredItems } from '../firmware/storage.ts';
-import { StoreError } from './store.ts';
+import { StoreError, openDurableLmdb } from './store.ts';
 
 const SNAPSHOT_KEY = 'snapshot';
 const HARD_STATE_KEY = 'hardState';
@@ -26,15 +26,10 @@ export class RaftStore {
   ) {}
 
   static open(dir: string): RaftStore {
-    mkdirSync(dir, { recursive: true });
-    let root: RootDatabase;
-    try {
-      root = open({ path: dir, noSync: false, overlappingSync: false, cache: false, maxDbs: 4 });
-    } catch (e) {
-      throw new StoreError('STORE_OPEN_FAILED', `cannot open LMDB at ${dir}: ${(e as Error).message}`);
-    }
-    return new RaftStore(root, root.openDB({ name: 'log', cache: false }), root.openDB({ name: 'meta', cache: false }));
+    const { root, log, meta } = openDurableLmdb(dir);
+    return new RaftStore(root, log, meta);
   }
+
 
   readAll(): StoredItems & { hardState?: Uint8Array } {
     const entries: StoredItems['entries'] = [];

@@ -10,6 +10,19 @@ export class StoreError extends BkvError {}
 
 const SNAPSHOT_KEY = 'snapshot';
 
+/** An LMDB environment with a `log` (by index) and a `meta` database, whose write promises mean "on disk". */
+export function openDurableLmdb(dir: string): { root: RootDatabase; log: Database<Uint8Array, number>; meta: Database<unknown, string> } {
+  mkdirSync(dir, { recursive: true });
+  let root: RootDatabase;
+  try {
+    // Durable commits: no noSync, and overlappingSync off so a write's promise means "on disk".
+    root = open({ path: dir, noSync: false, overlappingSync: false, cache: false, maxDbs: 4 });
+  } catch (e) {
+    throw new StoreError('STORE_OPEN_FAILED', `cannot open LMDB at ${dir}: ${(e as Error).message}`);
+  }
+  return { root, log: root.openDB<Uint8Array, number>({ name: 'log', cache: false }), meta: root.openDB<unknown, string>({ name: 'meta', cache: false }) };
+}
+
 export class LogStore {
   private constructor(
     private readonly root: RootDatabase,
@@ -18,16 +31,7 @@ export class LogStore {
   ) {}
 
   static open(dir: string): LogStore {
-    mkdirSync(dir, { recursive: true });
-    let root: RootDatabase;
-    try {
-      // Durable commits: no noSync, and overlappingSync off so a write's promise means "on disk".
-      root = open({ path: dir, noSync: false, overlappingSync: false, cache: false, maxDbs: 4 });
-    } catch (e) {
-      throw new StoreError('STORE_OPEN_FAILED', `cannot open LMDB at ${dir}: ${(e as Error).message}`);
-    }
-    const log = root.openDB<Uint8Array, number>({ name: 'log', cache: false });
-    const meta = root.openDB<unknown, string>({ name: 'meta', cache: false });
+    const { root, log, meta } = openDurableLmdb(dir);
     return new LogStore(root, log, meta);
   }
 
