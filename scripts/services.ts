@@ -537,6 +537,23 @@ export function writeVaultKeys(stateDir: string, keys: VaultKeys): void {
   writeJsonAtomic(servePaths(stateDir).vaultKeys, f, 0o644);
 }
 
+/**
+ * Records the keys devices pin; returns true when they differ from the ones pinned before (a new
+ * fleet: records registered with the old one are gone), so the caller can say so loudly.
+ */
+export function pinVaultKeys(stateDir: string, keys: VaultKeys): boolean {
+  let before: VaultKeys | undefined;
+  if (existsSync(servePaths(stateDir).vaultKeys)) {
+    try {
+      before = readVaultKeys(stateDir);
+    } catch {
+      before = undefined;
+    }
+  }
+  writeVaultKeys(stateDir, keys);
+  return before !== undefined && JSON.stringify(before) !== JSON.stringify(keys);
+}
+
 /** The pinned vault AKE keys devices use; a clear error when `bkv serve` never ran on this state. */
 export function readVaultKeys(stateDir: string): VaultKeys {
   const path = servePaths(stateDir).vaultKeys;

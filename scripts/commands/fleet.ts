@@ -2,7 +2,6 @@
 // onto it. `up` is `bkv serve` with the fleet in place of the single vault (same serve.json and
 // vault-keys.json, so every `bkv backup ...` command works against it unchanged); `status` reads the
 // fleet's own report; `fault` drives its fault injector for attack demos.
-import { existsSync } from 'node:fs';
 import { parseFlags, UsageError, wantsHelp, type Command } from '../cli.ts';
 import { provision } from '../../softhsm/provision.ts';
 import { finalizeModule } from '../../hsm-adapter/module.ts';
@@ -15,12 +14,11 @@ import {
   orphanedVault,
   pidAlive,
   postFleetFault,
+  pinVaultKeys,
   readServeRecord,
-  readVaultKeys,
   servePaths,
   startServices,
   writeServeRecord,
-  writeVaultKeys,
   type ExitInfo,
   type FleetFault,
   type FleetStatus,
@@ -210,18 +208,9 @@ async function up(argv: string[]): Promise<number> {
       onLine: values.quiet ? undefined : (who, line) => process.stderr.write(`${who === 'vault' ? 'fleet' : who} | ${line}\n`),
     });
     const fleet = services.fleet!;
-    if (existsSync(servePaths(stateDir).vaultKeys)) {
-      let before;
-      try {
-        before = readVaultKeys(stateDir);
-      } catch {
-        before = undefined;
-      }
-      if (before && JSON.stringify(before) !== JSON.stringify(fleet.keys)) {
-        console.error('bkv fleet: WARNING: the fleet\'s public keys differ from the ones pinned in vault-keys.json (a new fleet?); devices now pin the new ones');
-      }
+    if (pinVaultKeys(stateDir, fleet.keys)) {
+      console.error('bkv fleet: WARNING: the fleet\'s public keys differ from the ones pinned in vault-keys.json (a new fleet?); devices now pin the new ones');
     }
-    writeVaultKeys(stateDir, fleet.keys);
     let names: string[] = [];
     let status: FleetStatus | undefined;
     try {

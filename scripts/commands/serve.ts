@@ -5,8 +5,7 @@
 import { parseFlags, UsageError, type Command } from '../cli.ts';
 import { provision } from '../../softhsm/provision.ts';
 import { finalizeModule } from '../../hsm-adapter/module.ts';
-import { existsSync } from 'node:fs';
-import { ServiceError, clearServeRecord, orphanedVault, readServeRecord, readVaultKeys, servePaths, startServices, writeServeRecord, writeVaultKeys, type ExitInfo } from '../services.ts';
+import { ServiceError, clearServeRecord, orphanedVault, pinVaultKeys, readServeRecord, servePaths, startServices, writeServeRecord, type ExitInfo } from '../services.ts';
 
 /** Exit codes beyond cli.ts's 0/1/2: which child died on its own. */
 export const SERVE_EXIT = { vaultDied: 3, chatdDied: 4 } as const;
@@ -96,19 +95,9 @@ export const command: Command = {
         onLine: values.quiet ? undefined : (who, line) => process.stderr.write(`${who} | ${line}\n`),
       });
       // Devices pin these keys. A change means a new fleet (provision --force): say so, loudly.
-      if (existsSync(servePaths(stateDir).vaultKeys)) {
-        const before = (() => {
-          try {
-            return readVaultKeys(stateDir);
-          } catch {
-            return undefined;
-          }
-        })();
-        if (before && JSON.stringify(before) !== JSON.stringify(services.vault.keys)) {
-          console.error('bkv serve: WARNING: the vault\'s public keys differ from the ones pinned in vault-keys.json (a new fleet?); devices now pin the new ones and records registered with the old fleet are gone');
-        }
+      if (pinVaultKeys(stateDir, services.vault.keys)) {
+        console.error('bkv serve: WARNING: the vault\'s public keys differ from the ones pinned in vault-keys.json (a new fleet?); devices now pin the new ones and records registered with the old fleet are gone');
       }
-      writeVaultKeys(stateDir, services.vault.keys);
       writeServeRecord(stateDir, {
         version: 1,
         pid: process.pid,
