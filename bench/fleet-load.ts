@@ -38,6 +38,8 @@ export interface LoadJob {
   fleetUrl: string;
   /** The fleet's AKE public key for `suite`, hex (what devices pin). */
   serverPublicKey: string;
+  /** The vault's session key (hex), pinned. */
+  sessionKey: string;
   suite: WireSuite;
   /** A prefix that makes this job's user names unique in the fleet. */
   userPrefix: string;
@@ -135,7 +137,7 @@ export async function runLoad(job: LoadJob, mark: (m: string) => void = () => {}
   job.groups.forEach((g, gi) => {
     for (let i = 0; i < g.concurrency; i++) {
       const user = `${job.userPrefix}-${g.region}-${i}`;
-      const opts: PasswordOptions = { user, serverPublicKey: new Uint8Array(Buffer.from(job.serverPublicKey, 'hex')), suite: job.suite, ksf: identityKsf };
+      const opts: PasswordOptions = { user, serverPublicKey: new Uint8Array(Buffer.from(job.serverPublicKey, 'hex')), sessionKey: new Uint8Array(Buffer.from(job.sessionKey, 'hex')), suite: job.suite, ksf: identityKsf };
       devices.push({ group: gi, user, opts, send: makeSend(job.fleetUrl, agent, user, job.regionHeader === false ? undefined : g.region, g.deviceRttMs) });
     }
   });

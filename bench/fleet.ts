@@ -114,6 +114,7 @@ try {
   const job = (fleetUrl: string, prefix: string, groups: LoadJob['groups'], regionHeader = true): LoadJob => ({
     fleetUrl,
     serverPublicKey: akeKey,
+    sessionKey: fleet!.keys.session,
     suite: SUITE,
     userPrefix: prefix,
     groups,
@@ -136,7 +137,7 @@ try {
     finalizeModule();
   }
   vault = await startVault({ stateDir: soloDir, onLine: sink });
-  const soloTp = await runLoad({ ...job(vault.url, 'solo', [{ region: regions[0]!, concurrency: perRegion * regions.length, deviceRttMs: 0 }], false), serverPublicKey: vault.keys[SUITE] }, vault.pid);
+  const soloTp = await runLoad({ ...job(vault.url, 'solo', [{ region: regions[0]!, concurrency: perRegion * regions.length, deviceRttMs: 0 }], false), serverPublicKey: vault.keys[SUITE], sessionKey: vault.keys.session }, vault.pid);
   await vault.stop();
   vault = undefined;
 

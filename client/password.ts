@@ -1,19 +1,35 @@
 // The device side of password backups: protect K behind a password with the vault, get it back,
-// change the password, disable, ask for status. Each function speaks the wire protocol through a
-// `send(body) => reply` function (the CLI wires it to ChatD's relay), and trusts nothing it gets back:
-// the vault's AKE key is PINNED by the caller (fleet manifest / app config), never taken from a reply.
+// change the password, disable, ask for status. Each operation is one device-vault session
+// (protocol/session.ts) through a `send(bytes) => bytes` function (the CLI wires it to ChatD's relay),
+// and trusts nothing it gets back that does not open under that session: the vault's session and AKE
+// keys are PINNED by the caller (vault-keys.json / app config), never taken from a reply.
 //
 // To keep a wrong password invisible in the message flow, the device always sends RecoverFinish, with
 // a random KE3 when its own envelope check already failed.
 import { randomBytes } from 'node:crypto';
 import { BkvError } from '../protocol/errors.ts';
-import { checkRegistrationConfirm, openKRelease, sealKUpload } from '../protocol/kbox.ts';
+import { checkRegistrationConfirm, openKRelease } from '../protocol/kbox.ts';
 import { createOpaque, OpaqueError, type Ksf, type Opaque } from '../protocol/opaque/index.ts';
-import { decodeVaultReply, encodeDeviceMessage, type DeviceMessage, type RecordState, type VaultReply, type WireSuite } from '../protocol/wire.ts';
+import { fastX25519 } from '../protocol/opaque/group.ts';
+import { DeviceSession, SessionError, fleetIdentity } from '../protocol/session.ts';
+import { decodeVaultReply, encodeDeviceMessage, pinOf, type DeviceMessage, type RecordState, type VaultReply, type WireSuite } from '../protocol/wire.ts';
 
 export type Send = (body: Uint8Array) => Promise<Uint8Array>;
 
-export type PasswordErrorCode = 'WRONG_PASSWORD' | 'LOCKED' | 'NOT_REGISTERED' | 'VAULT_ERROR' | 'UNEXPECTED_REPLY' | 'VAULT_KEY_MISMATCH';
+export type PasswordErrorCode =
+  | 'WRONG_PASSWORD'
+  | 'LOCKED'
+  | 'NOT_REGISTERED'
+  | 'VAULT_ERROR'
+  | 'UNEXPECTED_REPLY'
+  /** The vault (authenticated) says the pinned AKE key is not its own: nothing was computed or charged. */
+  | 'VAULT_KEY_MISMATCH'
+  /** The record was registered with other key stretching: nothing was charged. */
+  | 'KSF_MISMATCH'
+  /** The vault could not open our request (the pinned session key is not this vault's, or it was altered on the way): nothing was spent. */
+  | 'SESSION_REFUSED'
+  /** A reply did not open or verify under our session: altered on the way, or not from the pinned vault. */
+  | 'BAD_VAULT_REPLY';
 
 export class PasswordError extends BkvError {
   declare readonly code: PasswordErrorCode;
@@ -21,10 +37,13 @@ export class PasswordError extends BkvError {
   readonly attemptsLeft?: number;
   /** For VAULT_ERROR: the vault's error code. */
   readonly vaultCode?: string;
-  constructor(code: PasswordErrorCode, message: string, extra: { attemptsLeft?: number; vaultCode?: string } = {}) {
+  /** For KSF_MISMATCH: the key stretching the record was registered with. */
+  readonly ksf?: string;
+  constructor(code: PasswordErrorCode, message: string, extra: { attemptsLeft?: number; vaultCode?: string; ksf?: string } = {}) {
     super(code, message);
     this.attemptsLeft = extra.attemptsLeft;
     this.vaultCode = extra.vaultCode;
+    this.ksf = extra.ksf;
   }
 }
 
@@ -33,6 +52,8 @@ export interface PasswordOptions {
   user: string;
   /** The vault's AKE public key for `suite`, from the fleet manifest / app config. */
   serverPublicKey: Uint8Array;
+  /** The vault's session key (X25519), pinned the same way. */
+  sessionKey: Uint8Array;
   suite?: WireSuite;
   /** Key stretching; default the OPAQUE module's (Argon2id). Must match between enable and recover. */
   ksf?: Ksf;
@@ -55,11 +76,66 @@ async function opaqueFor(o: PasswordOptions): Promise<{ op: Opaque; suite: WireS
   return { op: await createOpaque({ suite, ksf: o.ksf }), suite };
 }
 
-async function call(send: Send, m: DeviceMessage): Promise<VaultReply> {
-  const reply = decodeVaultReply(await send(encodeDeviceMessage(m)));
-  if (reply.t === 'Error') throw new PasswordError('VAULT_ERROR', `vault refused the request (${reply.code})`, { vaultCode: reply.code });
-  return reply;
+/** RFC 9807 identities: the account, and the fleet named by the session key the device pins. */
+function identities(o: PasswordOptions): { clientIdentity: Uint8Array; serverIdentity: Uint8Array } {
+  return { clientIdentity: new TextEncoder().encode(o.user), serverIdentity: fleetIdentity(o.sessionKey) };
 }
+
+/** One exchange: a Hello and its Welcome, then optionally a Next and its Final. */
+class Exchange {
+  private readonly s: DeviceSession;
+  constructor(
+    private readonly send: Send,
+    o: PasswordOptions,
+    rng: (n: number) => Uint8Array,
+  ) {
+    this.s = new DeviceSession(fastX25519(), o.user, o.sessionKey, rng);
+  }
+  first(m: DeviceMessage): Promise<VaultReply> {
+    return this.call(() => this.s.hello(encodeDeviceMessage(m)), (b) => this.s.openWelcome(b));
+  }
+  second(m: DeviceMessage): Promise<VaultReply> {
+    return this.call(() => this.s.next(encodeDeviceMessage(m)), (b) => this.s.openFinal(b));
+  }
+  close(): void {
+    this.s.close();
+  }
+  private async call(write: () => Uint8Array, open: (b: Uint8Array) => Uint8Array): Promise<VaultReply> {
+    const out = write();
+    const back = await this.send(out);
+    let inner: Uint8Array;
+    try {
+      inner = open(back);
+    } catch (e) {
+      this.s.close();
+      // A host that cannot reach a firmware says so unauthenticated; it is only ever "not now".
+      if (e instanceof SessionError && e.code === 'SESSION_REFUSED' && HOST_REFUSALS.has(e.refusedCode ?? '')) {
+        throw new PasswordError('VAULT_ERROR', `the vault cannot serve right now (${e.refusedCode})`, { vaultCode: e.refusedCode });
+      }
+      if (e instanceof SessionError && e.code === 'SESSION_REFUSED') {
+        throw new PasswordError('SESSION_REFUSED', `the vault could not open this device's request: the pinned vault session key is not this vault's, or the request was altered on the way (${e.message}); nothing was spent`);
+      }
+      if (e instanceof SessionError) throw new PasswordError('BAD_VAULT_REPLY', `the reply is not from the pinned vault or was altered on the way: ${e.message}`);
+      throw e;
+    }
+    let reply: VaultReply;
+    try {
+      reply = decodeVaultReply(inner);
+    } catch {
+      throw new PasswordError('BAD_VAULT_REPLY', 'the vault sent a reply this device cannot read');
+    }
+    if (reply.t === 'Error') {
+      if (reply.code === 'VAULT_KEY_MISMATCH') {
+        throw new PasswordError('VAULT_KEY_MISMATCH', 'the vault says the AKE key this device pins is not its own (vault-keys.json is from another fleet?); nothing was computed or charged');
+      }
+      throw new PasswordError('VAULT_ERROR', `vault refused the request (${reply.code})`, { vaultCode: reply.code });
+    }
+    return reply;
+  }
+}
+
+/** Refusals that mean "no replica could take this now", not "this request does not open". */
+const HOST_REFUSALS: ReadonlySet<string> = new Set(['NOT_LEADER', 'NO_LEADER', 'UNAVAILABLE', 'UNHEALTHY', 'LEADER_CHANGED', 'TIMEOUT', 'CLOSED', 'SESSION_EXPIRED']);
 
 function unexpected(r: VaultReply): PasswordError {
   return new PasswordError('UNEXPECTED_REPLY', `unexpected vault reply ${r.t}`);
@@ -69,22 +145,30 @@ function unexpected(r: VaultReply): PasswordError {
 export async function enablePassword(send: Send, o: PasswordOptions, password: string | Uint8Array, k: Uint8Array, limit?: number): Promise<void> {
   const { op, suite } = await opaqueFor(o);
   const rng = o.rng ?? defaultRng;
-  const start = op.clientStartRegistration(pw(password), { rng });
-  const r1 = await call(send, { t: 'RegisterStart', suite, request: start.request });
-  if (r1.t !== 'RegisterResponse') throw unexpected(r1);
-  let record: Uint8Array;
+  const x = new Exchange(send, o, rng);
   try {
-    // Refuses a response carrying any server key but the pinned one (ChatD could substitute its own).
-    ({ record } = op.clientFinishRegistration(start.state, r1.response, { rng, expectedServerPublicKey: o.serverPublicKey }));
-  } catch (e) {
-    if (e instanceof OpaqueError) throw new PasswordError('VAULT_KEY_MISMATCH', 'registration response does not come from the pinned vault key');
-    throw e;
+    const start = op.clientStartRegistration(pw(password), { rng });
+    const r1 = await x.first({ t: 'RegisterStart', suite, request: start.request, pin: pinOf(o.serverPublicKey) });
+    if (r1.t !== 'RegisterResponse') throw unexpected(r1);
+    // The response came through the authenticated session, so the OPRF evaluation in it is the vault's.
+    let record: Uint8Array;
+    try {
+      ({ record } = op.clientFinishRegistration(start.state, r1.response, { rng, expectedServerPublicKey: o.serverPublicKey, ...identities(o) }));
+    } catch (e) {
+      if (e instanceof OpaqueError) throw new PasswordError('VAULT_KEY_MISMATCH', 'registration response does not carry the pinned vault key');
+      throw e;
+    }
+    const r2 = await x.second({ t: 'RegisterFinish', suite, ticket: r1.ticket, record, k, ksf: op.ksf.name, ...(limit === undefined ? {} : { limit }) });
+    if (r2.t !== 'Registered') throw unexpected(r2);
+    if (limit !== undefined && r2.limit !== limit) throw new PasswordError('BAD_VAULT_REPLY', `the vault stored an attempt limit of ${r2.limit}, not the ${limit} asked for`);
+    try {
+      checkRegistrationConfirm({ user: o.user, suite, limit: r2.limit, ticket: r1.ticket, record, ksf: op.ksf.name }, r2.confirm);
+    } catch (e) {
+      throw new PasswordError('BAD_VAULT_REPLY', (e as Error).message);
+    }
+  } finally {
+    x.close();
   }
-  const ctx = { user: o.user, suite, record };
-  const { kUpload, confirmKey } = sealKUpload(op.dh, rng, o.serverPublicKey, ctx, k);
-  const r2 = await call(send, { t: 'RegisterFinish', suite, ticket: r1.ticket, record, kUpload, ...(limit === undefined ? {} : { limit }) });
-  if (r2.t !== 'Registered') throw unexpected(r2);
-  checkRegistrationConfirm(confirmKey, ctx, r2.confirm);
 }
 
 /** Change password = register afresh with K re-uploaded (the device holds K; the vault never "keeps" it). */
@@ -94,40 +178,60 @@ export const changePassword = enablePassword;
 export async function recoverK(send: Send, o: PasswordOptions, password: string | Uint8Array): Promise<Uint8Array> {
   const { op, suite } = await opaqueFor(o);
   const rng = o.rng ?? defaultRng;
-  const start = op.clientStartLogin(pw(password), { rng });
-  const r1 = await call(send, { t: 'RecoverStart', suite, ke1: start.ke1 });
-  if (r1.t === 'Locked') throw new PasswordError('LOCKED', 'the vault has locked this backup: too many wrong passwords');
-  if (r1.t !== 'KE2') throw unexpected(r1);
-  let finish: { ke3: Uint8Array; sessionKey: Uint8Array } | undefined;
+  const x = new Exchange(send, o, rng);
   try {
-    finish = op.clientFinishLogin(start.state, r1.ke2, { expectedServerPublicKey: o.serverPublicKey });
-  } catch (e) {
-    if (!(e instanceof OpaqueError)) throw e;
-  }
-  const ke3 = finish?.ke3 ?? rng(op.sizes.ke3);
-  const r2 = await call(send, { t: 'RecoverFinish', session: r1.session, ke3 });
-  switch (r2.t) {
-    case 'Released':
-      if (!finish) throw unexpected(r2);
-      o.onSessionKey?.(finish.sessionKey.slice());
-      return openKRelease(finish.sessionKey, r1.session, o.user, r2.kEnc);
-    case 'WrongPassword':
-      throw new PasswordError('WRONG_PASSWORD', `wrong password; ${r2.attemptsLeft} attempt(s) left`, { attemptsLeft: r2.attemptsLeft });
-    case 'Locked':
-      throw new PasswordError('LOCKED', 'the vault has locked this backup: too many wrong passwords');
-    default:
-      throw unexpected(r2);
+    const start = op.clientStartLogin(pw(password), { rng });
+    const r1 = await x.first({ t: 'RecoverStart', suite, ke1: start.ke1, pin: pinOf(o.serverPublicKey), ksf: op.ksf.name });
+    if (r1.t === 'Locked') throw new PasswordError('LOCKED', 'the vault has locked this backup: too many wrong passwords');
+    if (r1.t === 'KsfMismatch') {
+      throw new PasswordError('KSF_MISMATCH', `this backup was registered with key stretching '${r1.ksf}', not '${op.ksf.name}'; nothing was charged`, { ksf: r1.ksf });
+    }
+    if (r1.t !== 'KE2') throw unexpected(r1);
+    let finish: { ke3: Uint8Array; sessionKey: Uint8Array } | undefined;
+    try {
+      finish = op.clientFinishLogin(start.state, r1.ke2, { expectedServerPublicKey: o.serverPublicKey, ...identities(o) });
+    } catch (e) {
+      if (!(e instanceof OpaqueError)) throw e;
+    }
+    const ke3 = finish?.ke3 ?? rng(op.sizes.ke3);
+    const r2 = await x.second({ t: 'RecoverFinish', session: r1.session, ke3 });
+    switch (r2.t) {
+      case 'Released':
+        if (!finish) throw unexpected(r2);
+        o.onSessionKey?.(finish.sessionKey.slice());
+        return openKRelease(finish.sessionKey, r1.session, o.user, r2.kEnc);
+      case 'WrongPassword':
+        throw new PasswordError('WRONG_PASSWORD', `wrong password; ${r2.attemptsLeft} attempt(s) left`, { attemptsLeft: r2.attemptsLeft });
+      case 'Locked':
+        throw new PasswordError('LOCKED', 'the vault has locked this backup: too many wrong passwords');
+      default:
+        throw unexpected(r2);
+    }
+  } finally {
+    x.close();
   }
 }
 
-/** Deletes the record and K from the vault. */
-export async function disable(send: Send): Promise<void> {
-  const r = await call(send, { t: 'Disable' });
-  if (r.t !== 'Disabled') throw unexpected(r);
+/** Deletes the record and K from the vault (Status first: the session's Disable is its second message). */
+export async function disable(send: Send, o: PasswordOptions): Promise<void> {
+  const x = new Exchange(send, o, o.rng ?? defaultRng);
+  try {
+    const r1 = await x.first({ t: 'Status' });
+    if (r1.t !== 'Status') throw unexpected(r1);
+    const r2 = await x.second({ t: 'Disable' });
+    if (r2.t !== 'Disabled') throw unexpected(r2);
+  } finally {
+    x.close();
+  }
 }
 
-export async function status(send: Send): Promise<{ state: RecordState; attemptsLeft: number; limit: number }> {
-  const r = await call(send, { t: 'Status' });
-  if (r.t !== 'Status') throw unexpected(r);
-  return { state: r.state, attemptsLeft: r.attemptsLeft, limit: r.limit };
+export async function status(send: Send, o: PasswordOptions): Promise<{ state: RecordState; attemptsLeft: number; limit: number }> {
+  const x = new Exchange(send, o, o.rng ?? defaultRng);
+  try {
+    const r = await x.first({ t: 'Status' });
+    if (r.t !== 'Status') throw unexpected(r);
+    return { state: r.state, attemptsLeft: r.attemptsLeft, limit: r.limit };
+  } finally {
+    x.close();
+  }
 }

@@ -26,6 +26,10 @@ export interface NativeRistretto {
   scalarAdd(): number;
   scalarSub(): number;
   scalarNegate(): number;
+  /** OUT = X25519(A[0..32), B). 0, or -1 if the result is all zero (low-order point). */
+  x25519(): number;
+  /** OUT = X25519(A[0..32), 9). 0 or -2. */
+  x25519Base(): number;
 }
 
 export type NativeStatus =
@@ -46,6 +50,8 @@ const FUNCTIONS = [
   'scalarAdd',
   'scalarSub',
   'scalarNegate',
+  'x25519',
+  'x25519Base',
 ] as const;
 
 // The ristretto255 generator's encoding (RFC 9496 §4.4): the load-time self-test's expected B * 1.

@@ -1,35 +1,23 @@
-// K in transit between the device and the vault, both directions, in one place:
+// K in transit between the device and the vault, in one place:
 //
-// - upload (registration): the device encrypts K to the vault's AKE public key, which it PINS (from the
-//   fleet manifest / app config, never from a message ChatD relayed): ephemeral DH on the suite's group,
-//   HKDF-SHA256, AES-256-GCM. The AAD binds the user, the suite and a hash of the OPAQUE record, so
-//   ChatD cannot pair a victim's upload with a record of its own and later "recover" the victim's K.
-//   The same DH also yields a confirmation key: the vault's Registered reply carries a MAC only the
-//   real vault can compute, so ChatD cannot fake a successful registration.
-// - release (recovery): K encrypted under a key derived from the OPAQUE session key.
-//
-// The DH comes from protocol/opaque's group API (the `KeyAgreement` shape is its DhGroup's); AES-GCM
-// and HKDF are node:crypto (pure computation, no I/O).
-import { createCipheriv, createDecipheriv, createHash, createHmac, hkdfSync, timingSafeEqual } from 'node:crypto';
+// - upload (registration): K itself travels in RegisterFinish, which only ever moves inside the
+//   forward-secret device-vault session (protocol/session.ts). The vault's Registered reply carries
+//   registrationConfirm(): a digest of exactly what it committed (user, suite, attempt limit, ticket,
+//   record, key stretching), which the device compares with what it sent, so a vault-side change of
+//   any of them is seen.
+// - release (recovery): K encrypted under a key derived from the OPAQUE session key (inside the
+//   session too: two layers, so neither alone releases K).
+import { createCipheriv, createDecipheriv, createHash, hkdfSync, timingSafeEqual } from 'node:crypto';
 import { InputError } from './errors.ts';
 
 export const K_BYTES = 32;
 const NONCE = 12;
 const TAG = 16;
-const UPLOAD_LABEL = 'bkv K upload v1';
 const RELEASE_LABEL = 'bkv K release v1';
-const CONFIRM_LABEL = 'bkv registered v1';
-
-/** The part of protocol/opaque's DhGroup this needs. */
-export interface KeyAgreement {
-  readonly Npk: number;
-  deriveKeyPair(seed: Uint8Array): { privateKey: Uint8Array; publicKey: Uint8Array };
-  dh(privateKey: Uint8Array, publicKey: Uint8Array): Uint8Array;
-  checkPublicKey(pk: Uint8Array): void;
-}
+const CONFIRM_LABEL = 'bkv registered v2';
 
 export class KBoxError extends InputError {
-  constructor(code: 'BAD_K_UPLOAD' | 'BAD_K_RELEASE' | 'BAD_CONFIRMATION', message: string) {
+  constructor(code: 'BAD_K_RELEASE' | 'BAD_CONFIRMATION', message: string) {
     super(message, code);
   }
 }
@@ -54,16 +42,6 @@ function cat(...parts: Uint8Array[]): Uint8Array {
   return out;
 }
 
-function uploadAad(user: string, suite: string, record: Uint8Array): Uint8Array {
-  const recordHash = createHash('sha256').update(record).digest();
-  return cat(enc.encode(UPLOAD_LABEL), lp(enc.encode(suite)), lp(enc.encode(user)), recordHash);
-}
-
-function uploadKeys(shared: Uint8Array, ephPk: Uint8Array, serverPk: Uint8Array): { encKey: Uint8Array; confirmKey: Uint8Array } {
-  const okm = new Uint8Array(hkdfSync('sha256', shared, cat(ephPk, serverPk), enc.encode(UPLOAD_LABEL), 64));
-  return { encKey: okm.subarray(0, 32), confirmKey: okm.subarray(32, 64) };
-}
-
 function gcmSeal(key: Uint8Array, nonce: Uint8Array, pt: Uint8Array, aad: Uint8Array): Uint8Array {
   const c = createCipheriv('aes-256-gcm', key, nonce);
   c.setAAD(aad);
@@ -83,61 +61,31 @@ function gcmOpen(key: Uint8Array, box: Uint8Array, aad: Uint8Array): Uint8Array 
   }
 }
 
-export interface UploadContext {
+/** What a registration binds: the device computes it from what it sent, the vault from what it committed. */
+export interface RegistrationContext {
   user: string;
   suite: string;
-  /** The serialized OPAQUE registration record sent alongside. */
+  limit: number;
+  ticket: Uint8Array;
+  /** The serialized OPAQUE registration record. */
   record: Uint8Array;
+  ksf: string;
 }
 
-/** Device side. Returns the upload bytes and the key that checks the vault's Registered.confirm. */
-export function sealKUpload(
-  dh: KeyAgreement,
-  rng: (n: number) => Uint8Array,
-  pinnedServerPublicKey: Uint8Array,
-  ctx: UploadContext,
-  k: Uint8Array,
-): { kUpload: Uint8Array; confirmKey: Uint8Array } {
-  if (k.length !== K_BYTES) throw new KBoxError('BAD_K_UPLOAD', `K must be ${K_BYTES} bytes`);
-  dh.checkPublicKey(pinnedServerPublicKey);
-  const eph = dh.deriveKeyPair(rng(32));
-  const shared = dh.dh(eph.privateKey, pinnedServerPublicKey);
-  const { encKey, confirmKey } = uploadKeys(shared, eph.publicKey, pinnedServerPublicKey);
-  const box = gcmSeal(encKey, rng(NONCE), k, uploadAad(ctx.user, ctx.suite, ctx.record));
-  return { kUpload: cat(eph.publicKey, box), confirmKey };
+export function registrationConfirm(ctx: RegistrationContext): Uint8Array {
+  const limit = Uint8Array.of(ctx.limit >> 8, ctx.limit & 0xff);
+  const recordHash = createHash('sha256').update(ctx.record).digest();
+  return new Uint8Array(
+    createHash('sha256')
+      .update(cat(enc.encode(CONFIRM_LABEL), lp(enc.encode(ctx.user)), lp(enc.encode(ctx.suite)), limit, lp(ctx.ticket), recordHash, lp(enc.encode(ctx.ksf))))
+      .digest(),
+  );
 }
 
-/** Vault side: K and the confirmation key, or KBoxError BAD_K_UPLOAD (wrong key, tampered, re-paired). */
-export function openKUpload(
-  dh: KeyAgreement,
-  server: { privateKey: Uint8Array; publicKey: Uint8Array },
-  ctx: UploadContext,
-  kUpload: Uint8Array,
-): { k: Uint8Array; confirmKey: Uint8Array } {
-  if (kUpload.length !== dh.Npk + NONCE + K_BYTES + TAG) throw new KBoxError('BAD_K_UPLOAD', 'K upload has the wrong length');
-  const ephPk = kUpload.subarray(0, dh.Npk);
-  let shared: Uint8Array;
-  try {
-    dh.checkPublicKey(ephPk);
-    shared = dh.dh(server.privateKey, ephPk);
-  } catch {
-    throw new KBoxError('BAD_K_UPLOAD', 'K upload ephemeral key is not a valid group element');
-  }
-  const { encKey, confirmKey } = uploadKeys(shared, ephPk, server.publicKey);
-  const k = gcmOpen(encKey, kUpload.subarray(dh.Npk), uploadAad(ctx.user, ctx.suite, ctx.record));
-  if (!k) throw new KBoxError('BAD_K_UPLOAD', 'K upload does not open (wrong vault key, or tampered / re-paired)');
-  return { k, confirmKey };
-}
-
-/** Registered.confirm: proves to the device that the vault (holder of the AKE key) stored this record. */
-export function registrationConfirm(confirmKey: Uint8Array, ctx: UploadContext): Uint8Array {
-  return new Uint8Array(createHmac('sha256', confirmKey).update(enc.encode(CONFIRM_LABEL)).update(uploadAad(ctx.user, ctx.suite, ctx.record)).digest());
-}
-
-export function checkRegistrationConfirm(confirmKey: Uint8Array, ctx: UploadContext, confirm: Uint8Array): void {
-  const want = registrationConfirm(confirmKey, ctx);
+export function checkRegistrationConfirm(ctx: RegistrationContext, confirm: Uint8Array): void {
+  const want = registrationConfirm(ctx);
   if (confirm.length !== want.length || !timingSafeEqual(confirm, want)) {
-    throw new KBoxError('BAD_CONFIRMATION', 'registration confirmation does not verify: the reply did not come from the pinned vault');
+    throw new KBoxError('BAD_CONFIRMATION', 'the vault confirmed another registration than the one sent (user, limit, ticket, record or key stretching differ)');
   }
 }
 

@@ -6,18 +6,26 @@
 // so trailing bytes, duplicate keys, unknown fields and odd integer widths are all refused with an
 // InputError. Replies whose size would tell an observer of encrypted traffic the outcome of a guess are
 // padded to one fixed length (see FINISH_REPLY_SIZE).
+import { createHash } from 'node:crypto';
 import { Packr } from 'msgpackr';
 import { InputError } from './errors.ts';
 
-export const WIRE_VERSION = 1;
+/** 2: K travels inside the device-vault session (protocol/session.ts); pins and key stretching named. */
+export const WIRE_VERSION = 2;
 
 /** OPAQUE ciphersuites the vault speaks (names as protocol/opaque spells them). */
 export const WIRE_SUITES = ['ristretto255-SHA512', 'P256-SHA256'] as const;
 export type WireSuite = (typeof WIRE_SUITES)[number];
+/** The public keys a device pins: the AKE key of each suite, and the session key (protocol/session.ts). */
+export const PINNED_KEYS = [...WIRE_SUITES, 'session'] as const;
+export type PinnedKeyName = (typeof PINNED_KEYS)[number];
 
 /** Length of a recovery session id and of a registration ticket. */
 export const SESSION_BYTES = 16;
 export const TICKET_BYTES = 40;
+/** Length of a pin: the first bytes of SHA-256 of the vault AKE public key the device pinned (see pinOf). */
+export const PIN_BYTES = 16;
+export const K_BYTES = 32;
 /** Encoded length of every reply to RecoverFinish (Released, WrongPassword, Locked). */
 export const FINISH_REPLY_SIZE = 128;
 /** Released.kEnc: AES-256-GCM nonce (12) || ciphertext of K (32) || tag (16). */
@@ -32,18 +40,22 @@ export class WireError extends InputError {
 // ---- device -> vault ----
 
 export type DeviceMessage =
-  | { t: 'RegisterStart'; suite: WireSuite; request: Uint8Array }
+  /** pin: the AKE key the device expects (a mismatch is refused before anything is computed). The device always sends it. */
+  | { t: 'RegisterStart'; suite: WireSuite; request: Uint8Array; pin?: Uint8Array }
   | {
       t: 'RegisterFinish';
       suite: WireSuite;
       /** The vault's RegisterResponse.ticket, echoed: names the per-registration OPRF key. */
       ticket: Uint8Array;
       record: Uint8Array;
-      /** K encrypted to the pinned vault AKE key (see protocol/kupload.ts). */
-      kUpload: Uint8Array;
+      /** K itself: this message only ever travels inside the forward-secret session. */
+      k: Uint8Array;
+      /** The key stretching the record was made with (Ksf.name), so a recovery with another is refused free. */
+      ksf: string;
       limit?: number;
     }
-  | { t: 'RecoverStart'; suite?: WireSuite; ke1: Uint8Array }
+  /** pin and ksf: checked before the attempt is charged (the device always sends both). */
+  | { t: 'RecoverStart'; suite?: WireSuite; ke1: Uint8Array; pin?: Uint8Array; ksf?: string }
   | { t: 'RecoverFinish'; session: Uint8Array; ke3: Uint8Array }
   | { t: 'Status' }
   | { t: 'Disable' };
@@ -54,8 +66,10 @@ export type RecordState = 'none' | 'registered' | 'locked';
 
 export type VaultReply =
   | { t: 'RegisterResponse'; response: Uint8Array; ticket: Uint8Array }
-  /** confirm = HMAC under a key only the device (via its K upload) and the vault share. */
-  | { t: 'Registered'; confirm: Uint8Array }
+  /** confirm = registrationConfirm() of what the vault committed: user, suite, limit, ticket, record, ksf. */
+  | { t: 'Registered'; limit: number; confirm: Uint8Array }
+  /** RecoverStart named another key stretching than the record's: nothing was charged. */
+  | { t: 'KsfMismatch'; ksf: string }
   | { t: 'KE2'; session: Uint8Array; ke2: Uint8Array }
   | { t: 'Released'; kEnc: Uint8Array }
   | { t: 'WrongPassword'; attemptsLeft: number }
@@ -70,21 +84,23 @@ type Field =
   | { k: 'bytes'; min: number; max: number; opt?: boolean }
   | { k: 'int'; min: number; max: number; opt?: boolean }
   | { k: 'enum'; values: readonly string[]; opt?: boolean }
-  | { k: 'code'; opt?: boolean };
+  | { k: 'code'; opt?: boolean }
+  | { k: 'name'; opt?: boolean };
 
 const bytes = (min: number, max: number, opt = false): Field => ({ k: 'bytes', min, max, opt });
 const suite = (opt = false): Field => ({ k: 'enum', values: WIRE_SUITES, opt });
 
 const DEVICE_SCHEMA: Record<DeviceMessage['t'], Record<string, Field>> = {
-  RegisterStart: { suite: suite(), request: bytes(16, 128) },
+  RegisterStart: { suite: suite(), request: bytes(16, 128), pin: bytes(PIN_BYTES, PIN_BYTES, true) },
   RegisterFinish: {
     suite: suite(),
     ticket: bytes(TICKET_BYTES, TICKET_BYTES),
     record: bytes(64, 512),
-    kUpload: bytes(32, 256),
+    k: bytes(K_BYTES, K_BYTES),
+    ksf: { k: 'name' },
     limit: { k: 'int', min: 1, max: 1000, opt: true },
   },
-  RecoverStart: { suite: suite(true), ke1: bytes(64, 512) },
+  RecoverStart: { suite: suite(true), ke1: bytes(64, 160), pin: bytes(PIN_BYTES, PIN_BYTES, true), ksf: { k: 'name', opt: true } },
   RecoverFinish: { session: bytes(SESSION_BYTES, SESSION_BYTES), ke3: bytes(16, 128) },
   Status: {},
   Disable: {},
@@ -92,7 +108,8 @@ const DEVICE_SCHEMA: Record<DeviceMessage['t'], Record<string, Field>> = {
 
 const REPLY_SCHEMA: Record<VaultReply['t'], Record<string, Field>> = {
   RegisterResponse: { response: bytes(16, 256), ticket: bytes(TICKET_BYTES, TICKET_BYTES) },
-  Registered: { confirm: bytes(32, 32) },
+  Registered: { limit: { k: 'int', min: 1, max: 1000 }, confirm: bytes(32, 32) },
+  KsfMismatch: { ksf: { k: 'name' } },
   KE2: { session: bytes(SESSION_BYTES, SESSION_BYTES), ke2: bytes(64, 1024) },
   Released: { kEnc: bytes(KENC_BYTES, KENC_BYTES) },
   WrongPassword: { attemptsLeft: { k: 'int', min: 0, max: 1000 } },
@@ -111,6 +128,8 @@ const PADDED: ReadonlySet<string> = new Set(['Released', 'WrongPassword', 'Locke
 
 const packr = new Packr({ useRecords: false, mapsAsObjects: true, variableMapSize: false });
 const CODE_RE = /^[A-Z][A-Z0-9_]{0,47}$/;
+/** Key-stretching names (protocol/opaque/ksf.ts Ksf.name). */
+export const KSF_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9-]{0,63}$/;
 
 export function encodeDeviceMessage(m: DeviceMessage): Uint8Array {
   const out = build(m, DEVICE_SCHEMA);
@@ -216,6 +235,9 @@ function checkField(t: string, name: string, f: Field, value: unknown): void {
     case 'code':
       if (typeof value !== 'string' || !CODE_RE.test(value)) throw new WireError(`${where} is not an error code`);
       return;
+    case 'name':
+      if (typeof value !== 'string' || !KSF_NAME_RE.test(value)) throw new WireError(`${where} is not a key-stretching name`);
+      return;
   }
 }
 
@@ -227,4 +249,9 @@ function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
 
 export function isWireSuite(s: unknown): s is WireSuite {
   return typeof s === 'string' && (WIRE_SUITES as readonly string[]).includes(s);
+}
+
+/** The pin of an AKE public key: what RegisterStart / RecoverStart carry. */
+export function pinOf(akePublicKey: Uint8Array): Uint8Array {
+  return new Uint8Array(createHash('sha256').update('bkv pin v1').update(akePublicKey).digest()).subarray(0, PIN_BYTES);
 }

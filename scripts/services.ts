@@ -11,7 +11,7 @@ import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { BkvError } from '../protocol/errors.ts';
-import { WIRE_SUITES, type WireSuite } from '../protocol/wire.ts';
+import { PINNED_KEYS, type PinnedKeyName } from '../protocol/wire.ts';
 import { FLEET_FAULT_PATH, FLEET_STATUS_PATH, type FleetFault, type ReplicaStatus } from '../vault/fleet/fleet-types.ts';
 
 export class ServiceError extends BkvError {}
@@ -47,7 +47,8 @@ export interface ChatdService extends ChildService {
   port: number;
 }
 
-export type VaultKeys = Record<WireSuite, string>;
+/** The keys devices pin, hex: each suite's AKE key and the session key (protocol/wire.ts PINNED_KEYS). */
+export type VaultKeys = Record<PinnedKeyName, string>;
 
 const RUN_JS = fileURLToPath(new URL('../bin/run.js', import.meta.url));
 const VAULT_MAIN = fileURLToPath(new URL('../vault/main.ts', import.meta.url));
@@ -192,8 +193,8 @@ export async function startVault(o: StartVaultOptions): Promise<VaultService> {
       const name = line.slice(0, eq);
       const value = line.slice(eq + 1).trim();
       if (name === 'VAULT_URL') url = value;
-      for (const s of WIRE_SUITES) if (name === envName(s) && /^[0-9a-f]+$/.test(value)) keys[s] = value;
-      if (url && WIRE_SUITES.every((s) => keys[s])) return { url, keys: keys as VaultKeys };
+      for (const s of PINNED_KEYS) if (name === envName(s) && /^[0-9a-f]+$/.test(value)) keys[s] = value;
+      if (url && PINNED_KEYS.every((s) => keys[s])) return { url, keys: keys as VaultKeys };
       return undefined;
     },
   });
@@ -260,8 +261,8 @@ export async function startFleetService(o: StartFleetOptions): Promise<FleetServ
       const name = line.slice(0, eq);
       const value = line.slice(eq + 1).trim();
       if (name === 'FLEET_URL') url = value;
-      for (const s of WIRE_SUITES) if (name === akeEnvName(s) && /^[0-9a-f]+$/.test(value)) keys[s] = value;
-      if (url && WIRE_SUITES.every((s) => keys[s])) return { url, keys: keys as VaultKeys };
+      for (const s of PINNED_KEYS) if (name === akeEnvName(s) && /^[0-9a-f]+$/.test(value)) keys[s] = value;
+      if (url && PINNED_KEYS.every((s) => keys[s])) return { url, keys: keys as VaultKeys };
       return undefined;
     },
   });
@@ -561,7 +562,7 @@ export function readVaultKeys(stateDir: string): VaultKeys {
     throw new ServiceError('VAULT_KEY_UNKNOWN', `no pinned vault key in ${path}: run \`bkv fleet up --state ${stateDir}\` (or \`bkv serve\`: one replica) once; it records the vault's public keys there`);
   }
   const f = readJson(path, 'vault key file') as VaultKeysFile;
-  const ok = f?.version === 1 && WIRE_SUITES.every((s) => typeof f.keys?.[s] === 'string' && /^[0-9a-f]{64,}$/.test(f.keys[s]));
+  const ok = f?.version === 1 && PINNED_KEYS.every((s) => typeof f.keys?.[s] === 'string' && /^[0-9a-f]{64,}$/.test(f.keys[s]));
   if (!ok) throw new ServiceError('STATE_CORRUPT', `vault key file ${path} has an unknown format`);
   return f.keys;
 }

@@ -8,7 +8,7 @@ import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { openToken, finalizeModule } from '../hsm-adapter/pkcs11-token.ts';
 import { isBkvError } from '../protocol/errors.ts';
-import { WIRE_SUITES } from '../protocol/wire.ts';
+import { pinnedKeys } from './firmware/gate.ts';
 import { activateSoftHsmConf, loadState } from '../softhsm/state.ts';
 import { Replica, replicaDbDir } from './agent/replica.ts';
 import { startVaultServer } from './agent/server.ts';
@@ -58,7 +58,7 @@ export async function main(argv: string[]): Promise<number> {
     replica = await Replica.open({ replicaId: info.name, token, dbDir: flags.db ?? replicaDbDir(state.stateDir, info.name), log });
     const server = await startVaultServer(replica, { port, log });
     process.stdout.write(`VAULT_URL=${server.url}\n`);
-    for (const s of WIRE_SUITES) process.stdout.write(`VAULT_AKE_PUBLIC_KEY_${s.replace(/[^A-Za-z0-9]/g, '_')}=${Buffer.from(replica.firmware.serverPublicKey(s)).toString('hex')}\n`);
+    for (const [s, hex] of Object.entries(pinnedKeys(replica.firmware))) process.stdout.write(`VAULT_AKE_PUBLIC_KEY_${s.replace(/[^A-Za-z0-9]/g, '_')}=${hex}\n`);
     if (!replica.health.healthy) log(`serving 503 ${replica.health.code}`);
 
     await new Promise<void>((resolve) => {

@@ -170,6 +170,28 @@ static napi_value scalar_negate(napi_env env, napi_callback_info info) {
   return int_result(env, 0);
 }
 
+/* X25519 (RFC 7748) for the device-vault session (protocol/session.ts): OUT = X25519(A[0..32), B).
+ * -1 when the result is all zero (a low-order input point): Noise must not use such a DH. */
+static napi_value x25519(napi_env env, napi_callback_info info) {
+  bkv_state *st = state_of(env, info);
+  if (!st) return NULL;
+  unsigned char *m = st->scratch;
+  int rc = crypto_scalarmult(m + OUT, m + IN_A, m + IN_B);
+  sodium_memzero(m + IN_A, 32);
+  if (rc != 0) sodium_memzero(m + OUT, 32);
+  return int_result(env, rc == 0 ? 0 : -1);
+}
+
+/* OUT = X25519(A[0..32), 9): the public key of a private key. */
+static napi_value x25519_base(napi_env env, napi_callback_info info) {
+  bkv_state *st = state_of(env, info);
+  if (!st) return NULL;
+  unsigned char *m = st->scratch;
+  int rc = crypto_scalarmult_base(m + OUT, m + IN_A);
+  sodium_memzero(m + IN_A, 32);
+  return int_result(env, rc == 0 ? 0 : -2);
+}
+
 static void free_state(napi_env env, void *data, void *hint) {
   (void)hint;
   bkv_state *st = (bkv_state *)data;
@@ -214,6 +236,8 @@ NAPI_MODULE_INIT() {
     {"scalarAdd", NULL, scalar_add, NULL, NULL, NULL, napi_enumerable, st},
     {"scalarSub", NULL, scalar_sub, NULL, NULL, NULL, napi_enumerable, st},
     {"scalarNegate", NULL, scalar_negate, NULL, NULL, NULL, napi_enumerable, st},
+    {"x25519", NULL, x25519, NULL, NULL, NULL, napi_enumerable, st},
+    {"x25519Base", NULL, x25519_base, NULL, NULL, NULL, napi_enumerable, st},
   };
   napi_value version;
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok ||

@@ -513,6 +513,13 @@ function x25519CheckPublic(pk: Uint8Array): void {
 
 export function x25519DhGroup(backend: BackendId): DhGroup {
   const mult = (sk: Uint8Array, pk: Uint8Array): Uint8Array => {
+    if (backend === 'native') {
+      const n = nat ?? needNative();
+      natMem.set(sk, N_A);
+      natMem.set(pk, N_B);
+      if (n.x25519() !== 0) throw badElement('X25519');
+      return nativeOut(0);
+    }
     if (backend === 'libsodium') {
       needSodium();
       return sodium.crypto_scalarmult(sk, pk);
@@ -520,6 +527,11 @@ export function x25519DhGroup(backend: BackendId): DhGroup {
     return x25519.scalarMult(sk, pk);
   };
   const base = (sk: Uint8Array): Uint8Array => {
+    if (backend === 'native') {
+      const n = nat ?? needNative();
+      natMem.set(sk, N_A);
+      return nativeOut(n.x25519Base());
+    }
     if (backend === 'libsodium') {
       needSodium();
       return sodium.crypto_scalarmult_base(sk);
@@ -558,4 +570,9 @@ export function x25519DhGroup(backend: BackendId): DhGroup {
     checkPublicKey: x25519CheckPublic,
     checkPrivateKey: checkSk,
   };
+}
+
+/** X25519 on the fastest backend this thread has: the native addon, else noble (no set-up needed). */
+export function fastX25519(): DhGroup {
+  return x25519DhGroup(nativeAvailable() ? 'native' : 'noble');
 }

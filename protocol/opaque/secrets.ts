@@ -1,5 +1,6 @@
 // How the vault side gets its secrets: the OPRF seed stays inside the token (only HMACs come out),
 // the AKE private key is opened from a sealed blob into memory (PKCS#11 tokens have no ristretto255).
+import { hkdfSync } from 'node:crypto';
 import type { Token } from '../../hsm-adapter/token.ts';
 import { OpaqueError } from './errors.ts';
 import { concat, hkdfExpand, utf8 } from './hash.ts';
@@ -106,4 +107,33 @@ export function tokenServerSecrets(token: Token, suite: SuiteId): ServerSecrets 
     },
     akeKeyPair,
   });
+}
+
+/** The device-vault session key pair (protocol/session.ts), an X25519 key: what devices pin besides the AKE keys. */
+export interface SessionKeyPair {
+  readonly privateKey: Uint8Array;
+  readonly publicKey: Uint8Array;
+}
+
+const SESSION_KEY_INFO = utf8('bkv session key v1');
+
+/** X25519 private key = HKDF-SHA256(salt = "", ikm = seed, info = "bkv session key v1", 32); X25519 clamps it. */
+export function sessionKeyFromSeed(seed: Uint8Array, x25519: { publicKey(sk: Uint8Array): Uint8Array }): SessionKeyPair {
+  const privateKey = new Uint8Array(hkdfSync('sha256', seed, new Uint8Array(0), SESSION_KEY_INFO, 32));
+  return Object.freeze({ privateKey, publicKey: x25519.publicKey(privateKey) });
+}
+
+/**
+ * The session key of a replica's token: derived from the same sealed fleet AKE seed as the AKE keys,
+ * so every replica of a fleet holds it and it lives where they do (firmware memory, opened from the
+ * token's sealed blob; the host copy is wiped).
+ */
+export function tokenSessionKey(token: Token, x25519: { publicKey(sk: Uint8Array): Uint8Array }): SessionKeyPair {
+  const sealed = token.readData(TOKEN_OBJECTS.fleetAkeSealed);
+  const seed = token.open(TOKEN_OBJECTS.recordKey, sealed, FLEET_AKE_AAD_V1);
+  try {
+    return sessionKeyFromSeed(seed, x25519);
+  } finally {
+    seed.fill(0);
+  }
 }

@@ -186,6 +186,8 @@ export interface DeviceIdentity {
   user: string;
   /** The vault's AKE public key, pinned from the state directory. */
   serverPublicKey: Uint8Array;
+  /** The vault's session key, pinned from the same file. */
+  sessionKey: Uint8Array;
   suite: WireSuite;
   ksf: Ksf;
 }
@@ -231,7 +233,8 @@ export async function deviceFromFlags(values: FlagValues, stateDir: string): Pro
   if (!token) throw new PasswordBackupError('NO_TOKEN', 'the account token is empty');
   const chatdUrl = typeof values['chatd'] === 'string' ? values['chatd'] : chatdUrlFor(stateDir);
   const suite = DEFAULT_SUITE;
-  const keyHex = readVaultKeys(stateDir)[suite];
+  const pinned = readVaultKeys(stateDir);
+  const keyHex = pinned[suite];
   let user = typeof values['phone'] === 'string' ? values['phone'] : process.env.BKV_PHONE;
   if (!user) {
     // A phone knows its own number; on this one machine the account store is where it is written.
@@ -245,7 +248,7 @@ export async function deviceFromFlags(values: FlagValues, stateDir: string): Pro
     }
     user = acct.user;
   }
-  return { chatdUrl, token, user, serverPublicKey: new Uint8Array(Buffer.from(keyHex, 'hex')), suite, ksf };
+  return { chatdUrl, token, user, serverPublicKey: new Uint8Array(Buffer.from(keyHex, 'hex')), sessionKey: new Uint8Array(Buffer.from(pinned.session, 'hex')), suite, ksf };
 }
 
 export interface RecordStatus {
@@ -270,7 +273,7 @@ export class PasswordDevice {
     this.client = new ChatdClient({ url: id.chatdUrl, token: id.token, timeoutMs: extra.timeoutMs });
     const base: Send = (b) => this.client.request(b);
     this.send = extra.wrapSend ? extra.wrapSend(base) : base;
-    this.opts = { user: id.user, serverPublicKey: id.serverPublicKey, suite: id.suite, ksf: id.ksf, onSessionKey: extra.onSessionKey };
+    this.opts = { user: id.user, serverPublicKey: id.serverPublicKey, sessionKey: id.sessionKey, suite: id.suite, ksf: id.ksf, onSessionKey: extra.onSessionKey };
   }
 
   close(): void {
@@ -278,7 +281,7 @@ export class PasswordDevice {
   }
 
   async status(): Promise<RecordStatus> {
-    return this.guard(() => recordStatus(this.send));
+    return this.guard(() => recordStatus(this.send, this.opts));
   }
 
   /** The record must exist and not be locked; a clear error otherwise. */
@@ -325,7 +328,7 @@ export class PasswordDevice {
   }
 
   async disable(): Promise<void> {
-    await this.guard(() => disableRecord(this.send));
+    await this.guard(() => disableRecord(this.send, this.opts));
   }
 
   private async guard<T>(f: () => Promise<T>): Promise<T> {
@@ -353,7 +356,13 @@ export class PasswordDevice {
           if (e.vaultCode === 'RECORD_CHANGED') return new PasswordBackupError('RECORD_CHANGED', 'the password was changed on another device during this attempt; try again');
           return new PasswordBackupError('VAULT_REFUSED', `the vault refused the request (${e.vaultCode})`);
         case 'VAULT_KEY_MISMATCH':
-          return new PasswordBackupError('VAULT_KEY_MISMATCH', 'the reply was not made with the vault key this device pins (vault-keys.json): another vault, or someone in between; nothing was registered');
+          return new PasswordBackupError('VAULT_KEY_MISMATCH', 'the vault says the AKE key this device pins (vault-keys.json) is not its own: the file is from another fleet; nothing was computed or charged');
+        case 'KSF_MISMATCH':
+          return new PasswordBackupError('KSF_MISMATCH', `this backup was registered with --ksf ${ksfFlagOf(e.ksf)}; run again with that (no attempt was spent)`);
+        case 'SESSION_REFUSED':
+          return new PasswordBackupError('VAULT_KEY_MISMATCH', 'the vault could not open this request: the session key pinned in vault-keys.json is not this vault\'s, or the request was altered on the way; no attempt was spent');
+        case 'BAD_VAULT_REPLY':
+          return new PasswordBackupError('BAD_VAULT_REPLY', `a reply did not verify as the pinned vault's (altered on the way by ChatD or the network?); nothing was accepted: ${e.message}`);
         default:
           return e;
       }
@@ -556,3 +565,13 @@ const status: BackupSubcommand = {
 };
 
 export const passwordSubcommands: BackupSubcommand[] = [enable, change, disable, status];
+
+/** The --ksf value that selects a key stretching by its recorded name (Ksf.name). */
+function ksfFlagOf(name: string | undefined): string {
+  if (!name) return '(unknown)';
+  if (name === 'identity') return 'identity';
+  if (name.startsWith('scrypt')) return 'scrypt';
+  if (name === 'argon2id-m2097152-t1-p4') return 'argon2id-rfc9106-first';
+  if (name.startsWith('argon2id')) return 'argon2id';
+  return name;
+}

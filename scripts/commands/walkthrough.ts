@@ -194,7 +194,7 @@ export const command: Command = {
       say(`[setup] ChatD accounts for Alice (${ALICE}) and Bob (${BOB}); each device holds its account token`);
       const cloud = new CloudFolder(join(stateDir, 'cloud'));
       const device = (token: string, user: string, wrapSend?: (s: Send) => Send) => {
-        const id: DeviceIdentity = { chatdUrl: svc.started.chatd.url, token, user, serverPublicKey: new Uint8Array(Buffer.from(svc.started.vault.keys[DEFAULT_SUITE], 'hex')), suite: DEFAULT_SUITE, ksf };
+        const id: DeviceIdentity = { chatdUrl: svc.started.chatd.url, token, user, serverPublicKey: new Uint8Array(Buffer.from(svc.started.vault.keys[DEFAULT_SUITE], 'hex')), sessionKey: new Uint8Array(Buffer.from(svc.started.vault.keys.session, 'hex')), suite: DEFAULT_SUITE, ksf };
         return new PasswordDevice(id, { wrapSend });
       };
       // Alice's password: a real one a person would pick is never printed; this one is random.

@@ -1,8 +1,12 @@
 // Drives a Firmware directly (no agent): proposals commit in order when the test says so, so tests
-// can hold a commit back and see what the firmware does (or does not) say meanwhile.
+// can hold a commit back and see what the firmware does (or does not) say meanwhile. Devices
+// (send()) reach it through the production session gate around it, as on a real replica; tests that
+// speak the inner protocol step plain request bodies into the bare firmware beside the gate.
 import { createHash } from 'node:crypto';
 import { Packr } from 'msgpackr';
 import type { Firmware, FirmwareInput, FirmwareOutput } from '../../vault/firmware/firmware.ts';
+import { SessionGate } from '../../vault/firmware/gate.ts';
+import { SESSION_VERSION } from '../../protocol/session.ts';
 
 /** Deterministic byte stream: SHA-256(seed || counter) blocks. */
 export function seededRng(seed: string): (n: number) => Uint8Array {
@@ -33,11 +37,17 @@ export class Harness {
   readonly replies = new Map<number, Uint8Array>();
   autoCommit = true;
 
-  constructor(readonly fw: Firmware) {}
+  readonly gate: SessionGate;
+
+  constructor(readonly fw: Firmware) {
+    this.gate = new SessionGate({ firmware: fw });
+  }
 
   step(input: FirmwareInput): FirmwareOutput[] {
     this.inputs.push(input);
-    const out = this.fw.step(input);
+    // Session frames go through the gate; inner-protocol bodies (msgpack maps) straight to the firmware.
+    const plain = input.kind === 'request' && input.body[0] !== SESSION_VERSION;
+    const out = plain ? this.fw.step(input) : this.gate.step(input);
     this.transcript.push(packr.pack(out));
     for (const o of out) {
       if (o.kind === 'propose') this.proposed.push({ tag: o.tag, entry: o.entry });

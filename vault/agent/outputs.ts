@@ -7,7 +7,7 @@ import type { ReplicatedLog } from './log.ts';
 
 export interface OutputHost {
   /** Reply callbacks by request id; each is removed when its reply arrives. */
-  waiting: Map<number, (body: Uint8Array) => void>;
+  waiting: Map<number, (body: Uint8Array, hint?: string) => void>;
   log: Pick<ReplicatedLog, 'propose' | 'compact'>;
   /** Steps the firmware with an input and performs what it outputs. */
   run(input: FirmwareInput): void;
@@ -19,7 +19,7 @@ export function performOutput(o: FirmwareOutput, host: OutputHost): void {
     case 'reply': {
       const done = host.waiting.get(o.requestId);
       host.waiting.delete(o.requestId);
-      done?.(o.body);
+      done?.(o.body, o.hint);
       return;
     }
     case 'propose':

@@ -7,7 +7,8 @@ import type { Token } from '../../hsm-adapter/token.ts';
 import { BkvError } from '../../protocol/errors.ts';
 import { createOpaque, type Opaque } from '../../protocol/opaque/index.ts';
 import { WIRE_SUITES, type WireSuite } from '../../protocol/wire.ts';
-import { Firmware, type FirmwareOutput, type Policy } from '../firmware/firmware.ts';
+import type { FirmwareInput, FirmwareOutput, Policy } from '../firmware/firmware.ts';
+import { SessionGate } from '../firmware/gate.ts';
 import { SealedStorage } from '../firmware/storage.ts';
 import { SoloLog, type ReplicatedLog } from './log.ts';
 import { LogStore } from './store.ts';
@@ -49,18 +50,18 @@ export async function servingOpaque(suites: readonly WireSuite[] = WIRE_SUITES):
 }
 
 export class Replica {
-  readonly firmware: Firmware;
+  readonly firmware: SessionGate;
   readonly log: ReplicatedLog;
   private readonly store: LogStore;
   private readonly now: () => number;
   private readonly say: (line: string) => void;
   private nextRequest = 1;
-  private readonly waiting = new Map<number, (body: Uint8Array) => void>();
+  private readonly waiting = new Map<number, (body: Uint8Array, hint?: string) => void>();
   private timer?: NodeJS.Timeout;
   private healthState: Health = { healthy: true };
   private closed = false;
 
-  private constructor(fw: Firmware, store: LogStore, log: ReplicatedLog, opts: ReplicaOptions) {
+  private constructor(fw: SessionGate, store: LogStore, log: ReplicatedLog, opts: ReplicaOptions) {
     this.firmware = fw;
     this.store = store;
     this.log = log;
@@ -70,7 +71,7 @@ export class Replica {
 
   /** Opens the store, verifies and replays it. A tampered or rolled-back disk yields an unhealthy replica, not a throw. */
   static async open(opts: ReplicaOptions): Promise<Replica> {
-    const fw = new Firmware({
+    const fw = new SessionGate({
       replicaId: opts.replicaId,
       token: opts.token,
       opaque: await servingOpaque(opts.suites),
@@ -129,7 +130,7 @@ export class Replica {
     });
   }
 
-  private run(input: Parameters<Firmware['step']>[0]): void {
+  private run(input: FirmwareInput): void {
     for (const o of this.firmware.step(input)) this.perform(o);
   }
 

@@ -2,10 +2,11 @@
 // written to untrusted disks, so K inside an entry is always sealed under the fleet entry key
 // (see crypto.ts). Encoded here and nowhere else; decoding validates every field.
 import { Packr } from 'msgpackr';
-import { isWireSuite, type WireSuite } from '../../protocol/wire.ts';
+import { KSF_NAME_RE, isWireSuite, type WireSuite } from '../../protocol/wire.ts';
 import { FirmwareError } from './errors.ts';
 
-export const ENTRY_VERSION = 1;
+/** 2: registrations carry their key stretching and a log-position basis instead of a clock time. */
+export const ENTRY_VERSION = 2;
 export const ID_BYTES = 16;
 export const USER_RE = /^[A-Za-z0-9+._:@-]{1,64}$/;
 
@@ -24,8 +25,14 @@ export interface RecordFields {
   /** K sealed under the fleet entry key (AAD: user, oprfId, version). */
   kSealed: Uint8Array;
   limit: number;
-  /** When the vault issued the registration ticket (ms): a record is only ever replaced by a newer one. */
-  issuedAt: number;
+  /**
+   * The committed index the vault had applied when it issued the ticket. The registration applies only
+   * if the user's record (or tombstone) has not changed since: a compare-and-swap on log positions,
+   * which no host clock can move.
+   */
+  basis: number;
+  /** Key stretching the device used (Ksf.name). */
+  ksf: string;
 }
 
 export type Entry =
@@ -42,11 +49,8 @@ export type Entry =
    */
   | (Base & { t: 'Outcome'; oprfId: Uint8Array; ok: boolean; reset: boolean })
   | (Base & { t: 'Lock'; oprfId: Uint8Array })
-  /**
-   * at: the proposer's clock (ms, same clock as tickets) and tombstoneMs: how long the tombstone lives.
-   * Both absent only in entries written by older firmware (then no tombstone is kept).
-   */
-  | (Base & { t: 'Delete'; at?: number; tombstoneMs?: number });
+  /** Leaves a tombstone at the entry's own index (state.ts). */
+  | (Base & { t: 'Delete' });
 
 export type EntryType = Entry['t'];
 
@@ -57,7 +61,7 @@ export function encodeEntry(e: Entry): Uint8Array {
   switch (e.t) {
     case 'Register':
     case 'ChangePassword':
-      Object.assign(out, { suite: e.suite, oprfId: e.oprfId, record: e.record, kSealed: e.kSealed, limit: e.limit, issuedAt: e.issuedAt });
+      Object.assign(out, { suite: e.suite, oprfId: e.oprfId, record: e.record, kSealed: e.kSealed, limit: e.limit, basis: e.basis, ksf: e.ksf });
       break;
     case 'Reset':
     case 'Lock':
@@ -67,8 +71,6 @@ export function encodeEntry(e: Entry): Uint8Array {
       Object.assign(out, { oprfId: e.oprfId, ok: e.ok, reset: e.reset });
       break;
     case 'Delete':
-      if (e.at !== undefined || e.tombstoneMs !== undefined) Object.assign(out, { at: e.at, tombstoneMs: e.tombstoneMs });
-      break;
     case 'Attempt':
       break;
   }
@@ -78,13 +80,13 @@ export function encodeEntry(e: Entry): Uint8Array {
 }
 
 const FIELDS: Record<EntryType, string[]> = {
-  Register: ['suite', 'oprfId', 'record', 'kSealed', 'limit', 'issuedAt'],
-  ChangePassword: ['suite', 'oprfId', 'record', 'kSealed', 'limit', 'issuedAt'],
+  Register: ['suite', 'oprfId', 'record', 'kSealed', 'limit', 'basis', 'ksf'],
+  ChangePassword: ['suite', 'oprfId', 'record', 'kSealed', 'limit', 'basis', 'ksf'],
   Attempt: [],
   Reset: ['oprfId'],
   Outcome: ['oprfId', 'ok', 'reset'],
   Lock: ['oprfId'],
-  Delete: ['at', 'tombstoneMs'],
+  Delete: [],
 };
 
 /** Throws FirmwareError BAD_ENTRY: a committed entry that does not decode is a fatal inconsistency. */
@@ -110,7 +112,8 @@ export function decodeEntry(bytes: Uint8Array): Entry {
     case 'ChangePassword': {
       if (!isWireSuite(o.suite)) throw bad('bad suite');
       if (typeof o.limit !== 'number' || !Number.isSafeInteger(o.limit) || o.limit < 1 || o.limit > 1000) throw bad('bad limit');
-      if (typeof o.issuedAt !== 'number' || !Number.isSafeInteger(o.issuedAt) || o.issuedAt < 0) throw bad('bad issue time');
+      if (typeof o.basis !== 'number' || !Number.isSafeInteger(o.basis) || o.basis < 0) throw bad('bad basis');
+      if (typeof o.ksf !== 'string' || !KSF_NAME_RE.test(o.ksf)) throw bad('bad key stretching');
       return {
         t,
         id,
@@ -120,7 +123,8 @@ export function decodeEntry(bytes: Uint8Array): Entry {
         record: needBytes(o.record, 64, 512),
         kSealed: needBytes(o.kSealed, 60, 60),
         limit: o.limit,
-        issuedAt: o.issuedAt,
+        basis: o.basis,
+        ksf: o.ksf,
       };
     }
     case 'Reset':
@@ -131,18 +135,10 @@ export function decodeEntry(bytes: Uint8Array): Entry {
       if (o.reset && !o.ok) throw bad('reset on a wrong password');
       return { t, id, user, oprfId: needBytes(o.oprfId, ID_BYTES, ID_BYTES), ok: o.ok, reset: o.reset };
     }
-    case 'Delete': {
-      if (o.at === undefined && o.tombstoneMs === undefined) return { t, id, user };
-      if (!isTime(o.at) || !isTime(o.tombstoneMs)) throw bad('bad delete time');
-      return { t, id, user, at: o.at, tombstoneMs: o.tombstoneMs };
-    }
+    case 'Delete':
     case 'Attempt':
       return { t, id, user };
   }
-}
-
-function isTime(v: unknown): v is number {
-  return typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
 }
 
 function needBytes(v: unknown, min: number, max: number): Uint8Array {

@@ -21,12 +21,13 @@
 //    request: it waits for the original's commit and gets the original's reply (replies.ts).
 import type { Token } from '../../hsm-adapter/token.ts';
 import { BkvError } from '../../protocol/errors.ts';
-import { openKUpload, registrationConfirm, sealKRelease } from '../../protocol/kbox.ts';
+import { registrationConfirm, sealKRelease } from '../../protocol/kbox.ts';
 import type { Opaque, ServerLoginState, ServerSecrets } from '../../protocol/opaque/index.ts';
 import { tokenServerSecrets } from '../../protocol/opaque/index.ts';
 import {
   SESSION_BYTES,
   decodeDeviceMessage,
+  pinOf,
   encodeVaultReply,
   type DeviceMessage,
   type VaultReply,
@@ -50,8 +51,6 @@ export interface Policy {
   sessionTtlMs: number;
   /** A request waiting for its entry to commit gives up (TIMEOUT) after this long. */
   requestTtlMs: number;
-  /** A registration ticket is accepted this long after it was issued. */
-  ticketTtlMs: number;
   /** Live recovery sessions kept at most (oldest dropped first); also the bound on remembered replies. */
   maxSessions: number;
   /** Replies remembered per user for duplicate requests (oldest forgotten first). */
@@ -69,7 +68,6 @@ export const DEFAULT_POLICY: Readonly<Policy> = Object.freeze({
   resetOnSuccess: true,
   sessionTtlMs: 120_000,
   requestTtlMs: 15_000,
-  ticketTtlMs: 600_000,
   maxSessions: 100_000,
   repliesPerUser: 8,
   snapshotEvery: 1000,
@@ -99,17 +97,15 @@ export type FirmwareInput =
   | { kind: 'fault'; code: string; reason: string };
 
 export type FirmwareOutput =
-  | { kind: 'reply'; requestId: number; body: Uint8Array }
+  /** hint: set by the session gate for an operational refusal the host may retry elsewhere (NOT_LEADER...). */
+  | { kind: 'reply'; requestId: number; body: Uint8Array; hint?: string }
   | { kind: 'propose'; tag: number; entry: Uint8Array }
   /** The agent may replace log entries up to `index` with this state (the K of erased records is gone from it). */
   | { kind: 'snapshot'; index: number; state: Uint8Array }
   | { kind: 'health'; healthy: boolean; code: string; reason: string };
 
-/** How far ahead of ours another replica's clock may be when it issued a ticket. */
-const TICKET_SKEW_MS = 60_000;
-
 type Pending =
-  | { kind: 'register'; requestId: number; confirm: Uint8Array }
+  | { kind: 'register'; requestId: number; limit: number; confirm: Uint8Array }
   | { kind: 'attempt'; requestId: number; user: string; suite: WireSuite; ke1: Uint8Array; session: Uint8Array }
   /** A KE3 waiting for its Outcome entry; oprfId null = an unknown user's fake session, sessionKey null = wrong. */
   | { kind: 'outcome'; requestId: number; user: string; oprfId: Uint8Array | null; session: Uint8Array; sessionKey: Uint8Array | null }
@@ -150,6 +146,13 @@ export class Firmware {
   private readonly secrets: Partial<Record<WireSuite, ServerSecrets>> = {};
   private readonly keys: FleetKeys;
   private state = new VaultState();
+  /**
+   * RFC 9807 identities, once the session gate names the fleet: server = the fleet, client = the
+   * account. Unset (the RFC default: public keys as identities) only for tests of the bare firmware.
+   */
+  private serverIdentity: Uint8Array | null = null;
+  readonly token: Token;
+  readonly random: (n: number) => Uint8Array;
 
   private now = 0;
   private leader = true;
@@ -175,6 +178,8 @@ export class Firmware {
       throw new FirmwareError('BAD_CONFIG', 'policy limits must satisfy 1 <= min <= default <= max <= 1000');
     }
     this.rng = cfg.rng;
+    this.random = cfg.rng;
+    this.token = cfg.token;
     this.opaque = cfg.opaque;
     for (const [suite, op] of Object.entries(cfg.opaque) as Array<[WireSuite, Opaque]>) {
       if (op.suite.id !== suite) throw new FirmwareError('BAD_CONFIG', `OPAQUE instance for ${suite} is for ${op.suite.id}`);
@@ -190,6 +195,15 @@ export class Firmware {
     const s = this.secrets[suite];
     if (!s) throw new FirmwareError('BAD_CONFIG', `suite ${suite} not served`);
     return s.akeKeyPair.publicKey.slice();
+  }
+
+  get settings(): Readonly<Policy> {
+    return this.policy;
+  }
+
+  /** Binds OPAQUE identities (the session gate calls this with the fleet's identity). */
+  useServerIdentity(id: Uint8Array): void {
+    this.serverIdentity = id.slice();
   }
 
   /** SHA-256 of the canonical state: equal on every replica that applied the same entries. */
@@ -306,22 +320,20 @@ export class Firmware {
       }
       case 'RegisterStart': {
         const op = this.op(m.suite);
+        this.checkPin(m.suite, m.pin);
         const oprfId = this.rng(ID_BYTES);
         const response = op.serverRegistrationResponse(this.secrets[m.suite]!, m.request, credentialId(user, oprfId));
-        // Strictly after the current record and any tombstone, so a re-registration in the same
-        // millisecond as a Disable or a change is not refused as stale.
-        const floor = Math.max(this.state.get(user)?.issuedAt ?? -1, this.state.tombstone(user)?.before ?? -1) + 1;
-        const ticket = makeTicket(this.keys, m.suite, user, oprfId, Math.max(this.now, floor));
+        // Issued against the state applied now: it lands only if the record does not change meanwhile.
+        const ticket = makeTicket(this.keys, m.suite, user, oprfId, this.state.appliedIndex);
         return this.reply(requestId, { t: 'RegisterResponse', response, ticket });
       }
       case 'RegisterFinish': {
         this.needLeader();
         const op = this.op(m.suite);
-        const { oprfId, issuedAt } = openTicket(this.keys, m.suite, user, m.ticket);
-        // Another replica may have issued it: allow its clock a minute ahead of ours.
-        if (this.now - issuedAt > this.policy.ticketTtlMs || issuedAt > this.now + TICKET_SKEW_MS) throw new RequestError('TICKET_EXPIRED', 'registration ticket expired; start again');
+        const { oprfId, basis } = openTicket(this.keys, m.suite, user, m.ticket);
+        if (basis > this.state.appliedIndex) throw new RequestError('BAD_TICKET', 'registration ticket is from a state this replica has not applied');
         // Refused early so a stale K never reaches the log; apply() refuses it again, deterministically.
-        if (this.state.isStaleRegistration(user, issuedAt)) {
+        if (this.state.isStaleRegistration(user, basis)) {
           throw new RequestError('STALE_REGISTRATION', 'a newer registration or a Disable supersedes this ticket; start again');
         }
         op.decodeRegistrationRecord(m.record);
@@ -329,20 +341,22 @@ export class Firmware {
         if (limit < this.policy.minLimit || limit > this.policy.maxLimit) {
           throw new RequestError('BAD_LIMIT', `attempt limit must be ${this.policy.minLimit}..${this.policy.maxLimit}`);
         }
-        const ctx = { user, suite: m.suite, record: m.record };
-        const { k, confirmKey } = openKUpload(op.dh, this.secrets[m.suite]!.akeKeyPair, ctx, m.kUpload);
-        const kSealed = sealK(this.keys, this.rng, user, oprfId, k);
-        k.fill(0);
-        const confirm = registrationConfirm(confirmKey, ctx);
+        const kSealed = sealK(this.keys, this.rng, user, oprfId, m.k);
+        m.k.fill(0);
+        const confirm = registrationConfirm({ user, suite: m.suite, limit, ticket: m.ticket, record: m.record, ksf: m.ksf });
         const t = this.state.get(user) ? 'ChangePassword' : 'Register';
-        const entry: Entry = { t, id: this.rng(ID_BYTES), user, suite: m.suite, oprfId, record: m.record, kSealed, limit, issuedAt };
-        return this.propose(entry, { kind: 'register', requestId, confirm }, memo);
+        const entry: Entry = { t, id: this.rng(ID_BYTES), user, suite: m.suite, oprfId, record: m.record, kSealed, limit, basis, ksf: m.ksf };
+        return this.propose(entry, { kind: 'register', requestId, limit, confirm }, memo);
       }
       case 'RecoverStart': {
         this.needLeader();
         const r = this.state.get(user);
         if (r?.locked) return this.reply(requestId, { t: 'Locked' });
         const suite = r?.suite ?? m.suite ?? this.policy.defaultSuite;
+        this.op(suite);
+        this.checkPin(suite, m.pin);
+        // Free, before any charge: a device stretching with other parameters could only fail.
+        if (r && m.ksf !== undefined && r.ksf !== m.ksf) return this.reply(requestId, { t: 'KsfMismatch', ksf: r.ksf });
         this.op(suite).decodeKE1(m.ke1);
         if (r && r.used >= r.limit) {
           return this.propose({ t: 'Lock', id: this.rng(ID_BYTES), user, oprfId: r.oprfId }, { kind: 'lock', requestId, user });
@@ -378,12 +392,8 @@ export class Firmware {
       }
       case 'Disable':
         this.needLeader();
-        // The tombstone outlives every ticket issued before it, allowing for clock skew between the
-        // replica that issued a ticket, the proposer, and the one whose time sweeps it.
-        return this.propose(
-          { t: 'Delete', id: this.rng(ID_BYTES), user, at: this.now, tombstoneMs: this.policy.ticketTtlMs + 2 * TICKET_SKEW_MS },
-          { kind: 'delete', requestId },
-        );
+        // The tombstone sits at the Delete's own index: every ticket issued before it is stale.
+        return this.propose({ t: 'Delete', id: this.rng(ID_BYTES), user }, { kind: 'delete', requestId });
     }
   }
 
@@ -464,7 +474,7 @@ export class Firmware {
   private finish(p: Exclude<Pending, { kind: 'internal' }>, effect: ApplyEffect): VaultReply {
     switch (p.kind) {
       case 'register':
-        if (effect.kind === 'stored') return { t: 'Registered', confirm: p.confirm };
+        if (effect.kind === 'stored') return { t: 'Registered', limit: p.limit, confirm: p.confirm };
         return { t: 'Error', code: 'STALE_REGISTRATION' };
       case 'delete':
         return { t: 'Disabled' };
@@ -509,8 +519,10 @@ export class Firmware {
     let login: ServerLoginState;
     try {
       const op = this.op(suite);
+      const ids = this.serverIdentity ? { clientIdentity: new TextEncoder().encode(p.user), serverIdentity: this.serverIdentity } : {};
       ({ ke2, state: login } = op.serverStartLogin(this.secrets[suite]!, record, p.ke1, credentialId(p.user, oprfId ?? UNKNOWN_OPRF_ID), {
         rng: this.rng,
+        ...ids,
       }));
     } catch (e) {
       const code = e instanceof BkvError ? e.code : 'INTERNAL';
@@ -556,6 +568,13 @@ export class Firmware {
     const op = this.opaque[suite];
     if (!op) throw new RequestError('UNSUPPORTED_SUITE', `suite ${suite} is not served by this vault`);
     return op;
+  }
+
+  /** The device pinned another AKE key than this vault's: refused before anything is computed or charged. */
+  private checkPin(suite: WireSuite, pin: Uint8Array | undefined): void {
+    if (pin && !sameBytes(pin, pinOf(this.secrets[suite]!.akeKeyPair.publicKey))) {
+      throw new RequestError('VAULT_KEY_MISMATCH', 'the device pinned another vault key than this vault has');
+    }
   }
 
   private needLeader(): void {

@@ -62,32 +62,33 @@ export function openK(keys: FleetKeys, user: string, oprfId: Uint8Array, sealed:
   }
 }
 
-function ticketMac(keys: FleetKeys, suite: string, user: string, oprfId: Uint8Array, issuedAt: number): Uint8Array {
+function ticketMac(keys: FleetKeys, suite: string, user: string, oprfId: Uint8Array, basis: number): Uint8Array {
   const h = createHmac('sha256', keys.ticketKey);
-  h.update(enc.encode('bkv reg ticket v1'));
-  h.update(enc.encode(`${suite}\0${user}\0${issuedAt}\0`));
+  h.update(enc.encode('bkv reg ticket v2'));
+  h.update(enc.encode(`${suite}\0${user}\0${basis}\0`));
   h.update(oprfId);
   return new Uint8Array(h.digest()).subarray(0, TICKET_BYTES - ID_BYTES - 8);
 }
 
 /**
- * RegisterResponse.ticket = oprfId (16) || issuedAt (u64 ms) || MAC (8). It names a fresh per-registration
- * OPRF key (so RegisterStart is never an oracle for a live record's key) and its issue time (so a
- * replayed old RegisterFinish cannot roll a record back to an older password).
+ * RegisterResponse.ticket = oprfId (16) || basis (u64: the index the vault had applied) || MAC (16). It
+ * names a fresh per-registration OPRF key (so RegisterStart is never an oracle for a live record's
+ * key) and the state it was issued against (so a registration cannot land on a record that changed
+ * since, nor bring a deleted one back: state.ts isStaleRegistration).
  */
-export function makeTicket(keys: FleetKeys, suite: string, user: string, oprfId: Uint8Array, issuedAt: number): Uint8Array {
+export function makeTicket(keys: FleetKeys, suite: string, user: string, oprfId: Uint8Array, basis: number): Uint8Array {
   const t = new Uint8Array(TICKET_BYTES);
   t.set(oprfId, 0);
-  new DataView(t.buffer).setBigUint64(ID_BYTES, BigInt(issuedAt));
-  t.set(ticketMac(keys, suite, user, oprfId, issuedAt), ID_BYTES + 8);
+  new DataView(t.buffer).setBigUint64(ID_BYTES, BigInt(basis));
+  t.set(ticketMac(keys, suite, user, oprfId, basis), ID_BYTES + 8);
   return t;
 }
 
-export function openTicket(keys: FleetKeys, suite: string, user: string, ticket: Uint8Array): { oprfId: Uint8Array; issuedAt: number } {
+export function openTicket(keys: FleetKeys, suite: string, user: string, ticket: Uint8Array): { oprfId: Uint8Array; basis: number } {
   const oprfId = ticket.slice(0, ID_BYTES);
-  const issuedAt = Number(new DataView(ticket.buffer, ticket.byteOffset, ticket.length).getBigUint64(ID_BYTES));
-  const want = ticketMac(keys, suite, user, oprfId, issuedAt);
+  const basis = Number(new DataView(ticket.buffer, ticket.byteOffset, ticket.length).getBigUint64(ID_BYTES));
+  const want = ticketMac(keys, suite, user, oprfId, basis);
   const got = ticket.subarray(ID_BYTES + 8);
   if (got.length !== want.length || !timingSafeEqual(got, want)) throw new InputError('registration ticket does not verify', 'BAD_TICKET');
-  return { oprfId, issuedAt };
+  return { oprfId, basis };
 }

@@ -4,7 +4,7 @@
 // it sealed under the fleet entry key, and lockout / delete / change drop that seal for good.
 import { createHash } from 'node:crypto';
 import { Packr } from 'msgpackr';
-import { isWireSuite, type RecordState, type WireSuite } from '../../protocol/wire.ts';
+import { KSF_NAME_RE, isWireSuite, type RecordState, type WireSuite } from '../../protocol/wire.ts';
 import { ID_BYTES, USER_RE, type Entry } from './entries.ts';
 import { FirmwareError } from './errors.ts';
 
@@ -16,8 +16,10 @@ export interface UserRecord {
   /** K sealed under the entry key; null once locked. */
   kSealed: Uint8Array | null;
   limit: number;
-  /** Issue time of the registration ticket: a record is only replaced by a newer registration. */
-  issuedAt: number;
+  /** Index of the entry that stored this record: a registration based on an older state is stale. */
+  changedAt: number;
+  /** Key stretching the device registered with (Ksf.name). */
+  ksf: string;
   /** OPRF evaluations charged since registration or the last reset. */
   used: number;
   locked: boolean;
@@ -38,30 +40,28 @@ export type ApplyEffect =
   | { kind: 'deleted'; existed: boolean };
 
 /**
- * A deleted user's mark: a registration whose ticket was issued at or before `before` is refused
- * (a replayed RegisterFinish must not bring the record back). Kept until `until`, past which no such
- * ticket passes the proposer's expiry check any more. Both are ticket-clock times from entries.
+ * A deleted user's mark: the index of the Delete. A registration whose basis (the index the vault had
+ * applied when it issued the ticket) is older is refused, so nothing issued before a Disable brings
+ * the record back. Log positions only: no clock, host-fed or otherwise, moves this.
  */
 export interface Tombstone {
-  before: number;
-  until: number;
+  at: number;
 }
 
-/** Tombstones are swept when the oldest has been expired this long (at most one scan per period). */
-const SWEEP_SLACK_MS = 60_000;
-/** v2 adds tombstones; v1 snapshots (none) still decode. */
-const SNAPSHOT_VERSION = 2;
+/**
+ * How many log positions a registration ticket stays good for, and so how long a tombstone must be
+ * kept. Tickets also die with the in-memory session they were issued in (firmware gate), so this only
+ * bounds the tombstone set.
+ */
+export const TICKET_SPAN = 100_000;
+/** v3: records carry changedAt and ksf, tombstones an index (older formats are refused). */
+const SNAPSHOT_VERSION = 3;
 const packr = new Packr({ useRecords: false, mapsAsObjects: true, variableMapSize: false });
 const EMPTY = new Uint8Array(0);
 
 export class VaultState {
   private readonly users = new Map<string, UserRecord>();
   private readonly tombstones = new Map<string, Tombstone>();
-  /**
-   * A lower bound on the tombstones' smallest `until`: only saves scans. What a sweep removes is a
-   * function of the tombstone set and the entry alone, so replicas restored from a snapshot agree.
-   */
-  private untilBound = Infinity;
   /** Index of the last applied entry (0 = none). */
   appliedIndex = 0;
 
@@ -73,11 +73,11 @@ export class VaultState {
     return this.tombstones.get(user);
   }
 
-  /** Whether a registration with this ticket time would be refused as stale if it committed now. */
-  isStaleRegistration(user: string, issuedAt: number): boolean {
+  /** Whether a registration issued at `basis` would be refused as stale if it committed at `index`. */
+  isStaleRegistration(user: string, basis: number, index = this.appliedIndex + 1): boolean {
     const r = this.users.get(user);
     const t = this.tombstones.get(user);
-    return (r !== undefined && issuedAt <= r.issuedAt) || (t !== undefined && issuedAt <= t.before);
+    return index - basis > TICKET_SPAN || (r !== undefined && basis < r.changedAt) || (t !== undefined && basis < t.at);
   }
 
   status(user: string): { state: RecordState; attemptsLeft: number; limit: number } {
@@ -98,12 +98,12 @@ export class VaultState {
     switch (e.t) {
       case 'Register':
       case 'ChangePassword': {
-        // A replayed older registration must not roll the record back to an older password, nor
-        // bring a deleted one back (its ticket predates the Delete's tombstone).
-        const stale = this.isStaleRegistration(e.user, e.issuedAt);
-        this.sweep(e.issuedAt);
+        // A registration issued before the record last changed (or was deleted) must not roll it back
+        // to an older password, nor bring a deleted one back.
+        const stale = this.isStaleRegistration(e.user, e.basis, index);
+        this.sweep(index);
         if (stale) return { kind: 'stale' };
-        // The record's own issuedAt (newer than the tombstone's boundary) now refuses older tickets.
+        // The record's own changedAt (newer than the tombstone) now refuses older tickets.
         this.tombstones.delete(e.user);
         // Atomic: record and K arrive in one entry, so no record is ever usable without its K.
         this.users.set(e.user, {
@@ -112,7 +112,8 @@ export class VaultState {
           record: e.record,
           kSealed: e.kSealed,
           limit: e.limit,
-          issuedAt: e.issuedAt,
+          changedAt: index,
+          ksf: e.ksf,
           used: 0,
           locked: false,
         });
@@ -150,49 +151,25 @@ export class VaultState {
         if (r.locked) return { kind: 'locked', justNow: false };
         lock(r);
         return { kind: 'locked', justNow: true };
-      case 'Delete': {
-        if (e.at !== undefined && e.tombstoneMs !== undefined) {
-          this.sweep(e.at);
-          // Never lower an earlier boundary, and cover the deleted record's own ticket even if the
-          // replica that issued it had a clock ahead of the proposer's.
-          const prev = this.tombstones.get(e.user);
-          const before = Math.max(e.at, r?.issuedAt ?? 0, prev?.before ?? 0);
-          // Clamped: a host feeding an absurd clock must not make the snapshot undecodable fleet-wide.
-          const until = Math.max(Math.min(before + e.tombstoneMs, Number.MAX_SAFE_INTEGER), prev?.until ?? 0);
-          this.tombstones.set(e.user, { before, until });
-          this.untilBound = Math.min(this.untilBound, until);
-        }
+      case 'Delete':
+        this.sweep(index);
+        this.tombstones.set(e.user, { at: index });
         return { kind: 'deleted', existed: this.users.delete(e.user) };
-      }
     }
   }
 
-  /**
-   * Drops every tombstone with until < now once the oldest is SWEEP_SLACK_MS past due. `now` is a time
-   * carried by the committed entry (never a local clock), so every replica drops the same ones.
-   */
-  private sweep(now: number): void {
-    if (this.untilBound >= now - SWEEP_SLACK_MS) return;
-    let min = Infinity;
-    for (const t of this.tombstones.values()) min = Math.min(min, t.until);
-    if (min < now - SWEEP_SLACK_MS) {
-      for (const [u, t] of this.tombstones) if (t.until < now) this.tombstones.delete(u);
-      min = Infinity;
-      for (const t of this.tombstones.values()) min = Math.min(min, t.until);
-    }
-    this.untilBound = min;
+  /** Drops tombstones no ticket can be older than any more; a function of committed indexes only. */
+  private sweep(index: number): void {
+    for (const [u, t] of this.tombstones) if (index - t.at > TICKET_SPAN) this.tombstones.delete(u);
   }
 
   /** Canonical encoding (users sorted): the snapshot body and the input of digest(). */
   encode(): Uint8Array {
     const users = [...this.users.keys()].sort().map((u) => {
       const r = this.users.get(u)!;
-      return [u, r.suite, r.oprfId, r.record, r.kSealed ?? EMPTY, r.limit, r.issuedAt, r.used, r.locked];
+      return [u, r.suite, r.oprfId, r.record, r.kSealed ?? EMPTY, r.limit, r.changedAt, r.ksf, r.used, r.locked];
     });
-    const tombstones = [...this.tombstones.keys()].sort().map((u) => {
-      const t = this.tombstones.get(u)!;
-      return [u, t.before, t.until];
-    });
+    const tombstones = [...this.tombstones.keys()].sort().map((u) => [u, this.tombstones.get(u)!.at]);
     return packr.pack({ v: SNAPSHOT_VERSION, index: this.appliedIndex, users, tombstones });
   }
 
@@ -209,17 +186,17 @@ export class VaultState {
       throw bad('not msgpack');
     }
     const o = m as Record<string, unknown>;
-    if (typeof o !== 'object' || o === null || (o.v !== 1 && o.v !== SNAPSHOT_VERSION)) throw bad('unknown version');
-    const allowed = o.v === 1 ? ['v', 'index', 'users'] : ['v', 'index', 'users', 'tombstones'];
-    for (const k of Object.keys(o)) if (!allowed.includes(k)) throw bad('unexpected field');
-    if (typeof o.index !== 'number' || !Number.isSafeInteger(o.index) || o.index < 0) throw bad('bad index');
-    if (!Array.isArray(o.users)) throw bad('no users');
+    if (typeof o !== 'object' || o === null || o.v !== SNAPSHOT_VERSION) throw bad('unknown version');
+    for (const k of Object.keys(o)) if (!['v', 'index', 'users', 'tombstones'].includes(k)) throw bad('unexpected field');
+    const index = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
+    if (!index(o.index)) throw bad('bad index');
+    if (!Array.isArray(o.users) || !Array.isArray(o.tombstones)) throw bad('no users or tombstones');
     const s = new VaultState();
     s.appliedIndex = o.index;
     let prev = '';
     for (const row of o.users as unknown[]) {
-      if (!Array.isArray(row) || row.length !== 9) throw bad('bad row');
-      const [u, suite, oprfId, record, kSealed, limit, issuedAt, used, locked] = row as unknown[];
+      if (!Array.isArray(row) || row.length !== 10) throw bad('bad row');
+      const [u, suite, oprfId, record, kSealed, limit, changedAt, ksf, used, locked] = row as unknown[];
       if (typeof u !== 'string' || !USER_RE.test(u) || u <= prev) throw bad('bad or unsorted user');
       prev = u;
       if (!isWireSuite(suite)) throw bad('bad suite');
@@ -227,7 +204,8 @@ export class VaultState {
       if (!(record instanceof Uint8Array) || !(kSealed instanceof Uint8Array)) throw bad('bad bytes');
       if (typeof limit !== 'number' || typeof used !== 'number' || !Number.isSafeInteger(limit) || !Number.isSafeInteger(used)) throw bad('bad counter');
       if (used < 0 || used > limit || typeof locked !== 'boolean') throw bad('bad counter');
-      if (typeof issuedAt !== 'number' || !Number.isSafeInteger(issuedAt) || issuedAt < 0) throw bad('bad issue time');
+      if (!index(changedAt) || changedAt > o.index) throw bad('bad change index');
+      if (typeof ksf !== 'string' || !KSF_NAME_RE.test(ksf)) throw bad('bad key stretching');
       if (locked !== (kSealed.length === 0)) throw bad('K present on a locked record');
       s.users.set(u, {
         suite,
@@ -235,25 +213,21 @@ export class VaultState {
         record: new Uint8Array(record),
         kSealed: locked ? null : new Uint8Array(kSealed),
         limit,
-        issuedAt,
+        changedAt,
+        ksf,
         used,
         locked,
       });
     }
-    if (o.v === SNAPSHOT_VERSION) {
-      if (!Array.isArray(o.tombstones)) throw bad('no tombstones');
-      prev = '';
-      for (const row of o.tombstones as unknown[]) {
-        if (!Array.isArray(row) || row.length !== 3) throw bad('bad tombstone');
-        const [u, before, until] = row as unknown[];
-        if (typeof u !== 'string' || !USER_RE.test(u) || u <= prev) throw bad('bad or unsorted tombstone user');
-        if (s.users.has(u)) throw bad('tombstone for a live record');
-        prev = u;
-        const time = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
-        if (!time(before) || !time(until) || until < before) throw bad('bad tombstone time');
-        s.tombstones.set(u, { before, until });
-        s.untilBound = Math.min(s.untilBound, until);
-      }
+    prev = '';
+    for (const row of o.tombstones as unknown[]) {
+      if (!Array.isArray(row) || row.length !== 2) throw bad('bad tombstone');
+      const [u, at] = row as unknown[];
+      if (typeof u !== 'string' || !USER_RE.test(u) || u <= prev) throw bad('bad or unsorted tombstone user');
+      if (s.users.has(u)) throw bad('tombstone for a live record');
+      prev = u;
+      if (!index(at) || at > o.index) throw bad('bad tombstone index');
+      s.tombstones.set(u, { at });
     }
     return s;
   }

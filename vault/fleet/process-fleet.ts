@@ -15,7 +15,7 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { BkvError, InputError } from '../../protocol/errors.ts';
 import { MAX_RELAY_BODY, RELAY_PATH, decodeRelayRequest, encodeRelayReply } from '../../protocol/relay.ts';
-import { WIRE_SUITES } from '../../protocol/wire.ts';
+import { PINNED_KEYS } from '../../protocol/wire.ts';
 import { finalizeModule } from '../../hsm-adapter/pkcs11-token.ts';
 import { activateSoftHsmConf, loadState } from '../../softhsm/state.ts';
 import { replicaDbDir } from '../agent/replica.ts';
@@ -117,7 +117,7 @@ export async function startProcessFleet(opts: StartFleetOptions): Promise<Fleet>
         if (eq > 0) values.set(line.slice(0, eq), line.slice(eq + 1));
         if (!line.startsWith('READY=')) return;
         const keys: Record<string, string> = {};
-        for (const s of WIRE_SUITES) {
+        for (const s of PINNED_KEYS) {
           const v = values.get(`VAULT_AKE_PUBLIC_KEY_${s.replace(/[^A-Za-z0-9]/g, '_')}`);
           if (v) keys[s] = v;
         }

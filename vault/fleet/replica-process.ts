@@ -21,7 +21,7 @@ import { parseArgs } from 'node:util';
 import { finalizeModule, openToken, type Pkcs11Token } from '../../hsm-adapter/pkcs11-token.ts';
 import { BkvError, isBkvError } from '../../protocol/errors.ts';
 import { MAX_RELAY_BODY, RELAY_PATH, decodeRelayRequest, encodeRelayReply } from '../../protocol/relay.ts';
-import { WIRE_SUITES } from '../../protocol/wire.ts';
+import { pinnedKeys } from '../firmware/gate.ts';
 import { activateSoftHsmConf, loadState } from '../../softhsm/state.ts';
 import { replicaDbDir } from '../agent/replica.ts';
 import type { ReplicaStatus } from './fleet-types.ts';
@@ -166,7 +166,7 @@ export async function main(argv: string[]): Promise<number> {
       log,
     });
     const akeKeys: Record<string, string> = {};
-    for (const s of WIRE_SUITES) akeKeys[s] = Buffer.from(replica.firmware.serverPublicKey(s)).toString('hex');
+    for (const [s, k] of Object.entries(pinnedKeys(replica.firmware))) akeKeys[s] = k;
     const r = replica;
     server = createServer((req, res) => { void serve(r, akeKeys, req, res).catch(() => sendBody(res, 500, 'application/json', JSON.stringify({ code: 'INTERNAL' }))); });
     server.keepAliveTimeout = 5_000;

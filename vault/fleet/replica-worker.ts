@@ -6,7 +6,7 @@
 import { parentPort, workerData, type MessagePort } from 'node:worker_threads';
 import { openToken } from '../../hsm-adapter/pkcs11-token.ts';
 import type { SealScheme } from '../../hsm-adapter/token.ts';
-import { WIRE_SUITES } from '../../protocol/wire.ts';
+import { pinnedKeys } from '../firmware/gate.ts';
 import type { Policy } from '../firmware/firmware.ts';
 import { FleetReplica } from './replica.ts';
 import { SecureTransport } from './secure-transport.ts';
@@ -63,7 +63,7 @@ async function main(): Promise<void> {
   });
   transport.dialAll();
   const akeKeys: Record<string, string> = {};
-  for (const s of WIRE_SUITES) akeKeys[s] = Buffer.from(replica.firmware.serverPublicKey(s)).toString('hex');
+  for (const [s, k] of Object.entries(pinnedKeys(replica.firmware))) akeKeys[s] = k;
   post({ t: 'ready', akeKeys });
 
   port.on('message', (m: ToWorker) => {

@@ -12,7 +12,8 @@ import { NOT_APPENDED } from '../agent/log.ts';
 import { servingOpaque } from '../agent/replica.ts';
 import { RaftStore } from '../agent/raft-store.ts';
 import { SeededRng, type SoftState } from '../consensus/index.ts';
-import { Firmware, type FirmwareInput, type FirmwareOutput, type Policy } from '../firmware/firmware.ts';
+import type { FirmwareInput, FirmwareOutput, Policy } from '../firmware/firmware.ts';
+import { SessionGate } from '../firmware/gate.ts';
 import { SealedStorage } from '../firmware/storage.ts';
 import { decodePeer, encodePeer, type PeerMessage } from './peer-wire.ts';
 import { RaftLog } from './raft-log.ts';
@@ -66,14 +67,14 @@ function transportStats(t: PeerTransport): Record<string, number> {
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 export class FleetReplica {
-  readonly firmware: Firmware;
+  readonly firmware: SessionGate;
   readonly raft: RaftLog;
   private readonly store: RaftStore;
   private readonly o: FleetReplicaOptions;
   private readonly say: (line: string) => void;
   private healthState: { healthy: boolean; code: string; reason: string } = { healthy: true, code: '', reason: '' };
   private nextRequest = 1;
-  private readonly waiting = new Map<number, (body: Uint8Array) => void>();
+  private readonly waiting = new Map<number, (body: Uint8Array, hint?: string) => void>();
   private nextForward = 1;
   private readonly forwarded = new Map<number, Forwarded>();
   private timer?: NodeJS.Timeout;
@@ -84,7 +85,7 @@ export class FleetReplica {
   private closed = false;
   readonly counters = { forwardedOut: 0, forwardedIn: 0, badPeer: 0, retries: 0 };
 
-  private constructor(fw: Firmware, store: RaftStore, raft: RaftLog, o: FleetReplicaOptions) {
+  private constructor(fw: SessionGate, store: RaftStore, raft: RaftLog, o: FleetReplicaOptions) {
     this.firmware = fw;
     this.store = store;
     this.raft = raft;
@@ -93,7 +94,7 @@ export class FleetReplica {
   }
 
   static async open(o: FleetReplicaOptions): Promise<FleetReplica> {
-    const fw = new Firmware({
+    const fw = new SessionGate({
       replicaId: o.name, token: o.token, opaque: await servingOpaque(o.suites ?? WIRE_SUITES),
       rng: (n) => new Uint8Array(randomBytes(n)), policy: o.policy,
     });
@@ -214,9 +215,9 @@ export class FleetReplica {
     let immediate: Uint8Array | undefined;
     let inStep = true;
     return new Promise<Outcome>((resolve) => {
-      this.waiting.set(requestId, (reply) => {
+      this.waiting.set(requestId, (reply, hint) => {
         if (inStep) immediate = reply;
-        else if (refusedUnappended(reply)) resolve({ ok: false, code: 'NOT_LEADER' }); // handle() retries
+        else if (hint === NOT_APPENDED) resolve({ ok: false, code: 'NOT_LEADER' }); // handle() retries
         else resolve({ ok: true, body: reply });
       });
       this.run({ kind: 'tick', now: Date.now() });
@@ -359,15 +360,5 @@ export class FleetReplica {
    */
   backup(path: string): Promise<void> {
     return this.store.backup(path);
-  }
-}
-
-/** The firmware's answer to a request whose proposal never reached the log (see NOT_APPENDED). */
-function refusedUnappended(reply: Uint8Array): boolean {
-  try {
-    const r = decodeVaultReply(reply);
-    return r.t === 'Error' && r.code === NOT_APPENDED;
-  } catch {
-    return false;
   }
 }

@@ -21,7 +21,9 @@ import {
 import type { Token } from '../../hsm-adapter/token.ts';
 import { createOpaque, type Opaque } from '../../protocol/opaque/index.ts';
 import { decodeDeviceMessage, decodeVaultReply, encodeVaultReply, type WireSuite } from '../../protocol/wire.ts';
-import { Firmware, type FirmwareInput, type FirmwareOutput, type Policy } from '../firmware/firmware.ts';
+import type { FirmwareInput, FirmwareOutput, Policy } from '../firmware/firmware.ts';
+import { SessionGate } from '../firmware/gate.ts';
+import { encodeRefused } from '../../protocol/session.ts';
 import { decodeEntry } from '../firmware/entries.ts';
 import { Checker } from './checker.ts';
 import { EventQueue, type DurableState, type NetConfig } from './cluster.ts';
@@ -49,7 +51,7 @@ export interface VaultClusterOptions {
   /** A device gives up on a request after this long: the outcome is unknown. */
   readonly deviceTimeoutMs?: number;
   /** Test hook: wrap each firmware (mutation checks). */
-  readonly wrapFirmware?: (fw: Firmware, id: NodeId) => FirmwareLike;
+  readonly wrapFirmware?: (fw: SessionGate, id: NodeId) => FirmwareLike;
 }
 
 /** What the device tells the oracle about a request (never sent on the wire). */
@@ -88,6 +90,8 @@ interface Replica {
   nextRequest: number;
   /** firmware requestId -> who waits for the reply. */
   waiting: Map<number, DeviceReq>;
+  /** Replies the firmware gave inside sessions, by request id, until the oracle judges them. */
+  innerReplies: Map<number, Uint8Array>;
   /** Raft index -> the proposal there (term, firmware tag). */
   proposals: Map<number, { term: number; tag: number }>;
   /** ReadIndex ctx -> the reply it confirms. */
@@ -100,7 +104,8 @@ interface Replica {
 
 const packr = new Packr({ useRecords: false, mapsAsObjects: true });
 const td = new TextEncoder();
-const errorReply = (code: string): Uint8Array => encodeVaultReply({ t: 'Error', code });
+/** What the host answers when it cannot reach a firmware: an unauthenticated refusal, as a relay would. */
+const errorReply = (code: string): Uint8Array => encodeRefused(code);
 
 export class VaultCluster {
   readonly rng: SeededRng;
@@ -152,7 +157,7 @@ export class VaultCluster {
     for (const id of this.ids) {
       const r: Replica = {
         id, token: o.tokens.get(id)!, durable: { hardState: boot.hardState, snapshot: null, entries: [...boot.entries] },
-        node: null, fw: null, gen: 0, applied: 0, soft: { leader: null, role: 'follower', term: 0 }, healthy: true,
+        node: null, fw: null, innerReplies: new Map(), gen: 0, applied: 0, soft: { leader: null, role: 'follower', term: 0 }, healthy: true,
         nextRequest: 1, waiting: new Map(), proposals: new Map(), reads: new Map(), readSeq: 0, nextFwd: 1, forwarded: new Map(), wantCompact: null,
       };
       this.replicas.set(id, r);
@@ -176,9 +181,13 @@ export class VaultCluster {
     });
     // Each incarnation draws its own stream: a restart does not replay the old one's randomness.
     const rng = this.fwRng.fork();
-    const real = new Firmware({
+    const inner = new Map<number, Uint8Array>();
+    r.innerReplies = inner;
+    // The production gate: devices reach this firmware only through sessions, as on a real replica.
+    const real = new SessionGate({
       replicaId: r.id, token: r.token, opaque: this.opaque, policy: this.o.policy,
       rng: (n) => { const b = new Uint8Array(n); for (let i = 0; i < n; i++) b[i] = rng.int(256); return b; },
+      observe: (requestId, body) => inner.set(requestId, body),
     });
     r.fw = this.o.wrapFirmware ? this.o.wrapFirmware(real, r.id) : real;
     r.soft = { leader: null, role: 'follower', term: 0 };
@@ -483,7 +492,7 @@ export class VaultCluster {
       // Read-only answers (Status, RegisterResponse, errors, WrongPassword before a KE2...) leave
       // only once a quorum confirmed this replica still led when it read the state.
       r.waiting.delete(requestId);
-      this.judge(r, req, immediate.body);
+      this.judge(r, req, immediate.body, requestId);
       const ctx = String(++r.readSeq);
       const res = n.readIndex(td.encode(ctx));
       if (!res.ok) return req.answer(errorReply('UNAVAILABLE'));
@@ -527,12 +536,17 @@ export class VaultCluster {
   private onReply(r: Replica, requestId: number, body: Uint8Array): void {
     const req = r.waiting.get(requestId);
     r.waiting.delete(requestId);
-    this.judge(r, req, body);
+    this.judge(r, req, body, requestId);
     req?.answer(body);
   }
 
-  private judge(r: Replica, req: DeviceReq | undefined, body: Uint8Array): void {
-    const reply = decodeVaultReply(body);
+  private judge(r: Replica, req: DeviceReq | undefined, body: Uint8Array, requestId: number): void {
+    // The oracle reads what the firmware said inside the session (the gate's observer); a copy served
+    // from the gate's memory, or a refusal, carries no new evaluation.
+    const inner = r.innerReplies.get(requestId);
+    r.innerReplies.delete(requestId);
+    if (!inner) return;
+    const reply = decodeVaultReply(inner);
     this.replied[reply.t] = (this.replied[reply.t] ?? 0) + 1;
     if (reply.t === 'KE2') this.oracle.onKE2(r.id, req?.user ?? '?', reply.session, this.now, body);
     if (reply.t === 'Status' && req && r.healthy) this.oracle.onStatus(r.id, req.user, r.fw!.appliedIndex, reply, this.now);

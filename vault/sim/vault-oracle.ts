@@ -4,10 +4,11 @@
 // every Released (K). Violations are recorded, not thrown, so a failing seed reports all it broke.
 
 import { decodeEntry, type Entry } from '../firmware/entries.ts';
+import { TICKET_SPAN } from '../firmware/state.ts';
 
 interface ModelRecord {
   oprfId: string;
-  issuedAt: number;
+  changedAt: number;
   limit: number;
   used: number;
   locked: boolean;
@@ -77,11 +78,13 @@ export class VaultOracle {
     switch (e.t) {
       case 'Register':
       case 'ChangePassword': {
-        const stale = (r !== undefined && e.issuedAt <= r.issuedAt) || e.issuedAt <= (this.deletedBefore.get(e.user) ?? -1);
+        // The model's own statement of the compare-and-swap rule: a registration lands only on the state
+        // it was issued against (no change to the record, no Delete since its basis).
+        const stale = index - e.basis > TICKET_SPAN || (r !== undefined && e.basis < r.changedAt) || e.basis < (this.deletedBefore.get(e.user) ?? -1);
         if (!stale) {
           this.deletedBefore.delete(e.user);
           const epoch = ++this.epochs;
-          this.users.set(e.user, { oprfId: hex(e.oprfId), issuedAt: e.issuedAt, limit: e.limit, used: 0, locked: false, epoch, reg: epoch });
+          this.users.set(e.user, { oprfId: hex(e.oprfId), changedAt: index, limit: e.limit, used: 0, locked: false, epoch, reg: epoch });
           this.limits.set(`${e.user}/${epoch}`, { limit: e.limit });
         }
         break;
@@ -108,7 +111,7 @@ export class VaultOracle {
         if (r && !r.locked && r.oprfId === hex(e.oprfId)) { r.locked = true; this.counts.locks++; }
         break;
       case 'Delete':
-        if (e.at !== undefined) this.deletedBefore.set(e.user, Math.max(e.at, r?.issuedAt ?? 0, this.deletedBefore.get(e.user) ?? 0));
+        this.deletedBefore.set(e.user, index);
         this.users.delete(e.user);
         break;
     }
