@@ -11,6 +11,7 @@ import {
 } from '../protocol/relay.ts';
 import { isWireCode } from '../protocol/device-frames.ts';
 import { ChatdConfigError, ChatdReplyError } from './errors.ts';
+import { bearer } from '../protocol/hop-secret.ts';
 
 /** A relay reply is the body plus msgpack framing; anything much larger is not one. */
 const MAX_VAULT_REPLY = MAX_RELAY_BODY + 1024;
@@ -19,6 +20,8 @@ export interface VaultForwarderOptions {
   /** Base URL of the vault's HTTP front, e.g. http://127.0.0.1:7100 (RELAY_PATH is appended). */
   vaultUrl: string;
   timeoutMs: number;
+  /** Sent as `authorization: Bearer` on every request: the vault refuses relays without it. */
+  relayKey?: string;
 }
 
 export class VaultForwarder {
@@ -27,6 +30,7 @@ export class VaultForwarder {
   // socket is not one the vault is closing (which would turn a good request into VAULT_UNAVAILABLE).
   private readonly agent = new http.Agent({ keepAlive: true, maxSockets: 64, timeout: 2000 });
   private readonly timeoutMs: number;
+  private readonly relayKey: string | undefined;
   /** Requests waiting on the vault, each with the function that aborts it. */
   private readonly live = new Map<http.ClientRequest, (e: ChatdReplyError) => void>();
 
@@ -40,6 +44,7 @@ export class VaultForwarder {
     if (base.protocol !== 'http:') throw new ChatdConfigError('vault URL must be http:// (the hop is loopback)');
     this.target = new URL(RELAY_PATH, base);
     this.timeoutMs = opts.timeoutMs;
+    this.relayKey = opts.relayKey;
   }
 
   async forward(user: string, body: Uint8Array): Promise<Uint8Array> {
@@ -95,7 +100,11 @@ export class VaultForwarder {
       const req = http.request(this.target, {
         method: 'POST',
         agent: this.agent,
-        headers: { 'content-type': 'application/msgpack', 'content-length': envelope.length },
+        headers: {
+          'content-type': 'application/msgpack',
+          'content-length': envelope.length,
+          ...(this.relayKey === undefined ? {} : { authorization: bearer(this.relayKey) }),
+        },
       });
       this.live.set(req, kill);
       const timer = setTimeout(() => {

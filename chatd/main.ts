@@ -3,6 +3,7 @@
 // JSON lines on stderr; SIGTERM or SIGINT shut it down cleanly (exit 0).
 import { parseArgs } from 'node:util';
 import { BkvError } from '../protocol/errors.ts';
+import { hopSecret } from '../protocol/hop-secret.ts';
 import { ChatdConfigError } from './errors.ts';
 import { DEFAULT_LIMITS, startChatd, type ChatdLimits } from './server.ts';
 
@@ -70,11 +71,14 @@ async function main(argv: string[]): Promise<number> {
     },
     vaultTimeoutMs: num('vault-timeout-ms', values['vault-timeout-ms'], DEFAULT_LIMITS.vaultTimeoutMs),
   };
+  const stateDir = values.state ?? process.env.BKV_STATE_DIR ?? '.bkv';
   const chatd = await startChatd({
     port: num('port', values.port ?? process.env.BKV_CHATD_PORT, 0, true),
     host: values.host ?? '127.0.0.1',
     vaultUrl,
-    stateDir: values.state ?? process.env.BKV_STATE_DIR ?? '.bkv',
+    stateDir,
+    // The vault in the same state directory demands it; read (or made) where the vault reads it.
+    relayKey: hopSecret(stateDir, 'relay'),
     limits,
   });
   process.stdout.write(chatd.url + '\n');

@@ -62,6 +62,8 @@ export interface ChatdOptions {
   host?: string;
   /** Base URL of the vault's HTTP front; RELAY_PATH is appended. */
   vaultUrl: string;
+  /** The relay key the vault demands on the ChatD -> vault hop (protocol/hop-secret.ts). */
+  relayKey?: string;
   /** Holds chatd/accounts.json (see accounts.ts). */
   stateDir: string;
   limits?: Partial<ChatdLimits>;
@@ -85,7 +87,7 @@ export async function startChatd(opts: ChatdOptions): Promise<Chatd> {
   const now = opts.now ?? (() => performance.now());
   const accounts = new AccountIndex(opts.stateDir);
   await accounts.load(); // a malformed store stops start-up rather than failing every request
-  const forwarder = new VaultForwarder({ vaultUrl: opts.vaultUrl, timeoutMs: limits.vaultTimeoutMs });
+  const forwarder = new VaultForwarder({ vaultUrl: opts.vaultUrl, timeoutMs: limits.vaultTimeoutMs, relayKey: opts.relayKey });
   const byAccount = new RateLimiter(limits.perAccount, now);
   const byAddress = new RateLimiter(limits.perAddress, now);
   const inflight = new Set<Promise<unknown>>();

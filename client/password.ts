@@ -63,6 +63,8 @@ export interface PasswordOptions {
    * ChatD handled). Never wire this to a log.
    */
   onSessionKey?: (sessionKey: Uint8Array) => void;
+  /** Tests only, like onSessionKey: sees the OPAQUE record and export key a registration made. */
+  onRegistered?: (record: Uint8Array, exportKey: Uint8Array) => void;
 }
 
 const defaultRng = (n: number): Uint8Array => new Uint8Array(randomBytes(n));
@@ -153,7 +155,9 @@ export async function enablePassword(send: Send, o: PasswordOptions, password: s
     // The response came through the authenticated session, so the OPRF evaluation in it is the vault's.
     let record: Uint8Array;
     try {
-      ({ record } = op.clientFinishRegistration(start.state, r1.response, { rng, expectedServerPublicKey: o.serverPublicKey, ...identities(o) }));
+      let exportKey: Uint8Array;
+      ({ record, exportKey } = op.clientFinishRegistration(start.state, r1.response, { rng, expectedServerPublicKey: o.serverPublicKey, ...identities(o) }));
+      o.onRegistered?.(record.slice(), exportKey.slice());
     } catch (e) {
       if (e instanceof OpaqueError) throw new PasswordError('VAULT_KEY_MISMATCH', 'registration response does not carry the pinned vault key');
       throw e;

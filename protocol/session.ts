@@ -35,7 +35,7 @@ export const SessionKind = {
 } as const;
 
 /** Plaintext sizes per position (a 2-byte length, the message, zero padding). */
-export const PLAINTEXT_BYTES = { hello: 256, welcome: 512, next: 640, final: 128 } as const;
+export const PLAINTEXT_BYTES = { hello: 256, welcome: 512, next: 640, final: 160 } as const;
 const KEY = 32;
 const TAG = 16;
 const HEADER = 2;

@@ -12,6 +12,7 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { BkvError } from '../protocol/errors.ts';
 import { PINNED_KEYS, type PinnedKeyName } from '../protocol/wire.ts';
+import { bearer, hopSecret } from '../protocol/hop-secret.ts';
 import { FLEET_FAULT_PATH, FLEET_STATUS_PATH, type FleetFault, type ReplicaStatus } from '../vault/fleet/fleet-types.ts';
 
 export class ServiceError extends BkvError {}
@@ -215,11 +216,19 @@ export interface StartFleetOptions {
   transport?: 'ports' | 'tcp';
   /** The fleet's front port (what ChatD talks to); 0 (default): any free port. */
   port?: number;
+  /** Enable fault injection on the operator listener (`bkv fleet up --faults`; the walkthrough). */
+  faults?: boolean;
   onLine?: LineSink;
   timeoutMs?: number;
 }
 
 export type { FleetFault, ReplicaStatus };
+
+/** Where the fleet's operator listener is and the key it wants (<state>/operator.key). */
+export interface OperatorEndpoint {
+  url: string;
+  key: string;
+}
 
 export interface FleetStatus {
   replicas: ReplicaStatus[];
@@ -232,6 +241,7 @@ export interface FleetStatus {
 
 export interface FleetService extends VaultService {
   readonly kind: 'fleet';
+  readonly operator: OperatorEndpoint;
   status(): Promise<FleetStatus>;
   fault(f: FleetFault): Promise<unknown>;
 }
@@ -247,7 +257,9 @@ export async function startFleetService(o: StartFleetOptions): Promise<FleetServ
   if (o.replicas !== undefined) args.push('--replicas', String(o.replicas));
   if (o.wan !== undefined) args.push('--wan', o.wan === 'default' || o.wan === 'none' ? o.wan : resolve(o.wan));
   if (o.transport !== undefined) args.push('--transport', o.transport);
+  if (o.faults) args.push('--faults');
   let url: string | undefined;
+  let operatorUrl: string | undefined;
   const keys: Partial<VaultKeys> = {};
   const { service, ready } = await spawnService({
     who: 'vault',
@@ -261,20 +273,23 @@ export async function startFleetService(o: StartFleetOptions): Promise<FleetServ
       const name = line.slice(0, eq);
       const value = line.slice(eq + 1).trim();
       if (name === 'FLEET_URL') url = value;
+      if (name === 'OPERATOR_URL') operatorUrl = value;
       for (const s of PINNED_KEYS) if (name === akeEnvName(s) && /^[0-9a-f]+$/.test(value)) keys[s] = value;
-      if (url && PINNED_KEYS.every((s) => keys[s])) return { url, keys: keys as VaultKeys };
+      if (url && operatorUrl && PINNED_KEYS.every((s) => keys[s])) return { url, operatorUrl, keys: keys as VaultKeys };
       return undefined;
     },
   });
   const pid = service.pid;
   const fleetUrl = ready.url;
+  const operator: OperatorEndpoint = { url: ready.operatorUrl, key: hopSecret(resolve(o.stateDir), 'operator') };
   return Object.assign(service, {
     kind: 'fleet' as const,
     url: fleetUrl,
+    operator,
     port: Number(new URL(fleetUrl).port),
     keys: ready.keys,
-    status: () => fetchFleetStatus(fleetUrl, pid),
-    fault: (f: FleetFault) => postFleetFault(fleetUrl, f),
+    status: () => fetchFleetStatus(operator, pid),
+    fault: (f: FleetFault) => postFleetFault(operator, f),
   }) as FleetService;
 }
 
@@ -287,12 +302,13 @@ export class FleetUnreachableError extends ServiceError {
   }
 }
 
-async function fleetRequest(base: string, path: string, init: { method: 'GET' | 'POST'; body?: unknown }, timeoutMs = 5000): Promise<unknown> {
+async function fleetRequest(op: OperatorEndpoint, path: string, init: { method: 'GET' | 'POST'; body?: unknown }, timeoutMs = 5000): Promise<unknown> {
+  const base = op.url;
   let res: Response;
   try {
     res = await fetch(new URL(path, base), {
       method: init.method,
-      headers: init.body === undefined ? {} : { 'content-type': 'application/json' },
+      headers: { authorization: bearer(op.key), ...(init.body === undefined ? {} : { 'content-type': 'application/json' }) },
       body: init.body === undefined ? undefined : JSON.stringify(init.body),
       signal: AbortSignal.timeout(timeoutMs),
     });
@@ -319,8 +335,8 @@ async function fleetRequest(base: string, path: string, init: { method: 'GET' | 
 
 
 /** Reads the fleet's status; `pid` (the fleet process) adds its CPU time from /proc. */
-export async function fetchFleetStatus(fleetUrl: string, pid?: number): Promise<FleetStatus> {
-  const raw = await fleetRequest(fleetUrl, FLEET_STATUS_PATH, { method: 'GET' });
+export async function fetchFleetStatus(op: OperatorEndpoint, pid?: number): Promise<FleetStatus> {
+  const raw = await fleetRequest(op, FLEET_STATUS_PATH, { method: 'GET' });
   return parseFleetStatus(raw, pid);
 }
 
@@ -355,8 +371,8 @@ export function parseFleetStatus(raw: unknown, pid?: number): FleetStatus {
   return { replicas, leader: leaders[0]?.name ?? null, cpuMs: fleetPid === null ? null : processCpuMs(fleetPid), pid: fleetPid };
 }
 
-export async function postFleetFault(fleetUrl: string, f: FleetFault): Promise<unknown> {
-  return fleetRequest(fleetUrl, FLEET_FAULT_PATH, { method: 'POST', body: f }, 30_000);
+export async function postFleetFault(op: OperatorEndpoint, f: FleetFault): Promise<unknown> {
+  return fleetRequest(op, FLEET_FAULT_PATH, { method: 'POST', body: f }, 30_000);
 }
 
 /**
@@ -419,7 +435,7 @@ export interface Services {
 export interface StartServicesOptions {
   stateDir: string;
   /** Run the Raft fleet (vault/fleet/main.ts) instead of the single vault. */
-  fleet?: { replicas?: number; wan?: WanChoice; transport?: 'ports' | 'tcp' };
+  fleet?: { replicas?: number; wan?: WanChoice; transport?: 'ports' | 'tcp'; faults?: boolean };
   chatdPort?: number;
   vaultPort?: number;
   chatdArgs?: string[];
@@ -457,6 +473,8 @@ export interface ServeRecord {
   pid: number;
   chatdUrl: string;
   vaultUrl: string;
+  /** The fleet's operator listener (status, faults), when mode is 'fleet'. */
+  operatorUrl?: string;
   /** 'fleet' when `bkv fleet up` runs the Raft fleet behind ChatD (vaultUrl is then the fleet's front). */
   mode?: 'vault' | 'fleet';
   /** Fleet mode: replicas, WAN model. */

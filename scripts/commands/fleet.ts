@@ -7,6 +7,7 @@ import { provision } from '../../softhsm/provision.ts';
 import { finalizeModule } from '../../hsm-adapter/module.ts';
 import { readManifest, replicaNames, statePaths } from '../../softhsm/state.ts';
 import { resolveWanConfig } from '../../vault/fleet/wan.ts';
+import { hopSecret } from '../../protocol/hop-secret.ts';
 import {
   ServiceError,
   clearServeRecord,
@@ -19,6 +20,7 @@ import {
   servePaths,
   startServices,
   writeServeRecord,
+  type OperatorEndpoint,
   type ExitInfo,
   type FleetFault,
   type FleetStatus,
@@ -28,7 +30,7 @@ import {
 /** Exit codes beyond cli.ts's 0/1/2, as `bkv serve`: which child died on its own. */
 export const FLEET_EXIT = { fleetDied: 3, chatdDied: 4 } as const;
 
-const upHelp = `usage: bkv fleet up [--replicas N] [--wan default|none|FILE] [--transport ports|tcp] [--state DIR] [--port N] [--fleet-port N] [--quiet]
+const upHelp = `usage: bkv fleet up [--replicas N] [--wan default|none|FILE] [--transport ports|tcp] [--faults] [--state DIR] [--port N] [--fleet-port N] [--quiet]
 
 Starts the vault as a fleet of replicas, one per data center, each a worker thread on its own
 SoftHSM2 token, agreeing by Raft on every record change (above all the attempt counter), plus ChatD
@@ -45,6 +47,7 @@ keys, computed from the tokens), so \`bkv backup ... --state DIR\` works against
   --transport T     ports (default): replicas are worker threads of one process, joined through the WAN
                     model; tcp: every replica its own process, joined by the mutually authenticated TCP
                     transport on loopback (the real network: --wan none; crash/restart faults only)
+  --faults          enable fault injection (\`bkv fleet fault\`) on the operator listener; off by default
   --state DIR       state directory (default .bkv)
   --port N          ChatD's port (default 0: any free port)
   --fleet-port N    the fleet front's port, where ChatD sends relayed requests (default 0)
@@ -113,7 +116,7 @@ function describe(e: ExitInfo): string {
 }
 
 /** The running fleet on stateDir, or a clear error saying what runs there instead. */
-export function runningFleet(stateDir: string): ServeRecord & { vaultUrl: string } {
+export function runningFleet(stateDir: string): ServeRecord & { operator: OperatorEndpoint } {
   const r = readServeRecord(stateDir);
   if (!r) {
     throw new ServiceError('FLEET_NOT_RUNNING', `no fleet is running on ${stateDir}: start one with \`bkv fleet up --state ${stateDir}\``);
@@ -121,7 +124,8 @@ export function runningFleet(stateDir: string): ServeRecord & { vaultUrl: string
   if (r.mode !== 'fleet') {
     throw new ServiceError('FLEET_NOT_RUNNING', `${stateDir} is served by \`bkv serve\` (pid ${r.pid}), a single vault replica, not a fleet; stop it and run \`bkv fleet up --state ${stateDir}\``);
   }
-  return r;
+  if (!r.operatorUrl) throw new ServiceError('STATE_CORRUPT', `${stateDir}/serve.json names no operator listener (written by an older bkv?); restart the fleet`);
+  return { ...r, operator: { url: r.operatorUrl, key: hopSecret(stateDir, 'operator') } };
 }
 
 // ---- up --------------------------------------------------------------------------------------
@@ -139,6 +143,7 @@ async function up(argv: string[]): Promise<number> {
     port: { type: 'string' },
     'fleet-port': { type: 'string' },
     quiet: { type: 'boolean' },
+    faults: { type: 'boolean' },
   });
   const stateDir = values.state ?? '.bkv';
   const chatdPort = port('port', values.port);
@@ -204,7 +209,7 @@ async function up(argv: string[]): Promise<number> {
       stateDir,
       chatdPort,
       vaultPort: fleetPort,
-      fleet: { replicas, wan, ...(transport === 'tcp' ? { transport } : {}) },
+      fleet: { replicas, wan, faults: values.faults === true, ...(transport === 'tcp' ? { transport } : {}) },
       onLine: values.quiet ? undefined : (who, line) => process.stderr.write(`${who === 'vault' ? 'fleet' : who} | ${line}\n`),
     });
     const fleet = services.fleet!;
@@ -225,6 +230,7 @@ async function up(argv: string[]): Promise<number> {
       mode: 'fleet',
       chatdUrl: services.chatd.url,
       vaultUrl: fleet.url,
+      operatorUrl: fleet.operator.url,
       replicas: names,
       wan,
       vaultPid: fleet.pid,
@@ -313,7 +319,7 @@ async function status(argv: string[]): Promise<number> {
   const rec = runningFleet(stateDir);
   const pid = rec.vaultPid;
   if (!values.watch) {
-    const s = await fetchFleetStatus(rec.vaultUrl, pid);
+    const s = await fetchFleetStatus(rec.operator, pid);
     if (values.json) console.log(JSON.stringify(statusJson(s, rec), null, 2));
     else for (const l of formatStatus(s)) console.log(l);
     return 0;
@@ -339,7 +345,7 @@ async function status(argv: string[]): Promise<number> {
       let lines: string[];
       let s: FleetStatus | undefined;
       try {
-        s = await fetchFleetStatus(rec.vaultUrl, pid);
+        s = await fetchFleetStatus(rec.operator, pid);
         lines = formatStatus(s);
       } catch (e) {
         lines = [`fleet status unavailable: ${(e as Error).message}`];
@@ -376,7 +382,7 @@ async function fault(argv: string[]): Promise<number> {
   const stateDir = values.state ?? '.bkv';
   const [action, ...args] = positionals;
   const rec = runningFleet(stateDir);
-  const s = await fetchFleetStatus(rec.vaultUrl, rec.vaultPid);
+  const s = await fetchFleetStatus(rec.operator, rec.vaultPid);
   const known = s.replicas.map((r) => r.name);
   const replica = (v: string | undefined): string => {
     if (v === undefined) throw new UsageError(`fleet fault ${action} needs a replica name (one of ${known.join(', ')})`);
@@ -423,7 +429,7 @@ async function fault(argv: string[]): Promise<number> {
       throw new UsageError(`unknown fault '${(action ?? '').slice(0, 40)}' (partition, isolate, block, heal, crash, snapshot-disk, restart)`);
   }
   if (values.rollback && f.op !== 'restart') throw new UsageError('--rollback goes with `restart` only');
-  await postFleetFault(rec.vaultUrl, f);
+  await postFleetFault(rec.operator, f);
   const what =
     f.op === 'partition' ? `partitioned ${f.groups.map((g) => `{${g.join(', ')}}`).join(' | ')}` :
     f.op === 'heal' ? 'healed every link' :

@@ -163,7 +163,7 @@ export const command: Command = {
       });
       say(`[setup] provisioned ${report.replicas.length} SoftHSM2 tokens (${report.replicas.map((r) => r.name).join(', ')}) and ran the key ceremony  (${secs(provMs)})`);
       const [svc, startMs] = await timed(async () => {
-        const started = await startServices({ stateDir, ...(kind === 'fleet' ? { fleet: { wan } } : {}), onLine: (who, line) => appendFileSync(logFile, `${who} | ${line}\n`) });
+        const started = await startServices({ stateDir, ...(kind === 'fleet' ? { fleet: { wan, faults: true } } : {}), onLine: (who, line) => appendFileSync(logFile, `${who} | ${line}\n`) });
         services = started;
         // The story starts once the fleet has a leader and every replica is up.
         const st = started.fleet ? await waitFor(started.fleet, (x) => !!x.leader && x.replicas.every((r) => r.healthy), 30_000) : undefined;

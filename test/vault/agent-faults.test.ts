@@ -5,10 +5,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { enablePassword, recoverK, status } from '../../client/password.ts';
 import { TokenError } from '../../hsm-adapter/errors.ts';
 import type { Token } from '../../hsm-adapter/token.ts';
-import { decodeVaultReply } from '../../protocol/wire.ts';
 import { SoloLog } from '../../vault/agent/log.ts';
 import type { LogStore } from '../../vault/agent/store.ts';
-import { vaultFixture, type VaultFixture } from './agent-fixture.ts';
+import { sessionTap, vaultFixture, type VaultFixture } from './agent-fixture.ts';
 
 let fx: VaultFixture;
 beforeAll(async () => {
@@ -45,20 +44,18 @@ describe('faults under a request', () => {
         return new SoloLog(wrapped, sealed);
       },
     });
-    const seen: string[] = [];
-    const err = await recoverK(async (b) => {
-      const reply = await r.handle('kim', b);
-      seen.push(decodeVaultReply(reply).t);
-      return reply;
-    }, fx.client('kim'), 'pw').catch((e) => e);
-    expect(seen).toEqual(['Error']);
+    // The tap reads what the firmware said inside the session: an error, never a KE2.
+    const tap = sessionTap(fx.vaultSessionKey);
+    const err = await recoverK(tap.wrap(fx.sendVia(r, 'kim'), 'kim'), { ...fx.client('kim'), rng: tap.rng }, 'pw').catch((e) => e);
+    expect(tap.seen.map((t) => t.kind)).toEqual(['welcome']);
+    expect(tap.replies()).toEqual([{ t: 'Error', code: 'UNHEALTHY' }]);
     expect(err).toMatchObject({ code: 'VAULT_ERROR', vaultCode: 'UNHEALTHY' });
     expect(r.health).toMatchObject({ healthy: false, code: 'STORE_WRITE_FAILED' });
-    await expect(status(fx.sendVia(r, 'kim'))).rejects.toMatchObject({ code: 'STORE_WRITE_FAILED' });
+    await expect(status(fx.sendVia(r, 'kim'), fx.client('kim'))).rejects.toMatchObject({ code: 'STORE_WRITE_FAILED' });
     failWrites = false;
     await r.close();
     r = await fx.open();
-    expect(await status(fx.sendVia(r, 'kim'))).toMatchObject({ attemptsLeft: 5 });
+    expect(await status(fx.sendVia(r, 'kim'), fx.client('kim'))).toMatchObject({ attemptsLeft: 5 });
     await r.close();
   });
 
@@ -66,19 +63,16 @@ describe('faults under a request', () => {
     const flaky = flakyAnchor(fx.token);
     let r = await fx.open({ token: flaky.token });
     flaky.set(true);
-    const seen: string[] = [];
-    await recoverK(async (b) => {
-      const reply = await r.handle('kim', b);
-      seen.push(decodeVaultReply(reply).t);
-      return reply;
-    }, fx.client('kim'), 'pw').catch(() => undefined);
-    expect(seen).toEqual(['Error']);
+    const tap = sessionTap(fx.vaultSessionKey);
+    await recoverK(tap.wrap(fx.sendVia(r, 'kim'), 'kim'), { ...fx.client('kim'), rng: tap.rng }, 'pw').catch(() => undefined);
+    expect(tap.seen.map((t) => t.kind)).toEqual(['welcome']);
+    expect(tap.replies().map((m) => m.t)).toEqual(['Error']);
     expect(r.health).toMatchObject({ healthy: false, code: 'TOKEN_DEVICE_ERROR' });
     flaky.set(false);
     await r.close();
     r = await fx.open();
     // The Attempt reached the disk but not the anchor: it is adopted (counted), never un-counted.
-    expect(await status(fx.sendVia(r, 'kim'))).toMatchObject({ attemptsLeft: 4 });
+    expect(await status(fx.sendVia(r, 'kim'), fx.client('kim'))).toMatchObject({ attemptsLeft: 4 });
     expect(r.health.healthy).toBe(true);
     await r.close();
   });

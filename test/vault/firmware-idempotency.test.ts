@@ -1,11 +1,18 @@
 // A device request delivered twice (a retrying ChatD, a duplicating network) is one request: the copy
 // is not charged or proposed again, and it gets the original's reply bytes, whether it arrives while
 // the original's entry waits for its commit or after. A request that differs in any byte is new.
+// Two layers do this: the session gate answers a byte-identical Hello or Next with its one Welcome or
+// Final (a device link that duplicates frames); the firmware remembers its replies to inner requests
+// (stepped plain into it here), which is what still holds when a copy reaches it in a new session.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { enablePassword, recoverK, status, type Send } from '../../client/password.ts';
 import type { Token } from '../../hsm-adapter/token.ts';
 import { createOpaque, identityKsf, tokenServerSecrets, type Opaque } from '../../protocol/opaque/index.ts';
-import { FINISH_REPLY_SIZE, decodeDeviceMessage, decodeVaultReply, encodeDeviceMessage, type DeviceMessage, type WireSuite } from '../../protocol/wire.ts';
+import { fastX25519 } from '../../protocol/opaque/group.ts';
+import { tokenSessionKey } from '../../protocol/opaque/secrets.ts';
+import { registrationConfirm } from '../../protocol/kbox.ts';
+import { decodeSessionFrame, fleetIdentity } from '../../protocol/session.ts';
+import { FINISH_REPLY_SIZE, decodeVaultReply, encodeDeviceMessage, pinOf, type DeviceMessage, type WireSuite } from '../../protocol/wire.ts';
 import { Firmware, type Policy } from '../../vault/firmware/firmware.ts';
 import { decodeEntry } from '../../vault/firmware/entries.ts';
 import { provisionTestFleet, type TestFleet } from '../helpers/fleet.ts';
@@ -17,12 +24,15 @@ let fleet: TestFleet;
 let token: Token;
 let opaque: Partial<Record<WireSuite, Opaque>>;
 let device: Opaque;
+/** The vault's session key devices pin. */
+let sessionKey: Uint8Array;
 
 beforeAll(async () => {
   fleet = await provisionTestFleet({ replicas: 1 });
   token = fleet.openToken(fleet.replicas[0]!.tokenLabel);
   opaque = { [SUITE]: await createOpaque({ suite: SUITE }) };
   device = await createOpaque({ suite: SUITE, ksf: identityKsf });
+  sessionKey = tokenSessionKey(token, fastX25519()).publicKey;
 });
 afterAll(async () => {
   await fleet?.cleanup();
@@ -35,8 +45,11 @@ const client = (user: string, seed: string) => ({
   suite: SUITE,
   ksf: identityKsf,
   serverPublicKey: tokenServerSecrets(token, SUITE).akeKeyPair.publicKey,
+  sessionKey,
   rng: seededRng(seed),
 });
+/** RFC 9807 identities a device binds against a gate-wrapped firmware (as client/password.ts does). */
+const ids = (user: string) => ({ clientIdentity: new TextEncoder().encode(user), serverIdentity: fleetIdentity(sessionKey) });
 const enc = (m: DeviceMessage) => encodeDeviceMessage(m);
 const hexOf = (b: Uint8Array | undefined) => (b ? Buffer.from(b).toString('hex') : 'none');
 
@@ -61,8 +74,9 @@ function commit(h: Harness): number {
 }
 
 /**
- * A device link that delivers every request twice: the copy lands before the original's entry
- * commits ('before') or after its reply left ('after'). Both replies must be byte-identical.
+ * A device link that delivers every session frame twice: the copy lands before the original's entry
+ * commits ('before') or after its reply left ('after'). Both replies must be byte-identical (the gate
+ * answers a copied Hello or Next with the one Welcome or Final of that session, RegisterStart's too).
  */
 function duplicating(h: Harness, user: string, when: 'before' | 'after', log: { proposals: number; copies: number }): Send {
   return async (body) => {
@@ -78,11 +92,9 @@ function duplicating(h: Harness, user: string, when: 'before' | 'after', log: { 
     const ra = h.replies.get(a.rid);
     const rb = h.replies.get(b!.rid);
     expect(ra, 'original answered').toBeDefined();
-    // (a RegisterStart copy gets its own fresh, uncommitted ticket: nothing is charged or stored for it)
-    if (decodeDeviceMessage(body).t !== 'RegisterStart') {
-      expect(hexOf(rb)).toBe(hexOf(ra));
-      log.copies++;
-    }
+    expect(decodeSessionFrame(ra!).kind).not.toBe('refused');
+    expect(hexOf(rb)).toBe(hexOf(ra));
+    log.copies++;
     return ra!;
   };
 }
@@ -121,7 +133,7 @@ describe('RecoverStart: an identical KE1 is one attempt', () => {
     const k2 = decodeVaultReply(ke2) as { session: Uint8Array; ke2: Uint8Array };
     let ke3: Uint8Array;
     try {
-      ke3 = device.clientFinishLogin(start.state, k2.ke2).ke3;
+      ke3 = device.clientFinishLogin(start.state, k2.ke2, ids('ann')).ke3;
     } catch {
       ke3 = seededRng('fake-ke3')(device.sizes.ke3);
     }
@@ -211,7 +223,7 @@ describe('RecoverStart: an identical KE1 is one attempt', () => {
       }
       expect(outcomes, when).toEqual(['WRONG_PASSWORD', 'WRONG_PASSWORD', 'LOCKED']);
       expect(log.proposals, when).toBe(1 + 3 + 3); // Register, then an Attempt and an Outcome per guess
-      expect(log.copies, when).toBe(1 + 3 * 2);
+      expect(log.copies, when).toBe(2 + 3 * 2); // every frame: RegisterStart and RegisterFinish, then KE1 and KE3 per guess
       expect(h.fw.inspect('fay'), when).toMatchObject({ state: 'locked', used: 3 });
     }
   });
@@ -223,7 +235,7 @@ describe('RecoverFinish: a copy of a decided KE3 gets the same outcome', () => {
     const r = decodeVaultReply(await h.send(user)(enc({ t: 'RecoverStart', ke1: start.ke1 }))) as { t: string; session: Uint8Array; ke2: Uint8Array };
     let ke3: Uint8Array;
     try {
-      ke3 = device.clientFinishLogin(start.state, r.ke2).ke3;
+      ke3 = device.clientFinishLogin(start.state, r.ke2, ids(user)).ke3;
     } catch {
       ke3 = seededRng(`${user}-${password}`)(device.sizes.ke3);
     }
@@ -305,19 +317,22 @@ describe('RecoverFinish: a copy of a decided KE3 gets the same outcome', () => {
 });
 
 describe('RegisterFinish: a copy is the same registration', () => {
-  /** Runs RegisterStart and builds the device's RegisterFinish without sending it. */
+  const LIMIT = 4;
+  const confirms = new Map<string, Uint8Array>();
+  /**
+   * Runs RegisterStart (inner protocol, plain into the firmware) and builds the RegisterFinish the
+   * device would send inside its session, without sending it. Remembers the confirmation it expects.
+   */
   async function finishBody(h: Harness, user: string, seed: string, password: string): Promise<Uint8Array> {
-    let captured: Uint8Array | null = null;
-    const send: Send = async (b) => {
-      if (decodeDeviceMessage(b).t === 'RegisterFinish') {
-        captured = b;
-        throw new Error('held');
-      }
-      return h.send(user)(b);
-    };
-    await enablePassword(send, client(user, seed), password, new Uint8Array(32).fill(10), 4).catch(() => undefined);
-    if (!captured) throw new Error('no RegisterFinish');
-    return captured;
+    const rng = seededRng(seed);
+    const akeKey = tokenServerSecrets(token, SUITE).akeKeyPair.publicKey;
+    const start = device.clientStartRegistration(new TextEncoder().encode(password), { rng });
+    const r1 = decodeVaultReply(await h.send(user)(enc({ t: 'RegisterStart', suite: SUITE, request: start.request, pin: pinOf(akeKey) })));
+    if (r1.t !== 'RegisterResponse') throw new Error(`expected RegisterResponse, got ${r1.t}`);
+    const { record } = device.clientFinishRegistration(start.state, r1.response, { rng, expectedServerPublicKey: akeKey, ...ids(user) });
+    const body = enc({ t: 'RegisterFinish', suite: SUITE, ticket: r1.ticket, record, k: new Uint8Array(32).fill(10), ksf: identityKsf.name, limit: LIMIT });
+    confirms.set(hexOf(body), registrationConfirm({ user, suite: SUITE, limit: LIMIT, ticket: r1.ticket, record, ksf: identityKsf.name }));
+    return body;
   }
 
   it('a copy before the commit joins it; a copy after gets the same Registered; one Register entry', async () => {
@@ -330,7 +345,7 @@ describe('RegisterFinish: a copy is the same registration', () => {
     expect([a.kinds, b.kinds, h.proposed.length]).toEqual([['propose'], [], 1]);
     commit(h);
     const registered = h.replies.get(a.rid)!;
-    expect(decodeVaultReply(registered).t).toBe('Registered');
+    expect(decodeVaultReply(registered)).toEqual({ t: 'Registered', limit: LIMIT, confirm: confirms.get(hexOf(body)) });
     expect(hexOf(h.replies.get(b.rid))).toBe(hexOf(registered));
     h.step({ kind: 'tick', now: 60_000 });
     const c = hold(h, 'kim', body);
@@ -338,7 +353,7 @@ describe('RegisterFinish: a copy is the same registration', () => {
     commit(h);
     expect(hexOf(h.replies.get(c.rid))).toBe(hexOf(registered)); // not STALE_REGISTRATION
     expect(proposedTypes(h, mark)).toEqual(['Register']);
-    expect(await status(h.send('kim'))).toEqual({ state: 'registered', attemptsLeft: 4, limit: 4 });
+    expect(await status(h.send('kim'), client('kim', 'c-kim-s'))).toEqual({ state: 'registered', attemptsLeft: 4, limit: 4 });
     // the copy did not disturb the record: the password works
     await recoverK(h.send('kim'), client('kim', 'c-kim-r'), 'pw');
   });
@@ -363,7 +378,7 @@ describe('RegisterFinish: a copy is the same registration', () => {
     await h.send('lou')(enc({ t: 'Disable' }));
     expect(decodeVaultReply(await h.send('lou')(second))).toEqual({ t: 'Error', code: 'STALE_REGISTRATION' });
     expect(proposedTypes(h, mark).filter((t) => t !== 'Attempt' && t !== 'Outcome')).toEqual(['ChangePassword', 'Delete']);
-    expect(await status(h.send('lou'))).toMatchObject({ state: 'none' });
+    expect(await status(h.send('lou'), client('lou', 'c-lou-s'))).toMatchObject({ state: 'none' });
   });
 
   it('a copy of a KE3 that released K is not answered with K once the record locked or went away', async () => {
@@ -371,7 +386,7 @@ describe('RegisterFinish: a copy is the same registration', () => {
     await enablePassword(h.send('meg'), client('meg', 'c-meg'), 'right', new Uint8Array(32).fill(12), 3);
     const start = device.clientStartLogin(new TextEncoder().encode('right'));
     const k2 = decodeVaultReply(await h.send('meg')(enc({ t: 'RecoverStart', ke1: start.ke1 }))) as { session: Uint8Array; ke2: Uint8Array };
-    const body = enc({ t: 'RecoverFinish', session: k2.session, ke3: device.clientFinishLogin(start.state, k2.ke2).ke3 });
+    const body = enc({ t: 'RecoverFinish', session: k2.session, ke3: device.clientFinishLogin(start.state, k2.ke2, ids('meg')).ke3 });
     const released = await h.send('meg')(body);
     expect(decodeVaultReply(released).t).toBe('Released');
     expect(hexOf(await h.send('meg')(body))).toBe(hexOf(released));

@@ -1,9 +1,13 @@
 // Every RecoverFinish reply waits for exactly one commit, whatever the outcome, so a network observer
-// (ChatD) cannot tell a right password from a wrong one by latency; replies and entries keep one size.
+// (ChatD) cannot tell a right password from a wrong one by latency; replies and entries keep one size,
+// and so do the session frames ChatD actually relays.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { enablePassword } from '../../client/password.ts';
+import { enablePassword, recoverK, type Send } from '../../client/password.ts';
 import type { Token } from '../../hsm-adapter/token.ts';
 import { createOpaque, identityKsf, tokenServerSecrets, type Opaque } from '../../protocol/opaque/index.ts';
+import { fastX25519 } from '../../protocol/opaque/group.ts';
+import { tokenSessionKey } from '../../protocol/opaque/secrets.ts';
+import { FRAME_BYTES, decodeSessionFrame, fleetIdentity } from '../../protocol/session.ts';
 import { FINISH_REPLY_SIZE, decodeVaultReply, encodeDeviceMessage, type VaultReply, type WireSuite } from '../../protocol/wire.ts';
 import { Firmware, type Policy } from '../../vault/firmware/firmware.ts';
 import { decodeEntry } from '../../vault/firmware/entries.ts';
@@ -15,12 +19,15 @@ let fleet: TestFleet;
 let token: Token;
 let opaque: Partial<Record<WireSuite, Opaque>>;
 let device: Opaque;
+/** The vault's session key devices pin. */
+let sessionKey: Uint8Array;
 
 beforeAll(async () => {
   fleet = await provisionTestFleet({ replicas: 1 });
   token = fleet.openToken(fleet.replicas[0]!.tokenLabel);
   opaque = { [SUITE]: await createOpaque({ suite: SUITE }) };
   device = await createOpaque({ suite: SUITE, ksf: identityKsf });
+  sessionKey = tokenSessionKey(token, fastX25519()).publicKey;
 });
 afterAll(async () => {
   await fleet?.cleanup();
@@ -33,8 +40,11 @@ const client = (user: string, seed: string) => ({
   suite: SUITE,
   ksf: identityKsf,
   serverPublicKey: tokenServerSecrets(token, SUITE).akeKeyPair.publicKey,
+  sessionKey,
   rng: seededRng(seed),
 });
+/** RFC 9807 identities a device binds against a gate-wrapped firmware (as client/password.ts does). */
+const ids = (user: string) => ({ clientIdentity: new TextEncoder().encode(user), serverIdentity: fleetIdentity(sessionKey) });
 
 /** A recovery session up to KE2 (commits flow); returns what the device needs for its KE3. */
 async function session(h: Harness, user: string, password: string) {
@@ -43,7 +53,7 @@ async function session(h: Harness, user: string, password: string) {
   if (ke2.t !== 'KE2') throw new Error(`expected KE2, got ${ke2.t}`);
   let ke3: Uint8Array;
   try {
-    ke3 = device.clientFinishLogin(start.state, ke2.ke2).ke3;
+    ke3 = device.clientFinishLogin(start.state, ke2.ke2, ids(user)).ke3;
   } catch {
     ke3 = seededRng(`${user}-${password}`)(device.sizes.ke3); // as the device does after a failed envelope check
   }
@@ -158,5 +168,60 @@ describe('RecoverFinish costs one commit whatever the outcome', () => {
     expect(c).toMatchObject({ immediate: ['reply'], commits: 0, reply: { t: 'Error', code: 'NOT_LEADER' } });
     h.step({ kind: 'leadership', leader: true });
     expect(finishCost(h, 'u1', s).reply).toEqual({ t: 'Error', code: 'NO_SESSION' });
+  });
+
+  it('through the gate: every Final ChatD relays has one size and waits for one commit, whatever the outcome', async () => {
+    const h = new Harness(firmware('timing-gate'));
+    for (const u of ['g1', 'g2', 'g3']) await enablePassword(h.send(u), client(u, `cg-${u}`), 'right', new Uint8Array(32).fill(4), 3);
+    /** One device's frames with commits held back; per frame: what left at once, commits until the reply, its kind and size. */
+    const watched = (user: string, seen: Array<[string, string[], number, number]>): Send => async (body) => {
+      h.autoCommit = false;
+      const requestId = h.nextRequest++;
+      const immediate = h.step({ kind: 'request', requestId, user, body }).map((o) => o.kind);
+      let commits = 0;
+      while (!h.replies.has(requestId) && h.proposed.length > 0) {
+        h.step({ kind: 'committed', index: ++h.index, entry: h.proposed.shift()!.entry });
+        commits++;
+      }
+      h.autoCommit = true;
+      h.commitAll();
+      const reply = h.replies.get(requestId)!;
+      seen.push([decodeSessionFrame(reply).kind, immediate, commits, reply.length]);
+      return reply;
+    };
+    const outcome = async (user: string, password: string, seed: string) => {
+      const seen: Array<[string, string[], number, number]> = [];
+      const result = await recoverK(watched(user, seen), client(user, seed), password).then(
+        () => 'released',
+        (e: { code: string }) => e.code,
+      );
+      return { result, seen };
+    };
+    const runs = {
+      correct: await outcome('g1', 'right', 'o1'),
+      wrong: await outcome('g2', 'wrong', 'o2'),
+      unknownUser: await outcome('g9', 'anything', 'o3'),
+      wrongAtLimit: await (async () => {
+        await outcome('g3', 'wrong', 'o4');
+        await outcome('g3', 'wrong', 'o5');
+        return outcome('g3', 'wrong', 'o6');
+      })(),
+    };
+    expect(Object.fromEntries(Object.entries(runs).map(([k, r]) => [k, r.result]))).toEqual({
+      correct: 'released',
+      wrong: 'WRONG_PASSWORD',
+      unknownUser: 'WRONG_PASSWORD',
+      wrongAtLimit: 'LOCKED',
+    });
+    for (const [path, r] of Object.entries(runs)) {
+      expect({ path, seen: r.seen }).toEqual({
+        path,
+        seen: [
+          ['welcome', ['propose'], 1, FRAME_BYTES.welcome],
+          ['final', ['propose'], 1, FRAME_BYTES.final],
+        ],
+      });
+    }
+    expect(h.fw.inspect('g3')).toMatchObject({ state: 'locked', hasK: false });
   });
 });

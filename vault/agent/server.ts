@@ -7,7 +7,7 @@ import type { AddressInfo } from 'node:net';
 import { BkvError } from '../../protocol/errors.ts';
 import { MAX_RELAY_BODY, RELAY_PATH, decodeRelayRequest, encodeRelayReply } from '../../protocol/relay.ts';
 import type { Replica } from './replica.ts';
-import { readBody } from './http.ts';
+import { readBody, refuseUnauthorizedRelay } from './http.ts';
 
 export const HEALTH_PATH = '/v1/health';
 
@@ -17,10 +17,10 @@ export interface VaultServer {
   close(): Promise<void>;
 }
 
-export async function startVaultServer(replica: Replica, opts: { host?: string; port?: number; log?: (line: string) => void } = {}): Promise<VaultServer> {
+export async function startVaultServer(replica: Replica, opts: { host?: string; port?: number; log?: (line: string) => void; relayKey?: string } = {}): Promise<VaultServer> {
   const say = opts.log ?? (() => undefined);
   const server = createServer((req, res) => {
-    void serve(replica, req, res).then(
+    void serve(replica, req, res, opts.relayKey).then(
       (r) => say(`${req.method} ${req.url} ${r.status}${r.code ? ` ${r.code}` : ''}`),
       () => say(`${req.method} ${req.url} failed`),
     );
@@ -42,11 +42,12 @@ export async function startVaultServer(replica: Replica, opts: { host?: string; 
   };
 }
 
-async function serve(replica: Replica, req: IncomingMessage, res: ServerResponse): Promise<{ status: number; code?: string }> {
+async function serve(replica: Replica, req: IncomingMessage, res: ServerResponse, relayKey: string | undefined): Promise<{ status: number; code?: string }> {
   if (req.url === HEALTH_PATH && req.method === 'GET') {
     const h = replica.health;
     return send(res, h.healthy ? 200 : 503, 'application/json', JSON.stringify({ healthy: h.healthy, code: h.code ?? null, index: replica.firmware.appliedIndex }));
   }
+  if (refuseUnauthorizedRelay(req, res, relayKey)) return { status: 401, code: 'UNAUTHORIZED' };
   if (req.url !== RELAY_PATH || req.method !== 'POST') {
     return send(res, 404, 'application/json', JSON.stringify({ code: 'NOT_FOUND' }), 'NOT_FOUND');
   }

@@ -128,7 +128,15 @@ export class SessionGate {
 
   step(input: FirmwareInput): FirmwareOutput[] {
     this.out = [];
-    if (input.kind === 'request') this.onRequest(input.requestId, input.user, input.body);
+    if (input.kind === 'request') {
+      try {
+        this.onRequest(input.requestId, input.user, input.body);
+      } catch {
+        // A request the gate could not handle (a bug, never the device's doing): refused, nothing kept.
+        this.route.delete(input.requestId);
+        this.refuse(input.requestId, 'INTERNAL');
+      }
+    }
     else {
       if (input.kind === 'tick') {
         this.now = Math.max(this.now, input.now);
@@ -258,19 +266,26 @@ export class SessionGate {
       }
       const hint = reply?.t === 'Error' && HOST_HINTS.has(reply.code) ? reply.code : undefined;
       let bytes: Uint8Array;
-      if (r.pos === 'welcome') {
-        if (!s.hs) continue;
-        if (reply?.t === 'RegisterResponse') s.ticket = reply.ticket;
-        if (reply?.t === 'KE2') s.recovery = reply.session;
-        const w = sealWelcome(this.dh, s.hs, s.re, this.rng(32), o.body);
-        s.hs = null;
-        s.transport = w.transport;
-        s.welcome = bytes = w.bytes;
-      } else {
-        if (!s.transport) continue;
-        s.final = bytes = sealFinal(s.transport, s.sid, o.body);
-      }
       const ids = r.pos === 'welcome' ? s.waiting.welcome : s.waiting.final;
+      try {
+        if (r.pos === 'welcome') {
+          if (!s.hs) continue;
+          if (reply?.t === 'RegisterResponse') s.ticket = reply.ticket;
+          if (reply?.t === 'KE2') s.recovery = reply.session;
+          const w = sealWelcome(this.dh, s.hs, s.re, this.rng(32), o.body);
+          s.hs = null;
+          s.transport = w.transport;
+          s.welcome = bytes = w.bytes;
+        } else {
+          if (!s.transport) continue;
+          s.final = bytes = sealFinal(s.transport, s.sid, o.body);
+        }
+      } catch {
+        // A reply that cannot be sealed (a firmware bug): the session ends, everyone waiting is refused.
+        for (const id of ids.splice(0)) this.refuse(id, 'INTERNAL');
+        this.drop(r.sid);
+        continue;
+      }
       for (const id of ids.splice(0)) this.out.push(hint ? { kind: 'reply', requestId: id, body: bytes, hint } : { kind: 'reply', requestId: id, body: bytes });
     }
   }

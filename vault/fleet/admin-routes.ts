@@ -1,6 +1,10 @@
-// The fleet front's two operator routes, shared by the thread fleet and the process fleet: status
-// (GET) and, when enabled, fault injection (POST JSON FleetFault). Relay routing stays with each front.
-import type { IncomingMessage, ServerResponse } from 'node:http';
+// The fleet's operator listener, shared by the thread fleet and the process fleet: status (GET) and,
+// when enabled, fault injection (POST JSON FleetFault). It listens apart from the relay front (which
+// carries device traffic only), and every request must carry the operator key (protocol/hop-secret.ts):
+// other local users reach neither the status nor the faults.
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { bearerMatches } from '../../protocol/hop-secret.ts';
 import { BkvError } from '../../protocol/errors.ts';
 import { readBody, sendBody } from '../agent/http.ts';
 import { FLEET_FAULT_PATH, FLEET_STATUS_PATH, type FleetFault, type ReplicaStatus } from './fleet-types.ts';
@@ -11,10 +15,37 @@ export interface AdminRoutes {
   fault?: (f: FleetFault) => Promise<unknown>;
 }
 
+/** The operator listener on 127.0.0.1; `key` is the operator key every request must present. */
+export async function startOperatorListener(routes: AdminRoutes, key: string, port = 0): Promise<{ url: string; close(): Promise<void> }> {
+  const server = createServer((req, res) => {
+    void (async () => {
+      if (!bearerMatches(req.headers.authorization, key)) {
+        return sendBody(res, 401, 'application/json', JSON.stringify({ code: 'UNAUTHORIZED', message: 'operator routes need the operator key (<state>/operator.key)' }));
+      }
+      if (!(await serveAdminRoute(req, res, routes))) sendBody(res, 404, 'application/json', JSON.stringify({ code: 'NOT_FOUND' }));
+    })().catch(() => sendBody(res, 500, 'application/json', JSON.stringify({ code: 'INTERNAL' })));
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, '127.0.0.1', () => resolve());
+  });
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    close: () => new Promise<void>((resolve) => {
+      server.close(() => resolve());
+      server.closeAllConnections();
+    }),
+  };
+}
+
 /** Answers the request if it is an operator route and returns true; false leaves it to the caller. */
-export async function serveAdminRoute(req: IncomingMessage, res: ServerResponse, routes: AdminRoutes): Promise<boolean> {
+async function serveAdminRoute(req: IncomingMessage, res: ServerResponse, routes: AdminRoutes): Promise<boolean> {
   if (req.url === FLEET_STATUS_PATH && req.method === 'GET') {
     sendBody(res, 200, 'application/json', JSON.stringify(await routes.status()));
+    return true;
+  }
+  if (req.url === FLEET_FAULT_PATH && req.method === 'POST' && !routes.fault) {
+    sendBody(res, 403, 'application/json', JSON.stringify({ code: 'FAULTS_OFF', message: 'fault injection is off: start the fleet with `bkv fleet up --faults`' }));
     return true;
   }
   if (req.url !== FLEET_FAULT_PATH || req.method !== 'POST' || !routes.fault) return false;

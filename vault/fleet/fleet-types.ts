@@ -51,7 +51,11 @@ export interface StartFleetOptions {
   electionTimeoutMs?: number;
   /** HTTP port for the relay endpoint (default 0 = any). */
   port?: number;
-  /** Also serve POST /v1/fleet/fault on the HTTP server (the fleet process and the CLI drive faults through it). Default false. */
+  /** The relay key (protocol/hop-secret.ts) every relay request must carry; unset only in tests of a bare fleet. */
+  relayKey?: string;
+  /** Runs the operator listener (status, faults) apart from the relay front, for requests carrying this key. */
+  operatorKey?: string;
+  /** Enables POST /v1/fleet/fault on the operator listener (`bkv fleet up --faults`). Default false. */
   faultEndpoint?: boolean;
   onEvent?(e: FleetEvent): void;
 }
@@ -59,6 +63,8 @@ export interface StartFleetOptions {
 export interface Fleet {
   /** HTTP on 127.0.0.1: POST RELAY_PATH (protocol/relay.ts), routed by header `x-bkv-region` (a replica name) or round-robin. */
   url: string;
+  /** The operator listener (GET status, POST fault), when StartFleetOptions.operatorKey was given. */
+  operatorUrl?: string;
   replicas: string[];
   /** Suite -> hex AKE public key (what devices pin; same on every replica). */
   akePublicKeys(): Record<string, string>;
@@ -80,9 +86,9 @@ export interface Fleet {
 }
 
 /**
- * The HTTP server at Fleet.url serves: POST RELAY_PATH (device requests), GET FLEET_STATUS_PATH
- * (JSON ReplicaStatus[]), and with faultEndpoint POST FLEET_FAULT_PATH (JSON FleetFault -> {ok:true} or
- * 400 {code, message}).
+ * The HTTP server at Fleet.url serves POST RELAY_PATH (device requests) only. The operator listener at
+ * Fleet.operatorUrl serves GET FLEET_STATUS_PATH (JSON ReplicaStatus[]) and, with faultEndpoint, POST
+ * FLEET_FAULT_PATH (JSON FleetFault -> {ok:true} or 400 {code, message}); both need the operator key.
  */
 /** Header naming the replica (its name/region) a relayed request should enter the fleet at. */
 export const REGION_HEADER = 'x-bkv-region';

@@ -24,8 +24,8 @@ import type { FromWorker, ReplicaWorkerData, ToWorker } from './replica-worker.t
 import { createPortFleet, type PortEndpointInit } from './transport-port.ts';
 import { createHash } from 'node:crypto';
 import { noneWanConfig, resolveWanConfig, type LinkTable, type WanConfig, type WanNode } from './wan.ts';
-import { readBody, sendBody } from '../agent/http.ts';
-import { serveAdminRoute } from './admin-routes.ts';
+import { readBody, refuseUnauthorizedRelay, sendBody } from '../agent/http.ts';
+import { startOperatorListener } from './admin-routes.ts';
 
 export type { Fleet, FleetEvent, FleetFault, ReplicaRole, ReplicaStatus, StartFleetOptions } from './fleet-types.ts';
 export { REGION_HEADER, FLEET_STATUS_PATH, FLEET_FAULT_PATH } from './fleet-types.ts';
@@ -66,6 +66,7 @@ export async function startFleet(opts: StartFleetOptions): Promise<Fleet> {
   let nextId = 1;
   const calls = new Map<number, { name: string; resolve(m: FromWorker): void }>();
   const diskCopies = new Map<string, string>();
+  let operator: { url: string; close(): Promise<void> } | undefined;
   let closed = false;
 
   const spawn = (name: string, endpoint: PortEndpointInit, transfer: MessagePort[], rejoining: boolean): Promise<void> => {
@@ -232,6 +233,9 @@ export async function startFleet(opts: StartFleetOptions): Promise<Fleet> {
       } else {
         cpSync(replicaDbDir(state.stateDir, name), dir, { recursive: true });
       }
+      // One copy per replica: a newer one replaces (and removes) the older, and close() removes the rest.
+      const old = diskCopies.get(name);
+      if (old && old !== dir) rmSync(old, { recursive: true, force: true });
       diskCopies.set(name, dir);
       return dir;
     },
@@ -239,6 +243,7 @@ export async function startFleet(opts: StartFleetOptions): Promise<Fleet> {
       if (closed) return;
       closed = true;
       await new Promise<void>((res) => { server.close(() => res()); server.closeAllConnections(); });
+      await operator?.close();
       await Promise.all([...running.entries()].map(async ([, r]) => {
         r.worker.postMessage({ t: 'close' } satisfies ToWorker);
         const t = setTimeout(() => void r.worker.terminate(), 5000);
@@ -275,7 +280,7 @@ export async function startFleet(opts: StartFleetOptions): Promise<Fleet> {
 
   const server = createServer((req, res) => { void serve(req, res).catch(() => sendBody(res, 500, 'application/json', JSON.stringify({ code: 'INTERNAL' }))); });
   const serve = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
-    if (await serveAdminRoute(req, res, { status: () => fleet.status(), fault: opts.faultEndpoint ? handleFault : undefined })) return;
+    if (refuseUnauthorizedRelay(req, res, opts.relayKey)) return;
     if (req.url !== RELAY_PATH || req.method !== 'POST') return sendBody(res, 404, 'application/json', JSON.stringify({ code: 'NOT_FOUND' }));
     let relayed;
     try {
@@ -298,6 +303,11 @@ export async function startFleet(opts: StartFleetOptions): Promise<Fleet> {
     server.listen(opts.port ?? 0, '127.0.0.1', () => resolve());
   });
   fleet.url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  if (opts.operatorKey !== undefined) {
+    const op = await startOperatorListener({ status: () => fleet.status(), fault: opts.faultEndpoint ? handleFault : undefined }, opts.operatorKey);
+    fleet.operatorUrl = op.url;
+    operator = op;
+  }
   return fleet;
 }
 

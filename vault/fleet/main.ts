@@ -2,17 +2,19 @@
 // between them through the WAN model, an HTTP front on loopback. Run:
 //   node bin/run.js vault/fleet/main.ts --state .bkv [--replicas N] [--wan none|default|FILE] [--port 0] [--seed 1] [--election-ms 1000]
 // Prints, once a leader is elected:
-//   FLEET_URL=http://127.0.0.1:PORT            (POST /v1/relay like a vault; GET /v1/fleet/status; POST /v1/fleet/fault)
+//   FLEET_URL=http://127.0.0.1:PORT            (POST /v1/relay like a vault, with the relay key)
+//   OPERATOR_URL=http://127.0.0.1:PORT         (GET /v1/fleet/status; with --faults POST /v1/fleet/fault; the operator key)
 //   VAULT_AKE_PUBLIC_KEY_<suite>=<hex>         (the key devices pin; same on every replica)
 // Exits 0 on SIGTERM/SIGINT after a clean shutdown; 2 on bad flags; 1 when it cannot start.
 import { pathToFileURL } from 'node:url';
+import { hopSecret } from '../../protocol/hop-secret.ts';
 import { parseArgs } from 'node:util';
 import { isBkvError } from '../../protocol/errors.ts';
 import { loadState } from '../../softhsm/state.ts';
 import { startFleet, type Fleet } from './fleet.ts';
 import { startProcessFleet } from './process-fleet.ts';
 
-const USAGE = 'usage: vault/fleet/main.ts [--state DIR] [--replicas N] [--wan none|default|FILE] [--port N] [--seed N] [--election-ms MS] [--transport ports|tcp]';
+const USAGE = 'usage: vault/fleet/main.ts [--state DIR] [--replicas N] [--wan none|default|FILE] [--port N] [--seed N] [--election-ms MS] [--transport ports|tcp] [--faults]';
 
 export async function main(argv: string[]): Promise<number> {
   let flags;
@@ -30,6 +32,7 @@ export async function main(argv: string[]): Promise<number> {
         seed: { type: 'string', default: '1' },
         'election-ms': { type: 'string' },
         quiet: { type: 'boolean', default: false },
+        faults: { type: 'boolean', default: false },
         help: { type: 'boolean', default: false },
       },
     }).values;
@@ -72,7 +75,8 @@ export async function main(argv: string[]): Promise<number> {
       replicas = state.replicas.slice(0, count).map((r) => r.name);
     }
     fleet = await (tcp ? startProcessFleet : startFleet)({
-      stateDir: flags.state!, replicas, wan, seed, electionTimeoutMs: electionMs, port, faultEndpoint: true,
+      stateDir: flags.state!, replicas, wan, seed, electionTimeoutMs: electionMs, port, faultEndpoint: flags.faults === true,
+      relayKey: hopSecret(state.stateDir, 'relay'), operatorKey: hopSecret(state.stateDir, 'operator'),
       onEvent: (e) => {
         if (e.kind === 'log') log(`${e.replica}: ${e.line}`);
         else if (e.kind === 'leader') log(`${e.replica} leads term ${e.term}`);
@@ -87,6 +91,7 @@ export async function main(argv: string[]): Promise<number> {
       await new Promise((r) => setTimeout(r, 50));
     }
     process.stdout.write(`FLEET_URL=${f.url}\n`);
+    process.stdout.write(`OPERATOR_URL=${f.operatorUrl}\n`);
     for (const [s, hex] of Object.entries(f.akePublicKeys())) process.stdout.write(`VAULT_AKE_PUBLIC_KEY_${s.replace(/[^A-Za-z0-9]/g, '_')}=${hex}\n`);
     await new Promise<void>((resolve) => {
       process.once('SIGTERM', resolve);

@@ -25,8 +25,9 @@ import {
 } from './fleet-types.ts';
 import { REPLICA_STATUS_PATH, resolvePeers } from './process-config.ts';
 import type { ReplicaProcessStatus } from './replica-process.ts';
-import { readBody, sendBody } from '../agent/http.ts';
-import { serveAdminRoute } from './admin-routes.ts';
+import { readBody, refuseUnauthorizedRelay, sendBody } from '../agent/http.ts';
+import { startOperatorListener } from './admin-routes.ts';
+import { bearer, hopSecret } from '../../protocol/hop-secret.ts';
 
 export class ProcessFleetError extends BkvError {}
 
@@ -84,7 +85,10 @@ export async function startProcessFleet(opts: StartFleetOptions): Promise<Fleet>
   const running = new Map<string, Proc>();
   /** Every live child, ready or not (a failed start must not leave a sibling running). */
   const children = new Set<ChildProcess>();
+  // The replica processes' own relay listeners take the state's relay key (they read it themselves).
+  const relayHeaders = { authorization: bearer(hopSecret(state.stateDir, 'relay')) };
   const diskCopies = new Map<string, string>();
+  let operator: { url: string; close(): Promise<void> } | undefined;
   let akeKeys: Record<string, string> = {};
   let closed = false;
 
@@ -146,7 +150,7 @@ export async function startProcessFleet(opts: StartFleetOptions): Promise<Fleet>
     const p = running.get(name);
     if (!p) return undefined;
     try {
-      const res = await fetch(p.relayUrl + REPLICA_STATUS_PATH, { signal: AbortSignal.timeout(2_000) });
+      const res = await fetch(p.relayUrl + REPLICA_STATUS_PATH, { headers: relayHeaders, signal: AbortSignal.timeout(2_000) });
       return (await res.json()) as ReplicaProcessStatus;
     } catch {
       return undefined;
@@ -207,6 +211,9 @@ export async function startProcessFleet(opts: StartFleetOptions): Promise<Fleet>
       if (running.has(name)) throw new ProcessFleetError('REPLICA_RUNNING', `replica ${name} is running; over TCP, crash it before copying its disk`);
       const dir = join(state.stateDir, 'replicas', name, `disk-copy-${Date.now()}`);
       cpSync(replicaDbDir(state.stateDir, name), dir, { recursive: true });
+      // One copy per replica: a newer one replaces (and removes) the older, and close() removes the rest.
+      const old = diskCopies.get(name);
+      if (old && old !== dir) rmSync(old, { recursive: true, force: true });
       diskCopies.set(name, dir);
       return dir;
     },
@@ -214,6 +221,7 @@ export async function startProcessFleet(opts: StartFleetOptions): Promise<Fleet>
       if (closed) return;
       closed = true;
       await new Promise<void>((res) => { server.close(() => res()); server.closeAllConnections(); });
+      await operator?.close();
       await Promise.all([...running.values()].map(async (p) => {
         p.child.kill('SIGTERM');
         const t = setTimeout(() => p.child.kill('SIGKILL'), 10_000);
@@ -244,7 +252,7 @@ export async function startProcessFleet(opts: StartFleetOptions): Promise<Fleet>
 
   const server = createHttpServer((req, res) => { void serve(req, res).catch(() => sendBody(res, 500, 'application/json', JSON.stringify({ code: 'INTERNAL' }))); });
   const serve = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
-    if (await serveAdminRoute(req, res, { status: () => fleet.status(), fault: opts.faultEndpoint ? handleFault : undefined })) return;
+    if (refuseUnauthorizedRelay(req, res, opts.relayKey)) return;
     if (req.url !== RELAY_PATH || req.method !== 'POST') return sendBody(res, 404, 'application/json', JSON.stringify({ code: 'NOT_FOUND' }));
     let raw: Uint8Array;
     try {
@@ -259,7 +267,7 @@ export async function startProcessFleet(opts: StartFleetOptions): Promise<Fleet>
     if (!p) return sendBody(res, 503, 'application/octet-stream', encodeRelayReply({ ok: false, code: 'NO_REPLICA', message: 'no replica is running' }));
     try {
       // The replica's reply (relay envelope, success or its error code) passes through unchanged.
-      const r = await fetch(p.relayUrl + RELAY_PATH, { method: 'POST', body: raw, signal: AbortSignal.timeout(120_000) });
+      const r = await fetch(p.relayUrl + RELAY_PATH, { method: 'POST', body: raw, headers: relayHeaders, signal: AbortSignal.timeout(120_000) });
       return sendBody(res, r.status, 'application/octet-stream', new Uint8Array(await r.arrayBuffer()));
     } catch {
       // Died under the request: its outcome is unknown (an attempt may be charged), like a worker's exit.
@@ -272,6 +280,11 @@ export async function startProcessFleet(opts: StartFleetOptions): Promise<Fleet>
     server.listen(opts.port ?? 0, '127.0.0.1', () => resolve());
   });
   fleet.url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  if (opts.operatorKey !== undefined) {
+    const op = await startOperatorListener({ status: () => fleet.status(), fault: opts.faultEndpoint ? handleFault : undefined }, opts.operatorKey);
+    fleet.operatorUrl = op.url;
+    operator = op;
+  }
   return fleet;
 }
 

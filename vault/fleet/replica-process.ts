@@ -30,7 +30,8 @@ import {
 } from './process-config.ts';
 import { FleetReplica } from './replica.ts';
 import { TcpTransport } from './transport-tcp.ts';
-import { readBody, sendBody } from '../agent/http.ts';
+import { readBody, refuseUnauthorizedRelay, sendBody } from '../agent/http.ts';
+import { hopSecret } from '../../protocol/hop-secret.ts';
 
 const USAGE = `usage: vault/fleet/replica-process.ts --replica NAME [--state DIR] [--listen HOST:PORT]
        (--peer NAME=HOST:PORT ... | --peers FILE) [--relay-host H] [--relay-port P] [--election-ms MS]
@@ -168,7 +169,8 @@ export async function main(argv: string[]): Promise<number> {
     const akeKeys: Record<string, string> = {};
     for (const [s, k] of Object.entries(pinnedKeys(replica.firmware))) akeKeys[s] = k;
     const r = replica;
-    server = createServer((req, res) => { void serve(r, akeKeys, req, res).catch(() => sendBody(res, 500, 'application/json', JSON.stringify({ code: 'INTERNAL' }))); });
+    const relayKey = hopSecret(state.stateDir, 'relay');
+    server = createServer((req, res) => { void serve(r, akeKeys, relayKey, req, res).catch(() => sendBody(res, 500, 'application/json', JSON.stringify({ code: 'INTERNAL' }))); });
     server.keepAliveTimeout = 5_000;
     const srv = server;
     await new Promise<void>((resolve, reject) => {
@@ -216,7 +218,9 @@ async function withTokenRetry<T>(f: () => T, log: (line: string) => void): Promi
   }
 }
 
-async function serve(replica: FleetReplica, akeKeys: Record<string, string>, req: IncomingMessage, res: ServerResponse): Promise<void> {
+async function serve(replica: FleetReplica, akeKeys: Record<string, string>, relayKey: string, req: IncomingMessage, res: ServerResponse): Promise<void> {
+  // Status included: only the supervisor, which holds the relay key, talks to a replica process.
+  if (refuseUnauthorizedRelay(req, res, relayKey)) return;
   if (req.url === REPLICA_STATUS_PATH && req.method === 'GET') {
     const s = replica.status();
     const body: ReplicaProcessStatus = {
