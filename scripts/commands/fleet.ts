@@ -71,7 +71,9 @@ Exit 1 with FLEET_NOT_RUNNING when no fleet runs on DIR.`;
 const faultHelp = `usage: bkv fleet fault ACTION [--state DIR]
 
 Injects a fault into the running fleet, for attack demos. The fleet must keep every promise anyway:
-no more guesses than the limit, no committed attempt lost.
+no more guesses than the limit, no committed attempt lost. Fault injection is off unless the fleet
+was started with \`bkv fleet up --faults\` (FAULTS_OFF otherwise); requests go to the fleet's operator
+listener with the operator key (DIR/operator.key), never to the relay front.
 
   partition A,B C,D,E   cut the network between groups of replicas (comma-separated names)
   isolate R             cut every link to and from replica R (its data center goes dark)
@@ -92,7 +94,7 @@ const help = `usage: bkv fleet up|status|fault|down [options]
 
 The vault as a fleet of HSM replicas agreeing by Raft, behind ChatD.
 
-  bkv fleet up [--replicas 5] [--wan default|none|FILE] [--state DIR] [--port N]
+  bkv fleet up [--replicas 5] [--wan default|none|FILE] [--faults] [--state DIR] [--port N]
                               start the fleet and ChatD (Ctrl-C stops both)
   bkv fleet status [--state DIR] [--json] [--watch]
                               roles, terms, commit indexes, lag, health, leader

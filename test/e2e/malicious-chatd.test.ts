@@ -317,3 +317,41 @@ describe('the ChatD -> vault hop', () => {
     expect(vaultView(user)).toBe(before);
   });
 });
+
+describe('a device configured for another vault, or other key stretching, spends nothing', () => {
+  it('another pinned AKE key: VAULT_KEY_MISMATCH, no attempt charged', async () => {
+    const user = newUser();
+    await registered(user);
+    const wrong = { ...opts(user), serverPublicKey: fx.client(user, 'P256-SHA256').serverPublicKey.subarray(1) };
+    chatd.attack();
+    const e = await expectTyped(recoverK(chatd.deviceSend(user), wrong, 'correct horse'));
+    expect((e as PasswordError).code).toBe('VAULT_KEY_MISMATCH');
+    expect(replica.firmware.inspect(user)?.used).toBe(0);
+    const other = newUser();
+    const e2 = await expectTyped(enablePassword(chatd.deviceSend(other), { ...wrong, user: other }, 'pw', K(), 5));
+    expect(replica.firmware.inspect(other)).toBeUndefined();
+    expect((e2 as PasswordError).code).toBe('VAULT_KEY_MISMATCH');
+  });
+
+  it('another pinned session key: the vault cannot open the request (SESSION_REFUSED), no attempt charged', async () => {
+    const user = newUser();
+    await registered(user);
+    const wrong = { ...opts(user), sessionKey: fastX25519().publicKey(new Uint8Array(32).fill(9)) };
+    chatd.attack();
+    const e = await expectTyped(recoverK(chatd.deviceSend(user), wrong, 'correct horse'));
+    expect((e as PasswordError).code).toBe('SESSION_REFUSED');
+    expect(replica.firmware.inspect(user)?.used).toBe(0);
+  });
+
+  it('other key stretching than the record was made with: KSF_MISMATCH naming the right one, no attempt charged', async () => {
+    const user = newUser();
+    const k = await registered(user);
+    const { scryptKsf } = await import('../../protocol/opaque/ksf.ts');
+    chatd.attack();
+    const e = await expectTyped(recoverK(chatd.deviceSend(user), { ...opts(user), ksf: scryptKsf({ N: 1024, r: 8, p: 1 }) }, 'correct horse'));
+    expect((e as PasswordError).code).toBe('KSF_MISMATCH');
+    expect((e as PasswordError).ksf).toBe('identity');
+    expect(replica.firmware.inspect(user)?.used).toBe(0);
+    expect(await recoverK(chatd.deviceSend(user), opts(user), 'correct horse')).toEqual(k);
+  });
+});

@@ -197,6 +197,36 @@ describe('RecoverStart: an identical KE1 is one attempt', () => {
     expect(h.fw.inspect('dot')?.used).toBe(1);
   });
 
+  it('a copied Hello the gate no longer holds (evicted) reaches the firmware again: its memory answers the same KE2, uncharged', async () => {
+    const h = new Harness(firmware('ke1-evicted', { maxSessions: 2 }));
+    await enablePassword(h.send('ola'), client('ola', 'c-ola'), 'right', new Uint8Array(32).fill(13), 5);
+    const frames: Uint8Array[] = [];
+    const answers: Uint8Array[] = [];
+    const base = h.send('ola');
+    const tap: Send = async (b) => {
+      frames.push(b);
+      const r = await base(b);
+      answers.push(r);
+      return r;
+    };
+    await expect(recoverK(tap, client('ola', 'g-ola'), 'wrong')).rejects.toMatchObject({ code: 'WRONG_PASSWORD' });
+    expect(h.fw.inspect('ola')?.used).toBe(1);
+    // while the gate holds the session, a copy is its one Welcome
+    expect(hexOf(await base(frames[0]!))).toBe(hexOf(answers[0]));
+    // two other sessions push it out (the gate keeps maxSessions)
+    for (const u of ['oli', 'oma']) await status(h.send(u), client(u, `c-${u}`));
+    expect(h.gate.sessionCount).toBe(2);
+    const mark = h.inputs.length;
+    const again = await base(frames[0]!);
+    expect(decodeSessionFrame(again).kind).toBe('welcome');
+    expect(hexOf(again)).not.toBe(hexOf(answers[0])); // a new session (new vault ephemeral)...
+    expect(proposedTypes(h, mark)).toEqual([]); // ...answered from the firmware's memory: no Attempt
+    expect(h.fw.inspect('ola')?.used).toBe(1);
+    // and the recorded Next does not open under the new session's keys: no second outcome
+    expect(decodeSessionFrame(await base(frames[1]!))).toEqual({ kind: 'refused', code: 'SESSION_REJECTED' });
+    expect(proposedTypes(h, mark)).toEqual([]);
+  });
+
   it('memory is bounded per user: past the cap the oldest is forgotten and its copy is charged', async () => {
     const h = new Harness(firmware('ke1-cap', { repliesPerUser: 2, defaultLimit: 10 }));
     await enablePassword(h.send('eva'), client('eva', 'c-eva'), 'right', new Uint8Array(32).fill(5));

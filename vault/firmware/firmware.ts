@@ -86,7 +86,8 @@ export interface FirmwareConfig {
 }
 
 export type FirmwareInput =
-  | { kind: 'request'; requestId: number; user: string; body: Uint8Array }
+  /** message: the body already decoded by the session gate (it decodes to enforce its rules); else decoded here. */
+  | { kind: 'request'; requestId: number; user: string; body: Uint8Array; message?: DeviceMessage }
   | { kind: 'committed'; index: number; entry: Uint8Array }
   | { kind: 'tick'; now: number }
   | { kind: 'leadership'; leader: boolean }
@@ -98,7 +99,7 @@ export type FirmwareInput =
 
 export type FirmwareOutput =
   /** hint: set by the session gate for an operational refusal the host may retry elsewhere (NOT_LEADER...). */
-  | { kind: 'reply'; requestId: number; body: Uint8Array; hint?: string }
+  | { kind: 'reply'; requestId: number; body: Uint8Array; hint?: string; reply?: VaultReply }
   | { kind: 'propose'; tag: number; entry: Uint8Array }
   /** The agent may replace log entries up to `index` with this state (the K of erased records is gone from it). */
   | { kind: 'snapshot'; index: number; state: Uint8Array }
@@ -266,17 +267,17 @@ export class Firmware {
       case 'fault':
         return this.becomeUnhealthy(safeCode(input.code, 'HOST_FAULT'), input.reason);
       case 'request':
-        return this.onRequest(input.requestId, input.user, input.body);
+        return this.onRequest(input.requestId, input.user, input.body, input.message);
     }
   }
 
   // ---- device requests ----
 
-  private onRequest(requestId: number, user: string, body: Uint8Array): void {
+  private onRequest(requestId: number, user: string, body: Uint8Array, decoded?: DeviceMessage): void {
     if (!this.healthy) return this.reply(requestId, { t: 'Error', code: 'UNHEALTHY' });
     try {
       if (typeof user !== 'string' || !USER_RE.test(user)) throw new RequestError('BAD_USER', 'user is malformed');
-      const m = decodeDeviceMessage(body);
+      const m = decoded ?? decodeDeviceMessage(body);
       const memo = REMEMBERED.has(m.t) ? ReplyMemory.key(user, body) : null;
       if (memo !== null && this.replayed(requestId, user, memo)) return;
       this.handle(requestId, user, m, memo);
@@ -459,7 +460,7 @@ export class Firmware {
         // One reply, byte-identical for the original and every copy; remembered for later copies.
         const reply = this.finish(p, effect);
         const body = encodeVaultReply(reply);
-        for (const rid of [p.requestId, ...p.copies]) this.out.push({ kind: 'reply', requestId: rid, body });
+        for (const rid of [p.requestId, ...p.copies]) this.out.push({ kind: 'reply', requestId: rid, body, reply });
         if (p.memo) this.replies.settle(p.memo, id, body, this.now + this.policy.sessionTtlMs, guardOf(reply, entry));
       }
     }
@@ -582,7 +583,7 @@ export class Firmware {
   }
 
   private reply(requestId: number, r: VaultReply): void {
-    this.out.push({ kind: 'reply', requestId, body: encodeVaultReply(r) });
+    this.out.push({ kind: 'reply', requestId, body: encodeVaultReply(r), reply: r });
   }
 
   private becomeUnhealthy(code: string, reason: string): void {

@@ -201,7 +201,7 @@ export class SessionGate {
       return this.seal([{ kind: 'reply', requestId, body: encodeVaultReply({ t: 'Error', code: 'WRONG_STEP' }) }]);
     }
     s.first = m.t;
-    this.seal(this.inner.step({ kind: 'request', requestId, user, body: opened.message }));
+    this.seal(this.inner.step({ kind: 'request', requestId, user, body: opened.message, message: m }));
   }
 
   private onNext(requestId: number, user: string, body: Uint8Array, f: Extract<SessionFrame, { kind: 'next' }>): void {
@@ -235,7 +235,7 @@ export class SessionGate {
     if (!s.first || m.t !== SECOND[s.first]) return wrong('WRONG_STEP');
     if (m.t === 'RegisterFinish' && !(s.ticket && sameBytes(s.ticket, m.ticket))) return wrong('WRONG_TICKET');
     if (m.t === 'RecoverFinish' && !(s.recovery && sameBytes(s.recovery, m.session))) return wrong('NO_SESSION');
-    this.seal(this.inner.step({ kind: 'request', requestId, user, body: inner }));
+    this.seal(this.inner.step({ kind: 'request', requestId, user, body: inner, message: m }));
   }
 
   /** Seals the inner firmware's replies to the sessions they answer; passes everything else through. */
@@ -258,11 +258,13 @@ export class SessionGate {
         continue;
       }
       this.observe?.(o.requestId, o.body);
-      let reply: VaultReply | null = null;
-      try {
-        reply = decodeVaultReply(o.body);
-      } catch {
-        reply = null;
+      let reply: VaultReply | null = o.reply ?? null;
+      if (!reply) {
+        try {
+          reply = decodeVaultReply(o.body);
+        } catch {
+          reply = null;
+        }
       }
       const hint = reply?.t === 'Error' && HOST_HINTS.has(reply.code) ? reply.code : undefined;
       let bytes: Uint8Array;
