@@ -40,6 +40,8 @@ export interface LoadJob {
   serverPublicKey: string;
   /** The vault's session key (hex), pinned. */
   sessionKey: string;
+  /** The relay key of the vault's state directory (the generator stands where ChatD stands). */
+  relayKey: string;
   suite: WireSuite;
   /** A prefix that makes this job's user names unique in the fleet. */
   userPrefix: string;
@@ -85,7 +87,7 @@ class LoadError extends Error {
   }
 }
 
-function makeSend(fleetUrl: string, agent: http.Agent, user: string, region: string | undefined, deviceRttMs: number): Send {
+function makeSend(fleetUrl: string, relayKey: string, agent: http.Agent, user: string, region: string | undefined, deviceRttMs: number): Send {
   const target = new URL(RELAY_PATH, fleetUrl);
   const post = (body: Uint8Array) =>
     new Promise<Uint8Array>((resolve, reject) => {
@@ -93,7 +95,7 @@ function makeSend(fleetUrl: string, agent: http.Agent, user: string, region: str
       const req = http.request(target, {
         method: 'POST',
         agent,
-        headers: { 'content-type': 'application/msgpack', 'content-length': envelope.length, ...(region ? { [REGION_HEADER]: region } : {}) },
+        headers: { 'content-type': 'application/msgpack', 'content-length': envelope.length, authorization: `Bearer ${relayKey}`, ...(region ? { [REGION_HEADER]: region } : {}) },
         timeout: 30_000,
       });
       req.on('timeout', () => req.destroy(new LoadError('TIMEOUT')));
@@ -138,7 +140,7 @@ export async function runLoad(job: LoadJob, mark: (m: string) => void = () => {}
     for (let i = 0; i < g.concurrency; i++) {
       const user = `${job.userPrefix}-${g.region}-${i}`;
       const opts: PasswordOptions = { user, serverPublicKey: new Uint8Array(Buffer.from(job.serverPublicKey, 'hex')), sessionKey: new Uint8Array(Buffer.from(job.sessionKey, 'hex')), suite: job.suite, ksf: identityKsf };
-      devices.push({ group: gi, user, opts, send: makeSend(job.fleetUrl, agent, user, job.regionHeader === false ? undefined : g.region, g.deviceRttMs) });
+      devices.push({ group: gi, user, opts, send: makeSend(job.fleetUrl, job.relayKey, agent, user, job.regionHeader === false ? undefined : g.region, g.deviceRttMs) });
     }
   });
 

@@ -14,6 +14,7 @@
 // Everything is on loopback; bounded to about a minute and a half. Env: BENCH_SECONDS (timed phase
 // length, default 12), BENCH_CONCURRENCY (throughput devices, default 50), BENCH_LAT_CONCURRENCY
 // (devices per data center in the latency phase, default 2).
+import { hopSecret } from '../protocol/hop-secret.ts';
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
@@ -115,6 +116,7 @@ try {
     fleetUrl,
     serverPublicKey: akeKey,
     sessionKey: fleet!.keys.session,
+    relayKey: hopSecret(stateDir, 'relay'),
     suite: SUITE,
     userPrefix: prefix,
     groups,
@@ -137,7 +139,7 @@ try {
     finalizeModule();
   }
   vault = await startVault({ stateDir: soloDir, onLine: sink });
-  const soloTp = await runLoad({ ...job(vault.url, 'solo', [{ region: regions[0]!, concurrency: perRegion * regions.length, deviceRttMs: 0 }], false), serverPublicKey: vault.keys[SUITE], sessionKey: vault.keys.session }, vault.pid);
+  const soloTp = await runLoad({ ...job(vault.url, 'solo', [{ region: regions[0]!, concurrency: perRegion * regions.length, deviceRttMs: 0 }], false), serverPublicKey: vault.keys[SUITE], sessionKey: vault.keys.session, relayKey: hopSecret(soloDir, 'relay') }, vault.pid);
   await vault.stop();
   vault = undefined;
 

@@ -20,6 +20,7 @@ import {
   type ServerSecrets,
 } from '../protocol/opaque/index.ts';
 import { nativeRistretto255 } from '../protocol/opaque/group.ts';
+import { measureRecoveryCost, measureVaultProcess } from './recovery-cost.ts';
 
 const DURATION_MS = Number(process.env.BENCH_MS ?? 12000);
 const SLICE_MS = 250;
@@ -135,11 +136,13 @@ const round = (x: number) => Math.round(x);
 
 // Token-backed secrets, when the test-fleet helper is there and SoftHSM works.
 let token: Record<string, unknown> = { available: false };
+let recoveryCost: Record<string, unknown> = { available: false };
 const fleetPath = new URL('../test/helpers/fleet.ts', import.meta.url);
 if (existsSync(fleetPath)) {
   try {
     const { provisionTestFleet } = (await import(fleetPath.href)) as {
       provisionTestFleet: (o: { replicas: number }) => Promise<{
+        stateDir: string;
         openToken(label: string): import('../hsm-adapter/token.ts').Token;
         replicas: { name: string; tokenLabel: string }[];
         cleanup(): Promise<void> | void;
@@ -156,6 +159,21 @@ if (existsSync(fleetPath)) {
         const r = race({ software: ke2Loop(op, defaultS.secrets, record, defaultS.ke1), token: ke2Loop(op, secrets, record, defaultS.ke1) }, 4000);
         const hmacPerSec = race({ h: () => void secrets.oprfExpand(credId) }, 1000).h!;
         token = { available: true, backend: defaultBackend, ke2PerSecToken: round(r.token!), ke2PerSecSoftwareSameRace: round(r.software!), tokenOprfExpandPerSec: round(hmacPerSec) };
+        // The vault's whole work per recovery on this token, with and without the device-vault session.
+        const cost = await measureRecoveryCost(tk, Number(process.env.BENCH_RECOVERY_MS ?? 6000));
+        // The whole vault process per recovery (with the channel), and the same less the channel's
+        // measured firmware cost: the channel's share of what a vault spends per recovery.
+        const proc = await measureVaultProcess(fleet.stateDir, Number(process.env.BENCH_RECOVERY_MS ?? 6000));
+        const channelMs = cost.msPerRecovery.session - cost.msPerRecovery.plain;
+        const withoutMs = proc.cpuMsPerRecovery - channelMs;
+        const share = Number((channelMs / withoutMs).toFixed(3));
+        recoveryCost = {
+          firmware: cost,
+          vaultProcess: { ...proc, cpuMsPerRecoveryWithoutChannel: Math.round(withoutMs * 1000) / 1000, channelMs: Math.round(channelMs * 1000) / 1000, channelShare: share },
+          target: 0.1,
+          meetsTarget: share <= 0.1,
+          meetsTargetOnFirmwareAlone: cost.channelOverhead <= 0.1,
+        };
       }
     } finally {
       await fleet.cleanup();
@@ -200,6 +218,10 @@ console.log(
       target: 2,
       meetsTarget: headline / serenityOps >= 2,
       token,
+      recoveryCost: {
+        what: 'vault work per whole recovery (RecoverStart, commit, RecoverFinish, commit, K released) on a SoftHSM2 token: bare firmware vs behind the Noise NK session gate, alternating slices',
+        ...recoveryCost,
+      },
     },
     null,
     2,

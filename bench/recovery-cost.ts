@@ -120,3 +120,48 @@ export async function measureRecoveryCost(token: Token, durationMs: number): Pro
     channelOverhead: Number(((msSession - msPlain) / msPlain).toFixed(3)),
   };
 }
+
+export interface ProcessCost {
+  /** CPU ms the vault process (vault/main.ts: firmware, gate, token, sealed LMDB log, anchor, HTTP) spent per recovery. */
+  cpuMsPerRecovery: number;
+  recoveries: number;
+}
+
+/**
+ * The whole vault's work per recovery: a real vault process on its own token and disk, driven by
+ * sequential recoveries over its relay route (this process stands where ChatD stands); its CPU time
+ * from /proc. Registration and warm-up are not counted.
+ */
+export async function measureVaultProcess(stateDir: string, durationMs: number): Promise<ProcessCost> {
+  const { startVault, processCpuMs } = await import('../scripts/services.ts');
+  const { hopSecret } = await import('../protocol/hop-secret.ts');
+  const { VaultForwarder } = await import('../chatd/forward.ts');
+  const { enablePassword, recoverK } = await import('../client/password.ts');
+  const vault = await startVault({ stateDir });
+  const fwd = new VaultForwarder({ vaultUrl: vault.url, timeoutMs: 20_000, relayKey: hopSecret(stateDir, 'relay') });
+  try {
+    const o = {
+      user: USER,
+      suite: SUITE,
+      ksf: identityKsf,
+      serverPublicKey: new Uint8Array(Buffer.from(vault.keys[SUITE], 'hex')),
+      sessionKey: new Uint8Array(Buffer.from(vault.keys.session, 'hex')),
+    };
+    const send = (b: Uint8Array) => fwd.forward(USER, b);
+    await enablePassword(send, o, PASSWORD, rng(32), 10);
+    for (let i = 0; i < 20; i++) await recoverK(send, o, PASSWORD);
+    const c0 = processCpuMs(vault.pid);
+    const t0 = performance.now();
+    let n = 0;
+    while (performance.now() - t0 < durationMs) {
+      await recoverK(send, o, PASSWORD);
+      n++;
+    }
+    const c1 = processCpuMs(vault.pid);
+    if (c0 === null || c1 === null) throw new Error('no /proc: cannot read the vault process CPU time');
+    return { cpuMsPerRecovery: Math.round(((c1 - c0) / n) * 1000) / 1000, recoveries: n };
+  } finally {
+    fwd.close();
+    await vault.stop();
+  }
+}

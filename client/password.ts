@@ -65,6 +65,11 @@ export interface PasswordOptions {
   onSessionKey?: (sessionKey: Uint8Array) => void;
   /** Tests only, like onSessionKey: sees the OPAQUE record and export key a registration made. */
   onRegistered?: (record: Uint8Array, exportKey: Uint8Array) => void;
+  /**
+   * Sees each vault reply after it opened under the session (the device's own view; awaited before
+   * the exchange goes on). For demos and tests that act on a step, e.g. "a KE2 arrived".
+   */
+  onReply?: (reply: VaultReply) => void | Promise<void>;
 }
 
 const defaultRng = (n: number): Uint8Array => new Uint8Array(randomBytes(n));
@@ -86,12 +91,14 @@ function identities(o: PasswordOptions): { clientIdentity: Uint8Array; serverIde
 /** One exchange: a Hello and its Welcome, then optionally a Next and its Final. */
 class Exchange {
   private readonly s: DeviceSession;
+  private readonly onReply: PasswordOptions['onReply'];
   constructor(
     private readonly send: Send,
     o: PasswordOptions,
     rng: (n: number) => Uint8Array,
   ) {
     this.s = new DeviceSession(fastX25519(), o.user, o.sessionKey, rng);
+    this.onReply = o.onReply;
   }
   first(m: DeviceMessage): Promise<VaultReply> {
     return this.call(() => this.s.hello(encodeDeviceMessage(m)), (b) => this.s.openWelcome(b));
@@ -126,6 +133,7 @@ class Exchange {
     } catch {
       throw new PasswordError('BAD_VAULT_REPLY', 'the vault sent a reply this device cannot read');
     }
+    await this.onReply?.(reply);
     if (reply.t === 'Error') {
       if (reply.code === 'VAULT_KEY_MISMATCH') {
         throw new PasswordError('VAULT_KEY_MISMATCH', 'the vault says the AKE key this device pins is not its own (vault-keys.json is from another fleet?); nothing was computed or charged');
@@ -137,7 +145,7 @@ class Exchange {
 }
 
 /** Refusals that mean "no replica could take this now", not "this request does not open". */
-const HOST_REFUSALS: ReadonlySet<string> = new Set(['NOT_LEADER', 'NO_LEADER', 'UNAVAILABLE', 'UNHEALTHY', 'LEADER_CHANGED', 'TIMEOUT', 'CLOSED', 'SESSION_EXPIRED']);
+const HOST_REFUSALS: ReadonlySet<string> = new Set(['NOT_LEADER', 'NO_LEADER', 'UNAVAILABLE', 'UNHEALTHY', 'LEADER_CHANGED', 'TIMEOUT', 'CLOSED', 'SESSION_EXPIRED', 'NO_SESSION']);
 
 function unexpected(r: VaultReply): PasswordError {
   return new PasswordError('UNEXPECTED_REPLY', `unexpected vault reply ${r.t}`);

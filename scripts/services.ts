@@ -444,7 +444,7 @@ export interface StartServicesOptions {
 
 /** The vault (or the fleet), then ChatD pointed at it. If ChatD fails to start, the vault is stopped again. */
 export async function startServices(o: StartServicesOptions): Promise<Services> {
-  const fleet = o.fleet ? await startFleetService({ stateDir: o.stateDir, port: o.vaultPort, onLine: o.onLine, replicas: o.fleet.replicas, wan: o.fleet.wan, transport: o.fleet.transport }) : undefined;
+  const fleet = o.fleet ? await startFleetService({ stateDir: o.stateDir, port: o.vaultPort, onLine: o.onLine, replicas: o.fleet.replicas, wan: o.fleet.wan, transport: o.fleet.transport, faults: o.fleet.faults }) : undefined;
   const vault: VaultService = fleet ?? (await startVault({ stateDir: o.stateDir, port: o.vaultPort, onLine: o.onLine }));
   let chatd: ChatdService;
   try {

@@ -175,7 +175,8 @@ const deviceUsage = [
   '  --chatd URL       ChatD (default: the running `bkv serve` recorded in <state>/serve.json)',
   '  --phone E164      the account\'s phone number (default: looked up by the token in <state>/chatd/accounts.json)',
   '  --ksf NAME        key stretching on this device: argon2id (default, RFC 9106 2nd set), argon2id-rfc9106-first,',
-  '                    scrypt, identity (tests only). Env BKV_KSF. Must be the one enable-password used.',
+  '                    scrypt, identity (tests only). Env BKV_KSF. Must be the one enable-password used (the vault',
+  '                    stores it; another one is refused with KSF_MISMATCH, naming it, before any attempt is spent).',
   '  --password        not accepted: a password in argv is visible to other users and stays in shell history',
 ];
 
@@ -268,12 +269,15 @@ export class PasswordDevice {
   private readonly client: ChatdClient;
   private readonly opts: PasswordOptions;
 
-  constructor(id: DeviceIdentity, extra: { wrapSend?: (s: Send) => Send; onSessionKey?: (k: Uint8Array) => void; timeoutMs?: number } = {}) {
+  constructor(
+    id: DeviceIdentity,
+    extra: { wrapSend?: (s: Send) => Send; onSessionKey?: (k: Uint8Array) => void; onReply?: PasswordOptions['onReply']; timeoutMs?: number } = {},
+  ) {
     this.id = id;
     this.client = new ChatdClient({ url: id.chatdUrl, token: id.token, timeoutMs: extra.timeoutMs });
     const base: Send = (b) => this.client.request(b);
     this.send = extra.wrapSend ? extra.wrapSend(base) : base;
-    this.opts = { user: id.user, serverPublicKey: id.serverPublicKey, sessionKey: id.sessionKey, suite: id.suite, ksf: id.ksf, onSessionKey: extra.onSessionKey };
+    this.opts = { user: id.user, serverPublicKey: id.serverPublicKey, sessionKey: id.sessionKey, suite: id.suite, ksf: id.ksf, onSessionKey: extra.onSessionKey, onReply: extra.onReply };
   }
 
   close(): void {
@@ -475,7 +479,8 @@ const enable: BackupSubcommand = {
   ].join('\n'),
   help: [
     'Makes a fresh random 256-bit key K, registers the password with the vault by OPAQUE (the vault never',
-    'sees the password) and uploads K sealed to the pinned vault key; the device then forgets K. Later',
+    'sees the password) and uploads K inside the end-to-end session with the pinned vault (ChatD sees only',
+    'ciphertext); the device then forgets K. Later',
     '`create --password-file` and `restore --password-file` get K back with the password. Refused when a',
     'password backup is already enabled (use change-password); allowed again after disable or a lockout.',
   ].join('\n'),

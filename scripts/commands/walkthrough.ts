@@ -18,7 +18,7 @@ import { AccountStore } from '../../chatd/accounts.ts';
 import { CloudFolder } from '../../client/cloud.ts';
 import { createBackup, restoreBackup } from '../../client/backup.ts';
 import { formatKey64Lines, generateBackupKey, parseKey64 } from '../../client/key64.ts';
-import { decodeVaultReply } from '../../protocol/wire.ts';
+import type { VaultReply } from '../../protocol/wire.ts';
 import { resolveWanConfig } from '../../vault/fleet/wan.ts';
 import type { Send } from '../../client/password.ts';
 import { ServiceError, clearServeRecord, startServices, writeServeRecord, writeVaultKeys, type FleetService, type FleetStatus, type Services } from '../services.ts';
@@ -193,9 +193,10 @@ export const command: Command = {
       const bob = await accounts.create(BOB);
       say(`[setup] ChatD accounts for Alice (${ALICE}) and Bob (${BOB}); each device holds its account token`);
       const cloud = new CloudFolder(join(stateDir, 'cloud'));
-      const device = (token: string, user: string, wrapSend?: (s: Send) => Send) => {
+      // onReply: the device's own view of each vault reply (opened under its session: ChatD sees none).
+      const device = (token: string, user: string, onReply?: (r: VaultReply) => void | Promise<void>) => {
         const id: DeviceIdentity = { chatdUrl: svc.started.chatd.url, token, user, serverPublicKey: new Uint8Array(Buffer.from(svc.started.vault.keys[DEFAULT_SUITE], 'hex')), sessionKey: new Uint8Array(Buffer.from(svc.started.vault.keys.session, 'hex')), suite: DEFAULT_SUITE, ksf };
-        return new PasswordDevice(id, { wrapSend });
+        return new PasswordDevice(id, { onReply });
       };
       // Alice's password: a real one a person would pick is never printed; this one is random.
       const alicePassword = `alice-${randomBytes(9).toString('base64url')}`;
@@ -257,9 +258,8 @@ export const command: Command = {
         // session the device was about to finish. The app tries again, as it would after any outage.
         let dark: { replica: string; term: number } | undefined;
         let ke2Tablet = 0;
-        const tablet = device(alice.token, ALICE, (s) => async (b) => {
-          const reply = await s(b);
-          if (decodeVaultReply(reply).t === 'KE2') {
+        const tablet = device(alice.token, ALICE, async (reply) => {
+          if (reply.t === 'KE2') {
             ke2Tablet++;
             if (!dark) {
               const st = await fleet.status();
@@ -268,7 +268,6 @@ export const command: Command = {
               await fleet.fault({ op: 'crash', replica: leader.name });
             }
           }
-          return reply;
         });
         let firstFailure: string | undefined;
         let leftWhileDark: number | undefined;
@@ -330,14 +329,8 @@ export const command: Command = {
       // The attacker has Alice's account token (a SIM swap, a malicious ChatD insider): everything but
       // the password. Every KE2 the vault hands out is one password guess; count them as they arrive.
       let ke2s = 0;
-      const countKe2: (s: Send) => Send = (s) => async (b) => {
-        const reply = await s(b);
-        try {
-          if (decodeVaultReply(reply).t === 'KE2') ke2s++;
-        } catch {
-          // not a reply we can read: the device will say so
-        }
-        return reply;
+      const countKe2 = (reply: VaultReply) => {
+        if (reply.t === 'KE2') ke2s++;
       };
       const attacker = device(alice.token, ALICE, countKe2);
       const limit = enabled.limit;
@@ -363,10 +356,8 @@ export const command: Command = {
 
       // ---- 5. The backup is now unrecoverable, even with the right password ----
       let ke2sAfter = 0;
-      const alicePhone3 = device(alice.token, ALICE, (s) => async (b) => {
-        const r = await s(b);
-        if (decodeVaultReply(r).t === 'KE2') ke2sAfter++;
-        return r;
+      const alicePhone3 = device(alice.token, ALICE, (r) => {
+        if (r.t === 'KE2') ke2sAfter++;
       });
       const [outcome, lockedMs] = await timed(async () => {
         try {
