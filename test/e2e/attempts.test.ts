@@ -1,12 +1,11 @@
 // The guess budget, end to end over real sockets and real processes: lockout after exactly the limit,
 // many devices guessing one user at once, and vault restarts (clean and killed) between attempts.
 // The outside counter is the number of KE2 replies (each one OPRF evaluation = one guess) that reach
-// the devices.
+// the devices (counted where each device opens them: on the wire every session frame looks alike).
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { PasswordBackupError } from '../../scripts/commands/backup-password.ts';
-import { decodeVaultReply } from '../../protocol/wire.ts';
 import { cli, ke2Counter, makeChats, startRig, treeDigest, writeSecret, type Rig } from './fixture.ts';
 
 let rig: Rig;
@@ -43,7 +42,7 @@ describe('the guess budget, end to end', () => {
     expect(r.status, r.err).toBe(0);
 
     const ke2 = ke2Counter();
-    const attacker = rig.device(a, { wrapSend: ke2.wrap });
+    const attacker = rig.device(a, { onReply: ke2.onReply });
     const seen: string[] = [];
     for (let i = 1; i <= 9; i++) {
       try {
@@ -61,7 +60,7 @@ describe('the guess budget, end to end', () => {
     expect(ke2.count()).toBe(10);
     // Locked forever: the right password gets no KE2 (no evaluation), status says locked.
     const honest = ke2Counter();
-    const owner2 = rig.device(a, { wrapSend: honest.wrap });
+    const owner2 = rig.device(a, { onReply: honest.onReply });
     expect(await codeOf(owner2.recover('the real password of this user'))).toBe('LOCKED');
     expect(honest.count()).toBe(0);
     expect(await owner.status()).toMatchObject({ state: 'locked', attemptsLeft: 0 });
@@ -91,7 +90,7 @@ describe('the guess budget, end to end', () => {
     const owner = rig.device(a);
     await owner.enable('correct password for the race', 5);
     const ke2 = ke2Counter();
-    const attackers = Array.from({ length: 24 }, () => rig.device(a, { wrapSend: ke2.wrap }));
+    const attackers = Array.from({ length: 24 }, () => rig.device(a, { onReply: ke2.onReply }));
     const outcomes = await Promise.all(
       attackers.map(async (d, i) => {
         const codes: string[] = [];
@@ -120,7 +119,7 @@ describe('the guess budget, end to end', () => {
     const owner = rig.device(a);
     await owner.enable('survives restarts, this password');
     const ke2 = ke2Counter();
-    const attacker = rig.device(a, { wrapSend: ke2.wrap });
+    const attacker = rig.device(a, { onReply: ke2.onReply });
     for (let i = 0; i < 3; i++) expect(await codeOf(attacker.recover(`wrong ${i}`))).toBe('WRONG_PASSWORD');
     expect((await owner.status()).attemptsLeft).toBe(7);
 
@@ -133,13 +132,12 @@ describe('the guess budget, end to end', () => {
     // The vault dies after handing out a KE2 and before the KE3: that attempt stays charged.
     let killed = false;
     const dying = rig.device(a, {
-      wrapSend: (s) => async (b) => {
-        const reply = await s(b);
-        if (!killed && decodeVaultReply(reply).t === 'KE2') {
+      // Awaited before the device goes on: the KE3 meets a vault that is gone.
+      onReply: async (reply) => {
+        if (!killed && reply.t === 'KE2') {
           killed = true;
           await rig.stopVault('SIGKILL');
         }
-        return reply;
       },
     });
     expect(await codeOf(dying.recover('the guess whose answer never comes'))).toBe('VAULT_UNAVAILABLE');

@@ -17,6 +17,8 @@ import { AccountStore } from '../../chatd/accounts.ts';
 import { ChatdClient } from '../../client/transport.ts';
 import { changePassword, disable, enablePassword, PasswordError, recoverK, status, type PasswordOptions, type Send } from '../../client/password.ts';
 import { identityKsf } from '../../protocol/opaque/index.ts';
+import { hopSecret } from '../../protocol/hop-secret.ts';
+import { FRAME_BYTES } from '../../protocol/session.ts';
 import { startVault, type VaultService } from '../../scripts/services.ts';
 
 interface Capture {
@@ -69,7 +71,8 @@ beforeAll(async () => {
   vault = await startVault({ stateDir: dir });
   const p = await startProxy(vault.url);
   proxy = p.server;
-  chatd = await startChatd({ port: 0, host: '127.0.0.1', vaultUrl: p.url, stateDir: dir, log: (e) => cap.log.push(e) });
+  // With the relay key of the state, as chatd/main.ts starts it: the vault serves no relay without it.
+  chatd = await startChatd({ port: 0, host: '127.0.0.1', vaultUrl: p.url, stateDir: dir, relayKey: hopSecret(dir, 'relay'), log: (e) => cap.log.push(e) });
 });
 
 afterAll(async () => {
@@ -149,6 +152,7 @@ describe('what ChatD sees', () => {
     const o: PasswordOptions = {
       user: phone,
       serverPublicKey: new Uint8Array(Buffer.from(vault.keys['ristretto255-SHA512'], 'hex')),
+      sessionKey: new Uint8Array(Buffer.from(vault.keys.session, 'hex')),
       ksf: identityKsf,
       onSessionKey: (k) => sessionKeys.push(k),
     };
@@ -164,8 +168,8 @@ describe('what ChatD sees', () => {
     await changePassword(ws, o, pw2, await recoverK(http1, o, pw1));
     await expect(recoverK(http1, o, pw1)).rejects.toMatchObject({ code: 'WRONG_PASSWORD' });
     expect(await recoverK(ws, o, pw2)).toEqual(k);
-    expect((await status(http1)).state).toBe('registered');
-    await disable(ws);
+    expect((await status(http1, o)).state).toBe('registered');
+    await disable(ws, o);
     await session.close();
     client.close();
 
@@ -173,10 +177,16 @@ describe('what ChatD sees', () => {
     for (const w of ['device->chatd http', 'device->chatd ws', 'chatd->device http', 'chatd->device ws', 'chatd->vault /v1/relay', 'vault->chatd 200']) {
       expect(cap.bytes.some((c) => c.what === w)).toBe(true);
     }
-    // One log entry per device request (18 here), plus the WebSocket's own events.
+    // One log entry per device request (19 here: two per session, but one for the lone Status), plus
+    // the WebSocket's own events.
     const sent = cap.bytes.filter((c) => c.what.startsWith('device->chatd')).length;
-    expect(sent).toBe(18);
+    expect(sent).toBe(19);
     expect(cap.log.filter((e) => e.event === 'request' && e.route !== 'ws:auth').length).toBe(sent);
+    // What ChatD relays for the device is session frames only, each of its position's one size.
+    const sizes = new Set(Object.values(FRAME_BYTES));
+    for (const c of cap.bytes.filter((x) => x.what.startsWith('device->chatd') || x.what.startsWith('chatd->device'))) {
+      expect(sizes.has(c.data.length), `${c.what}: ${c.data.length} bytes`).toBe(true);
+    }
     // Four logins succeeded (the wrong and the stale password got no session key).
     expect(sessionKeys.length).toBe(4);
 

@@ -14,8 +14,8 @@ import { provision } from '../../softhsm/provision.ts';
 import { finalizeModule } from '../../hsm-adapter/module.ts';
 import { AccountStore } from '../../chatd/accounts.ts';
 import { identityKsf } from '../../protocol/opaque/index.ts';
-import { decodeVaultReply } from '../../protocol/wire.ts';
-import type { Send } from '../../client/password.ts';
+import type { VaultReply } from '../../protocol/wire.ts';
+import type { PasswordOptions, Send } from '../../client/password.ts';
 import { startChatdService, startVault, writeVaultKeys, type ChatdService, type VaultService } from '../../scripts/services.ts';
 import { DEFAULT_SUITE, PasswordDevice, type DeviceIdentity } from '../../scripts/commands/backup-password.ts';
 import { main as bkvMain } from '../../scripts/bkv.ts';
@@ -31,7 +31,10 @@ export interface Rig {
   lines: string[];
   /** A ChatD account; returns its token and a token file. */
   account(phone: string): Promise<{ phone: string; token: string; tokenFile: string }>;
-  device(a: { phone: string; token: string }, extra?: { wrapSend?: (s: Send) => Send; onSessionKey?: (k: Uint8Array) => void }): PasswordDevice;
+  device(
+    a: { phone: string; token: string },
+    extra?: { wrapSend?: (s: Send) => Send; onSessionKey?: (k: Uint8Array) => void; onReply?: PasswordOptions['onReply'] },
+  ): PasswordDevice;
   /** Stops (SIGTERM) or kills (SIGKILL) the vault and starts it again on the same port and disk. */
   restartVault(how: 'SIGTERM' | 'SIGKILL'): Promise<void>;
   stopVault(how: 'SIGTERM' | 'SIGKILL'): Promise<void>;
@@ -80,6 +83,7 @@ export async function startRig(opts: { chatdArgs?: string[] } = {}): Promise<Rig
         token: a.token,
         user: a.phone,
         serverPublicKey: new Uint8Array(Buffer.from(vault.keys[DEFAULT_SUITE], 'hex')),
+        sessionKey: new Uint8Array(Buffer.from(vault.keys.session, 'hex')),
         suite: DEFAULT_SUITE,
         ksf: identityKsf,
       };
@@ -109,15 +113,17 @@ export async function startRig(opts: { chatdArgs?: string[] } = {}): Promise<Rig
   return rig;
 }
 
-/** Counts the KE2 replies (each one OPRF evaluation: one password guess) a device receives. */
-export function ke2Counter(): { count: () => number; wrap: (s: Send) => Send } {
+/**
+ * Counts the KE2 replies (each one OPRF evaluation: one password guess) a device receives. Replies
+ * travel inside the device-vault session, so they are counted where the device opens them (pass
+ * `onReply` to the device), not on the wire, where every Welcome looks alike.
+ */
+export function ke2Counter(): { count: () => number; onReply: (r: VaultReply) => void } {
   let n = 0;
   return {
     count: () => n,
-    wrap: (s) => async (b) => {
-      const reply = await s(b);
-      if (decodeVaultReply(reply).t === 'KE2') n++;
-      return reply;
+    onReply: (r) => {
+      if (r.t === 'KE2') n++;
     },
   };
 }

@@ -10,8 +10,7 @@ import { provision } from '../../softhsm/provision.ts';
 import { finalizeModule } from '../../hsm-adapter/module.ts';
 import { AccountStore } from '../../chatd/accounts.ts';
 import { identityKsf } from '../../protocol/opaque/index.ts';
-import { decodeVaultReply } from '../../protocol/wire.ts';
-import type { Send } from '../../client/password.ts';
+import type { PasswordOptions } from '../../client/password.ts';
 import { startServices, writeVaultKeys, type FleetService, type FleetStatus, type Services } from '../../scripts/services.ts';
 import { DEFAULT_SUITE, PasswordBackupError, PasswordDevice } from '../../scripts/commands/backup-password.ts';
 import { ke2Counter } from './fixture.ts';
@@ -31,7 +30,8 @@ beforeAll(async () => {
   } finally {
     finalizeModule();
   }
-  services = await startServices({ stateDir, fleet: { wan: 'none' }, onLine: (who, l) => lines.push(`${who} | ${l}`) });
+  // Faults on: the test crashes and restarts replicas through the operator listener.
+  services = await startServices({ stateDir, fleet: { wan: 'none', faults: true }, onLine: (who, l) => lines.push(`${who} | ${l}`) });
   fleet = services.fleet!;
   writeVaultKeys(stateDir, fleet.keys);
   await waitFor((s) => !!s.leader && s.replicas.every((r) => r.healthy));
@@ -52,10 +52,14 @@ async function waitFor(ok: (s: FleetStatus) => boolean, ms = 20_000): Promise<Fl
   }
 }
 
-function device(token: string, user: string, wrapSend?: (s: Send) => Send): PasswordDevice {
+function device(token: string, user: string, onReply?: PasswordOptions['onReply']): PasswordDevice {
   return new PasswordDevice(
-    { chatdUrl: services.chatd.url, token, user, serverPublicKey: new Uint8Array(Buffer.from(fleet.keys[DEFAULT_SUITE], 'hex')), suite: DEFAULT_SUITE, ksf: identityKsf },
-    { wrapSend },
+    {
+      chatdUrl: services.chatd.url, token, user, suite: DEFAULT_SUITE, ksf: identityKsf,
+      serverPublicKey: new Uint8Array(Buffer.from(fleet.keys[DEFAULT_SUITE], 'hex')),
+      sessionKey: new Uint8Array(Buffer.from(fleet.keys.session, 'hex')),
+    },
+    { onReply },
   );
 }
 
@@ -102,7 +106,7 @@ describe('password recovery through ChatD against the fleet', () => {
     await fleet.fault({ op: 'crash', replica: follower });
     await waitFor((s) => s.replicas.find((r) => r.name === follower)!.role === 'down');
     const ke2 = ke2Counter();
-    const guesser = device(token, phone, ke2.wrap);
+    const guesser = device(token, phone, ke2.onReply);
     expect(await code(guesser.recover('wrong 1'))).toBe('WRONG_PASSWORD');
     expect(await code(guesser.recover('wrong 2'))).toBe('WRONG_PASSWORD');
     expect(await owner.status()).toMatchObject({ state: 'registered', attemptsLeft: 8 });
@@ -116,13 +120,12 @@ describe('password recovery through ChatD against the fleet', () => {
     expect(await code(guesser.recover('wrong 3'))).toBe('WRONG_PASSWORD');
     expect(await code(guesser.recover('wrong 4'))).toBe('WRONG_PASSWORD');
     let crashed: string | undefined;
-    const dying = device(token, phone, (s) => async (b) => {
-      const reply = await s(b);
-      if (!crashed && decodeVaultReply(reply).t === 'KE2') {
+    // The device's own view of the replies (opened inside its session), awaited before it goes on.
+    const dying = device(token, phone, async (reply) => {
+      if (!crashed && reply.t === 'KE2') {
         crashed = (await fleet.status()).leader!;
         await fleet.fault({ op: 'crash', replica: crashed });
       }
-      return reply;
     });
     // The KE3 meets a fleet without that leader (or session): it cannot succeed on the first go.
     const first = await code(dying.recover(password));

@@ -177,7 +177,12 @@ export function sessionTap(vault: VaultSessionKey, base: (n: number) => Uint8Arr
     replies: () => seen.flatMap((t) => (t.reply ? [t.reply] : [])),
     wrap(send, user) {
       return async (body) => {
-        const req = decodeSessionFrame(body);
+        let req: SessionFrame | { kind: 'not a frame' };
+        try {
+          req = decodeSessionFrame(body);
+        } catch {
+          req = { kind: 'not a frame' }; // a test sending garbage: only its reply is recorded
+        }
         let s: DeviceSession | undefined;
         if (req.kind === 'hello') {
           // Rebuild the device's end: same ephemeral, same first message, so the same Hello.

@@ -9,7 +9,9 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { enablePassword, recoverK, status, type Send } from '../../client/password.ts';
 import { identityKsf } from '../../protocol/opaque/index.ts';
+import { decodeSessionFrame } from '../../protocol/session.ts';
 import { RELAY_PATH, decodeRelayReply, encodeRelayRequest } from '../../protocol/relay.ts';
+import { bearer, hopSecret } from '../../protocol/hop-secret.ts';
 import { Replica } from '../../vault/agent/replica.ts';
 import { startVaultServer } from '../../vault/agent/server.ts';
 import { provisionTestFleet, type TestFleet } from '../helpers/fleet.ts';
@@ -28,9 +30,10 @@ afterAll(async () => {
   await fleet?.cleanup();
 });
 
+/** ChatD's side of the hop: the relay envelope, with the relay key of the state directory. */
 function relaySend(url: string, user: string): Send {
   return async (body) => {
-    const res = await fetch(url + RELAY_PATH, { method: 'POST', body: encodeRelayRequest({ user, body }) });
+    const res = await fetch(url + RELAY_PATH, { method: 'POST', body: encodeRelayRequest({ user, body }), headers: { authorization: bearer(hopSecret(fleet.stateDir, 'relay')) } });
     const reply = decodeRelayReply(new Uint8Array(await res.arrayBuffer()));
     if (!reply.ok) throw Object.assign(new Error(reply.message), { code: reply.code, status: res.status });
     return reply.body;
@@ -46,7 +49,7 @@ describe('vault/main.ts', () => {
       const t = setTimeout(() => reject(new Error(`vault did not start: ${err}`)), 60_000);
       child!.stdout!.on('data', () => {
         const m = /VAULT_URL=(\S+)/.exec(out);
-        if (m && /VAULT_AKE_PUBLIC_KEY_ristretto255_SHA512=/.test(out)) {
+        if (m && /VAULT_AKE_PUBLIC_KEY_ristretto255_SHA512=/.test(out) && /VAULT_AKE_PUBLIC_KEY_session=[0-9a-f]{64}\n/.test(out)) {
           clearTimeout(t);
           resolve(m[1]!);
         }
@@ -55,18 +58,31 @@ describe('vault/main.ts', () => {
     });
     expect(url).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
     const pinned = Buffer.from(/VAULT_AKE_PUBLIC_KEY_ristretto255_SHA512=([0-9a-f]+)/.exec(out)![1]!, 'hex');
-    const opts = { user: 'ivy', ksf: identityKsf, serverPublicKey: new Uint8Array(pinned) };
+    // The session key is printed with the AKE keys: both are what a device pins.
+    const sessionHex = /VAULT_AKE_PUBLIC_KEY_session=([0-9a-f]{64})\b/.exec(out)?.[1];
+    expect(sessionHex).toBeDefined();
+    const opts = { user: 'ivy', ksf: identityKsf, serverPublicKey: new Uint8Array(pinned), sessionKey: new Uint8Array(Buffer.from(sessionHex!, 'hex')) };
     const k = new Uint8Array(randomBytes(32));
     const password = 'relay route password';
     await enablePassword(relaySend(url, 'ivy'), opts, password, k);
     expect(Buffer.from(await recoverK(relaySend(url, 'ivy'), opts, password)).equals(Buffer.from(k))).toBe(true);
     await expect(recoverK(relaySend(url, 'ivy'), opts, 'nope')).rejects.toMatchObject({ code: 'WRONG_PASSWORD', attemptsLeft: 9 });
-    expect(await status(relaySend(url, 'ivy'))).toMatchObject({ state: 'registered', attemptsLeft: 9 });
+    expect(await status(relaySend(url, 'ivy'), opts)).toMatchObject({ state: 'registered', attemptsLeft: 9 });
 
-    const bad = await fetch(url + RELAY_PATH, { method: 'POST', body: new Uint8Array([1, 2, 3]) });
+    const relayKey = { authorization: bearer(hopSecret(fleet.stateDir, 'relay')) };
+    const bad = await fetch(url + RELAY_PATH, { method: 'POST', body: new Uint8Array([1, 2, 3]), headers: relayKey });
     expect(bad.status).toBe(400);
     expect(decodeRelayReply(new Uint8Array(await bad.arrayBuffer()))).toMatchObject({ ok: false, code: 'BAD_RELAY_MESSAGE' });
-    expect((await fetch(url + '/nope')).status).toBe(404);
+    // Without the relay key nothing reaches the replica, not even a well-formed envelope.
+    const anon = await fetch(url + RELAY_PATH, { method: 'POST', body: encodeRelayRequest({ user: 'ivy', body: new Uint8Array(8) }) });
+    expect(anon.status).toBe(401);
+    expect(decodeRelayReply(new Uint8Array(await anon.arrayBuffer()))).toMatchObject({ ok: false, code: 'UNAUTHORIZED' });
+    // Not a session frame: the vault answers with an unauthenticated refusal, never an outcome.
+    const notFrame = await relaySend(url, 'ivy')(new Uint8Array([0x80]));
+    expect(decodeSessionFrame(notFrame)).toEqual({ kind: 'refused', code: 'BAD_SESSION_FRAME' });
+    // Only the health route is open without the relay key; with it, unknown routes are 404.
+    expect((await fetch(url + '/nope')).status).toBe(401);
+    expect((await fetch(url + '/nope', { headers: relayKey })).status).toBe(404);
     expect(await (await fetch(url + '/v1/health')).json()).toMatchObject({ healthy: true });
 
     const exit = new Promise<number | null>((resolve) => child!.once('exit', (code) => resolve(code)));
@@ -91,13 +107,14 @@ describe('an unhealthy replica', () => {
     try {
       let r = await Replica.open({ replicaId: info.name, token, dbDir: join(dir, 'db'), tickMs: 0 });
       const pinned = r.firmware.serverPublicKey('ristretto255-SHA512');
-      await enablePassword((b) => r.handle('jo', b), { user: 'jo', ksf: identityKsf, serverPublicKey: pinned }, 'pw', new Uint8Array(32).fill(1));
+      const o = { user: 'jo', ksf: identityKsf, serverPublicKey: pinned, sessionKey: r.firmware.sessionPublicKey() };
+      await enablePassword((b) => r.handle('jo', b), o, 'pw', new Uint8Array(32).fill(1));
       await r.close();
       rmSync(join(dir, 'db'), { recursive: true, force: true }); // the host loses (or hides) its disk
       r = await Replica.open({ replicaId: info.name, token, dbDir: join(dir, 'db'), tickMs: 0 });
       const server = await startVaultServer(r);
       try {
-        const e = await status(relaySend(server.url, 'jo')).catch((x) => x);
+        const e = await status(relaySend(server.url, 'jo'), o).catch((x) => x);
         expect(e).toMatchObject({ code: 'ROLLBACK_DETECTED', status: 503 });
         const h = await fetch(server.url + '/v1/health');
         expect(h.status).toBe(503);

@@ -27,7 +27,7 @@ beforeAll(async () => {
   await enablePassword(fx.sendVia(r, 'alice'), fx.client('alice'), 'alice pw', k, 5);
   await enablePassword(fx.sendVia(r, 'bob'), fx.client('bob'), 'bob pw', new Uint8Array(randomBytes(32)), 5);
   await enablePassword(fx.sendVia(r, 'zed'), fx.client('zed'), 'zed pw', new Uint8Array(randomBytes(32)), 5);
-  await disable(fx.sendVia(r, 'zed')); // forces a snapshot (zed's K must leave the disk)
+  await disable(fx.sendVia(r, 'zed'), fx.client('zed')); // forces a snapshot (zed's K must leave the disk)
   await enablePassword(fx.sendVia(r, 'carl'), fx.client('carl'), 'carl pw', new Uint8Array(randomBytes(32)), 5);
   await recoverK(fx.sendVia(r, 'alice'), fx.client('alice'), 'wrong').catch(() => undefined);
   await r.close();
@@ -65,15 +65,15 @@ async function expectRefused(r: Replica, code: string): Promise<void> {
   expect(r.health).toMatchObject({ healthy: false, code });
   // Nothing is served: not K, not a counter.
   await expect(recoverK(fx.sendVia(r, 'alice'), fx.client('alice'), 'alice pw')).rejects.toMatchObject({ code });
-  await expect(status(fx.sendVia(r, 'alice'))).rejects.toMatchObject({ code });
+  await expect(status(fx.sendVia(r, 'alice'), fx.client('alice'))).rejects.toMatchObject({ code });
   await expect(r.handle('bob', new Uint8Array([0x80]))).rejects.toMatchObject({ code });
 }
 
 async function expectGood(attemptsLeft: number): Promise<void> {
   const r = await fx.open();
   expect(r.health.healthy).toBe(true);
-  expect(await status(fx.sendVia(r, 'alice'))).toMatchObject({ state: 'registered', attemptsLeft });
-  expect(await status(fx.sendVia(r, 'zed'))).toMatchObject({ state: 'none' });
+  expect(await status(fx.sendVia(r, 'alice'), fx.client('alice'))).toMatchObject({ state: 'registered', attemptsLeft });
+  expect(await status(fx.sendVia(r, 'zed'), fx.client('zed'))).toMatchObject({ state: 'none' });
   await r.close();
 }
 
@@ -150,7 +150,7 @@ describe('tampering with the stored data', () => {
     restore(good);
     let r = await fx.open();
     for (let i = 0; i < 3; i++) await recoverK(fx.sendVia(r, 'alice'), fx.client('alice'), `wrong ${i}`).catch(() => undefined);
-    expect(await status(fx.sendVia(r, 'alice'))).toMatchObject({ attemptsLeft: 1 });
+    expect(await status(fx.sendVia(r, 'alice'), fx.client('alice'))).toMatchObject({ attemptsLeft: 1 });
     await r.close();
     cpSync(fx.dbDir, newer, { recursive: true });
     restore(good); // the host rolls its disk back to when alice had 4 attempts left

@@ -19,7 +19,7 @@ describe('fleet: three replicas', () => {
       const got = await recoverK(fx.send('alice', at), fx.opts('alice'), 'correct horse');
       expect(Buffer.from(got).equals(Buffer.from(k))).toBe(true);
     }
-    const st = await status(fx.send('alice', follower));
+    const st = await status(fx.send('alice', follower), fx.opts('alice'));
     expect(st).toEqual({ state: 'registered', attemptsLeft: 5, limit: 5 });
     const all = await fx.waitFor('replicas to converge', async () => {
       const s = await fx.fleet.status();

@@ -6,7 +6,10 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { disable, enablePassword, recoverK, status, type Send } from '../../client/password.ts';
 import { createOpaque, identityKsf } from '../../protocol/opaque/index.ts';
-import { decodeVaultReply, encodeDeviceMessage, type VaultReply } from '../../protocol/wire.ts';
+import { decodeVaultReply, encodeDeviceMessage, type DeviceMessage, type VaultReply } from '../../protocol/wire.ts';
+import { DeviceSession, decodeSessionFrame, fleetIdentity } from '../../protocol/session.ts';
+import { fastX25519 } from '../../protocol/opaque/group.ts';
+import { randomBytes } from 'node:crypto';
 import { RelayFailure, startFleetFixture, type FleetFixture } from './fleet-fixture.ts';
 
 let fx: FleetFixture;
@@ -16,20 +19,44 @@ afterAll(async () => { await fx?.close(); });
 const K = new Uint8Array(32).fill(42);
 const PW = 'the right one';
 
-/** One device message through replica `at`; relay failures come back as { failed: code }. */
-async function ask(send: Send, m: Parameters<typeof encodeDeviceMessage>[0]): Promise<VaultReply | { failed: string }> {
-  try {
-    return decodeVaultReply(await send(encodeDeviceMessage(m)));
-  } catch (e) {
-    if (e instanceof RelayFailure) return { failed: e.code };
-    throw e;
-  }
+/**
+ * One device-vault session driven by hand (the inner messages are the test's own): first() sends its
+ * Hello, second() its Next, the same bytes on every retry (a retrying device). Relay failures and the
+ * vault's Refused frames come back as { failed: code }.
+ */
+function conversation(user: string) {
+  const s = new DeviceSession(fastX25519(), user, fx.opts(user).sessionKey, (n) => new Uint8Array(randomBytes(n)));
+  let next: Uint8Array | undefined;
+  const call = async (send: Send, frame: Uint8Array, open: (b: Uint8Array) => Uint8Array): Promise<VaultReply | { failed: string }> => {
+    try {
+      const b = await send(frame);
+      const f = decodeSessionFrame(b);
+      if (f.kind === 'refused') return { failed: f.code };
+      return decodeVaultReply(open(b));
+    } catch (e) {
+      if (e instanceof RelayFailure) return { failed: e.code };
+      throw e;
+    }
+  };
+  return {
+    first: (send: Send, m: DeviceMessage) => call(send, s.hello(encodeDeviceMessage(m)), (b) => s.openWelcome(b)),
+    second: (send: Send, m: DeviceMessage) => {
+      next ??= s.next(encodeDeviceMessage(m));
+      return call(send, next, (b) => s.openFinal(b));
+    },
+  };
 }
+
+/** A first message in a session of its own. */
+const ask = (send: Send, user: string, m: DeviceMessage) => conversation(user).first(send, m);
+
+/** The OPAQUE identities a device uses with this fleet. */
+const ids = (user: string) => ({ expectedServerPublicKey: fx.opts(user).serverPublicKey, clientIdentity: new TextEncoder().encode(user), serverIdentity: fleetIdentity(fx.opts(user).sessionKey) });
 
 /** Status through the fleet, retried while it has no leader (every answer is a committed view). */
 async function statusOf(user: string, at?: string) {
   return fx.waitFor(`status of ${user}`, async () => {
-    try { return await status(fx.send(user, at)); } catch { return undefined; }
+    try { return await status(fx.send(user, at), fx.opts(user)); } catch { return undefined; }
   });
 }
 
@@ -53,7 +80,7 @@ describe('fleet under faults', () => {
       for (const f of others) fx.fleet.blockLink(f, leader);
       const op = await createOpaque({ suite: 'ristretto255-SHA512', ksf: identityKsf });
       const start = op.clientStartLogin(new TextEncoder().encode(PW));
-      const pending = ask(fx.send(user, leader), { t: 'RecoverStart', suite: 'ristretto255-SHA512', ke1: start.ke1 });
+      const pending = ask(fx.send(user, leader), user, { t: 'RecoverStart', suite: 'ristretto255-SHA512', ke1: start.ke1 });
       // Until both followers stored the Attempt (or the leader gave up leading).
       let stillLeading = true;
       await fx.waitFor('the Attempt on the followers', async () => {
@@ -64,6 +91,7 @@ describe('fleet under faults', () => {
       await fx.fleet.crash(leader);
       const r = await pending;
       expect('failed' in r || r.t === 'Error').toBe(true);
+      expect('failed' in r || r.t !== 'KE2').toBe(true);
       fx.fleet.heal();
       const st = await statusOf(user, others[0]);
       await fx.fleet.restart(leader);
@@ -82,18 +110,20 @@ describe('fleet under faults', () => {
     await enablePassword(fx.send('ke2-crash', entry), fx.opts('ke2-crash'), PW, K, 5);
     const op = await createOpaque({ suite: 'ristretto255-SHA512', ksf: identityKsf });
     const start = op.clientStartLogin(new TextEncoder().encode(PW));
-    const r1 = await ask(fx.send('ke2-crash', entry), { t: 'RecoverStart', suite: 'ristretto255-SHA512', ke1: start.ke1 });
+    const conv = conversation('ke2-crash');
+    const r1 = await conv.first(fx.send('ke2-crash', entry), { t: 'RecoverStart', suite: 'ristretto255-SHA512', ke1: start.ke1 });
     if ('failed' in r1 || r1.t !== 'KE2') throw new Error(`expected KE2, got ${JSON.stringify(r1)}`);
-    const fin = op.clientFinishLogin(start.state, r1.ke2, { expectedServerPublicKey: fx.opts('x').serverPublicKey });
+    const fin = op.clientFinishLogin(start.state, r1.ke2, ids('ke2-crash'));
     await fx.fleet.crash(leader);
-    // The device keeps trying its KE3 until some leader answers it: never with K.
+    // The device keeps trying its KE3 until some leader answers it: never with K. The session (and
+    // the OPAQUE server state) died with the leader: the new leader has no such session.
     const r2 = await fx.waitFor('a definitive answer to KE3', async () => {
-      const r = await ask(fx.send('ke2-crash', entry), { t: 'RecoverFinish', session: r1.session, ke3: fin.ke3 });
-      if ('failed' in r) return undefined;
+      const r = await conv.second(fx.send('ke2-crash', entry), { t: 'RecoverFinish', session: r1.session, ke3: fin.ke3 });
+      if ('failed' in r) return r.failed === 'NO_SESSION' ? r : undefined;
       if (r.t === 'Error' && r.code !== 'NO_SESSION') return undefined;
       return r;
     });
-    expect(r2).toEqual({ t: 'Error', code: 'NO_SESSION' });
+    expect(r2).toEqual({ failed: 'NO_SESSION' });
     expect((await statusOf('ke2-crash', entry)).attemptsLeft).toBe(4);
     await restartIfDown();
   });
@@ -106,7 +136,7 @@ describe('fleet under faults', () => {
     try {
       expect(Buffer.from(await recoverK(fx.send('minority', f1), fx.opts('minority'), PW)).equals(Buffer.from(K))).toBe(true);
       expect(Buffer.from(await recoverK(fx.send('minority', leader), fx.opts('minority'), PW)).equals(Buffer.from(K))).toBe(true);
-      const cut = await ask(fx.send('minority', f2), { t: 'Status' });
+      const cut = await ask(fx.send('minority', f2), 'minority', { t: 'Status' });
       expect('failed' in cut).toBe(true);
     } finally {
       fx.fleet.heal();
@@ -122,8 +152,8 @@ describe('fleet under faults', () => {
     try {
       const op = await createOpaque({ suite: 'ristretto255-SHA512', ksf: identityKsf });
       const [st, ke] = await Promise.all([
-        ask(fx.send('majority', leader), { t: 'Status' }),
-        ask(fx.send('majority', leader), { t: 'RecoverStart', suite: 'ristretto255-SHA512', ke1: op.clientStartLogin(new TextEncoder().encode('guess')).ke1 }),
+        ask(fx.send('majority', leader), 'majority', { t: 'Status' }),
+        ask(fx.send('majority', leader), 'majority', { t: 'RecoverStart', suite: 'ristretto255-SHA512', ke1: op.clientStartLogin(new TextEncoder().encode('guess')).ke1 }),
       ]);
       // No answer from replicated state, and above all no KE2: the attempt could not commit.
       expect('failed' in st || st.t === 'Error').toBe(true);
@@ -155,7 +185,7 @@ describe('fleet under faults', () => {
     // Disabling a record erases its K, which makes every replica compact its log to a snapshot:
     // the victim will have to install the leader's snapshot.
     await enablePassword(fx.send('throwaway', other), fx.opts('throwaway'), PW, K, 5);
-    await disable(fx.send('throwaway', other));
+    await disable(fx.send('throwaway', other), fx.opts('throwaway'));
     await fx.waitFor('victim applied the attempts', async () => (await fx.fleet.status()).find((s) => s.name === victim)!.lag === 0);
     // A follower anchors lazily, but at once after a compaction: wait for that anchor, or the crash
     // can beat it (then only the non-voting rejoin, not the anchor, stands between the copy and a vote).
@@ -217,10 +247,11 @@ describe('fleet under faults', () => {
       const at = fx.fleet.replicas[i % fx.fleet.replicas.length]!;
       for (let n = 0; n < 3; n++) {
         const start = op.clientStartLogin(new TextEncoder().encode(`guess-${i}-${n}`));
-        const r1 = await ask(fx.send('target', at), { t: 'RecoverStart', suite: 'ristretto255-SHA512', ke1: start.ke1 });
+        const conv = conversation('target');
+        const r1 = await conv.first(fx.send('target', at), { t: 'RecoverStart', suite: 'ristretto255-SHA512', ke1: start.ke1 });
         if ('failed' in r1 || r1.t !== 'KE2') continue;
         ke2s++;
-        const r2 = await ask(fx.send('target', at), { t: 'RecoverFinish', session: r1.session, ke3: new Uint8Array(op.sizes.ke3).fill(i) });
+        const r2 = await conv.second(fx.send('target', at), { t: 'RecoverFinish', session: r1.session, ke3: new Uint8Array(op.sizes.ke3).fill(i) });
         if (!('failed' in r2) && r2.t === 'Released') released++;
       }
     };

@@ -58,6 +58,7 @@ export async function startFleetFixture(replicas: number, o: Partial<StartFleetO
     opts: (user) => ({
       user, ksf: identityKsf,
       serverPublicKey: new Uint8Array(Buffer.from(fleet.akePublicKeys()['ristretto255-SHA512']!, 'hex')),
+      sessionKey: new Uint8Array(Buffer.from(fleet.akePublicKeys().session!, 'hex')),
     }),
     waitFor,
     stableLeader: (among) => waitFor('a stable leader', async () => {

@@ -1,5 +1,6 @@
 // Test side of replica processes (vault/fleet/replica-process.ts): spawn one with real flags, read
 // its READY block, talk to its relay and status endpoints as a device / an operator would, kill it.
+import { hopSecret } from '../../protocol/hop-secret.ts';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createServer } from 'node:net';
 import { createInterface } from 'node:readline';
@@ -59,6 +60,8 @@ export class ReplicaProc {
       });
       void p.exited.then(({ code }) => { clearTimeout(timer); reject(new Error(`${name} exited (${code}) before READY\n${p.stderr}`)); });
     });
+    const st = args.indexOf('--state');
+    if (st >= 0) p.relayKey = hopSecret(args[st + 1]!, 'relay');
     return p;
   }
 
@@ -72,11 +75,13 @@ export class ReplicaProc {
   }
 
   get relayUrl(): string { return this.values.get('REPLICA_RELAY_URL')!; }
+  /** The relay key of the state directory it was started on (`--state`): its relay listener demands it. */
+  relayKey = '';
   get running(): boolean { return this.proc.exitCode === null && this.proc.signalCode === null; }
 
   send(user: string): Send {
     return async (body) => {
-      const res = await fetch(this.relayUrl + RELAY_PATH, { method: 'POST', body: encodeRelayRequest({ user, body }) });
+      const res = await fetch(this.relayUrl + RELAY_PATH, { method: 'POST', body: encodeRelayRequest({ user, body }), headers: { authorization: `Bearer ${this.relayKey}` } });
       const reply = decodeRelayReply(new Uint8Array(await res.arrayBuffer()));
       if (!reply.ok) throw new RelayFailure(reply.code, res.status);
       return reply.body;
@@ -86,7 +91,7 @@ export class ReplicaProc {
   async status(): Promise<ReplicaProcessStatus | undefined> {
     if (!this.running) return undefined;
     try {
-      const res = await fetch(this.relayUrl + REPLICA_STATUS_PATH, { signal: AbortSignal.timeout(2_000) });
+      const res = await fetch(this.relayUrl + REPLICA_STATUS_PATH, { headers: { authorization: `Bearer ${this.relayKey}` }, signal: AbortSignal.timeout(2_000) });
       return (await res.json()) as ReplicaProcessStatus;
     } catch {
       return undefined;

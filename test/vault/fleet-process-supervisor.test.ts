@@ -9,12 +9,17 @@ import { FLEET_FAULT_PATH, REGION_HEADER, type Fleet } from '../../vault/fleet/f
 import { startProcessFleet } from '../../vault/fleet/process-fleet.ts';
 import { provisionTestFleet, type TestFleet } from '../helpers/fleet.ts';
 import { waitFor } from './fleet-process-harness.ts';
+import { hopSecret } from '../../protocol/hop-secret.ts';
 
 let tf: TestFleet;
 let fleet: Fleet;
+let relayKey: string;
+let operatorKey: string;
 beforeAll(async () => {
   tf = await provisionTestFleet({ replicas: 3 });
-  fleet = await startProcessFleet({ stateDir: tf.stateDir, wan: 'none', electionTimeoutMs: 400, policy: { requestTtlMs: 4000 }, faultEndpoint: true });
+  relayKey = hopSecret(tf.stateDir, 'relay');
+  operatorKey = hopSecret(tf.stateDir, 'operator');
+  fleet = await startProcessFleet({ stateDir: tf.stateDir, wan: 'none', electionTimeoutMs: 400, policy: { requestTtlMs: 4000 }, faultEndpoint: true, relayKey, operatorKey });
 });
 afterAll(async () => {
   await fleet?.close();
@@ -22,7 +27,7 @@ afterAll(async () => {
 });
 
 const send = (user: string, at?: string): Send => async (body) => {
-  const res = await fetch(fleet.url + RELAY_PATH, { method: 'POST', body: encodeRelayRequest({ user, body }), headers: at ? { [REGION_HEADER]: at } : {} });
+  const res = await fetch(fleet.url + RELAY_PATH, { method: 'POST', body: encodeRelayRequest({ user, body }), headers: { authorization: `Bearer ${relayKey}`, ...(at ? { [REGION_HEADER]: at } : {}) } });
   const reply = decodeRelayReply(new Uint8Array(await res.arrayBuffer()));
   if (!reply.ok) throw new Error(`relay failed: ${reply.code}`);
   return reply.body;
@@ -36,13 +41,22 @@ const stable = () => waitFor('a stable leader', async () => {
 
 describe('process fleet (supervisor)', () => {
   it('serves through its front, refuses network faults, and survives crash and restart of the leader', async () => {
-    const opts: PasswordOptions = { user: 'bob', ksf: identityKsf, serverPublicKey: new Uint8Array(Buffer.from(fleet.akePublicKeys()['ristretto255-SHA512']!, 'hex')) };
+    const keys = fleet.akePublicKeys();
+    const opts: PasswordOptions = { user: 'bob', ksf: identityKsf, serverPublicKey: new Uint8Array(Buffer.from(keys['ristretto255-SHA512']!, 'hex')), sessionKey: new Uint8Array(Buffer.from(keys.session!, 'hex')) };
     const leader = await stable();
     const k = new Uint8Array(32).fill(9);
     await enablePassword(send('bob'), opts, 'pw', k, 4);
     await expect(recoverK(send('bob'), opts, 'nope')).rejects.toMatchObject({ code: 'WRONG_PASSWORD', attemptsLeft: 3 });
 
-    const res = await fetch(fleet.url + FLEET_FAULT_PATH, { method: 'POST', body: JSON.stringify({ op: 'partition', groups: [[leader.name]] }) });
+    // Operator routes are not on the relay front, and need the operator key on their own listener.
+    const fault = JSON.stringify({ op: 'partition', groups: [[leader.name]] });
+    expect((await fetch(fleet.url + FLEET_FAULT_PATH, { method: 'POST', body: fault, headers: { authorization: `Bearer ${relayKey}` } })).status).toBe(404);
+    expect((await fetch(fleet.url + FLEET_FAULT_PATH, { method: 'POST', body: fault })).status).toBe(401);
+    expect((await fetch(fleet.operatorUrl! + FLEET_FAULT_PATH, { method: 'POST', body: fault })).status).toBe(401);
+    expect((await fetch(fleet.operatorUrl! + FLEET_FAULT_PATH, { method: 'POST', body: fault, headers: { authorization: `Bearer ${relayKey}` } })).status).toBe(401);
+    // Relaying without the relay key reaches no replica.
+    expect((await fetch(fleet.url + RELAY_PATH, { method: 'POST', body: encodeRelayRequest({ user: 'bob', body: new Uint8Array(8) }) })).status).toBe(401);
+    const res = await fetch(fleet.operatorUrl! + FLEET_FAULT_PATH, { method: 'POST', body: fault, headers: { authorization: `Bearer ${operatorKey}` } });
     expect(res.status).toBe(400);
     expect(await res.json()).toMatchObject({ code: 'FAULT_UNSUPPORTED' });
     expect(() => fleet.isolate(leader.name)).toThrow(expect.objectContaining({ code: 'FAULT_UNSUPPORTED' }));
@@ -52,7 +66,7 @@ describe('process fleet (supervisor)', () => {
     const next = await stable();
     expect(next.name).not.toBe(leader.name);
     expect(next.term).toBeGreaterThan(leader.term);
-    expect(await status(send('bob'))).toEqual({ state: 'registered', attemptsLeft: 3, limit: 4 });
+    expect(await status(send('bob'), opts)).toEqual({ state: 'registered', attemptsLeft: 3, limit: 4 });
 
     await fleet.restart(leader.name);
     await waitFor('the restarted replica to catch up', async () => {

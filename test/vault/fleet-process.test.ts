@@ -87,7 +87,11 @@ describe('replicas as processes over TCP', () => {
     // Every process serves the same fleet AKE key, printed at READY: that is what the device pins.
     const ake = new Set(names.map((n) => procs.get(n)!.values.get('VAULT_AKE_PUBLIC_KEY_ristretto255_SHA512')));
     expect(ake.size).toBe(1);
-    const opts = (user: string): PasswordOptions => ({ user, ksf: identityKsf, serverPublicKey: new Uint8Array(Buffer.from([...ake][0]!, 'hex')) });
+    const sessionKeys = new Set(names.map((n) => procs.get(n)!.values.get('VAULT_AKE_PUBLIC_KEY_session')));
+    expect(sessionKeys.size).toBe(1);
+    const opts = (user: string): PasswordOptions => ({
+      user, ksf: identityKsf, serverPublicKey: new Uint8Array(Buffer.from([...ake][0]!, 'hex')), sessionKey: new Uint8Array(Buffer.from([...sessionKeys][0]!, 'hex')),
+    });
 
     const first = await stableLeader([...procs.values()]);
     const follower = [...procs.values()].find((p) => p !== first.leader)!;
@@ -105,7 +109,7 @@ describe('replicas as processes over TCP', () => {
     expect(fs.role).toBe('follower');
     expect(fs.stats!.forwardedOut).toBeGreaterThanOrEqual(7);
     expect(fs.stats!.handshakes).toBeGreaterThanOrEqual(4);
-    expect(await status(follower.send('alice'))).toEqual({ state: 'registered', attemptsLeft: 3, limit: 5 });
+    expect(await status(follower.send('alice'), opts('alice'))).toEqual({ state: 'registered', attemptsLeft: 3, limit: 5 });
 
     // Power cut at the leader: no flush, no goodbye.
     const dead = first.leader;
@@ -117,7 +121,7 @@ describe('replicas as processes over TCP', () => {
     expect(second.leader).not.toBe(dead);
     const electedMs = Date.now() - killedAt;
     for (const p of survivors) {
-      expect(await status(p.send('alice'))).toEqual({ state: 'registered', attemptsLeft: 3, limit: 5 });
+      expect(await status(p.send('alice'), opts('alice'))).toEqual({ state: 'registered', attemptsLeft: 3, limit: 5 });
     }
     const e = await recoverK(survivors[0]!.send('alice'), opts('alice'), 'still wrong').catch((x: unknown) => x);
     expect((e as PasswordError).attemptsLeft).toBe(2);
@@ -142,10 +146,10 @@ describe('replicas as processes over TCP', () => {
     expect(caught.healthy).toBe(true);
     if (process.env.BKV_DEBUG) console.log(JSON.stringify({ electedMs, restartReadyMs: readyMs, caughtUpMs: Date.now() - startedAt }));
     // It serves again, with the charge made while it was dead, then a correct password resets the counter everywhere.
-    expect(await status(back.send('alice'))).toEqual({ state: 'registered', attemptsLeft: 2, limit: 5 });
+    expect(await status(back.send('alice'), opts('alice'))).toEqual({ state: 'registered', attemptsLeft: 2, limit: 5 });
     expect(Buffer.from(await recoverK(back.send('alice'), opts('alice'), 'correct horse')).equals(Buffer.from(k))).toBe(true);
     for (const p of procs.values()) {
-      expect(await status(p.send('alice'))).toEqual({ state: 'registered', attemptsLeft: 5, limit: 5 });
+      expect(await status(p.send('alice'), opts('alice'))).toEqual({ state: 'registered', attemptsLeft: 5, limit: 5 });
     }
     const digests = await waitFor('the three replicas to converge', async () => {
       const st = await Promise.all([...procs.values()].map((p) => p.status()));

@@ -17,7 +17,7 @@ const PW = 'correct horse';
 
 async function statusOf(user: string, at?: string) {
   return fx.waitFor(`status of ${user}`, async () => {
-    try { return await status(fx.send(user, at)); } catch { return undefined; }
+    try { return await status(fx.send(user, at), fx.opts(user)); } catch { return undefined; }
   });
 }
 
@@ -51,7 +51,7 @@ describe('fleet snapshot-disk and restart --rollback', () => {
       await expect(recoverK(fx.send('rb', other), fx.opts('rb'), 'wrong')).rejects.toMatchObject({ code: 'WRONG_PASSWORD' });
     }
     await enablePassword(fx.send('gone', other), fx.opts('gone'), PW, K, 5);
-    await disable(fx.send('gone', other));
+    await disable(fx.send('gone', other), fx.opts('gone'));
     expect((await statusOf('rb', other)).attemptsLeft).toBe(3);
     await fx.waitFor('victim applied everything', async () => (await fx.fleet.status()).find((s) => s.name === victim)!.lag === 0);
 

@@ -19,7 +19,8 @@ describe('fleet on a state a solo vault used', () => {
     const token = tf.openToken(solo.tokenLabel);
     const r = await Replica.open({ replicaId: solo.name, token, dbDir: replicaDbDir(tf.stateDir, solo.name), tickMs: 0 });
     const pinned = r.firmware.serverPublicKey('ristretto255-SHA512');
-    const o = { user: 'solo', ksf: identityKsf, serverPublicKey: pinned };
+    const sessionKey = r.firmware.sessionPublicKey();
+    const o = { user: 'solo', ksf: identityKsf, serverPublicKey: pinned, sessionKey };
     await enablePassword((b) => r.handle('solo', b), o, 'pw', new Uint8Array(32).fill(3), 5);
     await r.close();
     fleet = await startFleet({ stateDir: tf.stateDir, wan: 'none', electionTimeoutMs: 300 });
@@ -39,7 +40,7 @@ describe('fleet on a state a solo vault used', () => {
       if (!rep.ok) throw new Error(rep.code);
       return rep.body;
     };
-    const fo = { user: 'fleetuser', ksf: identityKsf, serverPublicKey: pinned };
+    const fo = { user: 'fleetuser', ksf: identityKsf, serverPublicKey: pinned, sessionKey };
     await enablePassword(send, fo, 'pw2', new Uint8Array(32).fill(4), 5);
     expect(Buffer.from(await recoverK(send, fo, 'pw2'))).toEqual(Buffer.alloc(32, 4));
   });

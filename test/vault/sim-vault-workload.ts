@@ -7,7 +7,9 @@ import type { Token } from '../../hsm-adapter/token.ts';
 import { identityKsf } from '../../protocol/opaque/index.ts';
 import { PasswordError, enablePassword, recoverK, status, type PasswordOptions } from '../../client/password.ts';
 import { VaultCluster, DeviceTimeout, type FirmwareLike } from '../../vault/sim/vault-cluster.ts';
-import type { Firmware } from '../../vault/firmware/firmware.ts';
+import type { SessionGate } from '../../vault/firmware/gate.ts';
+import { tokenSessionKey } from '../../protocol/opaque/secrets.ts';
+import { fastX25519 } from '../../protocol/opaque/group.ts';
 import { SeededRng } from '../../vault/consensus/index.ts';
 
 export interface VaultRunOptions {
@@ -16,7 +18,7 @@ export interface VaultRunOptions {
   serverPublicKey: Uint8Array;
   durationMs?: number;
   users?: number;
-  wrapFirmware?: (fw: Firmware, id: string) => FirmwareLike;
+  wrapFirmware?: (fw: SessionGate, id: string) => FirmwareLike;
 }
 
 export interface VaultRunResult {
@@ -47,6 +49,8 @@ export async function randomVaultRun(o: VaultRunOptions): Promise<VaultRunResult
     wrapFirmware: o.wrapFirmware,
   });
   const rng = c.rng.fork();
+  // The fleet's session key, as devices pin it (every token holds the same sealed seed).
+  const sessionKey = tokenSessionKey([...o.tokens.values()][0]!, fastX25519()).publicKey;
   const ids = c.ids;
   const users = Array.from({ length: o.users ?? 2 }, (_, i) => `user${i}`);
   for (const u of users) c.knownUsers.add(u);
@@ -61,7 +65,7 @@ export async function randomVaultRun(o: VaultRunOptions): Promise<VaultRunResult
     const dev = `dev${++devN}`;
     const drng = rng.fork();
     const send = c.deviceSend(dev, user, () => ids[drng.int(ids.length)]!, () => ({ correct }));
-    return { send, opts: { user, serverPublicKey: o.serverPublicKey, ksf: identityKsf, rng: bytesFrom(drng) } };
+    return { send, opts: { user, serverPublicKey: o.serverPublicKey, sessionKey, ksf: identityKsf, rng: bytesFrom(drng) } };
   };
 
   const classify = (e: unknown): string => {
@@ -147,7 +151,7 @@ export async function randomVaultRun(o: VaultRunOptions): Promise<VaultRunResult
   for (const u of users) {
     const d = device(u, true);
     const box: { got: { state: string; attemptsLeft: number } | string | null } = { got: null };
-    void status(d.send).then((x) => { box.got = x; }, (e: unknown) => { box.got = classify(e); });
+    void status(d.send, d.opts).then((x) => { box.got = x; }, (e: unknown) => { box.got = classify(e); });
     await c.runUntil(() => box.got !== null, 5_000);
     const got = box.got as { state: string; attemptsLeft: number } | string | null;
     if (got === null || typeof got === 'string') c.oracle.fail(`${u}: no Status answer after healing (${String(got)})`);

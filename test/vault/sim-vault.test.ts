@@ -5,7 +5,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { provisionTestFleet, type TestFleet } from '../helpers/fleet.ts';
 import type { Token } from '../../hsm-adapter/token.ts';
 import { tokenServerSecrets } from '../../protocol/opaque/index.ts';
-import type { Firmware, FirmwareInput, FirmwareOutput } from '../../vault/firmware/firmware.ts';
+import type { FirmwareInput, FirmwareOutput } from '../../vault/firmware/firmware.ts';
+import type { SessionGate } from '../../vault/firmware/gate.ts';
 import { decodeEntry } from '../../vault/firmware/entries.ts';
 import type { FirmwareLike } from '../../vault/sim/vault-cluster.ts';
 import { randomVaultRun } from './sim-vault-workload.ts';
@@ -65,7 +66,7 @@ describe('deterministic vault cluster', () => {
   it('mutation: a firmware that hands out KE2 before the Attempt commits is caught by the oracle', async () => {
     // Test-only wrapper around the real firmware: it applies its own Attempt proposals at once, as
     // if committed (the speculative shortcut rule 1 forbids), and still proposes them.
-    const wrap = (fw: Firmware): FirmwareLike => ({
+    const wrap = (fw: SessionGate): FirmwareLike => ({
       step(input: FirmwareInput): FirmwareOutput[] {
         const out = fw.step(input);
         const extra: FirmwareOutput[] = [];
