@@ -53,7 +53,7 @@ describe('bkv fleet up / status', () => {
     expect(r.status).toBe(1);
     expect(r.err).toContain('[FLEET_NOT_RUNNING]');
 
-    up = spawn(process.execPath, [BKV, 'fleet', 'up', '--state', stateDir, '--replicas', String(REPLICAS), '--wan', 'none', '--quiet'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    up = spawn(process.execPath, [BKV, 'fleet', 'up', '--state', stateDir, '--replicas', String(REPLICAS), '--wan', 'none', '--faults', '--quiet'], { stdio: ['ignore', 'pipe', 'pipe'] });
     const child = up;
     const exit = new Promise<number | null>((res) => child.once('exit', (c) => res(c)));
     const err: string[] = [];
@@ -87,7 +87,7 @@ describe('bkv fleet up / status', () => {
     expect(r.status, r.err).toBe(0);
     const before = (await statusJson()).replicas.find((x) => x.name === s.leader)!.commitIndex;
 
-    // A follower crashes: status shows it down, the others carry on and commit.
+    // A follower crashes (fault injection: `fleet up --faults` above): status shows it down, the others carry on and commit.
     const follower = s.replicas.find((x) => x.role !== 'leader')!.name;
     r = await cliProcess(['fleet', 'fault', 'crash', follower, '--state', stateDir]);
     expect(r.status, r.err).toBe(0);

@@ -165,11 +165,25 @@ describe('password backups end to end (CLI -> ChatD -> vault -> SoftHSM2)', () =
     let r = await cli(['backup', 'enable-password', '--password-file', pw, '--limit', '3', ...dev(dan)]);
     expect(r.status, r.err).toBe(0);
     expect(await statusJson(dan)).toMatchObject({ state: 'registered', attemptsLeft: 3, limit: 3 });
-    // The right password under another KSF is a wrong password to the vault (and costs an attempt).
+    // The right password under another KSF could only fail: the vault knows the record's KSF and
+    // refuses before charging an attempt, naming the one to use.
     const chats = join(rig.dir, 'dan-chats');
     makeChats(chats);
     r = await cli(['backup', 'create', '--in', chats, '--password-file', pw, ...dev(dan).filter((x) => x !== 'identity' && x !== '--ksf'), '--ksf', 'scrypt']);
     expect(r.status).toBe(1);
+    expect(r.err).toContain('[KSF_MISMATCH]');
+    expect(r.err).toContain('--ksf identity');
+    expect(r.err).toContain('no attempt was spent');
+    expect(await statusJson(dan)).toMatchObject({ state: 'registered', attemptsLeft: 3, limit: 3 });
+    // The limit of 3 is what a wrong password (under the right KSF) counts down from.
+    const wrongPw = writeSecret(rig.dir, 'pw-dan-wrong', 'not what dan registered');
+    r = await cli(['backup', 'restore', '--out', join(rig.dir, 'dan-out'), '--password-file', wrongPw, ...dev(dan)]);
+    expect(r.status).toBe(1);
     expect(r.err).toContain('wrong password: 2 attempts left');
+    expect(existsSync(join(rig.dir, 'dan-out'))).toBe(false);
+    // And the right KSF with the right password works.
+    r = await cli(['backup', 'create', '--in', chats, '--password-file', pw, ...dev(dan)]);
+    expect(r.status, r.err).toBe(0);
+    expect(await statusJson(dan)).toMatchObject({ state: 'registered', attemptsLeft: 3, limit: 3 });
   });
 });

@@ -71,6 +71,8 @@ describe('bkv serve', () => {
     expect(JSON.parse(readFileSync(join(stateDir, 'serve.json'), 'utf8'))).toMatchObject({ chatdUrl: s.chatdUrl, pid: s.child.pid });
     const keys = JSON.parse(readFileSync(join(stateDir, 'vault-keys.json'), 'utf8')).keys;
     expect(keys['ristretto255-SHA512']).toMatch(/^[0-9a-f]{64}$/);
+    // The session key devices pin besides the AKE keys (an X25519 public key).
+    expect(keys.session).toMatch(/^[0-9a-f]{64}$/);
 
     // The device: an account token, then the CLI with no --chatd (found in serve.json).
     const acct = await cliProcess(['account', 'create', '--phone', '+15554440001', '--state', stateDir]);

@@ -9,7 +9,10 @@ import { provisionTestFleet, type TestFleet } from '../helpers/fleet.ts';
 import type { Token } from '../../hsm-adapter/token.ts';
 import { identityKsf, tokenServerSecrets } from '../../protocol/opaque/index.ts';
 import { enablePassword, recoverK, type PasswordOptions } from '../../client/password.ts';
-import { VaultCluster } from '../../vault/sim/vault-cluster.ts';
+import { VaultCluster, type FirmwareLike } from '../../vault/sim/vault-cluster.ts';
+import type { FirmwareInput, FirmwareOutput } from '../../vault/firmware/firmware.ts';
+import type { SessionGate } from '../../vault/firmware/gate.ts';
+import { decodeSessionFrame } from '../../protocol/session.ts';
 import { SeededRng } from '../../vault/consensus/index.ts';
 
 let fleet: TestFleet;
@@ -27,6 +30,52 @@ beforeAll(async () => {
 afterAll(async () => { await fleet?.cleanup(); });
 
 type Step = 'ke1-proposed' | 'ke2-out' | 'ke3-proposed' | 'released';
+
+/**
+ * Watches each replica's session gate from outside (frames only): a request frame it already took is
+ * a copy, and the copy's reply must be byte-identical to the one its original got.
+ */
+function copyWatch() {
+  const counts = { requests: 0, copies: 0, copiesAnswered: 0, copiesAnsweredAlike: 0, refused: 0 };
+  const hex = (b: Uint8Array) => Buffer.from(b).toString('hex');
+  const wrap = (gate: SessionGate): FirmwareLike => {
+    const requestOf = new Map<number, { frame: string; copy: boolean }>();
+    const seen = new Set<string>();
+    const replyTo = new Map<string, string>();
+    return {
+      step(input: FirmwareInput): FirmwareOutput[] {
+        if (input.kind === 'request') {
+          const frame = hex(input.body);
+          const copy = seen.has(frame);
+          seen.add(frame);
+          counts.requests++;
+          if (copy) counts.copies++;
+          requestOf.set(input.requestId, { frame, copy });
+        }
+        const out = gate.step(input);
+        for (const o of out) {
+          if (o.kind !== 'reply') continue;
+          const q = requestOf.get(o.requestId);
+          if (!q) continue;
+          requestOf.delete(o.requestId);
+          const body = hex(o.body);
+          if (decodeSessionFrame(o.body).kind === 'refused') counts.refused++;
+          const first = replyTo.get(q.frame);
+          if (first === undefined) replyTo.set(q.frame, body);
+          else {
+            counts.copiesAnswered++;
+            if (first === body) counts.copiesAnsweredAlike++;
+          }
+        }
+        return out;
+      },
+      digest: () => gate.digest(),
+      get appliedIndex() { return gate.appliedIndex; },
+      inspect: (u: string) => gate.inspect(u),
+    };
+  };
+  return { counts, wrap };
+}
 
 async function crashLeaderAt(step: Step, seed: number) {
   const c = await VaultCluster.create({ seed, tokens, policy: { requestTtlMs: 2_000 }, deviceTimeoutMs: 3_000 });
@@ -94,7 +143,8 @@ describe('leader crashes at each step of a recovery', () => {
 
 describe('a network that duplicates every message', () => {
   it('stays within the guess budget and charges each device guess once: copies get the original reply', async () => {
-    const c = await VaultCluster.create({ seed: 5, tokens, deviceTimeoutMs: 3_000 });
+    const watch = copyWatch();
+    const c = await VaultCluster.create({ seed: 5, tokens, deviceTimeoutMs: 3_000, wrapFirmware: watch.wrap });
     c.knownUsers.add('olga');
     const rng = new SeededRng(6);
     const bytes = (n: number) => { const b = new Uint8Array(n); for (let i = 0; i < n; i++) b[i] = rng.int(256); return b; };
@@ -126,9 +176,15 @@ describe('a network that duplicates every message', () => {
     expect(c.proposed.Outcome).toBe(3);
     expect(c.proposed.Register).toBe(1);
     // The copies were answered by the session gate from its memory (the byte-identical Welcome or
-    // Final), so the firmware itself answered each request once.
+    // Final), so the firmware itself answered each request once...
     expect(c.replied.Registered).toBe(1);
     expect(c.replied.KE2).toBe(3);
+    // ...and each copy that reached a gate got exactly its original's reply, never a refusal.
+    if (process.env.BKV_SIM_DEBUG) console.log(watch.counts);
+    expect(watch.counts.copies).toBeGreaterThan(0);
+    expect(watch.counts.copiesAnswered).toBeGreaterThan(0);
+    expect(watch.counts.copiesAnsweredAlike).toBe(watch.counts.copiesAnswered);
+    expect(watch.counts.refused).toBe(0);
     expect(outcomes).toEqual(['WRONG_PASSWORD', 'WRONG_PASSWORD', 'LOCKED']);
     expect(c.firmware(c.leader()!)!.inspect('olga')!.state).toBe('locked');
   }, 60_000);
