@@ -20,6 +20,7 @@
 // (test/protocol/session.test.ts).
 import { createCipheriv, createDecipheriv, createHash, hkdfSync } from 'node:crypto';
 import { InputError } from './errors.ts';
+import { concat as cat } from './opaque/hash.ts';
 
 export const SESSION_VERSION = 2;
 export const NOISE_PROTOCOL_NAME = 'Noise_NK_25519_ChaChaPoly_SHA256';
@@ -70,16 +71,6 @@ export class SessionError extends InputError {
 }
 
 const enc = new TextEncoder();
-
-function cat(...parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let o = 0;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.length;
-  }
-  return out;
-}
 
 /** The prologue: this protocol's label and the account the device speaks for. */
 export function sessionPrologue(user: string): Uint8Array {

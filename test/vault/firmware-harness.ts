@@ -64,6 +64,24 @@ export class Harness {
     }
   }
 
+  /**
+   * One request with its commits held back and released one by one: what the firmware output at once,
+   * how many commits it took until the reply, and the reply. Auto-commit is restored afterwards.
+   */
+  held(user: string, body: Uint8Array): { reply: Uint8Array; immediate: string[]; commits: number } {
+    this.autoCommit = false;
+    const requestId = this.nextRequest++;
+    const immediate = this.step({ kind: 'request', requestId, user, body }).map((o) => o.kind);
+    let commits = 0;
+    while (!this.replies.has(requestId) && this.proposed.length > 0) {
+      this.step({ kind: 'committed', index: ++this.index, entry: this.proposed.shift()!.entry });
+      commits++;
+    }
+    this.autoCommit = true;
+    this.commitAll();
+    return { reply: this.replies.get(requestId)!, immediate, commits };
+  }
+
   /** A device's send(): one request in, its reply out (commits flow as they come). */
   send(user: string): (body: Uint8Array) => Promise<Uint8Array> {
     return async (body) => {

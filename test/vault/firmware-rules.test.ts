@@ -118,17 +118,7 @@ describe('rules', () => {
     await enablePassword(h.send('amy'), client('amy', 'g1'), 'pw', k);
     const seen: Array<{ kind: string; immediate: string[]; commits: number }> = [];
     const held: Send = async (body) => {
-      h.autoCommit = false;
-      const requestId = h.nextRequest++;
-      const immediate = h.step({ kind: 'request', requestId, user: 'amy', body }).map((o) => o.kind);
-      let commits = 0;
-      while (!h.replies.has(requestId) && h.proposed.length > 0) {
-        h.step({ kind: 'committed', index: ++h.index, entry: h.proposed.shift()!.entry });
-        commits++;
-      }
-      h.autoCommit = true;
-      h.commitAll();
-      const reply = h.replies.get(requestId)!;
+      const { reply, immediate, commits } = h.held('amy', body);
       seen.push({ kind: decodeSessionFrame(reply).kind, immediate, commits });
       return reply;
     };

@@ -175,17 +175,7 @@ describe('RecoverFinish costs one commit whatever the outcome', () => {
     for (const u of ['g1', 'g2', 'g3']) await enablePassword(h.send(u), client(u, `cg-${u}`), 'right', new Uint8Array(32).fill(4), 3);
     /** One device's frames with commits held back; per frame: what left at once, commits until the reply, its kind and size. */
     const watched = (user: string, seen: Array<[string, string[], number, number]>): Send => async (body) => {
-      h.autoCommit = false;
-      const requestId = h.nextRequest++;
-      const immediate = h.step({ kind: 'request', requestId, user, body }).map((o) => o.kind);
-      let commits = 0;
-      while (!h.replies.has(requestId) && h.proposed.length > 0) {
-        h.step({ kind: 'committed', index: ++h.index, entry: h.proposed.shift()!.entry });
-        commits++;
-      }
-      h.autoCommit = true;
-      h.commitAll();
-      const reply = h.replies.get(requestId)!;
+      const { reply, immediate, commits } = h.held(user, body);
       seen.push([decodeSessionFrame(reply).kind, immediate, commits, reply.length]);
       return reply;
     };
