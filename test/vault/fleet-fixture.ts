@@ -15,6 +15,11 @@ export interface FleetFixture {
   waitFor<T>(what: string, f: () => Promise<T | undefined | false>, timeoutMs?: number): Promise<T>;
   /** The leader once one is elected and every listed replica agrees on it. */
   stableLeader(among?: string[]): Promise<string>;
+  /**
+   * The whole fleet killed at once (every replica crashed, as kill -9 of the fleet process tree) and
+   * started again on the same state: all its replicas, or only `replicas` (the rest stay dark).
+   */
+  wholeFleetRestart(replicas?: string[]): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -25,13 +30,15 @@ export class RelayFailure extends Error {
 export async function startFleetFixture(replicas: number, o: Partial<StartFleetOptions> = {}): Promise<FleetFixture> {
   const tf = await provisionTestFleet({ replicas });
   let fleet: Fleet;
+  const start = (names?: string[]) => startFleet({
+    stateDir: tf.stateDir, wan: 'none', electionTimeoutMs: 300,
+    policy: { requestTtlMs: 4000 },
+    onEvent: process.env.BKV_DEBUG ? (e) => console.error(`[${Date.now() % 100000}] ${JSON.stringify(e)}`) : undefined,
+    ...o,
+    ...(names ? { replicas: names } : {}),
+  });
   try {
-    fleet = await startFleet({
-      stateDir: tf.stateDir, wan: 'none', electionTimeoutMs: 300,
-      policy: { requestTtlMs: 4000 },
-      onEvent: process.env.BKV_DEBUG ? (e) => console.error(`[${Date.now() % 100000}] ${JSON.stringify(e)}`) : undefined,
-      ...o,
-    });
+    fleet = await start();
   } catch (e) {
     await tf.cleanup();
     throw e;
@@ -46,7 +53,13 @@ export async function startFleetFixture(replicas: number, o: Partial<StartFleetO
     }
   };
   return {
-    tf, fleet,
+    tf,
+    get fleet() { return fleet; },
+    async wholeFleetRestart(names) {
+      for (const s of await fleet.status()) if (s.role !== 'down') await fleet.crash(s.name);
+      await fleet.close();
+      fleet = await start(names);
+    },
     send: (user, at) => async (body) => {
       const res = await fetch(fleet.url + RELAY_PATH, {
         method: 'POST', body: encodeRelayRequest({ user, body }), headers: at ? { [REGION_HEADER]: at } : {},

@@ -2,7 +2,7 @@
 // own SoftHSM2 token and LMDB directory, Raft between them over TcpTransport (the channel
 // handshake on the token identity keys). A device registers and recovers K through a follower's
 // relay endpoint; the leader process is SIGKILLed; the two others elect and keep serving with the
-// attempt counter intact; the killed replica restarts (--rejoin) and catches up.
+// attempt counter intact; the killed replica restarts on its intact disk and catches up.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomBytes } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
@@ -135,7 +135,7 @@ describe('replicas as processes over TCP', () => {
       peers: Object.fromEntries(survivors.map((p) => [p.name, { host: '127.0.0.1', port: peerPort[p.name], identityKey: p.values.get('REPLICA_IDENTITY_KEY') }])),
     }));
     const startedAt = Date.now();
-    const back = await start(dead.name, ['--rejoin'], peersFile);
+    const back = await start(dead.name, [], peersFile);
     const readyMs = Date.now() - startedAt;
     const leaderNow = second.leader;
     const caught = await waitFor('the restarted replica to catch up', async () => {

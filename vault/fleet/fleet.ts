@@ -69,12 +69,12 @@ export async function startFleet(opts: StartFleetOptions): Promise<Fleet> {
   let operator: { url: string; close(): Promise<void> } | undefined;
   let closed = false;
 
-  const spawn = (name: string, endpoint: PortEndpointInit, transfer: MessagePort[], rejoining: boolean): Promise<void> => {
+  const spawn = (name: string, endpoint: PortEndpointInit, transfer: MessagePort[]): Promise<void> => {
     const info = state.replicas.find((r) => r.name === name)!;
     const data: ReplicaWorkerData & { __entry: string } = {
       __entry: ENTRY_URL, name, voters: names, modulePath: state.modulePath, tokenLabel: info.tokenLabel,
       pin: state.pinFor(info.tokenLabel), sealScheme: state.sealSchemeFor(info.tokenLabel),
-      dbDir: replicaDbDir(state.stateDir, name), fleetId, pins, endpoint, policy: opts.policy, tickMs, rejoining,
+      dbDir: replicaDbDir(state.stateDir, name), fleetId, pins, endpoint, policy: opts.policy, tickMs,
     };
     const worker = new Worker(WORKER_URL, { workerData: data, transferList: transfer });
     let exitedResolve!: () => void;
@@ -128,7 +128,7 @@ export async function startFleet(opts: StartFleetOptions): Promise<Fleet> {
   };
 
   try {
-    await Promise.all(names.map((n) => spawn(n, portFleet.endpoints[n]!, portFleet.transferList(n), false)));
+    await Promise.all(names.map((n) => spawn(n, portFleet.endpoints[n]!, portFleet.transferList(n))));
   } catch (e) {
     await Promise.all([...running.values()].map((r) => r.worker.terminate()));
     finalizeModule();
@@ -218,7 +218,7 @@ export async function startFleet(opts: StartFleetOptions): Promise<Fleet> {
       const base = portFleet.endpoints[name]!;
       const endpoint: PortEndpointInit = { self: name, ports, wan: base.wan };
       try {
-        await spawn(name, endpoint, Object.values(ports), true);
+        await spawn(name, endpoint, Object.values(ports));
       } catch (e) {
         await running.get(name)?.worker.terminate();
         throw e;

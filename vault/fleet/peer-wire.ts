@@ -14,17 +14,19 @@ export type PeerMessage =
   /** The leader's answer: a wire reply body, or a code (NOT_LEADER: not processed, safe to retry). */
   | { kind: 'forwardReply'; id: number; ok: true; body: Uint8Array }
   | { kind: 'forwardReply'; id: number; ok: false; code: string }
-  /** A restarted replica announces itself (a fresh random incarnation per start). */
-  | { kind: 'rejoin'; incarnation: Uint8Array }
-  /** The leader's answer: it forgot the old acknowledgements; catch up to lastIndex before voting. */
-  | { kind: 'rejoinAck'; incarnation: Uint8Array; term: number; lastIndex: number };
+  /**
+   * A replica re-replicating after its disk was refused announces itself (a fresh random incarnation
+   * per start), so the leader forgets the acknowledgements its old disk made and probes its real log.
+   */
+  | { kind: 'rejoin'; incarnation: Uint8Array };
 
 export class PeerWireError extends InputError {
   constructor(message: string) { super(message, 'BAD_PEER_MESSAGE'); }
 }
 
 const packr = new Packr({ useRecords: false, mapsAsObjects: false, moreTypes: false, int64AsType: 'number' });
-const KIND = { raft: 0, forward: 1, forwardReply: 2, rejoin: 3, rejoinAck: 4 } as const;
+// 4 was the leader's rejoin answer, retired when acknowledgements became anchored: never reuse it.
+const KIND = { raft: 0, forward: 1, forwardReply: 2, rejoin: 3 } as const;
 const USER_RE = /^[A-Za-z0-9+._:@-]{1,64}$/;
 const CODE_RE = /^[A-Z][A-Z0-9_]{0,47}$/;
 
@@ -35,7 +37,6 @@ export function encodePeer(m: PeerMessage): Uint8Array {
     case 'forward': return new Uint8Array(packr.pack([...h, m.id, m.user, m.body]));
     case 'forwardReply': return new Uint8Array(packr.pack(m.ok ? [...h, m.id, true, m.body] : [...h, m.id, false, m.code]));
     case 'rejoin': return new Uint8Array(packr.pack([...h, m.incarnation]));
-    case 'rejoinAck': return new Uint8Array(packr.pack([...h, m.incarnation, m.term, m.lastIndex]));
   }
 }
 
@@ -73,7 +74,6 @@ export function decodePeer(b: Uint8Array): PeerMessage {
       throw new PeerWireError('bad forward reply');
     }
     case KIND.rejoin: n(1); return { kind: 'rejoin', incarnation: bytes(f[0], 32) };
-    case KIND.rejoinAck: n(3); return { kind: 'rejoinAck', incarnation: bytes(f[0], 32), term: nat(f[1]), lastIndex: nat(f[2]) };
     default: throw new PeerWireError('unknown peer message kind');
   }
 }

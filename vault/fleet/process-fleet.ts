@@ -3,7 +3,7 @@
 // interface as the threaded runner (fleet.ts), so `bkv fleet up --transport tcp`, ChatD and
 // `bkv fleet status` work unchanged. The supervisor holds no token and no key: it picks ports, starts
 // the processes, routes each relayed request to a replica's own relay endpoint (header
-// `x-bkv-region` or round-robin), gathers statuses, and crashes (SIGKILL) or restarts (--rejoin)
+// `x-bkv-region` or round-robin), gathers statuses, and crashes (SIGKILL) or restarts
 // processes. Network faults (partition, isolate, block) belong to the real network here (network
 // namespaces, firewall rules) and are refused with FAULT_UNSUPPORTED.
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -92,13 +92,12 @@ export async function startProcessFleet(opts: StartFleetOptions): Promise<Fleet>
   let akeKeys: Record<string, string> = {};
   let closed = false;
 
-  const launch = (name: string, rejoin: boolean): Promise<void> => {
+  const launch = (name: string): Promise<void> => {
     const args = [
       RUN, ENTRY, '--state', state.stateDir, '--replica', name, '--listen', `127.0.0.1:${peerPort.get(name)}`,
       '--peers', peersFile(name),
       '--relay-port', String(relayPort.get(name)), '--election-ms', String(electionMs), '--exit-with-stdin',
       ...(opts.policy?.requestTtlMs === undefined ? [] : ['--request-ttl-ms', String(opts.policy.requestTtlMs)]),
-      ...(rejoin ? ['--rejoin'] : []),
     ];
     const child = spawn(process.execPath, args, { cwd: ROOT, stdio: ['pipe', 'pipe', 'pipe'] });
     children.add(child);
@@ -139,7 +138,7 @@ export async function startProcessFleet(opts: StartFleetOptions): Promise<Fleet>
   };
 
   try {
-    await Promise.all(names.map((n) => launch(n, false)));
+    await Promise.all(names.map((n) => launch(n)));
   } catch (e) {
     for (const c of children) c.kill('SIGKILL');
     finalizeModule();
@@ -203,7 +202,7 @@ export async function startProcessFleet(opts: StartFleetOptions): Promise<Fleet>
         rmSync(dir, { recursive: true, force: true });
         cpSync(copy, dir, { recursive: true });
       }
-      await launch(name, true);
+      await launch(name);
     },
     async snapshotDisk(name) {
       if (!names.includes(name)) throw new ProcessFleetError('UNKNOWN_REPLICA', `no replica ${name}`);

@@ -2,10 +2,17 @@
 // RaftNode decides commitment. Host duties of the Ready contract (docs/consensus.md), in order:
 //   1. seal and chain the Ready's snapshot, entries and hard state; one LMDB transaction; flush.
 //      Term and vote also go to the token (a rolled-back disk must never let us vote twice in a term);
-//   2. only then send its messages;
-//   3. write the token anchor over the committed entries, then hand them to the firmware;
-//      answer ReadIndex reads once applied;
-//   4. advance; then run the firmware's compaction requests (Raft snapshots carry its state).
+//   2. write the token anchor over what is now on disk: the last persisted index and its chain hash
+//      (group commit: one anchor per Ready, whatever its size);
+//   3. only then send its messages: no acknowledgement or vote leaves for state the anchor does not
+//      cover, so a restart can always tell whether its disk still holds what it promised;
+//   4. advance; hand the committed entries to the firmware (they are anchored: committed <= persisted);
+//      answer ReadIndex reads once applied; then run the firmware's compaction requests.
+//
+// At start the disk is judged against the anchor: at or past it, the replica votes and acks at once
+// (a whole-fleet start, a rolling restart, a majority restarted one by one all elect); below it,
+// forked from it, blank or unverifiable, it re-replicates from the fleet as a non-voter and never
+// votes before its commit passes the anchor (docs/fleet.md).
 // Entries are sealed as the codec's canonical bytes and chained from genesis over committed order,
 // so every replica computes the same hash at a committed index and a snapshot can carry the chain
 // head from the leader to a follower.
@@ -37,22 +44,8 @@ export interface RaftLogOptions {
   heartbeatTick: number;
   /** Encoded consensus message to a peer (the caller wraps, seals and sends it). */
   send(to: string, bytes: Uint8Array): void;
-  /**
-   * Start as a non-voter: no ticks (never campaigns), no vote or pre-vote requests or answers leave,
-   * until caughtUpTo() has been met. Every restart of a running fleet's replica starts like this.
-   */
-  rejoining: boolean;
   /** When the stored log fails verification (rollback, tampering): wipe it and re-replicate instead of failing. */
   reReplicateOnRollback: boolean;
-  /**
-   * Whether this replica's firmware may answer a device from what it applies now (it leads, or a
-   * request of its own still waits). While false, applying needs no anchor first (nothing leaves),
-   * so anchors are coalesced: at most one per `lazyAnchorMs`, and always on compaction. Absent:
-   * every Ready with committed entries is anchored before they are applied.
-   */
-  mayReply?(): boolean;
-  /** Coalescing period of anchors while mayReply() is false. Default 50 ms. */
-  lazyAnchorMs?: number;
   onSoftState?(s: SoftState): void;
   onRejoined?(index: number): void;
   log?(line: string): void;
@@ -77,29 +70,33 @@ export class RaftLog implements ReplicatedLog {
   private booting = false;
   private tokenTerm = 0;
   private tokenVote: string | null = null;
-  private rejoining: boolean;
-  /** Rejoin target: the leader's last index when it answered our rejoin (and the token anchor's index). */
-  private target = Infinity;
+  /** Re-replicating after a refused disk: no ticks, no votes, until the commit passes `floor`. */
+  private rejoining = false;
+  /** The anchor the refused disk fell short of: everything this replica ever acknowledged is at or below it. */
   private floor = 0;
-  private floorHash?: Uint8Array;
-  /** Highest index the token anchor covers (written by this process), and the last normal entry applied. */
+  /** Why the disk was refused (ROLLBACK_DETECTED, TAMPERED), for status. */
+  private refusedFor = '';
+  /** The position the token anchor holds (read at start, or written by this process). */
   private anchoredTo = 0;
-  private lastNormal = 0;
-  private anchorTimer?: NodeJS.Timeout;
+  private anchoredHash?: Uint8Array;
   /** Term and vote of the hard state on disk; a change of commit alone is written with the next write. */
   private diskTerm = -1;
   private diskVote: string | null = null;
   private pendingHs?: HardState;
   readonly stats = {
-    readies: 0, flushes: 0, anchors: 0, lazyAnchors: 0, sent: 0, filtered: 0, snapshotsInstalled: 0, compactions: 0, rereplicated: false,
+    readies: 0, flushes: 0, anchors: 0, sent: 0, filtered: 0, snapshotsInstalled: 0, compactions: 0, rereplicated: false,
     commitOnlyDeferred: 0, persistMs: 0, anchorMs: 0, sealMs: 0, applyMs: 0,
   };
 
-  constructor(private readonly o: RaftLogOptions) {
-    this.rejoining = o.rejoining;
-  }
+  constructor(private readonly o: RaftLogOptions) {}
 
   get isRejoining(): boolean { return this.rejoining; }
+  /** Why this replica does not vote yet, in one line; '' when it votes. */
+  get rejoinReason(): string {
+    if (!this.rejoining) return '';
+    const what = this.refusedFor === 'TAMPERED' ? 'disk refused (TAMPERED)' : 'disk below its anchor';
+    return `ROLLED_BACK: ${what} at ${this.floor}; re-replicating, not voting until the fleet's commit passes ${this.floor} (waiting for a replica that holds it)`;
+  }
   get appliedIndex(): number { return this.applied; }
   get failed(): BkvError | undefined { return this.dead; }
 
@@ -120,10 +117,14 @@ export class RaftLog implements ReplicatedLog {
       this.o.log?.(`stored log refused (${code}); re-replicating from peers`);
       try {
         const a = this.o.sealed.readAnchor();
-        if (a) { this.floor = a.index; this.floorHash = a.hash; }
+        if (a) this.floor = a.index;
       } catch { /* an anchor that does not open (another seal domain) protects nothing here */ }
       await this.o.store.wipe();
-      this.anchoredTo = 0; // the floor logic below governs the anchor from here
+      this.refusedFor = code;
+      // The token keeps the old anchor until the new log passes it: a crash while catching up is
+      // refused again, and every acknowledgement sent meanwhile (all at or below it) stays covered.
+      this.anchoredTo = this.floor;
+      this.anchoredHash = undefined;
       this.stats.rereplicated = true;
       this.rejoining = true;
       this.hashes.clear();
@@ -138,6 +139,11 @@ export class RaftLog implements ReplicatedLog {
       this.hashes.set(e.index, hash);
       await this.o.store.write({ entries: [{ index: e.index, sealed }], hardState: this.o.token.seal('record-key', encodeHardState(persisted.hardState), this.aad('hard state')) });
     }
+    // A disk ahead of its anchor (a crash between the flush and the anchor write): those entries were
+    // never acknowledged, but the node will treat them as persisted from its first message on, so
+    // the anchor must cover them before it runs. (A founding member's first entry likewise.)
+    const head = persisted.entries.at(-1)?.index ?? persisted.snapshot?.meta.index ?? 0;
+    if (!this.rejoining && head > this.anchoredTo) this.anchor(head);
     this.diskTerm = persisted.hardState.term;
     this.diskVote = persisted.hardState.vote;
     this.node = new RaftNode({
@@ -153,8 +159,8 @@ export class RaftLog implements ReplicatedLog {
   /** Verify the sealed disk and turn it into what the node was flushed with. */
   private load(items: ReturnType<RaftStore['readAll']>): PersistedState {
     const v = this.o.sealed.verify(items);
-    // The disk's commit may lag the anchor (commit-only hard states are not flushed): never move it back.
     this.anchoredTo = v.anchor?.index ?? 0;
+    this.anchoredHash = v.anchor?.hash;
     if (!v.snapshot && v.entries.length === 0 && !items.hardState) {
       if (v.anchor && v.anchor.index > 0) throw new FirmwareError('ROLLBACK_DETECTED', `empty disk but the token anchor is at ${v.anchor.index}`);
       // A founding member's first start: entry 1 is the initial configuration on every founder.
@@ -283,7 +289,7 @@ export class RaftLog implements ReplicatedLog {
     return Promise.resolve();
   }
 
-  /** Leader: a restarted member announced itself; stop trusting its old acknowledgements. */
+  /** Leader: a replica re-replicating after a refused disk announced itself; stop trusting its old acknowledgements. */
   resetPeer(id: string): boolean {
     if (!this.node) return false;
     const ok = this.node.resetPeer(id);
@@ -291,21 +297,11 @@ export class RaftLog implements ReplicatedLog {
     return ok;
   }
 
-  /** Rejoining: the leader's last index when it answered. Promotion waits for the commit to reach it. */
-  setRejoinTarget(lastIndex: number): void {
-    if (!this.rejoining) return;
-    this.target = Math.max(lastIndex, this.floor);
-    this.checkCaughtUp();
-  }
-
-  /** Rejoining: the leader changed; its answer is needed again. */
-  clearRejoinTarget(): void { if (this.rejoining) this.target = Infinity; }
-
   private checkCaughtUp(): void {
-    if (!this.rejoining || this.target === Infinity) return;
-    if (this.node.commitIndex >= this.target && this.applied >= this.target) {
+    if (!this.rejoining) return;
+    if (this.node.commitIndex >= this.floor && this.applied >= this.floor) {
       this.rejoining = false;
-      this.o.log?.(`caught up to ${this.target}: voting again`);
+      this.o.log?.(`caught up past the anchor at ${this.floor}: voting again`);
       this.o.onRejoined?.(this.applied);
     }
   }
@@ -323,7 +319,6 @@ export class RaftLog implements ReplicatedLog {
   }
 
   async close(): Promise<void> {
-    clearTimeout(this.anchorTimer);
     this.dead ??= new LogError('LOG_CLOSED', 'log closed');
     this.failAll(this.dead);
     while (this.pumping) await new Promise((r) => setTimeout(r, 2));
@@ -416,7 +411,10 @@ export class RaftLog implements ReplicatedLog {
       this.tokenVote = rd.hardState.vote;
     }
     if (this.dead) return;
-    // 2. send
+    // 2. anchor what the disk now holds, before anything that promises it leaves
+    const head = entries.length > 0 ? rd.entries.at(-1)!.index : rd.snapshot ? rd.snapshot.meta.index : undefined;
+    if (head !== undefined) this.anchor(head);
+    // 3. send
     for (const m of rd.messages) {
       if (this.rejoining && (m.type === 'vote' || m.type === 'preVote' || m.type === 'voteResp' || m.type === 'preVoteResp')) {
         this.stats.filtered++;
@@ -428,26 +426,20 @@ export class RaftLog implements ReplicatedLog {
     if (rd.softState) this.onSoft(rd.softState);
   }
 
-  /** Step 3: the anchor first, then the firmware; reads and waiters. */
+  /** Step 4: the firmware gets the committed entries (anchored when persisted); reads and waiters. */
   private apply(rd: Ready): void {
     const t2 = performance.now();
     if (rd.snapshot) {
       const idx = rd.snapshot.meta.index;
-      this.anchor(idx);
       this.handlers!.restore({ index: idx, state: splitSnapData(rd.snapshot.data).state });
       this.stats.snapshotsInstalled++;
       this.applied = Math.max(this.applied, idx);
     }
     if (rd.committed.length > 0) {
       const last = rd.committed.at(-1)!;
+      // Invariant: what is applied was persisted and anchored first (committed <= anchored head).
+      if (last.index > this.anchoredTo && !(this.rejoining && last.index <= this.floor)) throw new LogError('ANCHOR_BEHIND', `entry ${last.index} applied past the anchor at ${this.anchoredTo}`);
       const normal: CommittedEntry[] = rd.committed.filter((e) => e.type === 'normal').map((e) => ({ index: e.index, entry: e.data }));
-      if (normal.length > 0) this.lastNormal = normal.at(-1)!.index;
-      if (this.lastNormal > this.anchoredTo) {
-        // Replies that depend on these entries may leave right after: anchor them first. A replica
-        // that cannot answer from them (a follower with no request of its own) anchors a little later.
-        if (this.mustAnchorNow()) this.anchor(last.index);
-        else this.anchorSoon();
-      }
       if (normal.length > 0) this.handlers!.committed(normal);
       this.applied = last.index;
       for (const e of rd.committed) {
@@ -462,9 +454,6 @@ export class RaftLog implements ReplicatedLog {
       const r = this.reads.get(new TextDecoder().decode(rs.ctx));
       if (r) r.index = rs.index;
     }
-    // Reads and applied-waiters lead to replies: what they read must be anchored (a new leader may
-    // have applied entries as a follower that were anchored lazily).
-    if ((this.reads.size > 0 || this.appliedWaiters.length > 0) && this.lastNormal > this.anchoredTo) this.anchor(this.applied);
     for (const [ctx, r] of this.reads) {
       if (r.index <= this.applied) { this.reads.delete(ctx); r.resolve(); }
     }
@@ -477,45 +466,23 @@ export class RaftLog implements ReplicatedLog {
     this.stats.applyMs += performance.now() - t2;
   }
 
-  private mustAnchorNow(): boolean {
-    if (!this.o.mayReply) return true;
-    return this.node.isLeader || this.o.mayReply();
-  }
-
-  /** Anchor the applied position after `lazyAnchorMs` (coalescing the Readies in between). */
-  private anchorSoon(): void {
-    if (this.anchorTimer || this.dead) return;
-    this.anchorTimer = setTimeout(() => {
-      this.anchorTimer = undefined;
-      if (this.dead || this.lastNormal <= this.anchoredTo) return;
-      try {
-        this.anchor(this.applied);
-        this.stats.lazyAnchors++;
-      } catch (e) {
-        this.fail(e);
-      }
-    }, this.o.lazyAnchorMs ?? 50);
-  }
-
   /**
-   * Move the token anchor to `index`. While re-replicating, never below the anchor the refused disk
-   * had (a crash mid-way must still be caught up past it), and when passing it the fleet's chain
-   * must agree with what this token had anchored: otherwise committed history changed (FORK_DETECTED).
+   * Move the token anchor to the persisted head `index`. It follows the head, also down when a new
+   * leader replaced an uncommitted tail (the disk then holds the new head, and nothing committed was
+   * lost: a committed entry is never replaced). While re-replicating below the refused disk's anchor,
+   * that anchor stays: a crash meanwhile is refused again, and every acknowledgement sent meanwhile
+   * is for an index below it.
    */
   private anchor(index: number): void {
-    if (index <= this.anchoredTo) return;
+    if (this.rejoining && index < this.floor) return;
     const hash = this.hashes.get(index);
-    // A lazy anchor firing while a snapshot is being installed: the install anchors it itself.
-    if (!hash || index < this.floor) return;
-    if (this.floorHash) {
-      const at = this.hashes.get(this.floor);
-      if (at && Buffer.compare(at, this.floorHash) !== 0) throw new LogError('FORK_DETECTED', `the fleet's log at ${this.floor} differs from this token's anchor`);
-      if (at || index > this.floor) this.floorHash = undefined;
-    }
+    if (!hash) throw new LogError('CHAIN_GAP', `no chain hash at the persisted head ${index}`);
+    if (index === this.anchoredTo && this.anchoredHash && Buffer.compare(hash, this.anchoredHash) === 0) return;
     const t = performance.now();
     this.o.sealed.writeAnchor({ index, hash });
     this.stats.anchorMs += performance.now() - t;
-    this.anchoredTo = Math.max(this.anchoredTo, index);
+    this.anchoredTo = index;
+    this.anchoredHash = hash;
     this.stats.anchors++;
   }
 
@@ -545,9 +512,6 @@ export class RaftLog implements ReplicatedLog {
     await this.o.store.compact(want.index, this.o.sealed.sealSnapshot(want.index, head, encodeSnapshot(snap)));
     for (const k of [...this.hashes.keys()]) if (k < want.index) this.hashes.delete(k);
     this.stats.compactions++;
-    // A compaction erases (K of a disabled record leaves the disk): anchor at once, so a disk copy
-    // from before it is refused as a rollback rather than served.
-    if (this.lastNormal > this.anchoredTo) this.anchor(this.applied);
   }
 
   private fail(e: unknown): void {

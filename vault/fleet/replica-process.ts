@@ -4,16 +4,15 @@
 // process also serves an HTTP front on its own: device requests entering the fleet at this replica
 // (POST RELAY_PATH; a follower forwards them to the leader over the channel) and its status.
 //   node bin/run.js vault/fleet/replica-process.ts --state DIR --replica NAME --listen HOST:PORT \
-//     (--peer NAME=HOST:PORT ... | --peers FILE) [--relay-port P] [--election-ms MS] [--rejoin]
+//     (--peer NAME=HOST:PORT ... | --peers FILE) [--relay-port P] [--election-ms MS]
 // Prints on stdout, once listening (KEY=VALUE lines, READY last):
 //   REPLICA_NAME=, REPLICA_PEER_ADDR=HOST:PORT, REPLICA_RELAY_URL=http://..., REPLICA_IDENTITY_KEY=<hex>,
 //   VAULT_AKE_PUBLIC_KEY_<suite>=<hex> (what devices pin), READY=<name>
 // Logs go to stderr. SIGTERM/SIGINT: stop serving, close the replica, C_Finalize, exit 0.
 // Exit 2 on bad flags or a configuration the manifest refuses, 1 when it cannot start.
-// --rejoin: this replica restarts inside a running fleet (a supervisor restarting a crashed process
-// passes it): it does not vote until caught up (docs/fleet.md, "Rollback and restart"). A whole-fleet
-// start passes no --rejoin: a fleet where nobody votes cannot elect. --exit-with-stdin: stop when
-// stdin closes (the supervisor died).
+// Whether it votes at once is decided from its disk and its token anchor, never by a flag: an intact
+// disk votes at once, a rolled-back or blank one re-replicates first (docs/fleet.md, "Anchored
+// acknowledgements"). --exit-with-stdin: stop when stdin closes (the supervisor died).
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { pathToFileURL } from 'node:url';
@@ -35,7 +34,7 @@ import { hopSecret } from '../../protocol/hop-secret.ts';
 
 const USAGE = `usage: vault/fleet/replica-process.ts --replica NAME [--state DIR] [--listen HOST:PORT]
        (--peer NAME=HOST:PORT ... | --peers FILE) [--relay-host H] [--relay-port P] [--election-ms MS]
-       [--request-ttl-ms MS] [--rejoin] [--exit-with-stdin] [--quiet]`;
+       [--request-ttl-ms MS] [--exit-with-stdin] [--quiet]`;
 
 /** What GET REPLICA_STATUS_PATH answers: the fleet's ReplicaStatus for this one replica, plus the keys it serves. */
 export interface ReplicaProcessStatus extends ReplicaStatus {
@@ -50,7 +49,6 @@ interface Config {
   relay: { host: string; port: number };
   electionMs: number;
   requestTtlMs?: number;
-  rejoin: boolean;
   quiet: boolean;
   exitWithStdin: boolean;
 }
@@ -70,7 +68,6 @@ function parse(argv: string[]): Config | 'help' {
         'relay-port': { type: 'string', default: '0' },
         'election-ms': { type: 'string', default: '1000' },
         'request-ttl-ms': { type: 'string' },
-        rejoin: { type: 'boolean', default: false },
         'exit-with-stdin': { type: 'boolean', default: false },
         quiet: { type: 'boolean', default: false },
         help: { type: 'boolean', default: false },
@@ -96,7 +93,6 @@ function parse(argv: string[]): Config | 'help' {
     relay: { host: parseHostPort(`${relayHost.includes(':') ? `[${relayHost}]` : relayHost}:1`, '--relay-host').host, port: int(v['relay-port']!, 'relay-port', 0, 65535) },
     electionMs: int(v['election-ms']!, 'election-ms', 50, 60_000),
     requestTtlMs: v['request-ttl-ms'] === undefined ? undefined : int(v['request-ttl-ms'], 'request-ttl-ms', 100, 600_000),
-    rejoin: v.rejoin!,
     quiet: v.quiet!,
     exitWithStdin: v['exit-with-stdin']!,
   };
@@ -163,7 +159,7 @@ export async function main(argv: string[]): Promise<number> {
     const tickMs = Math.max(5, Math.round(c.electionMs / 10));
     replica = await FleetReplica.open({
       name: c.name, voters: peers.voters, token, dbDir: replicaDbDir(state.stateDir, c.name), transport,
-      policy: c.requestTtlMs === undefined ? undefined : { requestTtlMs: c.requestTtlMs }, tickMs, rejoining: c.rejoin,
+      policy: c.requestTtlMs === undefined ? undefined : { requestTtlMs: c.requestTtlMs }, tickMs,
       log,
     });
     const akeKeys: Record<string, string> = {};

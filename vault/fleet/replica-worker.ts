@@ -26,7 +26,6 @@ export interface ReplicaWorkerData {
   endpoint: PortEndpointInit;
   policy?: Partial<Policy>;
   tickMs: number;
-  rejoining: boolean;
 }
 
 export type ToWorker =
@@ -57,7 +56,7 @@ async function main(): Promise<void> {
     fleetId: d.fleetId, token, pins: new Map(Object.entries(d.pins).map(([k, v]) => [k, new Uint8Array(Buffer.from(v, 'hex'))])),
   });
   const replica = await FleetReplica.open({
-    name: d.name, voters: d.voters, token, dbDir: d.dbDir, transport, policy: d.policy, tickMs: d.tickMs, rejoining: d.rejoining,
+    name: d.name, voters: d.voters, token, dbDir: d.dbDir, transport, policy: d.policy, tickMs: d.tickMs,
     log: (line) => post({ t: 'event', e: { kind: 'log', line } }),
     onEvent: (e) => post({ t: 'event', e }),
   });

@@ -33,8 +33,6 @@ export interface FleetReplicaOptions {
   suites?: readonly WireSuite[];
   /** Raft tick period; election timeout is 10 ticks, heartbeat 2. */
   tickMs: number;
-  /** A restart inside a running fleet: rejoin as a non-voter until caught up. */
-  rejoining: boolean;
   /** How long a replica waits for a leader to appear before answering NO_LEADER. */
   leaderWaitMs?: number;
   log?: (line: string) => void;
@@ -76,11 +74,11 @@ export class FleetReplica {
   private nextRequest = 1;
   private readonly waiting = new Map<number, (body: Uint8Array, hint?: string) => void>();
   private nextForward = 1;
-  private readonly forwarded = new Map<number, Forwarded>();
-  private timer?: NodeJS.Timeout;
   private rejoinTimer?: NodeJS.Timeout;
   private readonly incarnation = new Uint8Array(randomBytes(16));
   private readonly seenIncarnation = new Map<string, string>();
+  private readonly forwarded = new Map<number, Forwarded>();
+  private timer?: NodeJS.Timeout;
   private soft: SoftState = { leader: null, role: 'follower', term: 0 };
   private closed = false;
   readonly counters = { forwardedOut: 0, forwardedIn: 0, badPeer: 0, retries: 0 };
@@ -109,13 +107,7 @@ export class FleetReplica {
       rng: new SeededRng(randomBytes(4).readUInt32BE(0)),
       electionTick: 10, heartbeatTick: 2,
       send: (to, bytes) => o.transport.send(to, encodePeer({ kind: 'raft', bytes })),
-      rejoining: o.rejoining, reReplicateOnRollback: true,
-      // Only a leader, or a replica whose firmware still holds a request, can answer from what it applies.
-      mayReply: () => !!self && (self.leading || self.waiting.size > 0),
-      // A follower's anchor guards only against a rollback of its own disk (layer 1 of docs/fleet.md);
-      // writing it costs a token object rewrite (destroy + create in SoftHSM2, under a module-wide
-      // lock every replica thread waits on), so followers refresh it once per election timeout.
-      lazyAnchorMs: 10 * o.tickMs,
+      reReplicateOnRollback: true,
       onSoftState: (s) => self?.onSoft(s),
       onRejoined: (index) => { self?.say(`rejoined at ${index}`); o.onEvent?.({ kind: 'rejoined', index }); },
       log: (l) => self?.say(l),
@@ -135,8 +127,8 @@ export class FleetReplica {
       r.run({ kind: 'fault', code: err.code, reason: err.message });
     }
     r.timer = setInterval(() => r.tick(), o.tickMs);
-    if (raft.isRejoining) r.startRejoin();
-    r.say(`replica ${o.name} started${raft.isRejoining ? ' (rejoining as a non-voter)' : ''}${r.healthState.healthy ? '' : ` UNHEALTHY ${r.healthState.code}`}`);
+    if (raft.isRejoining) r.announceRejoin();
+    r.say(`replica ${o.name} started${raft.isRejoining ? ` (${raft.rejoinReason})` : ''}${r.healthState.healthy ? '' : ` UNHEALTHY ${r.healthState.code}`}`);
     return r;
   }
 
@@ -151,7 +143,7 @@ export class FleetReplica {
     return {
       name: this.o.name, role, term: n?.currentTerm ?? 0, commitIndex: n?.commitIndex ?? 0, lastIndex: n?.lastIndex ?? 0, appliedIndex: this.raft.appliedIndex,
       healthy: this.healthState.healthy, leader: n?.leader ?? null, digest: this.firmware.digest(),
-      reason: !this.healthState.healthy ? `${this.healthState.code}: ${this.healthState.reason}` : this.raft.isRejoining ? 'REJOINING: not voting until caught up' : '',
+      reason: !this.healthState.healthy ? `${this.healthState.code}: ${this.healthState.reason}` : this.raft.rejoinReason,
       stats: { ...this.raft.stats, ...this.counters, ...transportStats(this.o.transport) },
     };
   }
@@ -262,25 +254,23 @@ export class FleetReplica {
       case 'rejoin': {
         if (!this.raft.node?.isLeader) return;
         const inc = Buffer.from(m.incarnation).toString('hex');
-        if (this.seenIncarnation.get(from) !== inc) {
-          // Its acknowledgements from before the restart may cover entries its disk no longer has.
-          this.raft.resetPeer(from);
+        if (this.seenIncarnation.get(from) === inc) return;
+        // Its acknowledgements from before may cover entries its refused disk no longer has.
+        if (this.raft.resetPeer(from)) {
           this.seenIncarnation.set(from, inc);
-          this.say(`${from} restarted: forgot its old acknowledgements`);
+          this.say(`${from} re-replicates: forgot its old acknowledgements`);
         }
-        this.o.transport.send(from, encodePeer({ kind: 'rejoinAck', incarnation: m.incarnation, term: this.raft.node.currentTerm, lastIndex: this.raft.node.lastIndex }));
-        return;
-      }
-      case 'rejoinAck': {
-        if (!this.raft.isRejoining || Buffer.compare(m.incarnation, this.incarnation) !== 0) return;
-        if (this.raft.node?.leader !== from) return; // only the leader we follow now
-        this.raft.setRejoinTarget(m.lastIndex);
         return;
       }
     }
   }
 
-  private startRejoin(): void {
+  /**
+   * While re-replicating after a refused disk: tell the leader (or, knowing none, every voter) that
+   * this replica's old acknowledgements are void, so it probes the real log end instead of trusting
+   * a match index the lost disk made. Repeated until caught up (a message may be lost).
+   */
+  private announceRejoin(): void {
     const ask = () => {
       if (this.closed || !this.raft.isRejoining) { clearInterval(this.rejoinTimer); return; }
       const lead = this.raft.node?.leader;
@@ -295,7 +285,6 @@ export class FleetReplica {
     const prev = this.soft;
     this.soft = s;
     if (prev.leader !== s.leader) {
-      this.raft.clearRejoinTarget();
       // Requests forwarded to a leader we no longer follow: their outcome is unknown (an attempt
       // that reached its log stays charged), so answer now rather than at the timeout.
       for (const [id, f] of this.forwarded) {
@@ -343,10 +332,10 @@ export class FleetReplica {
 
 
   async close(): Promise<void> {
+    clearInterval(this.rejoinTimer);
     if (this.closed) return;
     this.closed = true;
     clearInterval(this.timer);
-    clearInterval(this.rejoinTimer);
     for (const f of this.forwarded.values()) { clearTimeout(f.timer); f.resolve({ ok: false, code: 'CLOSED' }); }
     this.forwarded.clear();
     await this.o.transport.close();
