@@ -110,12 +110,13 @@ try {
   await waitForLeader(fleet);
   const statusNone = await fleet.status();
   const akeKey = fleet.keys[SUITE];
+  const sessionKey = fleet.keys.session;
   const regions = statusNone.replicas.map((r) => r.region);
   const perRegion = Math.max(1, Math.round(CONCURRENCY / regions.length));
   const job = (fleetUrl: string, prefix: string, groups: LoadJob['groups'], regionHeader = true): LoadJob => ({
     fleetUrl,
     serverPublicKey: akeKey,
-    sessionKey: fleet!.keys.session,
+    sessionKey,
     relayKey: hopSecret(stateDir, 'relay'),
     suite: SUITE,
     userPrefix: prefix,
