@@ -26,6 +26,8 @@ export type PasswordErrorCode =
   | 'VAULT_KEY_MISMATCH'
   /** The record was registered with other key stretching: nothing was charged. */
   | 'KSF_MISMATCH'
+  /** The vault answered KE1 (one attempt charged), then its answer to the KE3 never arrived. */
+  | 'OUTCOME_UNKNOWN'
   /** The vault could not open our request (the pinned session key is not this vault's, or it was altered on the way): nothing was spent. */
   | 'SESSION_REFUSED'
   /** A reply did not open or verify under our session: altered on the way, or not from the pinned vault. */
@@ -70,6 +72,12 @@ export interface PasswordOptions {
    * the exchange goes on). For demos and tests that act on a step, e.g. "a KE2 arrived".
    */
   onReply?: (reply: VaultReply) => void | Promise<void>;
+  /**
+   * Resending a frame the relay did not answer is always safe: a byte-identical copy gets the
+   * original's reply (or a refusal), never a second charge. `retryable` says which send errors are
+   * worth it (the transport's "unavailable" and timeouts); default none.
+   */
+  retry?: { attempts: number; delayMs: number; retryable(e: unknown): boolean };
 }
 
 const defaultRng = (n: number): Uint8Array => new Uint8Array(randomBytes(n));
@@ -92,6 +100,7 @@ function identities(o: PasswordOptions): { clientIdentity: Uint8Array; serverIde
 class Exchange {
   private readonly s: DeviceSession;
   private readonly onReply: PasswordOptions['onReply'];
+  private readonly retry: PasswordOptions['retry'];
   constructor(
     private readonly send: Send,
     o: PasswordOptions,
@@ -99,6 +108,7 @@ class Exchange {
   ) {
     this.s = new DeviceSession(fastX25519(), o.user, o.sessionKey, rng);
     this.onReply = o.onReply;
+    this.retry = o.retry;
   }
   first(m: DeviceMessage): Promise<VaultReply> {
     return this.call(() => this.s.hello(encodeDeviceMessage(m)), (b) => this.s.openWelcome(b));
@@ -109,9 +119,19 @@ class Exchange {
   close(): void {
     this.s.close();
   }
+  private async sendRetrying(frame: Uint8Array): Promise<Uint8Array> {
+    for (let i = 0; ; i++) {
+      try {
+        return await this.send(frame);
+      } catch (e) {
+        if (!this.retry || i >= this.retry.attempts || !this.retry.retryable(e)) throw e;
+        await new Promise((r) => setTimeout(r, this.retry!.delayMs * (i + 1)));
+      }
+    }
+  }
   private async call(write: () => Uint8Array, open: (b: Uint8Array) => Uint8Array): Promise<VaultReply> {
     const out = write();
-    const back = await this.send(out);
+    const back = await this.sendRetrying(out);
     let inner: Uint8Array;
     try {
       inner = open(back);
@@ -206,7 +226,14 @@ export async function recoverK(send: Send, o: PasswordOptions, password: string 
       if (!(e instanceof OpaqueError)) throw e;
     }
     const ke3 = finish?.ke3 ?? rng(op.sizes.ke3);
-    const r2 = await x.second({ t: 'RecoverFinish', session: r1.session, ke3 });
+    let r2: VaultReply;
+    try {
+      r2 = await x.second({ t: 'RecoverFinish', session: r1.session, ke3 });
+    } catch (e) {
+      if (e instanceof PasswordError) throw e;
+      // The KE2 came, so the attempt is charged; what the vault decided about the KE3 is unknown.
+      throw new PasswordError('OUTCOME_UNKNOWN', `one attempt was spent: the vault answered the first step, but its answer to the password check did not arrive (${(e as Error)?.message ?? 'no answer'}); try again`);
+    }
     switch (r2.t) {
       case 'Released':
         if (!finish) throw unexpected(r2);

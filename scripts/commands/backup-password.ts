@@ -277,7 +277,9 @@ export class PasswordDevice {
     this.client = new ChatdClient({ url: id.chatdUrl, token: id.token, timeoutMs: extra.timeoutMs });
     const base: Send = (b) => this.client.request(b);
     this.send = extra.wrapSend ? extra.wrapSend(base) : base;
-    this.opts = { user: id.user, serverPublicKey: id.serverPublicKey, sessionKey: id.sessionKey, suite: id.suite, ksf: id.ksf, onSessionKey: extra.onSessionKey, onReply: extra.onReply };
+    this.opts = { user: id.user, serverPublicKey: id.serverPublicKey, sessionKey: id.sessionKey, suite: id.suite, ksf: id.ksf, onSessionKey: extra.onSessionKey, onReply: extra.onReply,
+      // An election or a partition elsewhere: resend the same frame (free for a copy) a few times.
+      retry: { attempts: 4, delayMs: 250, retryable: (e) => e instanceof VaultUnavailableError || (e instanceof ChatdTimeoutError && e.status === 504) } };
   }
 
   close(): void {
@@ -361,6 +363,8 @@ export class PasswordDevice {
           return new PasswordBackupError('VAULT_REFUSED', `the vault refused the request (${e.vaultCode})`);
         case 'VAULT_KEY_MISMATCH':
           return new PasswordBackupError('VAULT_KEY_MISMATCH', 'the vault says the AKE key this device pins (vault-keys.json) is not its own: the file is from another fleet; nothing was computed or charged');
+        case 'OUTCOME_UNKNOWN':
+          return new PasswordBackupError('OUTCOME_UNKNOWN', e.message);
         case 'KSF_MISMATCH':
           return new PasswordBackupError('KSF_MISMATCH', `this backup was registered with --ksf ${ksfFlagOf(e.ksf)}; run again with that (no attempt was spent)`);
         case 'SESSION_REFUSED':

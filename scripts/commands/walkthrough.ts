@@ -96,7 +96,7 @@ const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 /** What an app retries after an outage: the fleet cannot serve right now, or the session died with its leader. */
 function retryable(e: PasswordBackupError): boolean {
-  return ['VAULT_UNAVAILABLE', 'CHATD_TIMEOUT', 'RECORD_CHANGED'].includes(e.code) || (e.code === 'VAULT_REFUSED' && /NO_SESSION|NOT_LEADER|NO_LEADER/.test(e.message));
+  return ['VAULT_UNAVAILABLE', 'CHATD_TIMEOUT', 'RECORD_CHANGED', 'OUTCOME_UNKNOWN'].includes(e.code) || (e.code === 'VAULT_REFUSED' && /NO_SESSION|NOT_LEADER|NO_LEADER/.test(e.message));
 }
 
 /** Retries a read through an election (a few seconds at most). */

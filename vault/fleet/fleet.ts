@@ -26,6 +26,7 @@ import { createHash } from 'node:crypto';
 import { noneWanConfig, resolveWanConfig, type LinkTable, type WanConfig, type WanNode } from './wan.ts';
 import { readBody, refuseUnauthorizedRelay, sendBody } from '../agent/http.ts';
 import { startOperatorListener } from './admin-routes.ts';
+import { EntryRouter } from './router.ts';
 
 export type { Fleet, FleetEvent, FleetFault, ReplicaRole, ReplicaStatus, StartFleetOptions } from './fleet-types.ts';
 export { REGION_HEADER, FLEET_STATUS_PATH, FLEET_FAULT_PATH } from './fleet-types.ts';
@@ -135,22 +136,15 @@ export async function startFleet(opts: StartFleetOptions): Promise<Fleet> {
     throw e;
   }
 
-  let rr = 0;
-  const pick = (hint: string | undefined): string | undefined => {
-    if (hint && running.get(hint)?.ready) return hint;
-    const live = names.filter((n) => running.get(n)?.ready);
-    if (live.length === 0) return undefined;
-    return live[rr++ % live.length];
-  };
-
   const localStatus = async (): Promise<Map<string, LocalStatus>> => {
     const out = new Map<string, LocalStatus>();
-    await Promise.all(names.map(async (n) => {
+    await Promise.all(names.filter((n) => running.get(n)?.ready).map(async (n) => {
       const m = await call(n, { t: 'status', id: nextId++ }, 2000);
       if (m?.t === 'status') out.set(n, m.status);
     }));
     return out;
   };
+  const router = new EntryRouter(names, (n) => !!running.get(n)?.ready, async () => [...(await localStatus()).values()]);
 
   const fleet: Fleet = {
     url: '',
@@ -244,6 +238,7 @@ export async function startFleet(opts: StartFleetOptions): Promise<Fleet> {
       closed = true;
       await new Promise<void>((res) => { server.close(() => res()); server.closeAllConnections(); });
       await operator?.close();
+      router.close();
       await Promise.all([...running.entries()].map(async ([, r]) => {
         r.worker.postMessage({ t: 'close' } satisfies ToWorker);
         const t = setTimeout(() => void r.worker.terminate(), 5000);
@@ -290,7 +285,7 @@ export async function startFleet(opts: StartFleetOptions): Promise<Fleet> {
       return sendBody(res, 400, 'application/octet-stream', encodeRelayReply({ ok: false, code, message: 'malformed relay request' }));
     }
     const hint = req.headers[REGION_HEADER];
-    const name = pick(typeof hint === 'string' ? hint : undefined);
+    const name = router.pick(relayed.body, typeof hint === 'string' ? hint : undefined);
     if (!name) return sendBody(res, 503, 'application/octet-stream', encodeRelayReply({ ok: false, code: 'NO_REPLICA', message: 'no replica is running' }));
     const m = await call(name, { t: 'request', id: nextId++, user: relayed.user, body: relayed.body }, 120_000);
     if (m?.t === 'reply' && m.ok) return sendBody(res, 200, 'application/octet-stream', encodeRelayReply({ ok: true, body: m.body }));

@@ -27,6 +27,7 @@ import { REPLICA_STATUS_PATH, resolvePeers } from './process-config.ts';
 import type { ReplicaProcessStatus } from './replica-process.ts';
 import { readBody, refuseUnauthorizedRelay, sendBody } from '../agent/http.ts';
 import { startOperatorListener } from './admin-routes.ts';
+import { EntryRouter } from './router.ts';
 import { bearer, hopSecret } from '../../protocol/hop-secret.ts';
 
 export class ProcessFleetError extends BkvError {}
@@ -156,12 +157,8 @@ export async function startProcessFleet(opts: StartFleetOptions): Promise<Fleet>
     }
   };
 
-  let rr = 0;
-  const pick = (hint: string | undefined): string | undefined => {
-    if (hint && running.has(hint)) return hint;
-    const live = names.filter((n) => running.has(n));
-    return live.length ? live[rr++ % live.length] : undefined;
-  };
+  const router = new EntryRouter(names, (n) => running.has(n), async () =>
+    (await Promise.all(names.filter((n) => running.has(n)).map(statusOf))).flatMap((s) => (s ? [s] : [])));
 
   const fleet: Fleet = {
     url: '',
@@ -221,6 +218,7 @@ export async function startProcessFleet(opts: StartFleetOptions): Promise<Fleet>
       closed = true;
       await new Promise<void>((res) => { server.close(() => res()); server.closeAllConnections(); });
       await operator?.close();
+      router.close();
       await Promise.all([...running.values()].map(async (p) => {
         p.child.kill('SIGTERM');
         const t = setTimeout(() => p.child.kill('SIGKILL'), 10_000);
@@ -254,14 +252,15 @@ export async function startProcessFleet(opts: StartFleetOptions): Promise<Fleet>
     if (refuseUnauthorizedRelay(req, res, opts.relayKey)) return;
     if (req.url !== RELAY_PATH || req.method !== 'POST') return sendBody(res, 404, 'application/json', JSON.stringify({ code: 'NOT_FOUND' }));
     let raw: Uint8Array;
+    let relayedBody: Uint8Array;
     try {
       raw = await readBody(req, MAX_RELAY_BODY + 256);
-      decodeRelayRequest(raw);
+      relayedBody = decodeRelayRequest(raw).body;
     } catch (e) {
       return sendBody(res, 400, 'application/octet-stream', encodeRelayReply({ ok: false, code: e instanceof BkvError ? e.code : 'BAD_RELAY_MESSAGE', message: 'malformed relay request' }));
     }
     const hint = req.headers[REGION_HEADER];
-    const name = pick(typeof hint === 'string' ? hint : undefined);
+    const name = router.pick(relayedBody, typeof hint === 'string' ? hint : undefined);
     const p = name ? running.get(name) : undefined;
     if (!p) return sendBody(res, 503, 'application/octet-stream', encodeRelayReply({ ok: false, code: 'NO_REPLICA', message: 'no replica is running' }));
     try {
