@@ -125,7 +125,9 @@ class Exchange {
         return await this.send(frame);
       } catch (e) {
         if (!this.retry || i >= this.retry.attempts || !this.retry.retryable(e)) throw e;
-        await new Promise((r) => setTimeout(r, this.retry!.delayMs * (i + 1)));
+        // A relay that says when to come back (a rate limit) is taken at its word.
+        const after = (e as { retryAfterMs?: unknown }).retryAfterMs;
+        await new Promise((r) => setTimeout(r, Math.max(this.retry!.delayMs * (i + 1), typeof after === 'number' ? Math.min(after, 10_000) : 0)));
       }
     }
   }

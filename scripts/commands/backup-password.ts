@@ -279,7 +279,7 @@ export class PasswordDevice {
     this.send = extra.wrapSend ? extra.wrapSend(base) : base;
     this.opts = { user: id.user, serverPublicKey: id.serverPublicKey, sessionKey: id.sessionKey, suite: id.suite, ksf: id.ksf, onSessionKey: extra.onSessionKey, onReply: extra.onReply,
       // An election or a partition elsewhere: resend the same frame (free for a copy) a few times.
-      retry: { attempts: 4, delayMs: 250, retryable: (e) => e instanceof VaultUnavailableError || (e instanceof ChatdTimeoutError && e.status === 504) } };
+      retry: { attempts: 4, delayMs: 250, retryable: (e) => e instanceof VaultUnavailableError || e instanceof ChatdRateLimitError || (e instanceof ChatdTimeoutError && e.status === 504) } };
   }
 
   close(): void {
