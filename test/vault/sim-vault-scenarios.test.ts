@@ -189,3 +189,64 @@ describe('a network that duplicates every message', () => {
     expect(c.firmware(c.leader()!)!.inspect('olga')!.state).toBe('locked');
   }, 60_000);
 });
+
+describe('a rolled-back follower and a whole-fleet restart with the holders dark (issue #9)', () => {
+  /** Registers, commits three wrong guesses with the leader and one follower only, rolls that follower's disk back, restarts the fleet without the leader. */
+  async function attack(unsafeNoAnchor: boolean) {
+    const c = await VaultCluster.create({ seed: 23, tokens, deviceTimeoutMs: 2_000, policy: { requestTtlMs: 1_500 }, unsafeNoAnchor });
+    c.knownUsers.add('vic');
+    const rng = new SeededRng(24);
+    const bytes = (n: number) => { const b = new Uint8Array(n); for (let i = 0; i < n; i++) b[i] = rng.int(256); return b; };
+    const opts: PasswordOptions = { user: 'vic', serverPublicKey, sessionKey, ksf: identityKsf, rng: bytes };
+    await c.run(500);
+    const leader = c.leader()!;
+    const [helper, bystander] = c.ids.filter((x) => x !== leader) as [string, string];
+    let res = '';
+    const at = (id: string, correct: boolean) => c.deviceSend(`d${rng.int(1e9)}`, 'vic', () => id, () => ({ correct }));
+    void enablePassword(at(leader, true), opts, 'pw', bytes(32), 5).then(() => { res = 'ok'; }, (e: { code: string }) => { res = e.code; });
+    await c.runUntil(() => res !== '', 5_000);
+    expect(res).toBe('ok');
+    await c.run(300);
+    c.snapshotDisk(helper);
+    c.partition([leader, helper], [bystander]);
+    for (let i = 0; i < 3; i++) {
+      res = '';
+      void recoverK(at(leader, false), opts, `wrong ${i}`).then(() => { res = 'released'; }, (e: { code: string }) => { res = e.code; });
+      await c.runUntil(() => res !== '', 5_000);
+      expect(res).toBe('WRONG_PASSWORD');
+    }
+    await c.run(200);
+    c.rollbackDisk(helper);
+    c.heal();
+    c.wholeFleetRestart([helper, bystander]);
+    await c.run(2_000);
+    const served: string[] = [];
+    for (let i = 0; i < 4; i++) {
+      res = '';
+      void recoverK(at(bystander, false), opts, `again ${i}`).then(() => { res = 'released'; }, (e: { code: string }) => { res = e.code; });
+      await c.runUntil(() => res !== '', 6_000);
+      served.push(res);
+    }
+    return { c, helper, served };
+  }
+
+  it('with anchored acks: the helper re-replicates instead of voting, nothing is served, the holder brings the true counter back', async () => {
+    const { c, helper, served } = await attack(false);
+    expect(c.isRejoining(helper)).toBe(true);
+    expect(c.leader()).toBeNull();
+    expect(served.every((x) => x !== 'WRONG_PASSWORD' && x !== 'released')).toBe(true);
+    c.wholeFleetRestart();
+    expect(await c.quiesce(30_000)).toBe(true);
+    c.checkConverged();
+    expect(c.violations()).toEqual([]);
+    expect(c.firmware(c.leader()!)!.inspect('vic')!.used).toBe(3);
+  }, 60_000);
+
+  it('mutation check: without the anchor the same attack breaks the fleet\'s promises, and the oracle says so', async () => {
+    const { c } = await attack(true);
+    c.wholeFleetRestart();
+    await c.quiesce(30_000);
+    if (process.env.BKV_SIM_DEBUG) console.log(c.violations());
+    expect(c.violations().length).toBeGreaterThan(0);
+  }, 60_000);
+});

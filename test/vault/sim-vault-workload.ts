@@ -19,6 +19,8 @@ export interface VaultRunOptions {
   durationMs?: number;
   users?: number;
   wrapFirmware?: (fw: SessionGate, id: string) => FirmwareLike;
+  /** Also roll disks back to copies, blank them, and restart the whole fleet (issue #9's faults). */
+  diskFaults?: boolean;
 }
 
 export interface VaultRunResult {
@@ -109,6 +111,8 @@ export async function randomVaultRun(o: VaultRunOptions): Promise<VaultRunResult
   const duration = o.durationMs ?? 3_000;
   const step = 25;
   const maxDown = Math.floor((ids.length - 1) / 2);
+  /** Replicas down or re-replicating: neither holds what it promised right now. */
+  const lacking = () => ids.filter((id) => !c.isUp(id) || c.isRejoining(id));
   for (let t = 0; t < duration; t += step) {
     await c.run(step);
     const down = ids.filter((id) => !c.isUp(id));
@@ -134,6 +138,22 @@ export async function randomVaultRun(o: VaultRunOptions): Promise<VaultRunResult
       const l = c.leader();
       const up = c.upIds();
       c.pause(l !== null && rng.int(2) === 0 ? l : up[rng.int(up.length)]!);
+    } else if (o.diskFaults && r < 160) {
+      // The host copies a disk now, to roll it back later.
+      const up = c.upIds();
+      if (up.length) c.snapshotDisk(up[rng.int(up.length)]!);
+    } else if (o.diskFaults && r < 175 && lacking().length < maxDown) {
+      // A disk rolled back to its last copy, or blanked (amnesia), then the replica restarted on it:
+      // it must re-replicate before it votes. At most a minority lacks what it promised at once.
+      const up = c.upIds().filter((id) => !c.isRejoining(id));
+      const v = up[rng.int(up.length)];
+      if (v) {
+        if (rng.int(3) === 0) c.blankDisk(v); else c.rollbackDisk(v);
+        c.restart(v);
+      }
+    } else if (o.diskFaults && r < 180 && lacking().length === 0) {
+      // The whole fleet killed and started again (intact disks: every replica votes at once).
+      c.wholeFleetRestart();
     }
     for (const u of users) {
       if (!registered.has(u)) continue;

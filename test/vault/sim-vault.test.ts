@@ -13,6 +13,8 @@ import { randomVaultRun } from './sim-vault-workload.ts';
 
 const SEEDS = Number(process.env.BKV_SIM_VAULT_SEEDS ?? 200);
 const FIRST = Number(process.env.BKV_SIM_VAULT_FIRST_SEED ?? 1);
+const DISK_SEEDS = Number(process.env.BKV_SIM_DISK_SEEDS ?? 100);
+const DISK_FIRST = Number(process.env.BKV_SIM_DISK_FIRST_SEED ?? 10_001);
 
 let fleet: TestFleet;
 let tokens: Map<string, Token>;
@@ -61,6 +63,20 @@ describe('deterministic vault cluster', () => {
     expect(net.lostFlushes + net.duplicated + net.dropped).toBeGreaterThan(0);
     expect(net.forwarded).toBeGreaterThan(0);
     console.log(JSON.stringify({ seeds: [FIRST, FIRST + SEEDS - 1], outcomes: total, oracle, net }));
+  }, 300_000);
+
+  it(`${DISK_SEEDS} seeds adding rolled-back and blank disks and whole-fleet restarts: every invariant holds`, async () => {
+    const failures: string[] = [];
+    let rereplications = 0;
+    for (let seed = DISK_FIRST; seed < DISK_FIRST + DISK_SEEDS; seed++) {
+      const r = await randomVaultRun({ seed, tokens, serverPublicKey, diskFaults: true });
+      rereplications += r.cluster.counts.rereplications;
+      if (!r.converged || r.violations.length > 0) failures.push(`seed ${seed}: converged=${String(r.converged)} ${r.violations.slice(0, 3).join('; ')}`);
+    }
+    expect(failures).toEqual([]);
+    // The runs did roll disks back: replicas refused them and re-replicated.
+    expect(rereplications).toBeGreaterThan(DISK_SEEDS / 4);
+    console.log(JSON.stringify({ diskSeeds: [DISK_FIRST, DISK_FIRST + DISK_SEEDS - 1], rereplications }));
   }, 300_000);
 
   it('mutation: a firmware that hands out KE2 before the Attempt commits is caught by the oracle', async () => {

@@ -9,8 +9,12 @@
 // of its own term committed and it has applied its commit index; a reply the firmware gives at once
 // waits for a ReadIndex confirmation; proposals lost with the leadership (or overwritten by another
 // term) become `proposalFailed`. The Ready contract is the one SimCluster enforces: flush, then send,
-// then apply. Not modelled: sealing and the token anchor (the sim's disk is trusted memory, so token
-// seal IVs never enter the trace), rejoin-as-non-voter after a restart.
+// then apply. The token anchor is modelled (docs/fleet.md, "Anchored acknowledgements"): each replica's
+// token holds {index, term} of its persisted head, written after the flush and before the Ready's
+// messages; a restart whose disk falls short of it (rolled back, blank, forked) re-replicates as a
+// non-voter until its commit passes it, announcing itself so the leader forgets its old acks. The
+// host's disk can be copied, rolled back and blanked. Not modelled: sealing (the sim's disk holds
+// entries in the clear, so token seal IVs never enter the trace).
 
 import { createHash } from 'node:crypto';
 import { Packr } from 'msgpackr';
@@ -52,6 +56,8 @@ export interface VaultClusterOptions {
   readonly deviceTimeoutMs?: number;
   /** Test hook: wrap each firmware (mutation checks). */
   readonly wrapFirmware?: (fw: SessionGate, id: NodeId) => FirmwareLike;
+  /** Mutation check only: never write the token anchor (acks outlive what the token covers). */
+  readonly unsafeNoAnchor?: boolean;
 }
 
 /** What the device tells the oracle about a request (never sent on the wire). */
@@ -65,7 +71,9 @@ type Msg =
   | { k: 'req'; dev: string; rid: number; user: string; body: Uint8Array }
   | { k: 'rep'; rid: number; body: Uint8Array }
   | { k: 'fwd'; fid: number; user: string; body: Uint8Array }
-  | { k: 'fwdRep'; fid: number; ok: boolean; body: Uint8Array; code: string };
+  | { k: 'fwdRep'; fid: number; ok: boolean; body: Uint8Array; code: string }
+  /** A replica re-replicating after a refused disk announces itself (incarnation = its start count). */
+  | { k: 'rejoin'; inc: number };
 
 type Event =
   | { kind: 'tick'; id: NodeId; gen: number }
@@ -80,6 +88,15 @@ interface DeviceReq { user: string; body: Uint8Array; deadline: number; answer(b
 interface Replica {
   readonly id: NodeId;
   readonly token: Token;
+  /** The token's own storage: survives crashes, disk rollbacks and blank disks. */
+  tokenState: { anchor: { index: number; term: number } | null; term: number; vote: string | null };
+  /** Re-replicating after a refused disk: no ticks, no votes, until the commit reaches `floor`. */
+  rejoining: boolean;
+  floor: number;
+  /** The last incarnation of each peer whose rejoin this replica (as leader) acted on. */
+  seenRejoin: Map<string, number>;
+  /** A copy of the disk the host took (snapshotDisk), for a later rollback. */
+  diskCopy: DurableState | null;
   durable: DurableState;
   node: RaftNode | null;
   fw: FirmwareLike | null;
@@ -113,7 +130,7 @@ export class VaultCluster {
   readonly oracle = new VaultOracle();
   readonly net: NetConfig;
   now = 0;
-  readonly counts = { delivered: 0, dropped: 0, duplicated: 0, flushes: 0, lostFlushes: 0, forwarded: 0, deviceTimeouts: 0, compactions: 0 };
+  readonly counts = { delivered: 0, dropped: 0, duplicated: 0, flushes: 0, lostFlushes: 0, forwarded: 0, deviceTimeouts: 0, compactions: 0, anchors: 0, rereplications: 0, filteredVotes: 0 };
   /** Entries proposed and replies handed out, by type (a test waits on these to stage a fault at one step). */
   readonly proposed: Record<string, number> = {};
   readonly replied: Record<string, number> = {};
@@ -157,6 +174,7 @@ export class VaultCluster {
     for (const id of this.ids) {
       const r: Replica = {
         id, token: o.tokens.get(id)!, durable: { hardState: boot.hardState, snapshot: null, entries: [...boot.entries] },
+        tokenState: { anchor: null, term: 0, vote: null }, rejoining: false, floor: 0, seenRejoin: new Map(), diskCopy: null,
         node: null, fw: null, innerReplies: new Map(), gen: 0, applied: 0, soft: { leader: null, role: 'follower', term: 0 }, healthy: true,
         nextRequest: 1, waiting: new Map(), proposals: new Map(), reads: new Map(), readSeq: 0, nextFwd: 1, forwarded: new Map(), wantCompact: null,
       };
@@ -174,6 +192,7 @@ export class VaultCluster {
 
   private start(r: Replica): void {
     r.gen++;
+    this.judgeDisk(r);
     const d = r.durable;
     r.node = new RaftNode({
       id: r.id, storage: { hardState: d.hardState, snapshot: d.snapshot, entries: [...d.entries] },
@@ -232,6 +251,67 @@ export class VaultCluster {
     r.node = null; r.fw = null; r.gen++;
     r.waiting.clear(); r.reads.clear(); r.forwarded.clear(); r.proposals.clear();
     this.note(`crash ${id}`);
+  }
+
+  /** The host copies a replica's disk (taken between Readies, as LMDB's snapshot copy is). */
+  snapshotDisk(id: NodeId): void {
+    const r = this.rep(id);
+    r.diskCopy = copyDisk(r.durable);
+    this.note(`snapshotDisk ${id}`);
+  }
+
+  /** The host rolls a replica's disk back to its last copy (or blanks it if none), killing the process first. */
+  rollbackDisk(id: NodeId): void {
+    const r = this.rep(id);
+    this.crash(id);
+    r.durable = r.diskCopy ? copyDisk(r.diskCopy) : blankDisk();
+    this.note(`rollbackDisk ${id}`);
+  }
+
+  /** Amnesia: the host gives the replica a blank disk under its identity (its token keeps its anchor). */
+  blankDisk(id: NodeId): void {
+    const r = this.rep(id);
+    this.crash(id);
+    r.durable = blankDisk();
+    this.note(`blankDisk ${id}`);
+  }
+
+  /** The whole fleet killed at once and started again (every replica that was up, or all). */
+  wholeFleetRestart(only?: NodeId[]): void {
+    for (const id of this.ids) this.crash(id);
+    for (const id of only ?? this.ids) this.restart(id);
+  }
+
+  isRejoining(id: NodeId): boolean { return this.rep(id).rejoining && this.isUp(id); }
+
+  /**
+   * At start, the disk against the token anchor: at or past it (same term there), keep it and anchor
+   * a head beyond it (never acked); short of it, forked from it or blank, wipe it and re-replicate
+   * as a non-voter. The token's term and vote win over an older disk's.
+   */
+  private judgeDisk(r: Replica): void {
+    const d = r.durable;
+    const tok = r.tokenState;
+    const head = headOf(d);
+    const a = tok.anchor;
+    r.rejoining = false;
+    if (a && (head.index < a.index || termAt(d, a.index) !== a.term)) {
+      r.durable = { hardState: { term: tok.term, vote: tok.vote, commit: 0 }, snapshot: null, entries: [] };
+      r.rejoining = true;
+      r.floor = a.index;
+      this.counts.rereplications++;
+      this.note(`rereplicate ${r.id} below ${a.index}`);
+      return;
+    }
+    if (tok.term > d.hardState.term) d.hardState = { term: tok.term, vote: tok.vote, commit: d.hardState.commit };
+    else if (tok.term === d.hardState.term && d.hardState.vote === null && tok.vote !== null) d.hardState = { ...d.hardState, vote: tok.vote };
+    if (head.index > (a?.index ?? 0)) this.writeAnchor(r, head);
+  }
+
+  private writeAnchor(r: Replica, head: { index: number; term: number }): void {
+    if (this.o.unsafeNoAnchor) return;
+    r.tokenState.anchor = head;
+    this.counts.anchors++;
   }
 
   restart(id: NodeId): void {
@@ -301,7 +381,12 @@ export class VaultCluster {
         if (r.gen !== ev.gen || !r.node) return true;
         if (this.paused.has(r.id)) { this.schedule(this.tickMs, ev); return true; }
         this.fw(r, { kind: 'tick', now: this.now });
-        r.node.tick();
+        if (r.rejoining) {
+          const lead = r.node.leader;
+          for (const to of lead ? [lead] : this.ids.filter((x) => x !== r.id)) this.send(r.id, to, { k: 'rejoin', inc: r.gen });
+        } else {
+          r.node.tick();
+        }
         this.after(r);
         this.schedule(this.tickMs, ev);
         return true;
@@ -402,6 +487,12 @@ export class VaultCluster {
         try { m = decodeMessage(msg.bytes); } catch (e) { if (e instanceof CodecError) return; throw e; }
         if (m.from !== from) return;
         r.node.step(m);
+        this.after(r);
+        return;
+      }
+      case 'rejoin': {
+        if (!r.node.isLeader || r.seenRejoin.get(from) === msg.inc) return;
+        if (r.node.resetPeer(from)) r.seenRejoin.set(from, msg.inc);
         this.after(r);
         return;
       }
@@ -580,7 +671,16 @@ export class VaultCluster {
   private onFlushed(r: Replica, rd: Ready): void {
     const n = r.node!;
     this.persist(r, rd);
-    for (const m of rd.messages) this.send(r.id, m.to, { k: 'raft', bytes: encodeMessage(m) });
+    // The anchor covers the persisted head before any ack or vote leaves.
+    if (rd.entries.length > 0 || rd.snapshot) {
+      const head = headOf(r.durable);
+      if (!(r.rejoining && head.index < r.floor)) this.writeAnchor(r, head);
+    }
+    if (rd.hardState) { r.tokenState.term = rd.hardState.term; r.tokenState.vote = rd.hardState.vote; }
+    for (const m of rd.messages) {
+      if (r.rejoining && (m.type === 'vote' || m.type === 'preVote' || m.type === 'voteResp' || m.type === 'preVoteResp')) { this.counts.filteredVotes++; continue; }
+      this.send(r.id, m.to, { k: 'raft', bytes: encodeMessage(m) });
+    }
     if (rd.softState) this.onSoft(r, rd.softState);
     if (rd.snapshot && rd.snapshot.meta.index > r.applied) {
       r.applied = rd.snapshot.meta.index;
@@ -595,6 +695,10 @@ export class VaultCluster {
     }
     for (const [ctx, x] of r.reads) if (x.index <= r.applied) { r.reads.delete(ctx); x.req.answer(x.body); }
     n.advance(rd);
+    if (r.rejoining && n.commitIndex >= r.floor && r.applied >= r.floor) {
+      r.rejoining = false;
+      this.note(`rejoined ${r.id} at ${r.applied}`);
+    }
     this.compact(r);
     this.after(r);
   }
@@ -705,4 +809,24 @@ export class DeviceTimeout extends Error {
 /** Lets every pending promise continuation run (setImmediate fires after the microtask queue drains). */
 function drain(): Promise<void> {
   return new Promise((resolve) => setImmediate(resolve));
+}
+
+function copyDisk(d: DurableState): DurableState {
+  return { hardState: { ...d.hardState }, snapshot: d.snapshot, entries: [...d.entries] };
+}
+
+function blankDisk(): DurableState {
+  return { hardState: { term: 0, vote: null, commit: 0 }, snapshot: null, entries: [] };
+}
+
+function headOf(d: DurableState): { index: number; term: number } {
+  const last = d.entries.at(-1);
+  if (last) return { index: last.index, term: last.term };
+  if (d.snapshot) return { index: d.snapshot.meta.index, term: d.snapshot.meta.term };
+  return { index: 0, term: 0 };
+}
+
+function termAt(d: DurableState, index: number): number | undefined {
+  if (d.snapshot && d.snapshot.meta.index === index) return d.snapshot.meta.term;
+  return d.entries.find((e) => e.index === index)?.term;
 }
