@@ -5,6 +5,9 @@
 // the replica holding the session, after the Attempt committed on a majority; a KE3 reaching a new
 // leader finds no session (NO_SESSION) and the device starts over, the attempt stays charged.
 import { randomBytes } from 'node:crypto';
+import { renameSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { checkDisk } from '../agent/disk-check.ts';
 import type { Token } from '../../hsm-adapter/token.ts';
 import { BkvError } from '../../protocol/errors.ts';
 import { WIRE_SUITES, decodeVaultReply, type WireSuite } from '../../protocol/wire.ts';
@@ -74,6 +77,8 @@ export class FleetReplica {
   private nextRequest = 1;
   private readonly waiting = new Map<number, (body: Uint8Array, hint?: string) => void>();
   private nextForward = 1;
+  /** Why the disk this replica found at start was set aside ('' when it read fine). */
+  private diskRefused = '';
   private rejoinTimer?: NodeJS.Timeout;
   private readonly incarnation = new Uint8Array(randomBytes(16));
   private readonly seenIncarnation = new Map<string, string>();
@@ -97,6 +102,18 @@ export class FleetReplica {
       rng: (n) => new Uint8Array(randomBytes(n)), policy: o.policy,
     });
     fw.step({ kind: 'leadership', leader: false });
+    // A disk that does not even read (a flipped meta page, a truncated file) is set aside unmapped,
+    // so it cannot take the other replicas' threads down with this one; the empty disk then fails
+    // its anchor check and the replica re-replicates from its peers.
+    let diskRefused = '';
+    const check = checkDisk(o.dbDir);
+    if (!check.ok) {
+      const aside = `${o.dbDir}.tampered`;
+      rmSync(aside, { recursive: true, force: true });
+      renameSync(o.dbDir, aside);
+      diskRefused = `TAMPERED: ${join(o.dbDir, 'data.mdb')} refused (${check.why}); set aside as ${aside}`;
+      o.log?.(diskRefused);
+    }
     const store = RaftStore.open(o.dbDir);
     // Its own seal domain: a solo vault's log (bkv serve) on the same token and disk never opens
     // as a Raft log, nor the other way round.
@@ -113,6 +130,7 @@ export class FleetReplica {
       log: (l) => self?.say(l),
     });
     const r = new FleetReplica(fw, store, raft, o);
+    r.diskRefused = diskRefused;
     self = r;
     o.transport.onMessage((from, bytes) => r.onPeer(from, bytes));
     r.run({ kind: 'tick', now: Date.now() });
@@ -143,7 +161,7 @@ export class FleetReplica {
     return {
       name: this.o.name, role, term: n?.currentTerm ?? 0, commitIndex: n?.commitIndex ?? 0, lastIndex: n?.lastIndex ?? 0, appliedIndex: this.raft.appliedIndex,
       healthy: this.healthState.healthy, leader: n?.leader ?? null, digest: this.firmware.digest(),
-      reason: !this.healthState.healthy ? `${this.healthState.code}: ${this.healthState.reason}` : this.raft.rejoinReason,
+      reason: !this.healthState.healthy ? `${this.healthState.code}: ${this.healthState.reason}` : this.raft.isRejoining && this.diskRefused ? `${this.diskRefused}; ${this.raft.rejoinReason}` : this.raft.rejoinReason,
       stats: { ...this.raft.stats, ...this.counters, ...transportStats(this.o.transport) },
     };
   }
