@@ -27,17 +27,15 @@ async function child(dir: string): Promise<number> {
   const { open } = await import('lmdb');
   try {
     const root = open({ path: dir, readOnly: true, cache: false, maxDbs: 4 });
-    let n = 0;
+    // The named databases the replica uses (the root's own keys are those databases' records).
     for (const name of ['log', 'meta']) {
       const db = root.openDB({ name, cache: false });
       for (const { value } of db.getRange({})) {
         if (value === undefined) throw new Error(`an item of ${name} does not decode`);
-        n++;
       }
     }
-    for (const _ of root.getRange({})) n++;
     await root.close();
-    return n >= 0 ? 0 : 3;
+    return 0;
   } catch (e) {
     process.stderr.write(`${(e as Error)?.message ?? String(e)}\n`);
     return 3;

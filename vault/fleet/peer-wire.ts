@@ -15,10 +15,10 @@ export type PeerMessage =
   | { kind: 'forwardReply'; id: number; ok: true; body: Uint8Array }
   | { kind: 'forwardReply'; id: number; ok: false; code: string }
   /**
-   * A replica re-replicating after its disk was refused announces itself (a fresh random incarnation
-   * per start), so the leader forgets the acknowledgements its old disk made and probes its real log.
+   * A replica re-replicating after its disk was refused says how far its log really goes, so a leader
+   * whose match index for it is higher (acks its old disk made) forgets them and probes its real log.
    */
-  | { kind: 'rejoin'; incarnation: Uint8Array };
+  | { kind: 'rejoin'; lastIndex: number };
 
 export class PeerWireError extends InputError {
   constructor(message: string) { super(message, 'BAD_PEER_MESSAGE'); }
@@ -36,7 +36,7 @@ export function encodePeer(m: PeerMessage): Uint8Array {
     case 'raft': return new Uint8Array(packr.pack([...h, m.bytes]));
     case 'forward': return new Uint8Array(packr.pack([...h, m.id, m.user, m.body]));
     case 'forwardReply': return new Uint8Array(packr.pack(m.ok ? [...h, m.id, true, m.body] : [...h, m.id, false, m.code]));
-    case 'rejoin': return new Uint8Array(packr.pack([...h, m.incarnation]));
+    case 'rejoin': return new Uint8Array(packr.pack([...h, m.lastIndex]));
   }
 }
 
@@ -73,7 +73,7 @@ export function decodePeer(b: Uint8Array): PeerMessage {
       if (f[1] === false && typeof f[2] === 'string' && CODE_RE.test(f[2])) return { kind: 'forwardReply', id, ok: false, code: f[2] };
       throw new PeerWireError('bad forward reply');
     }
-    case KIND.rejoin: n(1); return { kind: 'rejoin', incarnation: bytes(f[0], 32) };
+    case KIND.rejoin: n(1); return { kind: 'rejoin', lastIndex: nat(f[0]) };
     default: throw new PeerWireError('unknown peer message kind');
   }
 }

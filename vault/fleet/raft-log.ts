@@ -289,9 +289,15 @@ export class RaftLog implements ReplicatedLog {
     return Promise.resolve();
   }
 
-  /** Leader: a replica re-replicating after a refused disk announced itself; stop trusting its old acknowledgements. */
-  resetPeer(id: string): boolean {
-    if (!this.node) return false;
+  /**
+   * Leader: a replica re-replicating after a refused disk says its log ends at `lastIndex`. If this
+   * leader counts it for more (acks its old disk made, or stale ones still in flight), forget them
+   * and probe its real log end. Idempotent: an announcement that matches the leader's view is ignored.
+   */
+  peerRejoins(id: string, lastIndex: number): boolean {
+    if (!this.node?.isLeader) return false;
+    const pr = this.node.status().progress?.get(id);
+    if (!pr || pr.match <= lastIndex) return false;
     const ok = this.node.resetPeer(id);
     if (ok) this.kick();
     return ok;

@@ -80,8 +80,6 @@ export class FleetReplica {
   /** Why the disk this replica found at start was set aside ('' when it read fine). */
   private diskRefused = '';
   private rejoinTimer?: NodeJS.Timeout;
-  private readonly incarnation = new Uint8Array(randomBytes(16));
-  private readonly seenIncarnation = new Map<string, string>();
   private readonly forwarded = new Map<number, Forwarded>();
   private timer?: NodeJS.Timeout;
   private soft: SoftState = { leader: null, role: 'follower', term: 0 };
@@ -270,14 +268,8 @@ export class FleetReplica {
         return;
       }
       case 'rejoin': {
-        if (!this.raft.node?.isLeader) return;
-        const inc = Buffer.from(m.incarnation).toString('hex');
-        if (this.seenIncarnation.get(from) === inc) return;
         // Its acknowledgements from before may cover entries its refused disk no longer has.
-        if (this.raft.resetPeer(from)) {
-          this.seenIncarnation.set(from, inc);
-          this.say(`${from} re-replicates: forgot its old acknowledgements`);
-        }
+        if (this.raft.peerRejoins(from, m.lastIndex)) this.say(`${from} re-replicates from ${m.lastIndex}: forgot its old acknowledgements`);
         return;
       }
     }
@@ -293,7 +285,8 @@ export class FleetReplica {
       if (this.closed || !this.raft.isRejoining) { clearInterval(this.rejoinTimer); return; }
       const lead = this.raft.node?.leader;
       const targets = lead ? [lead] : this.o.voters.filter((v) => v !== this.o.name);
-      for (const t of targets) this.o.transport.send(t, encodePeer({ kind: 'rejoin', incarnation: this.incarnation }));
+      const lastIndex = this.raft.node?.lastIndex ?? 0;
+      for (const t of targets) this.o.transport.send(t, encodePeer({ kind: 'rejoin', lastIndex }));
     };
     this.rejoinTimer = setInterval(ask, Math.max(50, this.o.tickMs * 2));
     ask();

@@ -72,8 +72,8 @@ type Msg =
   | { k: 'rep'; rid: number; body: Uint8Array }
   | { k: 'fwd'; fid: number; user: string; body: Uint8Array }
   | { k: 'fwdRep'; fid: number; ok: boolean; body: Uint8Array; code: string }
-  /** A replica re-replicating after a refused disk announces itself (incarnation = its start count). */
-  | { k: 'rejoin'; inc: number };
+  /** A replica re-replicating after a refused disk says where its log really ends. */
+  | { k: 'rejoin'; last: number };
 
 type Event =
   | { kind: 'tick'; id: NodeId; gen: number }
@@ -93,8 +93,6 @@ interface Replica {
   /** Re-replicating after a refused disk: no ticks, no votes, until the commit reaches `floor`. */
   rejoining: boolean;
   floor: number;
-  /** The last incarnation of each peer whose rejoin this replica (as leader) acted on. */
-  seenRejoin: Map<string, number>;
   /** A copy of the disk the host took (snapshotDisk), for a later rollback. */
   diskCopy: DurableState | null;
   durable: DurableState;
@@ -174,7 +172,7 @@ export class VaultCluster {
     for (const id of this.ids) {
       const r: Replica = {
         id, token: o.tokens.get(id)!, durable: { hardState: boot.hardState, snapshot: null, entries: [...boot.entries] },
-        tokenState: { anchor: null, term: 0, vote: null }, rejoining: false, floor: 0, seenRejoin: new Map(), diskCopy: null,
+        tokenState: { anchor: null, term: 0, vote: null }, rejoining: false, floor: 0, diskCopy: null,
         node: null, fw: null, innerReplies: new Map(), gen: 0, applied: 0, soft: { leader: null, role: 'follower', term: 0 }, healthy: true,
         nextRequest: 1, waiting: new Map(), proposals: new Map(), reads: new Map(), readSeq: 0, nextFwd: 1, forwarded: new Map(), wantCompact: null,
       };
@@ -383,7 +381,7 @@ export class VaultCluster {
         this.fw(r, { kind: 'tick', now: this.now });
         if (r.rejoining) {
           const lead = r.node.leader;
-          for (const to of lead ? [lead] : this.ids.filter((x) => x !== r.id)) this.send(r.id, to, { k: 'rejoin', inc: r.gen });
+          for (const to of lead ? [lead] : this.ids.filter((x) => x !== r.id)) this.send(r.id, to, { k: 'rejoin', last: r.node.lastIndex });
         } else {
           r.node.tick();
         }
@@ -491,9 +489,9 @@ export class VaultCluster {
         return;
       }
       case 'rejoin': {
-        if (!r.node.isLeader || r.seenRejoin.get(from) === msg.inc) return;
-        if (r.node.resetPeer(from)) r.seenRejoin.set(from, msg.inc);
-        this.after(r);
+        // As raft-log.ts peerRejoins: forget acks the leader counts beyond the replica's real log end.
+        const pr = r.node.isLeader ? r.node.status().progress?.get(from) : undefined;
+        if (pr && pr.match > msg.last && r.node.resetPeer(from)) this.after(r);
         return;
       }
       case 'req':
