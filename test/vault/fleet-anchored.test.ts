@@ -99,6 +99,42 @@ describe('anchored acknowledgements', () => {
     expect(Buffer.from(await recoverK(fx.send('majority'), fx.opts('majority'), PW)).equals(Buffer.from(K))).toBe(true);
   }, 90_000);
 
+  it('a rolling restart of every replica under load: every correct recovery succeeds, counters intact', async () => {
+    await fx.wholeFleetRestart();
+    const leader = await fx.stableLeader();
+    const o = { ...fx.opts('rolling'), retry: { attempts: 6, delayMs: 200, retryable: (e: unknown) => (e as { status?: number }).status !== undefined && (e as { status: number }).status >= 500 } };
+    await enablePassword(fx.send('rolling', leader), o, PW, K, 5);
+    let stop = false;
+    let ok = 0;
+    const failures: string[] = [];
+    const load = (async () => {
+      while (!stop) {
+        try {
+          if (Buffer.from(await recoverK(fx.send('rolling'), o, PW)).equals(Buffer.from(K))) ok++;
+        } catch (e) {
+          failures.push((e as { code?: string }).code ?? String(e));
+        }
+      }
+    })();
+    for (const r of fx.fleet.replicas) {
+      await fx.fleet.crash(r);
+      await fx.fleet.restart(r);
+      await fx.stableLeader();
+      await fx.waitFor(`${r} caught up`, async () => (await fx.fleet.status()).find((s) => s.name === r)!.lag === 0);
+    }
+    stop = true;
+    await load;
+    expect(ok).toBeGreaterThan(5);
+    // A recovery whose leader died mid-way may fail (its session died with it), never silently: a
+    // typed code, and no lock, no lower counter.
+    for (const f of failures) expect(['OUTCOME_UNKNOWN', 'VAULT_ERROR', 'SESSION_REFUSED']).toContain(f);
+    const st = await statusOf('rolling');
+    expect(st.state).toBe('registered');
+    expect(st.attemptsLeft).toBeGreaterThanOrEqual(5 - failures.length);
+    expect(Buffer.from(await recoverK(fx.send('rolling'), o, PW)).equals(Buffer.from(K))).toBe(true);
+    expect((await statusOf('rolling')).attemptsLeft).toBe(5);
+  }, 120_000);
+
   it('a whole-fleet restart on intact disks elects at once; a blank disk under a replica\'s identity re-replicates first', async () => {
     await fx.wholeFleetRestart();
     const leader = await fx.stableLeader();

@@ -250,3 +250,37 @@ describe('a rolled-back follower and a whole-fleet restart with the holders dark
     expect(c.violations().length).toBeGreaterThan(0);
   }, 60_000);
 });
+
+describe('a majority crashed and restarted one by one (issue #9)', () => {
+  it('elects again as soon as a majority is back, with the counter intact', async () => {
+    const c = await VaultCluster.create({ seed: 31, tokens, deviceTimeoutMs: 2_000, policy: { requestTtlMs: 1_500 } });
+    c.knownUsers.add('maj');
+    const rng = new SeededRng(32);
+    const bytes = (n: number) => { const b = new Uint8Array(n); for (let i = 0; i < n; i++) b[i] = rng.int(256); return b; };
+    const opts: PasswordOptions = { user: 'maj', serverPublicKey, sessionKey, ksf: identityKsf, rng: bytes };
+    await c.run(500);
+    const at = () => c.deviceSend(`d${rng.int(1e9)}`, 'maj', () => c.leader() ?? c.ids[0]!, () => ({ correct: false }));
+    let res = '';
+    void enablePassword(at(), opts, 'pw', bytes(32), 5).then(() => { res = 'ok'; }, (e: { code: string }) => { res = e.code; });
+    await c.runUntil(() => res !== '', 5_000);
+    res = '';
+    void recoverK(at(), opts, 'wrong').then(() => { res = 'released'; }, (e: { code: string }) => { res = e.code; });
+    await c.runUntil(() => res !== '', 5_000);
+    expect(res).toBe('WRONG_PASSWORD');
+    await c.run(300);
+    const leader = c.leader()!;
+    const other = c.ids.find((x) => x !== leader)!;
+    c.crash(leader);
+    c.crash(other);
+    await c.run(1_000);
+    expect(c.leader()).toBeNull();
+    c.restart(leader);
+    // Intact disks vote at once: one back is a majority with the survivor.
+    expect(await c.runUntil(() => c.leader() !== null, 3_000)).toBe(true);
+    c.restart(other);
+    expect(await c.quiesce(20_000)).toBe(true);
+    c.checkConverged();
+    expect(c.violations()).toEqual([]);
+    expect(c.firmware(c.leader()!)!.inspect('maj')!.used).toBe(1);
+  }, 60_000);
+});
