@@ -287,17 +287,19 @@ export function formatStatus(s: FleetStatus): string[] {
     dash(r.commitIndex),
     dash(r.appliedIndex),
     r.lag < 0 ? '?' : dash(r.lag),
-    r.healthy ? (r.reason ? `ok (${r.reason})` : 'ok') : `DOWN${r.reason ? ` (${r.reason})` : ''}`,
+    // A re-replicating replica is up but holds less than it promised: its reason says why, first.
+    !r.healthy ? `DOWN${r.reason ? ` (${r.reason})` : ''}` : r.role === 'rejoining' ? r.reason || 'ROLLED_BACK' : r.reason ? `ok (${r.reason})` : 'ok',
   ]);
   const widths = head.map((h, c) => Math.max(h.length, ...rows.map((row) => row[c]!.length)));
   const line = (cells: string[]) => cells.map((c, i) => (i >= 3 && i <= 6 ? c.padStart(widths[i]!) : c.padEnd(widths[i]!))).join('  ').trimEnd();
-  const up = s.replicas.filter((r) => r.healthy).length;
+  // Voting replicas: healthy and not re-replicating (a rolled-back one serves and votes for nothing).
+  const up = s.replicas.filter((r) => r.healthy && r.role !== 'rejoining' && r.role !== 'down').length;
   const majority = Math.floor(s.replicas.length / 2) + 1;
   return [
     line(head.map((h, i) => (i === 0 ? `  ${h}` : h))),
     ...rows.map(line),
     '',
-    `leader: ${s.leader ?? 'none (election under way, or no quorum)'}; ${up} of ${s.replicas.length} replicas healthy, quorum ${majority}${up < majority ? ': NO QUORUM, the fleet refuses requests' : ''}`,
+    `leader: ${s.leader ?? 'none (election under way, or no quorum)'}; ${up} of ${s.replicas.length} replicas voting, quorum ${majority}${up < majority ? ': NO QUORUM, the fleet serves nothing' : ''}`,
   ];
 }
 
