@@ -9,6 +9,7 @@
 import { createHash } from 'node:crypto';
 import { Packr } from 'msgpackr';
 import { InputError } from './errors.ts';
+import { K_BYTES } from './kbox.ts';
 
 /** 2: K travels inside the device-vault session (protocol/session.ts); pins and key stretching named. */
 export const WIRE_VERSION = 2;
@@ -25,7 +26,6 @@ export const SESSION_BYTES = 16;
 export const TICKET_BYTES = 40;
 /** Length of a pin: the first bytes of SHA-256 of the vault AKE public key the device pinned (see pinOf). */
 export const PIN_BYTES = 16;
-export const K_BYTES = 32;
 /** Encoded length of every reply to RecoverFinish (Released, WrongPassword, Locked). */
 export const FINISH_REPLY_SIZE = 128;
 /** Released.kEnc: AES-256-GCM nonce (12) || ciphertext of K (32) || tag (16). */

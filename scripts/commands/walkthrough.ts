@@ -20,7 +20,6 @@ import { createBackup, restoreBackup } from '../../client/backup.ts';
 import { formatKey64Lines, generateBackupKey, parseKey64 } from '../../client/key64.ts';
 import type { VaultReply } from '../../protocol/wire.ts';
 import { resolveWanConfig } from '../../vault/fleet/wan.ts';
-import type { Send } from '../../client/password.ts';
 import { ServiceError, clearServeRecord, startServices, writeServeRecord, writeVaultKeys, type FleetService, type FleetStatus, type Services } from '../services.ts';
 import { DEFAULT_SUITE, ksfByName, PasswordBackupError, PasswordDevice, type DeviceIdentity } from './backup-password.ts';
 

@@ -102,7 +102,7 @@ describe('anchored acknowledgements', () => {
   it('a rolling restart of every replica under load: every correct recovery succeeds, counters intact', async () => {
     await fx.wholeFleetRestart();
     const leader = await fx.stableLeader();
-    const o = { ...fx.opts('rolling'), retry: { attempts: 6, delayMs: 200, retryable: (e: unknown) => (e as { status?: number }).status !== undefined && (e as { status: number }).status >= 500 } };
+    const o = fx.deviceOpts('rolling');
     await enablePassword(fx.send('rolling', leader), o, PW, K, 5);
     let stop = false;
     let ok = 0;

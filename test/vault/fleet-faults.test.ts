@@ -161,7 +161,7 @@ describe('fleet under faults', () => {
       const newLeader = await fx.stableLeader(others);
       expect(newLeader).not.toBe(leader);
       // A device resends what a replica could not place while the new term settles (free for a copy).
-      const retrying = { ...fx.opts('majority'), retry: { attempts: 5, delayMs: 200, retryable: (e: unknown) => e instanceof RelayFailure && e.status >= 500 } };
+      const retrying = fx.deviceOpts('majority');
       expect(Buffer.from(await recoverK(fx.send('majority', others[0]), retrying, PW)).equals(Buffer.from(K))).toBe(true);
     } finally {
       fx.fleet.heal();

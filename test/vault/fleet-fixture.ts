@@ -12,6 +12,8 @@ export interface FleetFixture {
   fleet: Fleet;
   send(user: string, at?: string): Send;
   opts(user: string): PasswordOptions;
+  /** opts() as a real device runs: it resends a frame the fleet could not place yet (5xx), free for a copy. */
+  deviceOpts(user: string): PasswordOptions;
   waitFor<T>(what: string, f: () => Promise<T | undefined | false>, timeoutMs?: number): Promise<T>;
   /** The leader once one is elected and every listed replica agrees on it. */
   stableLeader(among?: string[]): Promise<string>;
@@ -52,6 +54,11 @@ export async function startFleetFixture(replicas: number, o: Partial<StartFleetO
       await new Promise((r) => setTimeout(r, 25));
     }
   };
+  const opts = (user: string): PasswordOptions => ({
+    user, ksf: identityKsf,
+    serverPublicKey: new Uint8Array(Buffer.from(fleet.akePublicKeys()['ristretto255-SHA512']!, 'hex')),
+    sessionKey: new Uint8Array(Buffer.from(fleet.akePublicKeys().session!, 'hex')),
+  });
   return {
     tf,
     get fleet() { return fleet; },
@@ -68,11 +75,10 @@ export async function startFleetFixture(replicas: number, o: Partial<StartFleetO
       if (!reply.ok) throw new RelayFailure(reply.code, res.status);
       return reply.body;
     },
-    opts: (user) => ({
-      user, ksf: identityKsf,
-      serverPublicKey: new Uint8Array(Buffer.from(fleet.akePublicKeys()['ristretto255-SHA512']!, 'hex')),
-      sessionKey: new Uint8Array(Buffer.from(fleet.akePublicKeys().session!, 'hex')),
-    }),
+    opts,
+    deviceOpts(user) {
+      return { ...opts(user), retry: { attempts: 6, delayMs: 200, retryable: (e) => e instanceof RelayFailure && e.status >= 500 } };
+    },
     waitFor,
     stableLeader: (among) => waitFor('a stable leader', async () => {
       const st = await fleet.status();

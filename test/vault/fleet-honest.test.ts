@@ -4,8 +4,8 @@
 // The front keeps a session's KE3 on the replica its KE1 entered at and routes to a replica that
 // knows a live leader; the device resends an unanswered frame (free for a copy).
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { enablePassword, recoverK, status, type PasswordOptions } from '../../client/password.ts';
-import { RelayFailure, startFleetFixture, type FleetFixture } from './fleet-fixture.ts';
+import { enablePassword, recoverK, status } from '../../client/password.ts';
+import { startFleetFixture, type FleetFixture } from './fleet-fixture.ts';
 
 let fx: FleetFixture;
 beforeAll(async () => { fx = await startFleetFixture(3); }, 60_000);
@@ -18,7 +18,7 @@ describe('honest users under a minority partition', () => {
   it('100 correct-password recoveries: at least 99 succeed, the counter never drops, nothing locks', async () => {
     const leader = await fx.stableLeader();
     const [f1, f2] = fx.fleet.replicas.filter((r) => r !== leader) as [string, string];
-    const o: PasswordOptions = { ...fx.opts('honest'), retry: { attempts: 4, delayMs: 200, retryable: (e) => e instanceof RelayFailure && e.status >= 500 } };
+    const o = fx.deviceOpts('honest');
     await enablePassword(fx.send('honest'), o, PW, K, 10);
     // One wrong guess first, so a correct recovery has a counter to reset (and a drop would show).
     await expect(recoverK(fx.send('honest'), o, 'wrong')).rejects.toMatchObject({ code: 'WRONG_PASSWORD' });

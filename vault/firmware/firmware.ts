@@ -142,7 +142,8 @@ const hex = (b: Uint8Array): string => Buffer.from(b).toString('hex');
 export class Firmware {
   readonly replicaId: string;
   private readonly policy: Policy;
-  private readonly rng: (n: number) => Uint8Array;
+  /** The only randomness (the session gate around this firmware draws from it too). */
+  readonly rng: (n: number) => Uint8Array;
   private readonly opaque: Partial<Record<WireSuite, Opaque>>;
   private readonly secrets: Partial<Record<WireSuite, ServerSecrets>> = {};
   private readonly keys: FleetKeys;
@@ -153,7 +154,6 @@ export class Firmware {
    */
   private serverIdentity: Uint8Array | null = null;
   readonly token: Token;
-  readonly random: (n: number) => Uint8Array;
 
   private now = 0;
   private leader = true;
@@ -179,7 +179,6 @@ export class Firmware {
       throw new FirmwareError('BAD_CONFIG', 'policy limits must satisfy 1 <= min <= default <= max <= 1000');
     }
     this.rng = cfg.rng;
-    this.random = cfg.rng;
     this.token = cfg.token;
     this.opaque = cfg.opaque;
     for (const [suite, op] of Object.entries(cfg.opaque) as Array<[WireSuite, Opaque]>) {

@@ -81,7 +81,6 @@ export class SessionGate {
   readonly inner: Firmware;
   private readonly dh: SessionDh;
   private readonly key: VaultSessionKey;
-  private readonly rng: (n: number) => Uint8Array;
   private readonly ttlMs: number;
   private readonly maxSessions: number;
   private readonly sessions = new Map<string, Session>();
@@ -97,7 +96,6 @@ export class SessionGate {
     this.dh = cfg.sessionDh ?? fastX25519();
     this.key = tokenSessionKey(this.inner.token, this.dh);
     this.inner.useServerIdentity(fleetIdentity(this.key.publicKey));
-    this.rng = this.inner.random;
     this.ttlMs = this.inner.settings.sessionTtlMs;
     this.maxSessions = this.inner.settings.maxSessions;
     this.observe = cfg.observe;
@@ -278,7 +276,7 @@ export class SessionGate {
           if (!s.hs) continue;
           if (reply?.t === 'RegisterResponse') s.ticket = reply.ticket;
           if (reply?.t === 'KE2') s.recovery = reply.session;
-          const w = sealWelcome(this.dh, s.hs, s.re, this.rng(32), o.body);
+          const w = sealWelcome(this.dh, s.hs, s.re, this.inner.rng(32), o.body);
           s.hs = null;
           s.transport = w.transport;
           s.welcome = bytes = w.bytes;

@@ -64,6 +64,7 @@ export class VaultState {
   private readonly tombstones = new Map<string, Tombstone>();
   /** Index of the last applied entry (0 = none). */
   appliedIndex = 0;
+  private digestMemo: string | null = null;
 
   get(user: string): Readonly<UserRecord> | undefined {
     return this.users.get(user);
@@ -88,6 +89,8 @@ export class VaultState {
   }
 
   apply(index: number, e: Entry): ApplyEffect {
+    // Records only ever change here (and in decode, which builds a new state).
+    this.digestMemo = null;
     // Strictly increasing, gaps allowed: Raft's own entries (leader no-ops, membership changes) take
     // indexes the firmware never sees. Gaps in a stored log are caught by the chain, not here.
     if (!Number.isSafeInteger(index) || index <= this.appliedIndex) {
@@ -173,8 +176,10 @@ export class VaultState {
     return packr.pack({ v: SNAPSHOT_VERSION, index: this.appliedIndex, users, tombstones });
   }
 
+  /** Memoized: status polls (the fleet front's router, every 100 ms) must not re-encode every record. */
   digest(): string {
-    return createHash('sha256').update(this.encode()).digest('hex');
+    this.digestMemo ??= createHash('sha256').update(this.encode()).digest('hex');
+    return this.digestMemo;
   }
 
   static decode(bytes: Uint8Array): VaultState {

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { checkDisk } from '../agent/disk-check.ts';
 import type { Token } from '../../hsm-adapter/token.ts';
 import { BkvError } from '../../protocol/errors.ts';
-import { WIRE_SUITES, decodeVaultReply, type WireSuite } from '../../protocol/wire.ts';
+import { WIRE_SUITES, type WireSuite } from '../../protocol/wire.ts';
 import { NOT_APPENDED } from '../agent/log.ts';
 import { servingOpaque } from '../agent/replica.ts';
 import { RaftStore } from '../agent/raft-store.ts';

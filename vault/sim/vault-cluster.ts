@@ -24,7 +24,7 @@ import {
 } from '../consensus/index.ts';
 import type { Token } from '../../hsm-adapter/token.ts';
 import { createOpaque, type Opaque } from '../../protocol/opaque/index.ts';
-import { decodeDeviceMessage, decodeVaultReply, encodeVaultReply, type WireSuite } from '../../protocol/wire.ts';
+import { decodeVaultReply, type WireSuite } from '../../protocol/wire.ts';
 import type { FirmwareInput, FirmwareOutput, Policy } from '../firmware/firmware.ts';
 import { SessionGate } from '../firmware/gate.ts';
 import { encodeRefused } from '../../protocol/session.ts';
