@@ -2,12 +2,8 @@
 // recovery (after KE1 is proposed, after the KE2 left, after the KE3's Outcome is proposed, after K
 // was released). Whatever the step, the attempt stays charged unless an Outcome reset committed,
 // K leaves only for the right password, the fleet converges, and the owner can recover afterwards.
-import { tokenSessionKey } from '../../protocol/opaque/secrets.ts';
-import { fastX25519 } from '../../protocol/opaque/group.ts';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { provisionTestFleet, type TestFleet } from '../helpers/fleet.ts';
-import type { Token } from '../../hsm-adapter/token.ts';
-import { identityKsf, tokenServerSecrets } from '../../protocol/opaque/index.ts';
+import { describe, expect, it } from 'vitest';
+import { identityKsf } from '../../protocol/opaque/index.ts';
 import { enablePassword, recoverK, type PasswordOptions } from '../../client/password.ts';
 import { VaultCluster, type FirmwareLike } from '../../vault/sim/vault-cluster.ts';
 import type { FirmwareInput, FirmwareOutput } from '../../vault/firmware/firmware.ts';
@@ -15,19 +11,6 @@ import type { SessionGate } from '../../vault/firmware/gate.ts';
 import { decodeSessionFrame } from '../../protocol/session.ts';
 import { SeededRng } from '../../vault/consensus/index.ts';
 
-let fleet: TestFleet;
-let tokens: Map<string, Token>;
-let serverPublicKey: Uint8Array;
-let sessionKey: Uint8Array;
-
-beforeAll(async () => {
-  fleet = await provisionTestFleet({ replicas: 3 });
-  tokens = new Map(fleet.replicas.map((r) => [r.name, fleet.openToken(r.tokenLabel) as Token]));
-  serverPublicKey = tokenServerSecrets([...tokens.values()][0]!, 'ristretto255-SHA512').akeKeyPair.publicKey;
-  sessionKey = tokenSessionKey([...tokens.values()][0]!, fastX25519()).publicKey;
-}, 120_000);
-
-afterAll(async () => { await fleet?.cleanup(); });
 
 type Step = 'ke1-proposed' | 'ke2-out' | 'ke3-proposed' | 'released';
 
@@ -78,7 +61,8 @@ function copyWatch() {
 }
 
 async function crashLeaderAt(step: Step, seed: number) {
-  const c = await VaultCluster.create({ seed, tokens, policy: { requestTtlMs: 2_000 }, deviceTimeoutMs: 3_000 });
+  const c = await VaultCluster.create({ seed, policy: { requestTtlMs: 2_000 }, deviceTimeoutMs: 3_000 });
+  const { serverPublicKey, sessionKey } = c.pins();
   c.knownUsers.add('olga');
   const rng = new SeededRng(seed + 1);
   const bytes = (n: number) => { const b = new Uint8Array(n); for (let i = 0; i < n; i++) b[i] = rng.int(256); return b; };
@@ -144,7 +128,8 @@ describe('leader crashes at each step of a recovery', () => {
 describe('a network that duplicates every message', () => {
   it('stays within the guess budget and charges each device guess once: copies get the original reply', async () => {
     const watch = copyWatch();
-    const c = await VaultCluster.create({ seed: 5, tokens, deviceTimeoutMs: 3_000, wrapFirmware: watch.wrap });
+    const c = await VaultCluster.create({ seed: 5, deviceTimeoutMs: 3_000, wrapFirmware: watch.wrap });
+    const { serverPublicKey, sessionKey } = c.pins();
     c.knownUsers.add('olga');
     const rng = new SeededRng(6);
     const bytes = (n: number) => { const b = new Uint8Array(n); for (let i = 0; i < n; i++) b[i] = rng.int(256); return b; };
@@ -193,7 +178,8 @@ describe('a network that duplicates every message', () => {
 describe('a rolled-back follower and a whole-fleet restart with the holders dark (issue #9)', () => {
   /** Registers, commits three wrong guesses with the leader and one follower only, rolls that follower's disk back, restarts the fleet without the leader. */
   async function attack(unsafeNoAnchor: boolean) {
-    const c = await VaultCluster.create({ seed: 23, tokens, deviceTimeoutMs: 2_000, policy: { requestTtlMs: 1_500 }, unsafeNoAnchor });
+    const c = await VaultCluster.create({ seed: 23, deviceTimeoutMs: 2_000, policy: { requestTtlMs: 1_500 }, mutation: unsafeNoAnchor ? 'skip-anchor' : undefined });
+    const { serverPublicKey, sessionKey } = c.pins();
     c.knownUsers.add('vic');
     const rng = new SeededRng(24);
     const bytes = (n: number) => { const b = new Uint8Array(n); for (let i = 0; i < n; i++) b[i] = rng.int(256); return b; };
@@ -253,7 +239,8 @@ describe('a rolled-back follower and a whole-fleet restart with the holders dark
 
 describe('a majority crashed and restarted one by one (issue #9)', () => {
   it('elects again as soon as a majority is back, with the counter intact', async () => {
-    const c = await VaultCluster.create({ seed: 31, tokens, deviceTimeoutMs: 2_000, policy: { requestTtlMs: 1_500 } });
+    const c = await VaultCluster.create({ seed: 31, onNote: process.env.BKV_SIM_TRACE ? (l) => console.log(l) : undefined, deviceTimeoutMs: 2_000, policy: { requestTtlMs: 1_500 } });
+    const { serverPublicKey, sessionKey } = c.pins();
     c.knownUsers.add('maj');
     const rng = new SeededRng(32);
     const bytes = (n: number) => { const b = new Uint8Array(n); for (let i = 0; i < n; i++) b[i] = rng.int(256); return b; };

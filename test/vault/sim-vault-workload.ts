@@ -3,24 +3,22 @@
 // seeded randomness) against random replicas, while a seeded nemesis crashes, restarts, pauses,
 // partitions, isolates the leader, drops, duplicates and reorders. Afterwards the fleet is healed and must
 // converge, and the oracle's verdicts are collected. Everything is drawn from the seed.
-import type { Token } from '../../hsm-adapter/token.ts';
 import { identityKsf } from '../../protocol/opaque/index.ts';
 import { PasswordError, enablePassword, recoverK, status, type PasswordOptions } from '../../client/password.ts';
 import { VaultCluster, DeviceTimeout, type FirmwareLike } from '../../vault/sim/vault-cluster.ts';
+import type { Mutation } from '../../vault/replica/core.ts';
 import type { SessionGate } from '../../vault/firmware/gate.ts';
-import { tokenSessionKey } from '../../protocol/opaque/secrets.ts';
-import { fastX25519 } from '../../protocol/opaque/group.ts';
 import { SeededRng } from '../../vault/consensus/index.ts';
 
 export interface VaultRunOptions {
   seed: number;
-  tokens: ReadonlyMap<string, Token>;
-  serverPublicKey: Uint8Array;
   durationMs?: number;
   users?: number;
   wrapFirmware?: (fw: SessionGate, id: string) => FirmwareLike;
-  /** Also roll disks back to copies, blank them, and restart the whole fleet (issue #9's faults). */
+  /** Also roll disks back to copies, blank them, tear writes, flip bits, and restart the whole fleet. */
   diskFaults?: boolean;
+  /** A seeded bug in the replica core (the mutation check). */
+  mutation?: Mutation;
 }
 
 export interface VaultRunResult {
@@ -43,7 +41,8 @@ export async function randomVaultRun(o: VaultRunOptions): Promise<VaultRunResult
   const choose = <T>(a: readonly T[]): T => a[pick.int(a.length)]!;
   const c = await VaultCluster.create({
     seed: o.seed,
-    tokens: o.tokens,
+    replicas: choose([['r1', 'r2', 'r3'], ['r1', 'r2', 'r3'], ['r1', 'r2', 'r3', 'r4', 'r5']]),
+    mutation: o.mutation,
     policy: { requestTtlMs: 2_000, sessionTtlMs: 5_000, snapshotEvery: choose([5, 20, 1000]) },
     net: { minDelayMs: 1, maxDelayMs: choose([5, 15, 40]), dropRate: choose([0, 0.02, 0.08]), dupRate: choose([0, 0.03, 0.1]) },
     diskMaxMs: choose([1, 4]),
@@ -52,7 +51,7 @@ export async function randomVaultRun(o: VaultRunOptions): Promise<VaultRunResult
   });
   const rng = c.rng.fork();
   // The fleet's session key, as devices pin it (every token holds the same sealed seed).
-  const sessionKey = tokenSessionKey([...o.tokens.values()][0]!, fastX25519()).publicKey;
+  const { serverPublicKey, sessionKey } = c.pins();
   const ids = c.ids;
   const users = Array.from({ length: o.users ?? 2 }, (_, i) => `user${i}`);
   for (const u of users) c.knownUsers.add(u);
@@ -67,7 +66,7 @@ export async function randomVaultRun(o: VaultRunOptions): Promise<VaultRunResult
     const dev = `dev${++devN}`;
     const drng = rng.fork();
     const send = c.deviceSend(dev, user, () => ids[drng.int(ids.length)]!, () => ({ correct }));
-    return { send, opts: { user, serverPublicKey: o.serverPublicKey, sessionKey, ksf: identityKsf, rng: bytesFrom(drng) } };
+    return { send, opts: { user, serverPublicKey, sessionKey, ksf: identityKsf, rng: bytesFrom(drng) } };
   };
 
   const classify = (e: unknown): string => {
@@ -154,6 +153,17 @@ export async function randomVaultRun(o: VaultRunOptions): Promise<VaultRunResult
     } else if (o.diskFaults && r < 180 && lacking().length === 0) {
       // The whole fleet killed and started again (intact disks: every replica votes at once).
       c.wholeFleetRestart();
+    } else if (o.diskFaults && r < 190 && lacking().length < maxDown) {
+      // Killed mid-write (a torn write), or a bit flipped on a stopped replica's disk: refused at start.
+      const up = c.upIds().filter((id) => !c.isRejoining(id));
+      const v = up[rng.int(up.length)];
+      if (v) {
+        if (rng.int(2) === 0) c.tornCrash(v); else { c.crash(v); c.flipBit(v); }
+        c.restart(v);
+      }
+    } else if (r < 200) {
+      // A vote or an ack in another replica's name, over a third one's authenticated link.
+      c.forge();
     }
     for (const u of users) {
       if (!registered.has(u)) continue;

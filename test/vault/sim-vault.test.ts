@@ -1,10 +1,7 @@
-// The deterministic vault cluster: real firmware on real Raft with real SoftHSM2 tokens, one thread,
+// The deterministic vault cluster: the production replica core (firmware, Raft, sealing, anchors) on simulated tokens, disks and network, one thread,
 // virtual time, seeded faults; an outside oracle checks the guess budget, the counter, K release,
 // Raft safety and convergence. See docs/consensus.md, "Deterministic vault cluster".
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { provisionTestFleet, type TestFleet } from '../helpers/fleet.ts';
-import type { Token } from '../../hsm-adapter/token.ts';
-import { tokenServerSecrets } from '../../protocol/opaque/index.ts';
+import { describe, expect, it } from 'vitest';
 import type { FirmwareInput, FirmwareOutput } from '../../vault/firmware/firmware.ts';
 import type { SessionGate } from '../../vault/firmware/gate.ts';
 import { decodeEntry } from '../../vault/firmware/entries.ts';
@@ -16,23 +13,12 @@ const FIRST = Number(process.env.BKV_SIM_VAULT_FIRST_SEED ?? 1);
 const DISK_SEEDS = Number(process.env.BKV_SIM_DISK_SEEDS ?? 100);
 const DISK_FIRST = Number(process.env.BKV_SIM_DISK_FIRST_SEED ?? 10_001);
 
-let fleet: TestFleet;
-let tokens: Map<string, Token>;
-let serverPublicKey: Uint8Array;
-
-beforeAll(async () => {
-  fleet = await provisionTestFleet({ replicas: 3 });
-  tokens = new Map(fleet.replicas.map((r) => [r.name, fleet.openToken(r.tokenLabel) as Token]));
-  serverPublicKey = tokenServerSecrets([...tokens.values()][0]!, 'ristretto255-SHA512').akeKeyPair.publicKey;
-}, 120_000);
-
-afterAll(async () => { await fleet?.cleanup(); });
 
 describe('deterministic vault cluster', () => {
   it('a seed replays exactly; another seed differs', async () => {
-    const a = await randomVaultRun({ seed: 7, tokens, serverPublicKey, durationMs: 1_500 });
-    const b = await randomVaultRun({ seed: 7, tokens, serverPublicKey, durationMs: 1_500 });
-    const c = await randomVaultRun({ seed: 8, tokens, serverPublicKey, durationMs: 1_500 });
+    const a = await randomVaultRun({ seed: 7, durationMs: 1_500 });
+    const b = await randomVaultRun({ seed: 7, durationMs: 1_500 });
+    const c = await randomVaultRun({ seed: 8, durationMs: 1_500 });
     if (process.env.BKV_SIM_DEBUG) console.log(JSON.stringify({ hash: a.traceHash, outcomes: a.outcomes, counts: a.cluster.counts, oracle: a.cluster.oracle.counts, now: a.cluster.now }));
     expect(a.violations).toEqual([]);
     expect(b.traceHash).toBe(a.traceHash);
@@ -46,7 +32,7 @@ describe('deterministic vault cluster', () => {
     const oracle = { ke2: 0, released: 0, resets: 0, locks: 0 };
     const net = { lostFlushes: 0, duplicated: 0, dropped: 0, forwarded: 0, compactions: 0 };
     for (let seed = FIRST; seed < FIRST + SEEDS; seed++) {
-      const r = await randomVaultRun({ seed, tokens, serverPublicKey });
+      const r = await randomVaultRun({ seed });
       for (const [k, v] of Object.entries(r.outcomes)) total[k] = (total[k] ?? 0) + v;
       for (const k of Object.keys(oracle) as (keyof typeof oracle)[]) oracle[k] += r.cluster.oracle.counts[k];
       for (const k of Object.keys(net) as (keyof typeof net)[]) net[k] += r.cluster.counts[k];
@@ -69,7 +55,7 @@ describe('deterministic vault cluster', () => {
     const failures: string[] = [];
     let rereplications = 0;
     for (let seed = DISK_FIRST; seed < DISK_FIRST + DISK_SEEDS; seed++) {
-      const r = await randomVaultRun({ seed, tokens, serverPublicKey, diskFaults: true });
+      const r = await randomVaultRun({ seed, diskFaults: true });
       rereplications += r.cluster.counts.rereplications;
       if (!r.converged || r.violations.length > 0) failures.push(`seed ${seed}: converged=${String(r.converged)} ${r.violations.slice(0, 3).join('; ')}`);
     }
@@ -97,7 +83,7 @@ describe('deterministic vault cluster', () => {
       get appliedIndex() { return fw.appliedIndex; },
       inspect: (u: string) => fw.inspect(u),
     });
-    const r = await randomVaultRun({ seed: 3, tokens, serverPublicKey, durationMs: 1_500, wrapFirmware: wrap });
+    const r = await randomVaultRun({ seed: 3, durationMs: 1_500, wrapFirmware: wrap });
     expect(r.violations.some((v) => v.includes('before its Attempt committed'))).toBe(true);
   }, 60_000);
 });
