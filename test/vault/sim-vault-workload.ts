@@ -19,6 +19,8 @@ export interface VaultRunOptions {
   diskFaults?: boolean;
   /** A seeded bug in the replica core (the mutation check). */
   mutation?: Mutation;
+  /** Every trace line as it is written (debugging one seed). */
+  onNote?: (line: string) => void;
 }
 
 export interface VaultRunResult {
@@ -43,6 +45,7 @@ export async function randomVaultRun(o: VaultRunOptions): Promise<VaultRunResult
     seed: o.seed,
     replicas: choose([['r1', 'r2', 'r3'], ['r1', 'r2', 'r3'], ['r1', 'r2', 'r3', 'r4', 'r5']]),
     mutation: o.mutation,
+    onNote: o.onNote,
     policy: { requestTtlMs: 2_000, sessionTtlMs: 5_000, snapshotEvery: choose([5, 20, 1000]) },
     net: { minDelayMs: 1, maxDelayMs: choose([5, 15, 40]), dropRate: choose([0, 0.02, 0.08]), dupRate: choose([0, 0.03, 0.1]) },
     diskMaxMs: choose([1, 4]),
@@ -111,9 +114,18 @@ export async function randomVaultRun(o: VaultRunOptions): Promise<VaultRunResult
   const step = 25;
   const maxDown = Math.floor((ids.length - 1) / 2);
   /** Replicas down or re-replicating: neither holds what it promised right now. */
-  const lacking = () => ids.filter((id) => !c.isUp(id) || c.isRejoining(id));
+  /** A staged rollback attack: the leader and a minority of victims commit alone, then the victims' disks go back. */
+  let attack: { leader: string; victims: string[]; at: number } | null = null;
+  // Its victims count as lacking from the start: at most a minority of disks may lose what they acked.
+  const lacking = () => ids.filter((id) => !c.isUp(id) || c.isRejoining(id) || attack?.victims.includes(id));
   for (let t = 0; t < duration; t += step) {
     await c.run(step);
+    if (attack && t >= attack.at) {
+      for (const v of attack.victims) { c.rollbackDisk(v); c.restart(v); }
+      c.crash(attack.leader);
+      c.heal();
+      attack = null;
+    }
     const down = ids.filter((id) => !c.isUp(id));
     const r = rng.int(1000);
     if (r < 20 && down.length < maxDown) {
@@ -160,6 +172,21 @@ export async function randomVaultRun(o: VaultRunOptions): Promise<VaultRunResult
       if (v) {
         if (rng.int(2) === 0) c.tornCrash(v); else { c.crash(v); c.flipBit(v); }
         c.restart(v);
+      }
+    } else if (o.diskFaults && r < 195 && !attack && lacking().length === 0) {
+      // Snapshot a minority's disks, let the leader commit with them alone, then (later) roll them back
+      // and kill the leader: only the anchor stops them from electing a replica that lacks those commits.
+      const l = c.leader();
+      if (l) {
+        const others = ids.filter((x) => x !== l);
+        const victims: string[] = [];
+        while (victims.length < Math.floor(ids.length / 2)) {
+          const v = others[rng.int(others.length)]!;
+          if (!victims.includes(v)) victims.push(v);
+        }
+        for (const v of victims) c.snapshotDisk(v);
+        c.partition([l, ...victims], others.filter((x) => !victims.includes(x)));
+        attack = { leader: l, victims, at: t + 200 + rng.int(800) };
       }
     } else if (r < 200) {
       // A vote or an ack in another replica's name, over a third one's authenticated link.

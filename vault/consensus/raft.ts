@@ -162,6 +162,7 @@ export class RaftNode {
   private prs = new Map<NodeId, Progress>();
   private votes = new Map<NodeId, boolean>();
   private electionElapsed = 0;
+  private voteRestriction: { index: number; term: number } | 'none' | null = null;
   private heartbeatElapsed = 0;
   private randomizedElectionTimeout = 0;
   private transferee: NodeId | null = null;
@@ -343,8 +344,18 @@ export class RaftNode {
     this.hup(false);
   }
 
+  /**
+   * A voter that lost the log it acknowledged (a refused disk, re-replicating). 'none': it grants no
+   * vote. A floor (the last position it ever acknowledged, index and term): it grants only to
+   * candidates at least as up to date as that position, as its lost log would have demanded. Either
+   * way it never campaigns. null: an ordinary voter again.
+   */
+  restrictVotes(r: { index: number; term: number } | 'none' | null): void {
+    this.voteRestriction = r;
+  }
+
   private hup(transfer: boolean): void {
-    if (!this.promotable) return;
+    if (!this.promotable || this.voteRestriction !== null) return;
     if (transfer) this.startElection(false, true);
     else this.startElection(true, false);
   }
@@ -565,8 +576,11 @@ export class RaftNode {
     const leaderMsg = m.type === 'append' || m.type === 'heartbeat' || m.type === 'snapshot';
     // Non-members are ignored, except a leader this node does not know yet (it is behind on the
     // config, or is joining): such a message still has to carry a term >= ours.
-    if (!this.isMember(m.from) && !(leaderMsg && m.term >= this.term)) { this.stats.droppedNonMember++; return; }
-    if ((m.type === 'vote' || m.type === 'preVote') && !this.isVoter(m.from)) { this.stats.droppedNonMember++; return; }
+    // A restricted voter whose log (and with it the configuration) is gone cannot tell members apart;
+    // its peers are authenticated fleet replicas, and a grant from a non-member counts for no one.
+    const confLost = this.voteRestriction !== null && this.conf.voters.length === 0 && (m.type === 'vote' || m.type === 'preVote');
+    if (!this.isMember(m.from) && !(leaderMsg && m.term >= this.term) && !confLost) { this.stats.droppedNonMember++; return; }
+    if ((m.type === 'vote' || m.type === 'preVote') && !this.isVoter(m.from) && !confLost) { this.stats.droppedNonMember++; return; }
 
     if (m.term > this.term) {
       if (m.type === 'vote' || m.type === 'preVote') {
@@ -596,7 +610,9 @@ export class RaftNode {
       case 'preVote': case 'vote': {
         const pre = m.type === 'preVote';
         const canVote = this.vote === m.from || (this.vote === null && this.lead === null) || (pre && m.term > this.term);
-        if (canVote && this.log.isUpToDate(m.lastIndex, m.lastTerm)) {
+        const r = this.voteRestriction;
+        const aboveFloor = r === null || (r !== 'none' && (m.lastTerm > r.term || (m.lastTerm === r.term && m.lastIndex >= r.index)));
+        if (canVote && aboveFloor && this.log.isUpToDate(m.lastIndex, m.lastTerm)) {
           this.send({ type: pre ? 'preVoteResp' : 'voteResp', from: this.id, to: m.from, term: m.term, reject: false });
           if (!pre) { this.electionElapsed = 0; this.vote = m.from; }
         } else {

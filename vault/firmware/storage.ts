@@ -22,6 +22,8 @@ export const GENESIS_HASH = new Uint8Array(32);
 export interface ChainPoint {
   index: number;
   hash: Uint8Array;
+  /** Raft term of the entry at `index` (fleet anchors; absent in a solo vault's and in older anchors). */
+  term?: number;
 }
 
 /** What the agent read from its disk, untouched. */
@@ -76,12 +78,13 @@ export class SealedStorage {
       throw e;
     }
     const p = this.openWith(raw, this.aad('anchor', 0), 'anchor') as Record<string, unknown>;
-    if (!isIndex(p.index) || !isHash(p.hash)) throw tampered('anchor has a bad shape');
-    return { index: p.index, hash: new Uint8Array(p.hash) };
+    if (!isIndex(p.index) || !isHash(p.hash) || (p.term !== undefined && !isIndex(p.term))) throw tampered('anchor has a bad shape');
+    return p.term === undefined ? { index: p.index, hash: new Uint8Array(p.hash) } : { index: p.index, hash: new Uint8Array(p.hash), term: p.term as number };
   }
 
   writeAnchor(p: ChainPoint): void {
-    this.token.writeData(KeyLabels.logAnchor, this.token.seal(KeyLabels.recordKey, packr.pack({ index: p.index, hash: p.hash }), this.aad('anchor', 0)));
+    const body = p.term === undefined ? { index: p.index, hash: p.hash } : { index: p.index, hash: p.hash, term: p.term };
+    this.token.writeData(KeyLabels.logAnchor, this.token.seal(KeyLabels.recordKey, packr.pack(body), this.aad('anchor', 0)));
   }
 
   /** Opens and checks everything the host returned; throws TAMPERED / ROLLBACK_DETECTED. */

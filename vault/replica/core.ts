@@ -104,14 +104,7 @@ export interface FirmwareLike {
  * Bugs the simulator must catch, switched on one at a time by the mutation check (test/vault/
  * sim-mutations.test.ts). Hosts never set one; every use is a single guarded line.
  */
-export type Mutation =
-  | 'vote-while-rejoining'
-  | 'skip-anchor'
-  | 'apply-uncommitted'
-  | 'accept-forged-peer'
-  | 'serve-without-barrier';
-
-export const MUTATIONS: readonly Mutation[] = ['vote-while-rejoining', 'skip-anchor', 'apply-uncommitted', 'accept-forged-peer', 'serve-without-barrier'];
+export type Mutation = 'vote-while-rejoining' | 'skip-anchor' | 'apply-uncommitted' | 'accept-forged-peer';
 
 /** Read-only windows for the simulator's oracle and checker (no effect on behaviour). */
 export interface CoreObserver {
@@ -121,8 +114,8 @@ export interface CoreObserver {
   applied?(e: Entry): void;
   /** A snapshot restored into the firmware. */
   restored?(index: number): void;
-  /** The firmware proposed an entry (before the node takes it). */
-  proposing?(entry: Uint8Array): void;
+  /** The firmware proposed an entry (before the node takes it); `request` is the device request it serves, if any. */
+  proposing?(entry: Uint8Array, request?: Uint8Array): void;
   /** The firmware replied to a request (before the host sees it). */
   replied?(requestId: number, user: string, request: Uint8Array, reply: Uint8Array): void;
 }
@@ -196,6 +189,8 @@ export class ReplicaCore {
   // --- rejoin
   private rejoining = false;
   private floor = 0;
+  /** The term at the floor (from the anchor), when the anchor records it: votes above it are safe. */
+  private floorTerm?: number;
   private refusedFor = '';
   private diskNote = '';
   private lastAnnounce = -Infinity;
@@ -242,7 +237,8 @@ export class ReplicaCore {
   get rejoinReason(): string {
     if (!this.rejoining) return '';
     const what = this.refusedFor === 'TAMPERED' ? 'disk refused (TAMPERED)' : 'disk below its anchor';
-    return `ROLLED_BACK: ${what} at ${this.floor}; re-replicating, not voting until the fleet's commit passes ${this.floor} (waiting for a replica that holds it)`;
+    const votes = this.floorTerm === undefined ? 'not voting' : `voting only for a replica that holds ${this.floor}`;
+    return `ROLLED_BACK: ${what} at ${this.floor}; re-replicating, ${votes} until the fleet's commit passes ${this.floor} (waiting for a replica that holds it)`;
   }
 
   status(): { role: ReplicaRole; term: number; commitIndex: number; lastIndex: number; appliedIndex: number; healthy: boolean; reason: string; leader: string | null; digest: string } {
@@ -314,7 +310,7 @@ export class ReplicaCore {
       if (unreadable) this.diskNote = unreadable;
       try {
         const a = this.sealed.readAnchor();
-        if (a) this.floor = a.index;
+        if (a) { this.floor = a.index; this.floorTerm = a.term; }
       } catch { /* an anchor that does not open (another seal domain) protects nothing here */ }
       this.out.push({ kind: 'wipe' });
       this.refusedFor = code;
@@ -345,14 +341,19 @@ export class ReplicaCore {
     // A disk ahead of its anchor (a crash between the flush and the anchor write): those entries were
     // never acknowledged, but the node will treat them as persisted from its first message on, so
     // the anchor must cover them before it runs. (A founding member's first entry likewise.)
-    const head = persisted.entries.at(-1)?.index ?? persisted.snapshot?.meta.index ?? 0;
-    if (!this.rejoining && head > this.anchoredTo) this.anchor(head);
+    const last = persisted.entries.at(-1);
+    const head = last?.index ?? persisted.snapshot?.meta.index ?? 0;
+    if (!this.rejoining && head > this.anchoredTo) this.anchor(head, last?.term ?? persisted.snapshot?.meta.term ?? 0);
     this.diskTerm = persisted.hardState.term;
     this.diskVote = persisted.hardState.vote;
     this.node = new RaftNode({
       id: this.c.id, storage: persisted, rng: this.c.raftRng, electionTick: this.c.electionTick ?? 10, heartbeatTick: this.c.heartbeatTick ?? 2,
     });
     this.phase = 'running';
+    if (this.rejoining) {
+      const floor = this.c.mutation === 'vote-while-rejoining' ? { index: 0, term: 0 } : this.floorTerm === undefined ? 'none' : { index: this.floor, term: this.floorTerm };
+      this.node.restrictVotes(floor);
+    }
     if (persisted.snapshot) {
       this.applied = persisted.snapshot.meta.index;
       this.runFw({ kind: 'restore', index: persisted.snapshot.meta.index, state: splitSnapData(persisted.snapshot.data).state });
@@ -449,10 +450,9 @@ export class ReplicaCore {
       this.answer(f.req, { ok: false, code: 'TIMEOUT' });
     }
     if (this.phase !== 'running') return;
-    if (this.rejoining && this.c.mutation !== 'vote-while-rejoining') {
-      if (this.now - this.lastAnnounce >= this.c.rejoinEveryMs) this.announceRejoin();
-      return;
-    }
+    // A re-replicating replica ticks too (its leader lease must expire), but its node never
+    // campaigns and votes only above the floor (RaftNode.restrictVotes).
+    if (this.rejoining && this.now - this.lastAnnounce >= this.c.rejoinEveryMs) this.announceRejoin();
     this.node!.tick();
   }
 
@@ -591,7 +591,6 @@ export class ReplicaCore {
       const imm = s.immediate;
       if (imm) {
         if (imm.hint === NOT_APPENDED) { this.stats.retries++; this.parked.push(req); }
-        else if (this.c.mutation === 'serve-without-barrier') this.answer(req, { ok: true, body: imm.body });
         else {
           const ctx = String(++this.readSeq);
           const r = this.node!.readIndex(te.encode(ctx));
@@ -632,7 +631,7 @@ export class ReplicaCore {
   }
 
   private propose(tag: number, entry: Uint8Array): void {
-    this.c.observer?.proposing?.(entry);
+    this.c.observer?.proposing?.(entry, this.serving ? this.waiting.get(this.serving.requestId)?.body : undefined);
     const r = this.node ? this.node.propose(entry) : undefined;
     // Refused before it reached the log: nothing can commit from it, so the request may be tried
     // again on the new leader. (Lost later means "appended, outcome unknown": NOT_LEADER.)
@@ -737,11 +736,13 @@ export class ReplicaCore {
       this.tokenVote = rd.hardState.vote;
     }
     // 2. anchor what the disk now holds, before anything that promises it leaves
-    const head = rd.entries.length > 0 ? rd.entries.at(-1)!.index : rd.snapshot ? rd.snapshot.meta.index : undefined;
-    if (head !== undefined) this.anchor(head);
+    const last = rd.entries.at(-1);
+    if (last) this.anchor(last.index, last.term);
+    else if (rd.snapshot) this.anchor(rd.snapshot.meta.index, rd.snapshot.meta.term);
     // 3. send
     for (const m of rd.messages) {
-      if (this.rejoining && isVoteMessage(m) && this.c.mutation !== 'vote-while-rejoining') { this.stats.filtered++; continue; }
+      // Defence in depth: while re-replicating, no campaign leaves, and no vote without a floor to judge it by.
+      if (this.rejoining && isVoteMessage(m) && this.c.mutation !== 'vote-while-rejoining' && (m.type === 'vote' || m.type === 'preVote' || this.floorTerm === undefined)) { this.stats.filtered++; continue; }
       this.stats.sent++;
       this.send(m.to, { kind: 'raft', bytes: encodeMessage(m) });
     }
@@ -794,6 +795,7 @@ export class ReplicaCore {
     }
     if (this.rejoining && n.commitIndex >= this.floor && this.applied >= this.floor) {
       this.rejoining = false;
+      n.restrictVotes(null);
       this.say(`caught up past the anchor at ${this.floor}: voting again`);
       this.out.push({ kind: 'rejoined', index: this.applied });
     }
@@ -806,12 +808,12 @@ export class ReplicaCore {
    * that anchor stays: a crash meanwhile is refused again, and every acknowledgement sent meanwhile
    * is for an index below it.
    */
-  private anchor(index: number): void {
+  private anchor(index: number, term: number): void {
     if (this.rejoining && index < this.floor) return;
     const hash = this.hashes.get(index);
     assert(!!hash, `no chain hash at the persisted head ${index}`);
     if (index === this.anchoredTo && this.anchoredHash && sameBytes(hash, this.anchoredHash)) return;
-    if (this.c.mutation !== 'skip-anchor') this.sealed.writeAnchor({ index, hash });
+    if (this.c.mutation !== 'skip-anchor') this.sealed.writeAnchor({ index, hash, term });
     this.anchoredTo = index;
     this.anchoredHash = hash;
     this.stats.anchors++;

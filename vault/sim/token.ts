@@ -6,9 +6,14 @@
 // Not a production token: its keys are in JavaScript memory.
 import { createCipheriv, createDecipheriv, createHmac } from 'node:crypto';
 import { p256 } from '@noble/curves/nist.js';
-import { TokenError } from '../../hsm-adapter/errors.ts';
+import { BkvError } from '../../protocol/errors.ts';
 import { FLEET_AKE_AAD, KeyLabels, type HmacAlg, type Token, type TokenDescription } from '../../hsm-adapter/token.ts';
 import type { Rng } from '../consensus/index.ts';
+
+/** The codes a real token's TokenError carries (KEY_NOT_FOUND, SEAL_OPEN_FAILED, BAD_INPUT), without PKCS#11. */
+export class SimTokenError extends BkvError {
+  constructor(code: string, message: string, readonly details: { operation: string; tokenLabel: string }) { super(code, message); }
+}
 
 const IV = 12;
 const TAG = 16;
@@ -51,13 +56,13 @@ export class SimToken implements Token {
 
   private key(label: string, op: string): Uint8Array {
     const k = this.keys.get(label);
-    if (!k) throw new TokenError('KEY_NOT_FOUND', `token '${this.label}' has no key labelled '${label}'`, { operation: op, tokenLabel: this.label });
+    if (!k) throw new SimTokenError('KEY_NOT_FOUND', `token '${this.label}' has no key labelled '${label}'`, { operation: op, tokenLabel: this.label });
     return k;
   }
 
   seal(keyLabel: string, plaintext: Uint8Array, aad: Uint8Array): Uint8Array {
     this.calls++;
-    if (aad.length === 0) throw new TokenError('BAD_INPUT', 'seal needs a non-empty AAD', { operation: 'seal', tokenLabel: this.label });
+    if (aad.length === 0) throw new SimTokenError('BAD_INPUT', 'seal needs a non-empty AAD', { operation: 'seal', tokenLabel: this.label });
     const iv = bytesOf(this.rng, IV);
     const c = createCipheriv('aes-256-gcm', this.key(keyLabel, 'seal'), iv);
     c.setAAD(aad);
@@ -71,8 +76,8 @@ export class SimToken implements Token {
 
   open(keyLabel: string, sealed: Uint8Array, aad: Uint8Array): Uint8Array {
     this.calls++;
-    const fail = (why: string) => new TokenError('SEAL_OPEN_FAILED', `cannot open sealed data on token '${this.label}': ${why}`, { operation: 'open', tokenLabel: this.label });
-    if (aad.length === 0) throw new TokenError('BAD_INPUT', 'open needs a non-empty AAD', { operation: 'open', tokenLabel: this.label });
+    const fail = (why: string) => new SimTokenError('SEAL_OPEN_FAILED', `cannot open sealed data on token '${this.label}': ${why}`, { operation: 'open', tokenLabel: this.label });
+    if (aad.length === 0) throw new SimTokenError('BAD_INPUT', 'open needs a non-empty AAD', { operation: 'open', tokenLabel: this.label });
     if (sealed.length < IV + TAG) throw fail('sealed data too short');
     try {
       const d = createDecipheriv('aes-256-gcm', this.key(keyLabel, 'open'), sealed.subarray(0, IV));
@@ -80,7 +85,7 @@ export class SimToken implements Token {
       d.setAuthTag(sealed.subarray(sealed.length - TAG));
       return new Uint8Array(Buffer.concat([d.update(sealed.subarray(IV, sealed.length - TAG)), d.final()]));
     } catch (e) {
-      if (e instanceof TokenError) throw e;
+      if (e instanceof SimTokenError) throw e;
       throw fail('authentication failed');
     }
   }
@@ -92,7 +97,7 @@ export class SimToken implements Token {
 
   sign(keyLabel: string, data: Uint8Array): Uint8Array {
     this.calls++;
-    if (keyLabel !== KeyLabels.replicaIdentity) throw new TokenError('KEY_NOT_FOUND', `token '${this.label}' has no key pair labelled '${keyLabel}'`, { operation: 'sign', tokenLabel: this.label });
+    if (keyLabel !== KeyLabels.replicaIdentity) throw new SimTokenError('KEY_NOT_FOUND', `token '${this.label}' has no key pair labelled '${keyLabel}'`, { operation: 'sign', tokenLabel: this.label });
     return p256.sign(data, this.identity, { prehash: true, lowS: false });
   }
 
@@ -105,14 +110,14 @@ export class SimToken implements Token {
   }
 
   publicKey(keyLabel: string): Uint8Array {
-    if (keyLabel !== KeyLabels.replicaIdentity) throw new TokenError('KEY_NOT_FOUND', `token '${this.label}' has no key pair labelled '${keyLabel}'`, { operation: 'publicKey', tokenLabel: this.label });
+    if (keyLabel !== KeyLabels.replicaIdentity) throw new SimTokenError('KEY_NOT_FOUND', `token '${this.label}' has no key pair labelled '${keyLabel}'`, { operation: 'publicKey', tokenLabel: this.label });
     return p256.getPublicKey(this.identity, false);
   }
 
   readData(label: string): Uint8Array {
     this.calls++;
     const v = this.data.get(label);
-    if (!v) throw new TokenError('KEY_NOT_FOUND', `token '${this.label}' has no data object labelled '${label}'`, { operation: 'readData', tokenLabel: this.label });
+    if (!v) throw new SimTokenError('KEY_NOT_FOUND', `token '${this.label}' has no data object labelled '${label}'`, { operation: 'readData', tokenLabel: this.label });
     return new Uint8Array(v);
   }
 

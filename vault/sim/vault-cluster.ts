@@ -11,7 +11,7 @@
 
 import { createHash } from 'node:crypto';
 import { Packr } from 'msgpackr';
-import { SeededRng, decodeMessage, encodeMessage, type Message, type NodeId, type RaftNode } from '../consensus/index.ts';
+import { SeededRng, encodeMessage, type Message, type NodeId, type RaftNode } from '../consensus/index.ts';
 import type { Token } from '../../hsm-adapter/token.ts';
 import { createOpaque, tokenServerSecrets, type Opaque } from '../../protocol/opaque/index.ts';
 import { fastX25519 } from '../../protocol/opaque/group.ts';
@@ -22,7 +22,7 @@ import type { SessionGate } from '../firmware/gate.ts';
 import { encodeRefused } from '../../protocol/session.ts';
 import { decodeEntry } from '../firmware/entries.ts';
 import { ReplicaCore, type CoreInput, type CoreOutput, type DiskWrite, type FirmwareLike, type Mutation, type StoredDisk } from '../replica/core.ts';
-import { decodePeer, encodePeer } from '../replica/peer-wire.ts';
+import { encodePeer } from '../replica/peer-wire.ts';
 import { Checker } from './checker.ts';
 import { EventQueue, type NetConfig } from './cluster.ts';
 import { SimToken, simFleetSecrets } from './token.ts';
@@ -138,8 +138,6 @@ export class VaultCluster {
   private devSettled = false;
   /** Stats of replica incarnations that died (the live ones are read from their cores). */
   private readonly retired: Record<(typeof STAT_KEYS)[number], number> = { anchors: 0, filtered: 0, forwardedOut: 0, compactions: 0, forgedPeer: 0 };
-  /** Raft messages seen on the wire lately: material for forged frames. */
-  private readonly seen: Message[] = [];
 
   private constructor(
     private readonly o: VaultClusterOptions,
@@ -208,9 +206,11 @@ export class VaultCluster {
           this.checker.onRestore(r.id, index);
           this.checkRestored(r.id, core, index);
         },
-        proposing: (entry) => {
-          const t = decodeEntry(entry).t;
-          this.proposed[t] = (this.proposed[t] ?? 0) + 1;
+        proposing: (entry, request) => {
+          const e = decodeEntry(entry);
+          this.proposed[e.t] = (this.proposed[e.t] ?? 0) + 1;
+          const correct = request && this.metas.get(hex(request))?.correct;
+          if (e.t === 'Outcome' && correct !== undefined) this.oracle.onOutcomeIntent(e.id, correct);
         },
         replied: (requestId, user, request, reply) => this.judge(r, core, requestId, user, request, reply),
       },
@@ -369,23 +369,27 @@ export class VaultCluster {
   }
 
   /**
-   * A frame on an authenticated link that speaks in another replica's name: a vote or an ack seen
-   * on the wire, rewritten to grant or acknowledge in the receiver's current term, sent over a
-   * third replica's link (what a compromised peer or a relaying bug could do). Replicas must refuse it.
+   * Frames on an authenticated link that speak in other replicas' names (what a compromised peer or
+   * a relaying bug could send): to a candidate, vote grants from every other voter in its term; else
+   * to the leader, acknowledgements of its whole log from every follower. Replicas must refuse them.
    */
   forge(): void {
-    const m = this.seen[this.netRng.int(Math.max(1, this.seen.length))];
-    if (!m) return;
-    const target = this.replicas.get(m.to)?.core?.raft;
+    const up = this.ids.map((id) => this.rep(id).core?.raft).filter((n): n is RaftNode => !!n);
+    const target = up.find((n) => n.softState().role === 'candidate') ?? up.find((n) => n.isLeader);
     if (!target) return;
-    const liar = this.ids.filter((x) => x !== m.from && x !== m.to)[0];
-    if (!liar) return;
+    const others = this.ids.filter((x) => x !== target.id);
+    const liar = others[this.netRng.int(others.length)]!;
     const term = target.currentTerm;
-    const f: Message = m.type === 'appendResp' ? { ...m, term, reject: false, index: target.lastIndex }
-      : { from: m.from, to: m.to, term, type: 'voteResp', reject: false };
-    this.counts.forged++;
-    this.note(`forge ${liar}>${m.to} as ${m.from} ${f.type}`);
-    this.schedule(0, { kind: 'deliver', from: liar, to: m.to, msg: { k: 'peer', bytes: encodePeer({ kind: 'raft', bytes: encodeMessage(f) }) } });
+    const candidate = target.softState().role === 'candidate';
+    for (const from of others) {
+      if (from === liar) continue;
+      const f: Message = candidate
+        ? { from, to: target.id, term, type: 'voteResp', reject: false }
+        : { from, to: target.id, term, type: 'appendResp', index: target.lastIndex, reject: false, hint: 0 };
+      this.counts.forged++;
+      this.note(`forge ${liar}>${target.id} as ${from} ${f.type}`);
+      this.schedule(0, { kind: 'deliver', from: liar, to: target.id, msg: { k: 'peer', bytes: encodePeer({ kind: 'raft', bytes: encodeMessage(f) }) } });
+    }
   }
 
   /** Devices are outside the replicas' partition groups: they reach every replica (over a lossy net). */
@@ -411,7 +415,7 @@ export class VaultCluster {
         case 'persist': this.queueDisk(r, { op: 'persist', id: o.id, write: o.write }); break;
         case 'compact': this.queueDisk(r, { op: 'compact', index: o.index, snapshot: o.snapshot }); break;
         case 'wipe': this.queueDisk(r, { op: 'wipe' }); break;
-        case 'send': this.sendPeer(r.id, o.to, o.bytes); break;
+        case 'send': this.send(r.id, o.to, { k: 'peer', bytes: o.bytes }); break;
         case 'reply': {
           const route = r.routes.get(o.rid);
           r.routes.delete(o.rid);
@@ -636,21 +640,6 @@ export class VaultCluster {
   }
 
   // ---------------------------------------------------------------- network
-
-  private sendPeer(from: string, to: string, bytes: Uint8Array): void {
-    // Keep a few consensus messages as material for forged frames (the adversary reads the wire).
-    try {
-      const p = decodePeer(bytes);
-      if (p.kind === 'raft') {
-        const m = decodeMessage(p.bytes);
-        if (m.type === 'appendResp' || m.type === 'voteResp') {
-          if (this.seen.length >= 16) this.seen.shift();
-          this.seen.push(m);
-        }
-      }
-    } catch { /* not ours to judge */ }
-    this.send(from, to, { k: 'peer', bytes });
-  }
 
   private send(from: string, to: string, msg: Msg): void {
     if (this.net.dropRate > 0 && this.netRng.float() < this.net.dropRate) { this.counts.dropped++; return; }

@@ -45,6 +45,13 @@ export class VaultOracle {
   private readonly limits = new Map<string, { limit: number }>();
   /** resent: a reply byte-identical to one already judged (a duplicate request answered again): no new evaluation, no new K. */
   readonly counts = { ke2: 0, released: 0, resets: 0, locks: 0, attempts: 0, resent: 0 };
+  /** Outcome entry id -> whether the device behind its KE3 used the right password (from outside). */
+  private readonly intents = new Map<string, boolean>();
+
+  /** The firmware proposed Outcome `id` for a KE3 whose device did (or did not) know the password. */
+  onOutcomeIntent(id: Uint8Array, correct: boolean): void {
+    this.intents.set(hex(id), correct);
+  }
 
   fail(msg: string): void {
     if (this.violations.length < 100) this.violations.push(msg);
@@ -99,6 +106,8 @@ export class VaultOracle {
         break;
       }
       case 'Outcome':
+        // Judged from outside, not from the entry: a reset needs a device that knew the password.
+        if (e.reset && this.intents.get(hex(e.id)) === false) this.fail(`index ${index}: a wrong password's Outcome resets ${e.user}'s counter`);
         if (r && !r.locked && r.oprfId === hex(e.oprfId)) {
           if (e.ok && e.reset) { r.used = 0; r.epoch = ++this.epochs; this.counts.resets++; }
           if (!e.ok && r.used >= r.limit) { r.locked = true; this.counts.locks++; }
