@@ -7,6 +7,7 @@ import { identityKsf } from '../../protocol/opaque/index.ts';
 import { PasswordError, enablePassword, recoverK, status, type PasswordOptions } from '../../client/password.ts';
 import { VaultCluster, DeviceTimeout, type FirmwareLike } from '../../vault/sim/vault-cluster.ts';
 import type { Mutation } from '../../vault/replica/core.ts';
+import { FaultyToken, type FaultPlan } from '../../hsm-adapter/faulty-token.ts';
 import type { SessionGate } from '../../vault/firmware/gate.ts';
 import { SeededRng } from '../../vault/consensus/index.ts';
 
@@ -17,6 +18,10 @@ export interface VaultRunOptions {
   wrapFirmware?: (fw: SessionGate, id: string) => FirmwareLike;
   /** Also roll disks back to copies, blank them, tear writes, flip bits, and restart the whole fleet. */
   diskFaults?: boolean;
+  /** Token calls fail now and then (device errors, lost sessions), through the fault-injecting token. */
+  tokenFaults?: boolean;
+  /** Host clocks jump forward and back. */
+  clockFaults?: boolean;
   /** A seeded bug in the replica core (the mutation check). */
   mutation?: Mutation;
   /** Every trace line as it is written (debugging one seed). */
@@ -41,11 +46,21 @@ export async function randomVaultRun(o: VaultRunOptions): Promise<VaultRunResult
   // The seed picks the fault model before the cluster exists.
   const pick = new SeededRng(o.seed ^ 0x9e3779b9);
   const choose = <T>(a: readonly T[]): T => a[pick.int(a.length)]!;
+  // The fault plans stay ours: the token faults stop (failure rate 0) when the fleet is healed.
+  const tokenPlans: FaultPlan[] = [];
+  const tokenFailureRate = choose([0.0002, 0.001]);
   const c = await VaultCluster.create({
     seed: o.seed,
     replicas: choose([['r1', 'r2', 'r3'], ['r1', 'r2', 'r3'], ['r1', 'r2', 'r3', 'r4', 'r5']]),
     mutation: o.mutation,
     onNote: o.onNote,
+    wrapToken: o.tokenFaults
+      ? (t, id) => {
+        const plan: FaultPlan = { seed: (o.seed * 31 + id.charCodeAt(1)) >>> 0, failureRate: tokenFailureRate, faults: ['CKR_DEVICE_ERROR', 'CKR_SESSION_HANDLE_INVALID'] };
+        tokenPlans.push(plan);
+        return new FaultyToken(t, plan);
+      }
+      : undefined,
     policy: { requestTtlMs: 2_000, sessionTtlMs: 5_000, snapshotEvery: choose([5, 20, 1000]) },
     net: { minDelayMs: 1, maxDelayMs: choose([5, 15, 40]), dropRate: choose([0, 0.02, 0.08]), dupRate: choose([0, 0.03, 0.1]) },
     diskMaxMs: choose([1, 4]),
@@ -191,6 +206,13 @@ export async function randomVaultRun(o: VaultRunOptions): Promise<VaultRunResult
     } else if (r < 200) {
       // A vote or an ack in another replica's name, over a third one's authenticated link.
       c.forge();
+    } else if (o.clockFaults && r < 210) {
+      const up = c.upIds();
+      if (up.length) c.clockJump(up[rng.int(up.length)]!, (rng.int(2) === 0 ? -1 : 1) * (50 + rng.int(4000)));
+    } else if (o.tokenFaults && r < 230) {
+      // A replica that stopped itself on a token error is restarted by its supervisor.
+      const sick = c.upIds().filter((id) => !c.isHealthy(id));
+      if (sick.length) { const v = sick[rng.int(sick.length)]!; c.crash(v); c.restart(v); }
     }
     for (const u of users) {
       if (!registered.has(u)) continue;
@@ -199,6 +221,7 @@ export async function randomVaultRun(o: VaultRunOptions): Promise<VaultRunResult
       else if (x < 16) recover(u, false, `attacker${rng.int(3)}:${u}`);
     }
   }
+  for (const p of tokenPlans) p.failureRate = 0;
   const converged = await c.quiesce(30_000);
   // Let any device flow still running finish or time out, then settle again.
   await c.run(4_000);

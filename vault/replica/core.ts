@@ -414,7 +414,10 @@ export class ReplicaCore {
   private openSealed(sealed: Uint8Array, what: string): Uint8Array {
     try {
       return this.c.token.open('record-key', sealed, this.aad(what));
-    } catch {
+    } catch (e) {
+      // Only a seal that does not open is the disk's fault; a token error (lost session, device
+      // error) must not make the replica throw a good disk away.
+      if ((e as { code?: string }).code !== 'SEAL_OPEN_FAILED') throw e;
       throw new FirmwareError('TAMPERED', `${what} does not open under this replica's seal`);
     }
   }

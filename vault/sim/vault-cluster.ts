@@ -89,6 +89,8 @@ interface Replica {
   gen: number;
   /** Disk operations in order; the head one is in progress. */
   diskQueue: DiskOp[];
+  /** How far this replica's host clock is off the scheduler's (clock jumps). */
+  skew: number;
   /** Host request id -> the device waiting for it. */
   routes: Map<number, { dev: string; rid: number }>;
   nextRid: number;
@@ -115,8 +117,9 @@ export class VaultCluster {
   readonly proposed: Record<string, number> = {};
   readonly replied: Record<string, number> = {};
   readonly ids: NodeId[];
-  /** Each replica's token (what devices pin is derived from any of them). */
+  /** Each replica's token as the replica sees it (wrapped, if the options wrap tokens). */
   readonly tokens = new Map<NodeId, Token>();
+  private readonly simTokens = new Map<NodeId, SimToken>();
 
   private readonly replicas = new Map<NodeId, Replica>();
   private readonly q = new EventQueue();
@@ -158,10 +161,11 @@ export class VaultCluster {
     const fleet = simFleetSecrets(tokenRng);
     for (const id of this.ids) {
       const sim = new SimToken(id, fleet, tokenRng.fork());
+      this.simTokens.set(id, sim);
       const token = o.wrapToken ? o.wrapToken(sim, id) : sim;
       this.tokens.set(id, token);
       this.replicas.set(id, {
-        id, token, disk: blankDisk(), diskCopy: null, core: null, gen: 0, diskQueue: [], routes: new Map(), nextRid: 1, innerReplies: new Map(),
+        id, token, disk: blankDisk(), diskCopy: null, core: null, gen: 0, diskQueue: [], skew: 0, routes: new Map(), nextRid: 1, innerReplies: new Map(),
       });
     }
     for (const id of this.ids) this.start(this.replicas.get(id)!);
@@ -183,7 +187,27 @@ export class VaultCluster {
     r.routes = new Map();
     r.diskQueue = [];
     const wrap = this.o.wrapFirmware;
-    const core = new ReplicaCore({
+    let core: ReplicaCore;
+    try {
+      core = this.newCore(r, rng, inner, wrap);
+    } catch (e) {
+      // The firmware could not even be built (a token error while it derives its keys): the process
+      // exits at start, as a real replica's would; the nemesis or quiesce starts it again.
+      r.core = null;
+      this.note(`start failed ${r.id} ${(e as { code?: string }).code ?? 'ERROR'}`);
+      return;
+    }
+    r.core = core;
+    this.note(`start ${r.id} ${r.gen}`);
+    // A new incarnation applies from its disk's snapshot (restored() says which) or from the start.
+    this.checker.onRestore(r.id, 0);
+    this.step(r, { kind: 'start', now: this.now, disk: readDisk(r.disk) });
+    if (core.isRejoining) { this.counts.rereplications++; this.note(`rereplicate ${r.id}`); }
+    this.schedule(this.nodeRng.int(this.tickMs) + 1, { kind: 'tick', id: r.id, gen: r.gen });
+  }
+
+  private newCore(r: Replica, rng: SeededRng, inner: Map<number, Uint8Array>, wrap: VaultClusterOptions['wrapFirmware']): ReplicaCore {
+    const core: ReplicaCore = new ReplicaCore({
       id: r.id, voters: this.ids, token: r.token, opaque: this.opaque, policy: this.o.policy,
       rng: (n) => { const b = new Uint8Array(n); for (let i = 0; i < n; i++) b[i] = rng.int(256); return b; },
       raftRng: this.nodeRng.fork(), leaderWaitMs: this.leaderWaitMs, rejoinEveryMs: this.tickMs,
@@ -215,13 +239,7 @@ export class VaultCluster {
         replied: (requestId, user, request, reply) => this.judge(r, core, requestId, user, request, reply),
       },
     });
-    r.core = core;
-    this.note(`start ${r.id} ${r.gen}`);
-    // A new incarnation applies from its disk's snapshot (restored() says which) or from the start.
-    this.checker.onRestore(r.id, 0);
-    this.step(r, { kind: 'start', now: this.now, disk: readDisk(r.disk) });
-    if (core.isRejoining) { this.counts.rereplications++; this.note(`rereplicate ${r.id}`); }
-    this.schedule(this.nodeRng.int(this.tickMs) + 1, { kind: 'tick', id: r.id, gen: r.gen });
+    return core;
   }
 
   private rep(id: NodeId): Replica {
@@ -232,7 +250,7 @@ export class VaultCluster {
 
   /** What a device pins for this fleet: the AKE public key and the session key (from any token). */
   pins(): { serverPublicKey: Uint8Array; sessionKey: Uint8Array } {
-    const t = this.tokens.get(this.ids[0]!)!;
+    const t = this.simTokens.get(this.ids[0]!)!;
     return { serverPublicKey: tokenServerSecrets(t, 'ristretto255-SHA512').akeKeyPair.publicKey, sessionKey: tokenSessionKey(t, fastX25519()).publicKey };
   }
 
@@ -296,6 +314,15 @@ export class VaultCluster {
     this.counts.bitFlips++;
     this.note(`flip ${id}`);
   }
+
+  /** The replica's host clock jumps by `ms` (either way) from now on. */
+  clockJump(id: NodeId, ms: number): void {
+    const r = this.rep(id);
+    r.skew += ms;
+    this.note(`clock ${id} ${ms >= 0 ? '+' : ''}${ms}`);
+  }
+
+  isHealthy(id: NodeId): boolean { return !!this.rep(id).core?.isHealthy; }
 
   /** The host copies a replica's disk (taken between writes, as LMDB's snapshot copy is). */
   snapshotDisk(id: NodeId): void {
@@ -403,7 +430,8 @@ export class VaultCluster {
   private step(r: Replica, input: CoreInput): void {
     const core = r.core;
     if (!core) return;
-    const out = core.step(input);
+    // The host's clock is what the replica is told (it may jump); the core never lets it run backwards.
+    const out = core.step({ ...input, now: Math.max(0, this.now + r.skew) });
     this.perform(r, core, out);
     if (r.core === core && core.raft) this.checker.observe(core.raft, this.now);
   }
@@ -516,6 +544,8 @@ export class VaultCluster {
     this.heal();
     this.net.dropRate = 0;
     this.net.dupRate = 0;
+    // A replica that stopped itself (a token error, a disk failure) is restarted, as its supervisor would.
+    for (const id of this.ids) if (this.isUp(id) && !this.isHealthy(id)) this.crash(id);
     for (const id of this.ids) this.restart(id);
     return this.runUntil(() => {
       const l = this.leader();
