@@ -19,7 +19,7 @@ import {
 import { MAX_RELAY_BODY } from '../protocol/relay.ts';
 
 /** Every failure of a request through ChatD. `status` is ChatD's HTTP status when it sent one. */
-export class TransportError extends BkvError {
+export class ChatdTransportError extends BkvError {
   readonly status: number | undefined;
   constructor(code: string, message: string, status?: number, options?: { cause?: unknown }) {
     super(code, message, options);
@@ -28,14 +28,14 @@ export class TransportError extends BkvError {
 }
 
 /** The token is missing, unknown or revoked (401). */
-export class ChatdAuthError extends TransportError {
+export class ChatdAuthError extends ChatdTransportError {
   constructor(message: string) {
     super('UNAUTHORIZED', message, 401);
   }
 }
 
 /** Too many requests for this account or address (429); retry after `retryAfterMs`. */
-export class ChatdRateLimitError extends TransportError {
+export class ChatdRateLimitError extends ChatdTransportError {
   readonly retryAfterMs: number;
   constructor(message: string, retryAfterMs: number, code: 'RATE_LIMITED' | 'TOO_MANY_IN_FLIGHT' = 'RATE_LIMITED') {
     super(code, message, 429);
@@ -44,7 +44,7 @@ export class ChatdRateLimitError extends TransportError {
 }
 
 /** ChatD answered but the vault could not be reached or cannot serve now (502/503). */
-export class VaultUnavailableError extends TransportError {
+export class VaultUnavailableError extends ChatdTransportError {
   readonly vaultCode: string | undefined;
   constructor(message: string, status: number, vaultCode?: string) {
     super('VAULT_UNAVAILABLE', message, status);
@@ -53,14 +53,14 @@ export class VaultUnavailableError extends TransportError {
 }
 
 /** No answer in time: the vault did not answer ChatD (504), or ChatD did not answer us. */
-export class ChatdTimeoutError extends TransportError {
+export class ChatdTimeoutError extends ChatdTransportError {
   constructor(message: string, status?: number) {
     super('TIMEOUT', message, status);
   }
 }
 
 /** ChatD or the vault refused this request (bad or oversized body, the vault's typed error...). */
-export class ChatdRejectedError extends TransportError {
+export class ChatdRejectedError extends ChatdTransportError {
   readonly vaultCode: string | undefined;
   constructor(code: ChatdErrorCode, message: string, status: number, vaultCode?: string) {
     super(code, message, status);
@@ -69,21 +69,21 @@ export class ChatdRejectedError extends TransportError {
 }
 
 /** ChatD itself cannot be reached (refused, reset, DNS...). */
-export class ChatdUnreachableError extends TransportError {
+export class ChatdUnreachableError extends ChatdTransportError {
   constructor(message: string, options?: { cause?: unknown }) {
     super('CHATD_UNREACHABLE', message, undefined, options);
   }
 }
 
 /** ChatD sent something that is not the protocol. */
-export class ChatdProtocolError extends TransportError {
+export class ChatdProtocolError extends ChatdTransportError {
   constructor(message: string, status?: number) {
     super('BAD_CHATD_REPLY', message, status);
   }
 }
 
 /** The WebSocket session ended before this request was answered. */
-export class SessionClosedError extends TransportError {
+export class SessionClosedError extends ChatdTransportError {
   readonly closeCode: number | undefined;
   constructor(message: string, closeCode?: number) {
     super('SESSION_CLOSED', message);
@@ -92,7 +92,7 @@ export class SessionClosedError extends TransportError {
 }
 
 /** Maps ChatD's wire error to the typed error a device branches on. */
-export function errorFromBody(b: ChatdErrorBody): TransportError {
+export function errorFromBody(b: ChatdErrorBody): ChatdTransportError {
   switch (b.code) {
     case 'UNAUTHORIZED':
       return new ChatdAuthError(b.message);
@@ -144,8 +144,8 @@ export class ChatdClient {
     checkBody(body);
     return new Promise((resolve, reject) => {
       let settled = false;
-      let failure: TransportError | undefined;
-      const finish = (e: TransportError | null, v?: Uint8Array) => {
+      let failure: ChatdTransportError | undefined;
+      const finish = (e: ChatdTransportError | null, v?: Uint8Array) => {
         if (settled) return;
         settled = true;
         clearTimeout(timer);
@@ -215,7 +215,7 @@ export class ChatdClient {
 
 interface Waiter {
   resolve(v: Uint8Array): void;
-  reject(e: TransportError): void;
+  reject(e: ChatdTransportError): void;
   timer: NodeJS.Timeout;
 }
 
@@ -237,7 +237,7 @@ export class ChatdSession {
         handshakeTimeout: timeoutMs,
       });
       let ready = false;
-      const fail = (e: TransportError) => {
+      const fail = (e: ChatdTransportError) => {
         if (ready) return;
         ready = true; // settled
         clearTimeout(timer);
@@ -341,7 +341,7 @@ export class ChatdSession {
       }
       if (f.kind === FrameKind.Reply) return this.settle(f.id, null, new Uint8Array(f.payload));
       if (f.kind === FrameKind.Error) {
-        let err: TransportError;
+        let err: ChatdTransportError;
         try {
           err = errorFromBody(decodeErrorBody(f.payload));
         } catch {
@@ -363,7 +363,7 @@ export class ChatdSession {
     });
   }
 
-  private settle(id: number, e: TransportError | null, v?: Uint8Array): void {
+  private settle(id: number, e: ChatdTransportError | null, v?: Uint8Array): void {
     const w = this.waiting.get(id);
     if (!w) return; // timed out already, or an id we never used
     this.waiting.delete(id);

@@ -2,6 +2,7 @@
 // transport (client) both encode and decode here and nowhere else. Bodies stay opaque: a frame carries
 // the device's vault message or the vault's reply as bytes, never anything ChatD can interpret.
 import { InputError } from './errors.ts';
+import { CHATD_CODE_RE as CODE_RE } from './names.ts';
 
 export const DEVICE_FRAMES_VERSION = 1;
 /** POST, `Authorization: Bearer <token>`, body = the device's vault message (opaque bytes). */
@@ -123,7 +124,6 @@ export function encodeErrorBody(e: ChatdErrorBody): Uint8Array {
   return new TextEncoder().encode(JSON.stringify(e));
 }
 
-const CODE_RE = /^[A-Z][A-Z0-9_]{0,63}$/;
 /** Whether `s` may travel as a `vaultCode` (upper-case identifier, at most 64 characters). */
 export function isWireCode(s: string): boolean {
   return CODE_RE.test(s);

@@ -2,6 +2,7 @@
 // device's vault message, which ChatD cannot read and must not alter. Encoded here and nowhere else.
 import { Packr } from 'msgpackr';
 import { InputError } from './errors.ts';
+import { USER_RE } from './names.ts';
 
 export const RELAY_VERSION = 1;
 /** Largest device message the vault accepts through ChatD (OPAQUE messages and a sealed K are < 1 KiB). */
@@ -29,7 +30,6 @@ export class RelayError extends InputError {
   }
 }
 
-const USER_RE = /^[A-Za-z0-9+._:@-]{1,64}$/;
 
 export function encodeRelayRequest(r: Omit<RelayRequest, 'v'>): Uint8Array {
   checkUser(r.user);

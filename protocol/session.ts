@@ -21,6 +21,7 @@
 import { createCipheriv, createDecipheriv, createHash, hkdfSync } from 'node:crypto';
 import { InputError } from './errors.ts';
 import { concat as cat } from './opaque/hash.ts';
+import { ERROR_CODE_RE } from './names.ts';
 
 export const SESSION_VERSION = 2;
 export const NOISE_PROTOCOL_NAME = 'Noise_NK_25519_ChaChaPoly_SHA256';
@@ -261,7 +262,7 @@ function header(kind: number): Uint8Array {
 
 /** The frame a vault (or a relay) sends when it cannot open a session. Carries no secret. */
 export function encodeRefused(code: string): Uint8Array {
-  const c = /^[A-Z][A-Z0-9_]{0,47}$/.test(code) ? code : 'SESSION_REJECTED';
+  const c = ERROR_CODE_RE.test(code) ? code : 'SESSION_REJECTED';
   return cat(header(SessionKind.Refused), enc.encode(c));
 }
 
@@ -292,7 +293,7 @@ export function decodeSessionFrame(bytes: Uint8Array): SessionFrame {
       return { kind: 'final', ciphertext: body.slice() };
     case SessionKind.Refused: {
       const code = new TextDecoder().decode(body);
-      if (!/^[A-Z][A-Z0-9_]{0,47}$/.test(code)) throw new SessionError('BAD_SESSION_FRAME', 'Refused frame has a malformed code');
+      if (!ERROR_CODE_RE.test(code)) throw new SessionError('BAD_SESSION_FRAME', 'Refused frame has a malformed code');
       return { kind: 'refused', code };
     }
     default:

@@ -10,6 +10,7 @@ import { createHash } from 'node:crypto';
 import { Packr } from 'msgpackr';
 import { InputError } from './errors.ts';
 import { K_BYTES } from './kbox.ts';
+import { ERROR_CODE_RE as CODE_RE } from './names.ts';
 
 /** 2: K travels inside the device-vault session (protocol/session.ts); pins and key stretching named. */
 export const WIRE_VERSION = 2;
@@ -127,7 +128,6 @@ const REPLY_SCHEMA: Record<VaultReply['t'], Record<string, Field>> = {
 const PADDED: ReadonlySet<string> = new Set(['Released', 'WrongPassword', 'Locked']);
 
 const packr = new Packr({ useRecords: false, mapsAsObjects: true, variableMapSize: false });
-const CODE_RE = /^[A-Z][A-Z0-9_]{0,47}$/;
 /** Key-stretching names (protocol/opaque/ksf.ts Ksf.name). */
 export const KSF_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9-]{0,63}$/;
 

@@ -179,34 +179,18 @@ export async function startVault(o: StartVaultOptions): Promise<VaultService> {
   const args = ['--state', resolve(o.stateDir), '--port', String(o.port ?? 0)];
   if (o.replica) args.push('--replica', o.replica);
   if (o.db) args.push('--db', resolve(o.db));
-  const envName = (s: string) => `VAULT_AKE_PUBLIC_KEY_${s.replace(/[^A-Za-z0-9]/g, '_')}`;
-  let url: string | undefined;
-  const keys: Partial<VaultKeys> = {};
   const { service, ready } = await spawnService({
-    who: 'vault',
-    entry: VAULT_MAIN,
-    args,
-    onLine: o.onLine,
-    timeoutMs: o.timeoutMs ?? 60_000,
-    ready(line) {
-      const eq = line.indexOf('=');
-      if (eq < 0) return undefined;
-      const name = line.slice(0, eq);
-      const value = line.slice(eq + 1).trim();
-      if (name === 'VAULT_URL') url = value;
-      for (const s of PINNED_KEYS) if (name === envName(s) && /^[0-9a-f]+$/.test(value)) keys[s] = value;
-      if (url && PINNED_KEYS.every((s) => keys[s])) return { url, keys: keys as VaultKeys };
-      return undefined;
-    },
+    who: 'vault', entry: VAULT_MAIN, args, onLine: o.onLine, timeoutMs: o.timeoutMs ?? 60_000, ready: readyLines(['VAULT_URL']),
   });
-  return Object.assign(service, { url: ready.url, port: Number(new URL(ready.url).port), keys: ready.keys }) as VaultService;
+  const url = ready.values.VAULT_URL!;
+  return Object.assign(service, { url, port: Number(new URL(url).port), keys: ready.keys }) as VaultService;
 }
 
 // ---- the fleet: five replicas (worker threads, Raft) in one process -------------------------------
 
 export type WanChoice = 'default' | 'none' | string;
 
-export interface StartFleetOptions {
+export interface FleetServiceOptions {
   stateDir: string;
   /** Replicas to run, the first N of the provisioned fleet (default: all of them). */
   replicas?: number;
@@ -252,36 +236,18 @@ export interface FleetService extends VaultService {
  * agreeing by Raft) and resolves once its front listens, with that URL (ChatD's vault URL) and the
  * fleet's AKE public keys, computed from the tokens: the same keys the single vault prints.
  */
-export async function startFleetService(o: StartFleetOptions): Promise<FleetService> {
+export async function startFleetService(o: FleetServiceOptions): Promise<FleetService> {
   const args = ['--state', resolve(o.stateDir), '--port', String(o.port ?? 0)];
   if (o.replicas !== undefined) args.push('--replicas', String(o.replicas));
   if (o.wan !== undefined) args.push('--wan', o.wan === 'default' || o.wan === 'none' ? o.wan : resolve(o.wan));
   if (o.transport !== undefined) args.push('--transport', o.transport);
   if (o.faults) args.push('--faults');
-  let url: string | undefined;
-  let operatorUrl: string | undefined;
-  const keys: Partial<VaultKeys> = {};
   const { service, ready } = await spawnService({
-    who: 'vault',
-    entry: FLEET_MAIN,
-    args,
-    onLine: o.onLine,
-    timeoutMs: o.timeoutMs ?? 120_000,
-    ready(line) {
-      const eq = line.indexOf('=');
-      if (eq < 0) return undefined;
-      const name = line.slice(0, eq);
-      const value = line.slice(eq + 1).trim();
-      if (name === 'FLEET_URL') url = value;
-      if (name === 'OPERATOR_URL') operatorUrl = value;
-      for (const s of PINNED_KEYS) if (name === akeEnvName(s) && /^[0-9a-f]+$/.test(value)) keys[s] = value;
-      if (url && operatorUrl && PINNED_KEYS.every((s) => keys[s])) return { url, operatorUrl, keys: keys as VaultKeys };
-      return undefined;
-    },
+    who: 'vault', entry: FLEET_MAIN, args, onLine: o.onLine, timeoutMs: o.timeoutMs ?? 120_000, ready: readyLines(['FLEET_URL', 'OPERATOR_URL']),
   });
   const pid = service.pid;
-  const fleetUrl = ready.url;
-  const operator: OperatorEndpoint = { url: ready.operatorUrl, key: hopSecret(resolve(o.stateDir), 'operator') };
+  const fleetUrl = ready.values.FLEET_URL!;
+  const operator: OperatorEndpoint = { url: ready.values.OPERATOR_URL!, key: hopSecret(resolve(o.stateDir), 'operator') };
   return Object.assign(service, {
     kind: 'fleet' as const,
     url: fleetUrl,
@@ -294,6 +260,25 @@ export async function startFleetService(o: StartFleetOptions): Promise<FleetServ
 }
 
 const akeEnvName = (s: string) => `VAULT_AKE_PUBLIC_KEY_${s.replace(/[^A-Za-z0-9]/g, '_')}`;
+
+/**
+ * The ready lines of the vault and the fleet process (KEY=VALUE on stdout): done once every name in
+ * `need` and every pinned key (VAULT_AKE_PUBLIC_KEY_<suite>, hex) was seen.
+ */
+function readyLines(need: readonly string[]): (line: string) => { values: Record<string, string>; keys: VaultKeys } | undefined {
+  const values: Record<string, string> = {};
+  const keys: Partial<VaultKeys> = {};
+  return (line) => {
+    const eq = line.indexOf('=');
+    if (eq < 0) return undefined;
+    const name = line.slice(0, eq);
+    const value = line.slice(eq + 1).trim();
+    if (need.includes(name)) values[name] = value;
+    for (const s of PINNED_KEYS) if (name === akeEnvName(s) && /^[0-9a-f]+$/.test(value)) keys[s] = value;
+    if (need.every((n) => values[n]) && PINNED_KEYS.every((s) => keys[s])) return { values, keys: keys as VaultKeys };
+    return undefined;
+  };
+}
 
 /** No fleet answers at that URL (not running, or something else listens there). */
 export class FleetUnreachableError extends ServiceError {

@@ -112,4 +112,15 @@ describe('import rules', () => {
     }
     expect(bad).toEqual([]);
   });
+
+  it('every exported class, interface and type has a name of its own', () => {
+    const where = new Map<string, string[]>();
+    for (const f of files) {
+      if (ANY.some((a) => f.startsWith(a)) || !areaOf(f)) continue;
+      for (const m of readFileSync(f, 'utf8').matchAll(/^export (?:abstract )?(?:class|interface|type) (\w+)/gm)) {
+        where.set(m[1]!, [...(where.get(m[1]!) ?? []), f]);
+      }
+    }
+    expect([...where].filter(([, fs]) => fs.length > 1).map(([n, fs]) => `${n}: ${fs.join(', ')}`)).toEqual([]);
+  });
 });

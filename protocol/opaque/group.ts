@@ -13,7 +13,7 @@ import { expandMessageXmd } from './hash.ts';
 import type { HashId } from './suite.ts';
 
 export type BackendId = 'noble' | 'libsodium' | 'native';
-export type Rng = (length: number) => Uint8Array;
+export type ByteRng = (length: number) => Uint8Array;
 
 /** A prime-order group of RFC 9497 with its encodings. Elements and scalars are always encoded bytes. */
 export interface PrimeGroup {
@@ -30,7 +30,7 @@ export interface PrimeGroup {
   scalarIsZero(s: Uint8Array): boolean;
   scalarInvert(s: Uint8Array): Uint8Array;
   /** A uniformly random non-zero scalar from rng bytes (wide reduction, bias < 2^-128). */
-  randomScalar(rng: Rng): Uint8Array;
+  randomScalar(rng: ByteRng): Uint8Array;
   /** s * E. Throws OpaqueError BAD_ELEMENT if E is not a valid non-identity element or the product is identity. */
   scalarMult(s: Uint8Array, e: Uint8Array): Uint8Array;
   scalarMultBase(s: Uint8Array): Uint8Array;

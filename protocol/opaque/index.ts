@@ -42,7 +42,7 @@ export {
   type OpaqueConfig,
   type BackendStatus,
   type BackendId,
-  type Rng,
+  type ByteRng,
   type Identities,
   type RandomOptions,
   type ClientRegistrationState,

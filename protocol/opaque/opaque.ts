@@ -1,5 +1,5 @@
 // OPAQUE-3DH of RFC 9807: registration and login, device (client) side and vault (server) side.
-// Pure: randomness comes from an injected Rng, the vault's secrets through ServerSecrets. Section
+// Pure: randomness comes from an injected ByteRng, the vault's secrets through ServerSecrets. Section
 // numbers below are RFC 9807's.
 import { createHash, randomBytes, randomFillSync, timingSafeEqual } from 'node:crypto';
 import { OpaqueError } from './errors.ts';
@@ -17,14 +17,14 @@ import {
   type BackendId,
   type DhGroup,
   type PrimeGroup,
-  type Rng,
+  type ByteRng,
 } from './group.ts';
 import { defaultKsf, type Ksf } from './ksf.ts';
 import { makeOprf, type Oprf } from './oprf.ts';
 import { DEFAULT_SUITE, suiteParams, type SuiteId, type SuiteParams } from './suite.ts';
 import type { ServerSecrets } from './secrets.ts';
 
-export type { BackendId, Rng };
+export type { BackendId, ByteRng };
 
 /** The application context bound into every bkv handshake transcript (RFC 9807 §6.1 "context"). */
 export const BKV_OPAQUE_CONTEXT = utf8('bkv OPAQUE v1');
@@ -51,7 +51,7 @@ export interface Identities {
 
 export interface RandomOptions {
   /** Byte source; default node:crypto randomBytes. */
-  rng?: Rng;
+  rng?: ByteRng;
   /** The OPRF blind, for test vectors; otherwise drawn from rng. */
   blind?: Uint8Array;
 }
@@ -133,7 +133,7 @@ export interface Opaque {
   clientFinishRegistration(
     state: ClientRegistrationState,
     response: Uint8Array,
-    opts?: Identities & { rng?: Rng; expectedServerPublicKey?: Uint8Array },
+    opts?: Identities & { rng?: ByteRng; expectedServerPublicKey?: Uint8Array },
   ): { record: Uint8Array; exportKey: Uint8Array; serverPublicKey: Uint8Array };
 
   // Login (§6)
@@ -147,7 +147,7 @@ export interface Opaque {
     record: Uint8Array | null,
     ke1: Uint8Array,
     credentialIdentifier: Uint8Array,
-    opts?: Identities & { rng?: Rng },
+    opts?: Identities & { rng?: ByteRng },
   ): { ke2: Uint8Array; state: ServerLoginState };
   /** Throws AUTH_FAILED on a wrong KE3 (wrong password or tampering). */
   serverFinishLogin(state: ServerLoginState, ke3: Uint8Array): { sessionKey: Uint8Array };
@@ -175,7 +175,7 @@ export interface Opaque {
 // Randomness from a pool refilled 4 KiB at a time: one getrandom per ~40 KE2s instead of one each.
 const POOL = new Uint8Array(4096);
 let poolPos = POOL.length;
-const defaultRng: Rng = (n) => {
+const defaultRng: ByteRng = (n) => {
   if (n > POOL.length) return new Uint8Array(randomBytes(n));
   if (poolPos + n > POOL.length) {
     randomFillSync(POOL);

@@ -3,25 +3,19 @@
 // vault-keys.json, so every `bkv backup ...` command works against it unchanged); `status` reads the
 // fleet's own report; `fault` drives its fault injector for attack demos.
 import { parseFlags, UsageError, wantsHelp, type Command } from '../cli.ts';
-import { provision } from '../../softhsm/provision.ts';
-import { finalizeModule } from '../../hsm-adapter/module.ts';
+import { refuseBusyState, supervise } from '../supervisor.ts';
 import { readManifest, replicaNames, statePaths } from '../../softhsm/state.ts';
 import { resolveWanConfig } from '../../vault/fleet/wan.ts';
 import { hopSecret } from '../../protocol/hop-secret.ts';
 import {
   ServiceError,
-  clearServeRecord,
   fetchFleetStatus,
-  orphanedVault,
   pidAlive,
   postFleetFault,
-  pinVaultKeys,
   readServeRecord,
   servePaths,
   startServices,
-  writeServeRecord,
   type OperatorEndpoint,
-  type ExitInfo,
   type FleetFault,
   type FleetStatus,
   type ServeRecord,
@@ -113,10 +107,6 @@ function port(name: string, v: string | undefined): number {
   return n;
 }
 
-function describe(e: ExitInfo): string {
-  return e.signal ? `signal ${e.signal}` : `code ${e.code}`;
-}
-
 /** The running fleet on stateDir, or a clear error saying what runs there instead. */
 export function runningFleet(stateDir: string): ServeRecord & { operator: OperatorEndpoint } {
   const r = readServeRecord(stateDir);
@@ -162,19 +152,7 @@ async function up(argv: string[]): Promise<number> {
   // Refuse a bad WAN file here, with the field at fault, before anything starts.
   const wanConfig = resolveWanConfig(wan);
 
-  const running = readServeRecord(stateDir);
-  if (running) {
-    const what = running.mode === 'fleet' ? 'bkv fleet up' : 'bkv serve';
-    throw new ServiceError('SERVE_RUNNING', `${what} (pid ${running.pid}) already runs on ${stateDir}, ChatD at ${running.chatdUrl}; two vaults on one state directory would fork its log`);
-  }
-  const orphan = orphanedVault(stateDir);
-  if (orphan !== undefined) {
-    throw new ServiceError(
-      'SERVE_ORPHAN',
-      `a vault (pid ${orphan}) started by an earlier bkv serve / fleet up that did not stop cleanly still runs on ${stateDir}; stop it (kill ${orphan}) first ` +
-        '(if that pid is something else now, delete serve.json)',
-    );
-  }
+  refuseBusyState(stateDir);
   // A provisioned directory keeps its fleet (its tokens hold secrets no new token can get): run
   // the first N of its replicas when fewer are asked for, refuse more.
   const manifest = readManifest(statePaths(stateDir).manifest);
@@ -190,86 +168,39 @@ async function up(argv: string[]): Promise<number> {
     throw new ServiceError('WAN_UNKNOWN_REGION', `the WAN model ${wan} has no data center for replica(s) ${unplaced.join(', ')} (it knows ${wanConfig.regions.join(', ')}); use --wan FILE with those regions, or --wan none`);
   }
 
-  let signalled: NodeJS.Signals | undefined;
-  let wake: (() => void) | undefined;
-  const onSignal = (s: NodeJS.Signals) => {
-    signalled ??= s;
-    wake?.();
-  };
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
-  try {
-    try {
-      const report = await provision({ stateDir, replicas: provisioned ?? replicas, onProgress: (m) => console.error(`bkv fleet: ${m}`) });
-      if (!report.unchanged) console.error(`bkv fleet: provisioned ${report.replicas.length} tokens in ${report.stateDir}`);
-    } finally {
-      finalizeModule(); // the fleet process opens the tokens itself
-    }
-    if (signalled) return 0;
-
-    const services = await startServices({
+  let running: string[] = [];
+  let status: FleetStatus | undefined;
+  return supervise({
+    prog: 'bkv fleet', vaultName: 'the fleet', stateDir, replicas: provisioned ?? replicas, exits: { vaultDied: FLEET_EXIT.fleetDied, chatdDied: FLEET_EXIT.chatdDied },
+    start: () => startServices({
       stateDir,
       chatdPort,
       vaultPort: fleetPort,
       fleet: { replicas, wan, faults: values.faults === true, ...(transport === 'tcp' ? { transport } : {}) },
       onLine: values.quiet ? undefined : (who, line) => process.stderr.write(`${who === 'vault' ? 'fleet' : who} | ${line}\n`),
-    });
-    const fleet = services.fleet!;
-    if (pinVaultKeys(stateDir, fleet.keys)) {
-      console.error('bkv fleet: WARNING: the fleet\'s public keys differ from the ones pinned in vault-keys.json (a new fleet?); devices now pin the new ones');
-    }
-    let names: string[] = [];
-    let status: FleetStatus | undefined;
-    try {
-      status = await fleet.status();
-      names = status.replicas.map((r) => r.name);
-    } catch {
-      // The status is shown when available; the fleet serves either way.
-    }
-    writeServeRecord(stateDir, {
-      version: 1,
-      pid: process.pid,
-      mode: 'fleet',
-      chatdUrl: services.chatd.url,
-      vaultUrl: fleet.url,
-      operatorUrl: fleet.operator.url,
-      replicas: names,
-      wan,
-      vaultPid: fleet.pid,
-      chatdPid: services.chatd.pid,
-      startedAt: new Date().toISOString(),
-    });
-    const paths = servePaths(stateDir);
-    console.log(`bkv fleet: ${names.length || replicas || provisioned || 5} replicas${names.length ? ` (${names.join(', ')})` : ''} ${transport === 'tcp' ? `as processes over TCP (supervisor pid ${fleet.pid})` : `in one process (pid ${fleet.pid}), WAN model ${wan}`}, at ${fleet.url}`);
-    console.log(`bkv fleet: ChatD (pid ${services.chatd.pid}) at ${services.chatd.url}`);
-    console.log(`CHATD_URL=${services.chatd.url}`);
-    console.log(`FLEET_URL=${fleet.url}`);
-    console.log(`bkv fleet: recorded in ${paths.serve}; pinned vault keys in ${paths.vaultKeys}. \`bkv fleet status --state ${stateDir} --watch\` to watch it; Ctrl-C stops both.`);
-    if (status) for (const l of formatStatus(status)) console.log(`  ${l}`);
-
-    const outcome = await new Promise<{ kind: 'signal' } | { kind: 'died'; who: 'vault' | 'chatd'; exit: ExitInfo }>((resolve) => {
-      wake = () => resolve({ kind: 'signal' });
-      if (signalled) wake();
-      void services.firstExit.then((e) => resolve({ kind: 'died', who: e.who, exit: e }));
-    });
-    try {
-      if (outcome.kind === 'signal') {
-        console.error(`bkv fleet: ${signalled}: stopping ChatD, then the fleet`);
-        const r = await services.stop();
-        console.error(`bkv fleet: stopped (ChatD ${describe(r.chatd)}, fleet ${describe(r.vault)})`);
-        return r.chatd.code === 0 && r.vault.code === 0 ? 0 : 1;
+    }),
+    async record(services) {
+      const fleet = services.fleet!;
+      try {
+        const st = await fleet.status();
+        status = st;
+        running = st.replicas.map((r) => r.name);
+      } catch {
+        // The status is shown when available; the fleet serves either way.
       }
-      const fleetDied = outcome.who === 'vault';
-      console.error(`bkv fleet: ${fleetDied ? 'the fleet' : 'ChatD'} exited unexpectedly (${describe(outcome.exit)}); stopping ${fleetDied ? 'ChatD' : 'the fleet'}`);
-      await (fleetDied ? services.chatd : services.vault).stop();
-      return fleetDied ? FLEET_EXIT.fleetDied : FLEET_EXIT.chatdDied;
-    } finally {
-      clearServeRecord(stateDir);
-    }
-  } finally {
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
-  }
+      return { mode: 'fleet', chatdUrl: services.chatd.url, vaultUrl: fleet.url, operatorUrl: fleet.operator.url, replicas: running, wan, vaultPid: fleet.pid, chatdPid: services.chatd.pid };
+    },
+    announce(services) {
+      const fleet = services.fleet!;
+      const paths = servePaths(stateDir);
+      console.log(`bkv fleet: ${running.length || replicas || provisioned || 5} replicas${running.length ? ` (${running.join(', ')})` : ''} ${transport === 'tcp' ? `as processes over TCP (supervisor pid ${fleet.pid})` : `in one process (pid ${fleet.pid}), WAN model ${wan}`}, at ${fleet.url}`);
+      console.log(`bkv fleet: ChatD (pid ${services.chatd.pid}) at ${services.chatd.url}`);
+      console.log(`CHATD_URL=${services.chatd.url}`);
+      console.log(`FLEET_URL=${fleet.url}`);
+      console.log(`bkv fleet: recorded in ${paths.serve}; pinned vault keys in ${paths.vaultKeys}. \`bkv fleet status --state ${stateDir} --watch\` to watch it; Ctrl-C stops both.`);
+      if (status) for (const l of formatStatus(status)) console.log(`  ${l}`);
+    },
+  });
 }
 
 // ---- status ----------------------------------------------------------------------------------

@@ -3,9 +3,8 @@
 // devices pin, and supervises both: Ctrl-C/SIGTERM stops them in order, and if either dies the other is
 // stopped and the exit code says which.
 import { parseFlags, UsageError, type Command } from '../cli.ts';
-import { provision } from '../../softhsm/provision.ts';
-import { finalizeModule } from '../../hsm-adapter/module.ts';
-import { ServiceError, clearServeRecord, orphanedVault, pinVaultKeys, readServeRecord, servePaths, startServices, writeServeRecord, type ExitInfo } from '../services.ts';
+import { servePaths, startServices } from '../services.ts';
+import { supervise } from '../supervisor.ts';
 
 /** Exit codes beyond cli.ts's 0/1/2: which child died on its own. */
 export const SERVE_EXIT = { vaultDied: 3, chatdDied: 4 } as const;
@@ -36,10 +35,6 @@ function port(name: string, v: string | undefined): number {
   return n;
 }
 
-function describe(e: ExitInfo): string {
-  return e.signal ? `signal ${e.signal}` : `code ${e.code}`;
-}
-
 export const command: Command = {
   name: 'serve',
   summary: 'run the vault and ChatD together (provisions the state directory if needed)',
@@ -55,88 +50,20 @@ export const command: Command = {
     const chatdPort = port('port', values.port);
     const vaultPort = port('vault-port', values['vault-port']);
 
-    const running = readServeRecord(stateDir);
-    if (running) {
-      throw new ServiceError('SERVE_RUNNING', `bkv serve (pid ${running.pid}) already runs on ${stateDir}, ChatD at ${running.chatdUrl}; two vaults on one state directory would fork its log`);
-    }
-
-    const orphan = orphanedVault(stateDir);
-    if (orphan !== undefined) {
-      throw new ServiceError(
-        'SERVE_ORPHAN',
-        `a vault (pid ${orphan}) started by an earlier bkv serve that did not stop cleanly still runs on ${stateDir}; stop it (kill ${orphan}) first ` +
-          '(if that pid is something else now, delete serve.json)',
-      );
-    }
-
-    // Signals that arrive while starting are honoured once the children exist.
-    let signalled: NodeJS.Signals | undefined;
-    let wake: (() => void) | undefined;
-    const onSignal = (s: NodeJS.Signals) => {
-      signalled ??= s;
-      wake?.();
-    };
-    process.on('SIGINT', onSignal);
-    process.on('SIGTERM', onSignal);
-    try {
-      try {
-        const report = await provision({ stateDir, onProgress: (m) => console.error(`bkv serve: ${m}`) });
-        if (!report.unchanged) console.error(`bkv serve: provisioned ${report.replicas.length} tokens in ${report.stateDir}`);
-      } finally {
-        // The vault process opens the tokens itself; this process must let go of the module.
-        finalizeModule();
-      }
-      if (signalled) return 0;
-
-      const services = await startServices({
-        stateDir,
-        chatdPort,
-        vaultPort,
+    return supervise({
+      prog: 'bkv serve', vaultName: 'the vault', stateDir, exits: SERVE_EXIT,
+      start: () => startServices({
+        stateDir, chatdPort, vaultPort,
         onLine: values.quiet ? undefined : (who, line) => process.stderr.write(`${who} | ${line}\n`),
-      });
-      // Devices pin these keys. A change means a new fleet (provision --force): say so, loudly.
-      if (pinVaultKeys(stateDir, services.vault.keys)) {
-        console.error('bkv serve: WARNING: the vault\'s public keys differ from the ones pinned in vault-keys.json (a new fleet?); devices now pin the new ones and records registered with the old fleet are gone');
-      }
-      writeServeRecord(stateDir, {
-        version: 1,
-        pid: process.pid,
-        chatdUrl: services.chatd.url,
-        vaultUrl: services.vault.url,
-        vaultPid: services.vault.pid,
-        chatdPid: services.chatd.pid,
-        startedAt: new Date().toISOString(),
-      });
-      const paths = servePaths(stateDir);
-      console.log(`bkv serve: vault (pid ${services.vault.pid}) at ${services.vault.url}`);
-      console.log(`bkv serve: ChatD (pid ${services.chatd.pid}) at ${services.chatd.url}`);
-      console.log(`CHATD_URL=${services.chatd.url}`);
-      console.log(`bkv serve: recorded in ${paths.serve}; pinned vault keys in ${paths.vaultKeys}. Ctrl-C stops both.`);
-
-      const outcome = await new Promise<{ kind: 'signal' } | { kind: 'died'; who: 'vault' | 'chatd'; exit: ExitInfo }>((resolve) => {
-        wake = () => resolve({ kind: 'signal' });
-        if (signalled) wake();
-        void services.firstExit.then((e) => resolve({ kind: 'died', who: e.who, exit: e }));
-      });
-      try {
-        if (outcome.kind === 'signal') {
-          console.error(`bkv serve: ${signalled}: stopping ChatD, then the vault`);
-          const r = await services.stop();
-          const clean = r.chatd.code === 0 && r.vault.code === 0;
-          console.error(`bkv serve: stopped (ChatD ${describe(r.chatd)}, vault ${describe(r.vault)})`);
-          return clean ? 0 : 1;
-        }
-        const other = outcome.who === 'vault' ? services.chatd : services.vault;
-        const name = outcome.who === 'vault' ? 'the vault' : 'ChatD';
-        console.error(`bkv serve: ${name} exited unexpectedly (${describe(outcome.exit)}); stopping ${outcome.who === 'vault' ? 'ChatD' : 'the vault'}`);
-        await other.stop();
-        return outcome.who === 'vault' ? SERVE_EXIT.vaultDied : SERVE_EXIT.chatdDied;
-      } finally {
-        clearServeRecord(stateDir);
-      }
-    } finally {
-      process.off('SIGINT', onSignal);
-      process.off('SIGTERM', onSignal);
-    }
+      }),
+      record: async (services) => ({ chatdUrl: services.chatd.url, vaultUrl: services.vault.url, vaultPid: services.vault.pid, chatdPid: services.chatd.pid }),
+      announce(services) {
+        const paths = servePaths(stateDir);
+        console.log(`bkv serve: vault (pid ${services.vault.pid}) at ${services.vault.url}`);
+        console.log(`bkv serve: ChatD (pid ${services.chatd.pid}) at ${services.chatd.url}`);
+        console.log(`CHATD_URL=${services.chatd.url}`);
+        console.log(`bkv serve: recorded in ${paths.serve}; pinned vault keys in ${paths.vaultKeys}. Ctrl-C stops both.`);
+      },
+    });
   },
 };

@@ -6,7 +6,7 @@ import { encodeRelayReply, encodeRelayRequest } from '../../protocol/relay.ts';
 import { encodeRefused } from '../../protocol/session.ts';
 import { encodeDeviceMessage, encodeVaultReply, type DeviceMessage, type VaultReply } from '../../protocol/wire.ts';
 import { SeededRng, encodeEntry as encodeRaftEntry, encodeHardState, encodeMessage, encodeSnapshot, type Message } from '../../vault/consensus/index.ts';
-import { encodeEntry, type Entry } from '../../vault/firmware/entries.ts';
+import { encodeEntry, type VaultEntry } from '../../vault/firmware/entries.ts';
 import { VaultState } from '../../vault/firmware/state.ts';
 import { GENESIS_HASH, SealedStorage } from '../../vault/firmware/storage.ts';
 import { encodePeer, type PeerMessage } from '../../vault/replica/peer-wire.ts';
@@ -15,7 +15,7 @@ import { SimToken, simFleetSecrets } from '../../vault/sim/token.ts';
 const b = (n: number, fill: number) => new Uint8Array(n).fill(fill);
 const hex = (u: Uint8Array) => Buffer.from(u).toString('hex');
 
-export const ENTRIES: Entry[] = [
+export const ENTRIES: VaultEntry[] = [
   { t: 'Register', id: b(16, 1), user: 'olga', suite: 'ristretto255-SHA512', oprfId: b(16, 2), record: b(192, 3), kSealed: b(60, 4), limit: 10, basis: 7, ksf: 'argon2id-m65536-t3-p1' },
   { t: 'ChangePassword', id: b(16, 5), user: 'olga', suite: 'P256-SHA256', oprfId: b(16, 6), record: b(128, 7), kSealed: b(60, 8), limit: 5, basis: 9, ksf: 'identity' },
   { t: 'Attempt', id: b(16, 9), user: 'olga' },

@@ -15,7 +15,7 @@ import { tokenSessionKey } from '../../protocol/opaque/secrets.ts';
 import { decodeSessionFrame, fleetIdentity } from '../../protocol/session.ts';
 import { decodeVaultReply, encodeDeviceMessage, pinOf, type WireSuite } from '../../protocol/wire.ts';
 import { Firmware, type FirmwareOutput, type Policy } from '../../vault/firmware/firmware.ts';
-import { decodeEntry, encodeEntry, type Entry } from '../../vault/firmware/entries.ts';
+import { decodeEntry, encodeEntry, type VaultEntry } from '../../vault/firmware/entries.ts';
 import { FirmwareError } from '../../vault/firmware/errors.ts';
 import { TICKET_SPAN, VaultState } from '../../vault/firmware/state.ts';
 import { provisionTestFleet, type TestFleet } from '../helpers/fleet.ts';
@@ -260,7 +260,7 @@ describe('tombstones', () => {
 
 describe('tombstones in VaultState', () => {
   const id = (n: number) => new Uint8Array(16).fill(n);
-  const reg = (user: string, basis: number, n: number): Entry => ({
+  const reg = (user: string, basis: number, n: number): VaultEntry => ({
     t: 'Register',
     id: id(n),
     user,
@@ -272,11 +272,11 @@ describe('tombstones in VaultState', () => {
     basis,
     ksf: identityKsf.name,
   });
-  const del = (user: string, n: number): Entry => ({ t: 'Delete', id: id(n), user });
+  const del = (user: string, n: number): VaultEntry => ({ t: 'Delete', id: id(n), user });
 
   it('refuses registrations issued before the Delete, sweeps by log distance, and agrees after a restore', () => {
     const s = new VaultState();
-    const log: Array<[number, Entry]> = [
+    const log: Array<[number, VaultEntry]> = [
       [1, reg('u', 0, 1)],
       [2, del('u', 2)],
       [3, reg('u', 1, 3)], // issued before the Delete
@@ -292,7 +292,7 @@ describe('tombstones in VaultState', () => {
     // a replica restored from a snapshot here, and one that keeps applying, stay identical from now on
     const restored = VaultState.decode(s.encode());
     expect(restored.digest()).toBe(s.digest());
-    const more: Array<[number, Entry]> = [
+    const more: Array<[number, VaultEntry]> = [
       [2 + TICKET_SPAN, del('w', 6)], // u's tombstone is exactly TICKET_SPAN old: kept
       [3 + TICKET_SPAN, del('x', 7)], // one more: u goes, v (younger) stays
       [4 + TICKET_SPAN, reg('u', 1, 8)], // the old ticket: no tombstone now, but TICKET_SPAN + 3 positions old
@@ -372,7 +372,7 @@ describe('tombstones in VaultState', () => {
     expect(() => decodeEntry(p.pack({ v: 2, t: 'Delete', id: id(9), user: 'a', at: 5 }))).toThrow(FirmwareError);
     expect(() => decodeEntry(p.pack({ v: 2, t: 'Delete', id: id(9), user: 'a', at: 5, tombstoneMs: 10_000 }))).toThrow(FirmwareError);
     expect(() => decodeEntry(p.pack({ v: 1, t: 'Delete', id: id(9), user: 'a' }))).toThrow(FirmwareError);
-    const { basis: _basis, ...clockReg } = reg('a', 0, 9) as Extract<Entry, { t: 'Register' }>;
+    const { basis: _basis, ...clockReg } = reg('a', 0, 9) as Extract<VaultEntry, { t: 'Register' }>;
     expect(() => decodeEntry(p.pack({ v: 2, ...clockReg, issuedAt: 5 }))).toThrow(FirmwareError);
     expect(() => decodeEntry(p.pack({ v: 2, t: 'Outcome', id: id(9), user: 'a', oprfId: id(2), ok: false, reset: true }))).toThrow(FirmwareError);
   });

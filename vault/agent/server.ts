@@ -5,9 +5,9 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { BkvError } from '../../protocol/errors.ts';
-import { MAX_RELAY_BODY, RELAY_PATH, decodeRelayRequest, encodeRelayReply } from '../../protocol/relay.ts';
+import { RELAY_PATH } from '../../protocol/relay.ts';
 import type { Replica } from './replica.ts';
-import { readBody, refuseUnauthorizedRelay } from './http.ts';
+import { refuseUnauthorizedRelay, serveRelay } from './http.ts';
 
 export const HEALTH_PATH = '/v1/health';
 
@@ -51,31 +51,13 @@ async function serve(replica: Replica, req: IncomingMessage, res: ServerResponse
   if (req.url !== RELAY_PATH || req.method !== 'POST') {
     return send(res, 404, 'application/json', JSON.stringify({ code: 'NOT_FOUND' }), 'NOT_FOUND');
   }
-  let body: Uint8Array;
-  try {
-    body = await readBody(req, MAX_RELAY_BODY + 256);
-  } catch {
-    return fail(res, 413, 'BODY_TOO_LARGE', 'request body too large');
-  }
-  let relayed;
-  try {
-    relayed = decodeRelayRequest(body);
-  } catch (e) {
-    const err = e instanceof BkvError ? e : new BkvError('BAD_RELAY_MESSAGE', 'malformed relay request');
-    return fail(res, 400, err.code, err.message);
-  }
-  try {
-    const reply = await replica.handle(relayed.user, relayed.body);
-    return send(res, 200, 'application/octet-stream', encodeRelayReply({ ok: true, body: reply }));
-  } catch (e) {
-    const code = e instanceof BkvError ? e.code : 'UNAVAILABLE';
-    return fail(res, 503, code, 'vault replica is not serving');
-  }
-}
-
-function fail(res: ServerResponse, status: number, code: string, message: string): { status: number; code: string } {
-  send(res, status, 'application/octet-stream', encodeRelayReply({ ok: false, code, message }));
-  return { status, code };
+  return serveRelay(req, res, 'vault replica', async (user, body) => {
+    try {
+      return { ok: true, body: await replica.handle(user, body) };
+    } catch (e) {
+      return { ok: false, code: e instanceof BkvError ? e.code : 'UNAVAILABLE' };
+    }
+  });
 }
 
 function send(res: ServerResponse, status: number, type: string, body: Uint8Array | string, code?: string): { status: number; code?: string } {

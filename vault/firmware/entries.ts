@@ -4,11 +4,12 @@
 import { Packr } from 'msgpackr';
 import { KSF_NAME_RE, isWireSuite, type WireSuite } from '../../protocol/wire.ts';
 import { FirmwareError } from './errors.ts';
+import { USER_RE } from '../../protocol/names.ts';
 
 /** 2: registrations carry their key stretching and a log-position basis instead of a clock time. */
 export const ENTRY_VERSION = 2;
 export const ID_BYTES = 16;
-export const USER_RE = /^[A-Za-z0-9+._:@-]{1,64}$/;
+export { USER_RE } from '../../protocol/names.ts';
 
 /** Every entry names its user and carries a unique id: the proposer matches commits to its requests by it. */
 interface Base {
@@ -35,7 +36,7 @@ export interface RecordFields {
   ksf: string;
 }
 
-export type Entry =
+export type VaultEntry =
   | (Base & { t: 'Register' } & RecordFields)
   | (Base & { t: 'ChangePassword' } & RecordFields)
   /** id is the recovery session id: one OPRF evaluation charged to the user. */
@@ -52,11 +53,11 @@ export type Entry =
   /** Leaves a tombstone at the entry's own index (state.ts). */
   | (Base & { t: 'Delete' });
 
-export type EntryType = Entry['t'];
+export type VaultEntryType = VaultEntry['t'];
 
 const packr = new Packr({ useRecords: false, mapsAsObjects: true, variableMapSize: false });
 
-export function encodeEntry(e: Entry): Uint8Array {
+export function encodeEntry(e: VaultEntry): Uint8Array {
   const out: Record<string, unknown> = { v: ENTRY_VERSION, t: e.t, id: e.id, user: e.user };
   switch (e.t) {
     case 'Register':
@@ -79,7 +80,7 @@ export function encodeEntry(e: Entry): Uint8Array {
   return bytes;
 }
 
-const FIELDS: Record<EntryType, string[]> = {
+const FIELDS: Record<VaultEntryType, string[]> = {
   Register: ['suite', 'oprfId', 'record', 'kSealed', 'limit', 'basis', 'ksf'],
   ChangePassword: ['suite', 'oprfId', 'record', 'kSealed', 'limit', 'basis', 'ksf'],
   Attempt: [],
@@ -90,7 +91,7 @@ const FIELDS: Record<EntryType, string[]> = {
 };
 
 /** Throws FirmwareError BAD_ENTRY: a committed entry that does not decode is a fatal inconsistency. */
-export function decodeEntry(bytes: Uint8Array): Entry {
+export function decodeEntry(bytes: Uint8Array): VaultEntry {
   let m: unknown;
   try {
     m = packr.unpack(bytes);
@@ -101,7 +102,7 @@ export function decodeEntry(bytes: Uint8Array): Entry {
   const o = m as Record<string, unknown>;
   if (o.v !== ENTRY_VERSION) throw bad('unknown version');
   if (typeof o.t !== 'string' || !Object.hasOwn(FIELDS, o.t)) throw bad('unknown type');
-  const t = o.t as EntryType;
+  const t = o.t as VaultEntryType;
   const allowed = new Set(['v', 't', 'id', 'user', ...FIELDS[t]]);
   for (const k of Object.keys(o)) if (!allowed.has(k)) throw bad('unexpected field');
   const id = needBytes(o.id, ID_BYTES, ID_BYTES);

@@ -33,11 +33,12 @@ import {
   type VaultReply,
   type WireSuite,
 } from '../../protocol/wire.ts';
-import { ID_BYTES, USER_RE, decodeEntry, encodeEntry, type Entry } from './entries.ts';
+import { ID_BYTES, USER_RE, decodeEntry, encodeEntry, type VaultEntry } from './entries.ts';
 import { FirmwareError } from './errors.ts';
 import { deriveFleetKeys, makeTicket, openK, openTicket, sealK, type FleetKeys } from './keys.ts';
 import { ReplyMemory } from './replies.ts';
 import { VaultState, sameBytes, type ApplyEffect } from './state.ts';
+import { ERROR_CODE_RE } from '../../protocol/names.ts';
 
 export interface Policy {
   /** Attempts per record when the device asks for none. */
@@ -345,7 +346,7 @@ export class Firmware {
         m.k.fill(0);
         const confirm = registrationConfirm({ user, suite: m.suite, limit, ticket: m.ticket, record: m.record, ksf: m.ksf });
         const t = this.state.get(user) ? 'ChangePassword' : 'Register';
-        const entry: Entry = { t, id: this.rng(ID_BYTES), user, suite: m.suite, oprfId, record: m.record, kSealed, limit, basis, ksf: m.ksf };
+        const entry: VaultEntry = { t, id: this.rng(ID_BYTES), user, suite: m.suite, oprfId, record: m.record, kSealed, limit, basis, ksf: m.ksf };
         return this.propose(entry, { kind: 'register', requestId, limit, confirm }, memo);
       }
       case 'RecoverStart': {
@@ -411,7 +412,7 @@ export class Firmware {
   // ---- the log ----
 
   /** `memo`: remember the reply under this key, so a copy of the request joins instead of proposing again. */
-  private propose(entry: Entry, p: Pending, memo: string | null = null): void {
+  private propose(entry: VaultEntry, p: Pending, memo: string | null = null): void {
     const bytes = encodeEntry(entry);
     const id = hex(entry.id);
     const tag = this.nextTag++;
@@ -597,7 +598,7 @@ export class Firmware {
 }
 
 /** The registration a remembered reply is only true of while it is live (K stored, K released). */
-function guardOf(reply: VaultReply, entry: Entry): Uint8Array | null {
+function guardOf(reply: VaultReply, entry: VaultEntry): Uint8Array | null {
   if (reply.t === 'Registered' && (entry.t === 'Register' || entry.t === 'ChangePassword')) return entry.oprfId;
   if (reply.t === 'Released' && entry.t === 'Outcome') return entry.oprfId;
   return null;
@@ -607,5 +608,5 @@ function guardOf(reply: VaultReply, entry: Entry): Uint8Array | null {
 const REMEMBERED: ReadonlySet<DeviceMessage['t']> = new Set(['RecoverStart', 'RecoverFinish', 'RegisterFinish']);
 
 function safeCode(code: string, fallback: string): string {
-  return /^[A-Z][A-Z0-9_]{0,47}$/.test(code) ? code : fallback;
+  return ERROR_CODE_RE.test(code) ? code : fallback;
 }

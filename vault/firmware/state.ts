@@ -5,7 +5,7 @@
 import { createHash } from 'node:crypto';
 import { Packr } from 'msgpackr';
 import { KSF_NAME_RE, isWireSuite, type RecordState, type WireSuite } from '../../protocol/wire.ts';
-import { ID_BYTES, USER_RE, type Entry } from './entries.ts';
+import { ID_BYTES, USER_RE, type VaultEntry } from './entries.ts';
 import { FirmwareError } from './errors.ts';
 
 export interface UserRecord {
@@ -88,7 +88,7 @@ export class VaultState {
     return { state: 'registered', attemptsLeft: r.limit - r.used, limit: r.limit };
   }
 
-  apply(index: number, e: Entry): ApplyEffect {
+  apply(index: number, e: VaultEntry): ApplyEffect {
     // Records only ever change here (and in decode, which builds a new state).
     this.digestMemo = null;
     // Strictly increasing, gaps allowed: Raft's own entries (leader no-ops, membership changes) take

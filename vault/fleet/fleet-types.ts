@@ -3,7 +3,9 @@
 import type { Policy } from '../firmware/firmware.ts';
 import type { WanConfig } from './wan.ts';
 
-export type ReplicaRole = 'leader' | 'follower' | 'candidate' | 'preCandidate' | 'rejoining' | 'down';
+import type { ReplicaRole } from '../replica/core.ts';
+
+export type { ReplicaRole };
 
 export interface ReplicaStatus {
   name: string;

@@ -5,10 +5,11 @@
 // (POST RELAY_PATH; a follower forwards them to the leader over the channel) and its status.
 //   node bin/run.js vault/fleet/replica-process.ts --state DIR --replica NAME --listen HOST:PORT \
 //     (--peer NAME=HOST:PORT ... | --peers FILE) [--relay-port P] [--election-ms MS]
-// Prints on stdout, once listening (KEY=VALUE lines, READY last):
+// Prints on stdout, once listening (KEY=VALUE lines for people, READY last):
 //   REPLICA_NAME=, REPLICA_PEER_ADDR=HOST:PORT, REPLICA_RELAY_URL=http://..., REPLICA_IDENTITY_KEY=<hex>,
 //   VAULT_AKE_PUBLIC_KEY_<suite>=<hex> (what devices pin), READY=<name>
-// Logs go to stderr. SIGTERM/SIGINT: stop serving, close the replica, C_Finalize, exit 0.
+// and, for a supervisor, the same as a typed `BKV1 {"t":"ready",...}` line, then one such line per
+// event (leader, health, rejoined): process-protocol.ts. Logs go to stderr. SIGTERM/SIGINT: stop serving, close the replica, C_Finalize, exit 0.
 // Exit 2 on bad flags or a configuration the manifest refuses, 1 when it cannot start.
 // Whether it votes at once is decided from its disk and its token anchor, never by a flag: an intact
 // disk votes at once, a rolled-back or blank one re-replicates first (docs/fleet.md, "Anchored
@@ -18,8 +19,8 @@ import type { AddressInfo } from 'node:net';
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { finalizeModule, openToken, type Pkcs11Token } from '../../hsm-adapter/pkcs11-token.ts';
-import { BkvError, isBkvError } from '../../protocol/errors.ts';
-import { MAX_RELAY_BODY, RELAY_PATH, decodeRelayRequest, encodeRelayReply } from '../../protocol/relay.ts';
+import { isBkvError } from '../../protocol/errors.ts';
+import { RELAY_PATH } from '../../protocol/relay.ts';
 import { pinnedKeys } from '../firmware/gate.ts';
 import { activateSoftHsmConf, loadState } from '../../softhsm/state.ts';
 import { replicaDbDir } from '../agent/replica.ts';
@@ -29,7 +30,8 @@ import {
 } from './process-config.ts';
 import { FleetReplica } from './replica.ts';
 import { TcpTransport } from './transport-tcp.ts';
-import { readBody, refuseUnauthorizedRelay, sendBody } from '../agent/http.ts';
+import { refuseUnauthorizedRelay, sendBody, serveRelay } from '../agent/http.ts';
+import { encodeProcessMessage, type ProcessMessage } from './process-protocol.ts';
 import { hopSecret } from '../../protocol/hop-secret.ts';
 
 const USAGE = `usage: vault/fleet/replica-process.ts --replica NAME [--state DIR] [--listen HOST:PORT]
@@ -157,10 +159,15 @@ export async function main(argv: string[]): Promise<number> {
       },
     });
     const tickMs = Math.max(5, Math.round(c.electionMs / 10));
+    // Events before the ready line are held: a supervisor learns of a replica from `ready` first.
+    const held: ProcessMessage[] = [];
+    let readySent = false;
+    const tell = (m: ProcessMessage) => { if (readySent) process.stdout.write(encodeProcessMessage(m)); else held.push(m); };
     replica = await FleetReplica.open({
       name: c.name, voters: peers.voters, token, dbDir: replicaDbDir(state.stateDir, c.name), transport,
       policy: c.requestTtlMs === undefined ? undefined : { requestTtlMs: c.requestTtlMs }, tickMs,
       log,
+      onEvent: (e) => tell(e.kind === 'leader' ? { t: 'leader', term: e.term } : e.kind === 'rejoined' ? { t: 'rejoined', index: e.index } : { t: 'health', healthy: e.healthy, code: e.code, reason: e.reason }),
     });
     const akeKeys: Record<string, string> = {};
     for (const [s, k] of Object.entries(pinnedKeys(replica.firmware))) akeKeys[s] = k;
@@ -185,6 +192,12 @@ export async function main(argv: string[]): Promise<number> {
       `READY=${c.name}`,
     ];
     process.stdout.write(lines.join('\n') + '\n');
+    process.stdout.write(encodeProcessMessage({
+      t: 'ready', name: c.name, peerAddr: lines[1]!.slice('REPLICA_PEER_ADDR='.length), relayUrl: `http://${urlHost}:${relay.port}`,
+      identityKey: Buffer.from(peers.pins.get(c.name)!).toString('hex'), akeKeys,
+    }));
+    readySent = true;
+    for (const m of held.splice(0)) process.stdout.write(encodeProcessMessage(m));
     await stopped;
     log('shutting down');
     await shutdown();
@@ -228,16 +241,7 @@ async function serve(replica: FleetReplica, akeKeys: Record<string, string>, rel
     return sendBody(res, 200, 'application/json', JSON.stringify(body));
   }
   if (req.url !== RELAY_PATH || req.method !== 'POST') return sendBody(res, 404, 'application/json', JSON.stringify({ code: 'NOT_FOUND' }));
-  let relayed;
-  try {
-    relayed = decodeRelayRequest(await readBody(req, MAX_RELAY_BODY + 256));
-  } catch (e) {
-    const code = e instanceof BkvError ? e.code : 'BAD_RELAY_MESSAGE';
-    return sendBody(res, 400, 'application/octet-stream', encodeRelayReply({ ok: false, code, message: 'malformed relay request' }));
-  }
-  const o = await replica.handle(relayed.user, relayed.body);
-  if (o.ok) return sendBody(res, 200, 'application/octet-stream', encodeRelayReply({ ok: true, body: o.body }));
-  return sendBody(res, 503, 'application/octet-stream', encodeRelayReply({ ok: false, code: o.code, message: 'vault replica did not serve the request' }));
+  await serveRelay(req, res, 'vault replica', (user, body) => replica.handle(user, body));
 }
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {

@@ -4,6 +4,7 @@
 import { Packr } from 'msgpackr';
 import { InputError } from '../../protocol/errors.ts';
 import { MAX_RELAY_BODY } from '../../protocol/relay.ts';
+import { ERROR_CODE_RE as CODE_RE, USER_RE } from '../../protocol/names.ts';
 
 export const PEER_WIRE_VERSION = 1;
 
@@ -27,8 +28,6 @@ export class PeerWireError extends InputError {
 const packr = new Packr({ useRecords: false, mapsAsObjects: false, moreTypes: false, int64AsType: 'number' });
 // 4 was the leader's rejoin answer, retired when acknowledgements became anchored: never reuse it.
 const KIND = { raft: 0, forward: 1, forwardReply: 2, rejoin: 3 } as const;
-const USER_RE = /^[A-Za-z0-9+._:@-]{1,64}$/;
-const CODE_RE = /^[A-Z][A-Z0-9_]{0,47}$/;
 
 export function encodePeer(m: PeerMessage): Uint8Array {
   const h = [PEER_WIRE_VERSION, KIND[m.kind]];

@@ -3,7 +3,7 @@
 // in index order, and judges what leaves the fleet: every KE2 (one OPRF evaluation, one guess) and
 // every Released (K). Violations are recorded, not thrown, so a failing seed reports all it broke.
 
-import { decodeEntry, type Entry } from '../firmware/entries.ts';
+import { decodeEntry, type VaultEntry } from '../firmware/entries.ts';
 import { TICKET_SPAN } from '../firmware/state.ts';
 
 interface ModelRecord {
@@ -79,7 +79,7 @@ export class VaultOracle {
     }
   }
 
-  private applyModel(index: number, e: Entry): void {
+  private applyModel(index: number, e: VaultEntry): void {
     const r = this.users.get(e.user);
     const before = r ? { used: r.used, epoch: r.epoch } : null;
     switch (e.t) {

@@ -1,0 +1,48 @@
+// What a replica process tells its supervisor on stdout, written here and read here only: one line
+// per message, `BKV1 <json>`, version in the prefix. Logs stay free text on stderr and carry no
+// protocol. The ready message comes once, when the replica serves; events follow as they happen.
+import { InputError } from '../../protocol/errors.ts';
+
+export const PROCESS_PROTOCOL_PREFIX = 'BKV1 ';
+
+export type ProcessMessage =
+  | { t: 'ready'; name: string; peerAddr: string; relayUrl: string; identityKey: string; akeKeys: Record<string, string> }
+  | { t: 'leader'; term: number }
+  | { t: 'health'; healthy: boolean; code: string; reason: string }
+  | { t: 'rejoined'; index: number };
+
+export class ProcessProtocolError extends InputError {
+  constructor(message: string) { super(message, 'BAD_PROCESS_MESSAGE'); }
+}
+
+export function encodeProcessMessage(m: ProcessMessage): string {
+  return `${PROCESS_PROTOCOL_PREFIX}${JSON.stringify(m)}\n`;
+}
+
+const str = (v: unknown): v is string => typeof v === 'string' && v.length <= 4096;
+const nat = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
+
+/** A stdout line: the message it carries, undefined for a line that is not protocol (refused if malformed). */
+export function decodeProcessLine(line: string): ProcessMessage | undefined {
+  if (!line.startsWith(PROCESS_PROTOCOL_PREFIX)) return undefined;
+  let v: Record<string, unknown>;
+  try {
+    v = JSON.parse(line.slice(PROCESS_PROTOCOL_PREFIX.length)) as Record<string, unknown>;
+  } catch {
+    throw new ProcessProtocolError('process message is not JSON');
+  }
+  if (typeof v !== 'object' || v === null) throw new ProcessProtocolError('process message is not an object');
+  switch (v.t) {
+    case 'ready': {
+      const keys = v.akeKeys as Record<string, unknown> | undefined;
+      if (!str(v.name) || !str(v.peerAddr) || !str(v.relayUrl) || !str(v.identityKey) || typeof keys !== 'object' || keys === null || !Object.values(keys).every(str)) {
+        throw new ProcessProtocolError('bad ready message');
+      }
+      return { t: 'ready', name: v.name, peerAddr: v.peerAddr, relayUrl: v.relayUrl, identityKey: v.identityKey, akeKeys: keys as Record<string, string> };
+    }
+    case 'leader': if (nat(v.term)) return { t: 'leader', term: v.term }; break;
+    case 'health': if (typeof v.healthy === 'boolean' && str(v.code) && str(v.reason)) return { t: 'health', healthy: v.healthy, code: v.code, reason: v.reason }; break;
+    case 'rejoined': if (nat(v.index)) return { t: 'rejoined', index: v.index }; break;
+  }
+  throw new ProcessProtocolError(`bad process message ${JSON.stringify(String(v.t)).slice(0, 40)}`);
+}

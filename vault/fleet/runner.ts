@@ -1,0 +1,201 @@
+// The one fleet runner (main thread or supervisor process): whatever hosts the replicas (worker
+// threads, or OS processes over TCP), this is the fleet's front: the HTTP relay endpoint and its
+// routing, statuses, fault dispatch, disk copies for rollback, the operator listener, close. A
+// ReplicaHosts implementation only starts, stops, asks and copies replicas (fleet.ts for threads,
+// process-fleet.ts for processes). Types: fleet-types.ts. Design: docs/fleet.md.
+import { cpSync, rmSync } from 'node:fs';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { join } from 'node:path';
+import { BkvError, InputError } from '../../protocol/errors.ts';
+import { RELAY_PATH } from '../../protocol/relay.ts';
+import type { FleetState } from '../../softhsm/state.ts';
+import { refuseUnauthorizedRelay, sendBody, serveRelay } from '../agent/http.ts';
+import { replicaDbDir } from '../agent/replica.ts';
+import type { Outcome } from '../replica/core.ts';
+import { startOperatorListener } from './admin-routes.ts';
+import { REGION_HEADER, type Fleet, type FleetEvent, type FleetFault, type ReplicaStatus, type StartFleetOptions } from './fleet-types.ts';
+import type { LocalStatus } from './replica.ts';
+import { EntryRouter } from './router.ts';
+
+export class FleetError extends BkvError {}
+
+/** What hosts the replicas: the runner asks, the host does the process or thread work. */
+export interface ReplicaHosts {
+  /** Starts one replica (a restart, too); resolves with the keys it serves once it serves. */
+  start(name: string): Promise<Record<string, string>>;
+  isRunning(name: string): boolean;
+  request(name: string, user: string, body: Uint8Array): Promise<Outcome>;
+  status(name: string): Promise<LocalStatus | undefined>;
+  /** Kills it at once (no flush beyond what it already flushed). */
+  kill(name: string): Promise<void>;
+  /** A consistent copy of a running replica's disk into `dir` (throws where the host cannot). */
+  copyRunningDisk(name: string, dir: string): Promise<void>;
+  /** Stops every replica cleanly, then releases what the host holds (the PKCS#11 module). */
+  close(): Promise<void>;
+  /** The link table, where this host enforces network faults itself (threads); else they are refused. */
+  links?: { partition(groups: string[][]): void; heal(): void; isolate(name: string): void; block(from: string, to: string): void };
+}
+
+/** The replica names a start asks for, checked against the state. */
+export function fleetNames(state: FleetState, opts: StartFleetOptions): string[] {
+  const names = opts.replicas ?? state.replicas.map((r) => r.name);
+  if (names.length === 0) throw new FleetError('FLEET_EMPTY', 'no replicas to run');
+  for (const n of names) {
+    if (!state.replicas.some((r) => r.name === n)) throw new FleetError('UNKNOWN_REPLICA', `no replica named ${JSON.stringify(n)} in ${state.stateDir}`);
+  }
+  if (new Set(names).size !== names.length) throw new FleetError('DUPLICATE_REPLICA', 'a replica is named twice');
+  return names;
+}
+
+export function emitter(opts: StartFleetOptions): (e: FleetEvent) => void {
+  return (e) => { try { opts.onEvent?.(e); } catch { /* an observer must not break the fleet */ } };
+}
+
+/** Starts every replica on `hosts`, then the front; on a failed start, stops what started. */
+export async function startRunner(state: FleetState, names: string[], hosts: ReplicaHosts, opts: StartFleetOptions, emit: (e: FleetEvent) => void): Promise<Fleet> {
+  let akeKeys: Record<string, string> = {};
+  try {
+    for (const keys of await Promise.all(names.map((n) => hosts.start(n)))) akeKeys = keys;
+  } catch (e) {
+    await hosts.close().catch(() => undefined);
+    throw e;
+  }
+  const diskCopies = new Map<string, string>();
+  let operator: { url: string; close(): Promise<void> } | undefined;
+  let closed = false;
+  const known = (n: string) => { if (!names.includes(n)) throw new FleetError('UNKNOWN_REPLICA', `no replica ${n}`); };
+  const links = () => {
+    if (!hosts.links) throw new FleetError('FAULT_UNSUPPORTED', 'network faults over TCP belong to the real network (namespaces, firewall rules); this fleet cannot partition itself');
+    return hosts.links;
+  };
+  const statuses = async (): Promise<Map<string, LocalStatus>> => {
+    const out = new Map<string, LocalStatus>();
+    await Promise.all(names.filter((n) => hosts.isRunning(n)).map(async (n) => {
+      const s = await hosts.status(n);
+      if (s) out.set(n, s);
+    }));
+    return out;
+  };
+  const router = new EntryRouter(names, (n) => hosts.isRunning(n), async () => [...(await statuses()).values()]);
+  const leaderOf = (st: Map<string, LocalStatus>) => [...st.values()].filter((s) => s.role === 'leader').sort((a, b) => b.term - a.term)[0];
+
+  const fleet: Fleet = {
+    url: '',
+    replicas: [...names],
+    akePublicKeys: () => ({ ...akeKeys }),
+    async status(): Promise<ReplicaStatus[]> {
+      const st = await statuses();
+      const leaderCommit = leaderOf(st)?.commitIndex;
+      return names.map((n) => {
+        const s = st.get(n);
+        if (!s) return { name: n, region: n, role: 'down', term: 0, commitIndex: 0, appliedIndex: 0, lag: -1, healthy: false, reason: hosts.isRunning(n) ? 'NOT_RESPONDING' : 'CRASHED', leader: null };
+        return {
+          name: n, region: n, role: s.role, term: s.term, commitIndex: s.commitIndex, appliedIndex: s.appliedIndex,
+          lag: leaderCommit === undefined ? -1 : Math.max(0, leaderCommit - s.appliedIndex), healthy: s.healthy, reason: s.reason, leader: s.leader,
+          lastIndex: s.lastIndex, digest: s.digest, stats: s.stats,
+        };
+      });
+    },
+    async leader() { return leaderOf(await statuses())?.name; },
+    partition(groups) {
+      for (const g of groups) for (const n of g) known(n);
+      links().partition(groups);
+    },
+    heal() { links().heal(); },
+    isolate(name) { known(name); links().isolate(name); },
+    blockLink(from, to) { known(from); known(to); links().block(from, to); },
+    async crash(name) {
+      known(name);
+      if (!hosts.isRunning(name)) return;
+      await hosts.kill(name);
+      emit({ kind: 'crashed', replica: name });
+    },
+    async restart(name, o = {}) {
+      known(name);
+      if (hosts.isRunning(name)) throw new FleetError('REPLICA_RUNNING', `replica ${name} is running; crash it first`);
+      if (o.disk === 'rollback') {
+        const copy = diskCopies.get(name);
+        if (!copy) throw new FleetError('NO_DISK_COPY', `no snapshotDisk() copy of ${name} to roll back to`);
+        const dir = replicaDbDir(state.stateDir, name);
+        rmSync(dir, { recursive: true, force: true });
+        cpSync(copy, dir, { recursive: true });
+      }
+      akeKeys = await hosts.start(name);
+    },
+    async snapshotDisk(name) {
+      known(name);
+      const dir = join(state.stateDir, 'replicas', name, `disk-copy-${Date.now()}`);
+      if (hosts.isRunning(name)) await hosts.copyRunningDisk(name, dir);
+      else cpSync(replicaDbDir(state.stateDir, name), dir, { recursive: true });
+      // One copy per replica: a newer one replaces (and removes) the older, and close() removes the rest.
+      const old = diskCopies.get(name);
+      if (old && old !== dir) rmSync(old, { recursive: true, force: true });
+      diskCopies.set(name, dir);
+      return dir;
+    },
+    async close() {
+      if (closed) return;
+      closed = true;
+      await new Promise<void>((res) => { server.close(() => res()); server.closeAllConnections(); });
+      await operator?.close();
+      router.close();
+      await hosts.close();
+      for (const c of diskCopies.values()) rmSync(c, { recursive: true, force: true });
+    },
+  };
+
+  const handleFault = async (f: FleetFault): Promise<unknown> => {
+    const str = (v: unknown, what: string): string => {
+      if (typeof v !== 'string') throw new InputError(`${what} must be a replica name`, 'BAD_FAULT');
+      return v;
+    };
+    if (f.op === 'partition' && !(Array.isArray(f.groups) && f.groups.every((g) => Array.isArray(g) && g.every((n) => typeof n === 'string')))) {
+      throw new InputError('groups must be an array of arrays of replica names', 'BAD_FAULT');
+    }
+    if (f.op === 'isolate' || f.op === 'crash' || f.op === 'restart' || f.op === 'snapshotDisk') str(f.replica, 'replica');
+    if (f.op === 'block') { str(f.from, 'from'); str(f.to, 'to'); }
+    if (f.op === 'restart' && f.disk !== undefined && f.disk !== 'keep' && f.disk !== 'rollback') throw new InputError('disk must be keep or rollback', 'BAD_FAULT');
+    switch (f.op) {
+      case 'partition': fleet.partition(f.groups); return {};
+      case 'heal': fleet.heal(); return {};
+      case 'isolate': fleet.isolate(f.replica); return {};
+      case 'block': fleet.blockLink(f.from, f.to); return {};
+      case 'crash': await fleet.crash(f.replica); return {};
+      case 'restart': await fleet.restart(f.replica, { disk: f.disk }); return {};
+      case 'snapshotDisk': return { path: await fleet.snapshotDisk(f.replica) };
+      default: throw new InputError('unknown fault op', 'BAD_FAULT');
+    }
+  };
+
+  const server = createServer((req, res) => {
+    void (async () => {
+      if (refuseUnauthorizedRelay(req, res, opts.relayKey)) return;
+      if (req.url !== RELAY_PATH || req.method !== 'POST') return sendBody(res, 404, 'application/json', JSON.stringify({ code: 'NOT_FOUND' }));
+      const hint = req.headers[REGION_HEADER];
+      await serveRelay(req, res, 'vault fleet', async (user, body) => {
+        const name = router.pick(body, typeof hint === 'string' ? hint : undefined);
+        if (!name) return { ok: false, code: 'NO_REPLICA' };
+        return hosts.request(name, user, body);
+      });
+    })().catch(() => sendBody(res, 500, 'application/json', JSON.stringify({ code: 'INTERNAL' })));
+  });
+  server.keepAliveTimeout = 5_000;
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(opts.port ?? 0, '127.0.0.1', () => resolve());
+    });
+  } catch (e) {
+    router.close();
+    await hosts.close();
+    throw e;
+  }
+  fleet.url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  if (opts.operatorKey !== undefined) {
+    const op = await startOperatorListener({ status: () => fleet.status(), fault: opts.faultEndpoint ? handleFault : undefined }, opts.operatorKey);
+    fleet.operatorUrl = op.url;
+    operator = op;
+  }
+  return fleet;
+}
