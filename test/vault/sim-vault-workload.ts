@@ -132,7 +132,7 @@ export async function randomVaultRun(o: VaultRunOptions): Promise<VaultRunResult
   /** A staged rollback attack: the leader and a minority of victims commit alone, then the victims' disks go back. */
   let attack: { leader: string; victims: string[]; at: number } | null = null;
   // Its victims count as lacking from the start: at most a minority of disks may lose what they acked.
-  const lacking = () => ids.filter((id) => !c.isUp(id) || c.isRejoining(id) || attack?.victims.includes(id));
+  const lacking = () => ids.filter((id) => !c.isUp(id) || c.lacksData(id) || attack?.victims.includes(id));
   for (let t = 0; t < duration; t += step) {
     await c.run(step);
     if (attack && t >= attack.at) {
@@ -171,7 +171,7 @@ export async function randomVaultRun(o: VaultRunOptions): Promise<VaultRunResult
     } else if (o.diskFaults && r < 175 && lacking().length < maxDown) {
       // A disk rolled back to its last copy, or blanked (amnesia), then the replica restarted on it:
       // it must re-replicate before it votes. At most a minority lacks what it promised at once.
-      const up = c.upIds().filter((id) => !c.isRejoining(id));
+      const up = c.upIds().filter((id) => !c.lacksData(id));
       const v = up[rng.int(up.length)];
       if (v) {
         if (rng.int(3) === 0) c.blankDisk(v); else c.rollbackDisk(v);
@@ -182,7 +182,7 @@ export async function randomVaultRun(o: VaultRunOptions): Promise<VaultRunResult
       c.wholeFleetRestart();
     } else if (o.diskFaults && r < 190 && lacking().length < maxDown) {
       // Killed mid-write (a torn write), or a bit flipped on a stopped replica's disk: refused at start.
-      const up = c.upIds().filter((id) => !c.isRejoining(id));
+      const up = c.upIds().filter((id) => !c.lacksData(id));
       const v = up[rng.int(up.length)];
       if (v) {
         if (rng.int(2) === 0) c.tornCrash(v); else { c.crash(v); c.flipBit(v); }

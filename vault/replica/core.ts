@@ -311,7 +311,11 @@ export class ReplicaCore {
       try {
         const a = this.sealed.readAnchor();
         if (a) { this.floor = a.index; this.floorTerm = a.term; }
-      } catch { /* an anchor that does not open (another seal domain) protects nothing here */ }
+      } catch (e) {
+        // An anchor that does not open (another seal domain) protects nothing here; a token that
+        // fails to answer is another matter: without the floor this replica must not start at all.
+        if ((e as { code?: string }).code !== 'TAMPERED') throw e;
+      }
       this.out.push({ kind: 'wipe' });
       this.refusedFor = code;
       // The token keeps the old anchor until the new log passes it: a crash while catching up is

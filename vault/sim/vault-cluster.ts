@@ -91,6 +91,8 @@ interface Replica {
   diskQueue: DiskOp[];
   /** How far this replica's host clock is off the scheduler's (clock jumps). */
   skew: number;
+  /** Its disk was rolled back, blanked, torn or flipped, and no incarnation has caught up since. */
+  lostData: boolean;
   /** Host request id -> the device waiting for it. */
   routes: Map<number, { dev: string; rid: number }>;
   nextRid: number;
@@ -165,7 +167,7 @@ export class VaultCluster {
       const token = o.wrapToken ? o.wrapToken(sim, id) : sim;
       this.tokens.set(id, token);
       this.replicas.set(id, {
-        id, token, disk: blankDisk(), diskCopy: null, core: null, gen: 0, diskQueue: [], skew: 0, routes: new Map(), nextRid: 1, innerReplies: new Map(),
+        id, token, disk: blankDisk(), diskCopy: null, core: null, gen: 0, diskQueue: [], skew: 0, lostData: false, routes: new Map(), nextRid: 1, innerReplies: new Map(),
       });
     }
     for (const id of this.ids) this.start(this.replicas.get(id)!);
@@ -203,6 +205,7 @@ export class VaultCluster {
     this.checker.onRestore(r.id, 0);
     this.step(r, { kind: 'start', now: this.now, disk: readDisk(r.disk) });
     if (core.isRejoining) { this.counts.rereplications++; this.note(`rereplicate ${r.id}`); }
+    else if (core.isHealthy) r.lostData = false; // the disk it was given holds all it acknowledged
     this.schedule(this.nodeRng.int(this.tickMs) + 1, { kind: 'tick', id: r.id, gen: r.gen });
   }
 
@@ -292,6 +295,7 @@ export class VaultCluster {
       const keep = es.slice(0, 1 + this.netRng.int(es.length));
       const torn = keep.map((e, i) => (i === keep.length - 1 ? { index: e.index, sealed: e.sealed.subarray(0, Math.max(1, e.sealed.length >> 1)) } : e));
       writeDisk(r.disk, { entries: torn });
+      r.lostData = true;
       this.counts.torn++;
       this.note(`torn ${id} ${keep.length}/${es.length}`);
     }
@@ -311,6 +315,7 @@ export class VaultCluster {
     for (const [i, v] of r.disk.entries) if (v === pick) r.disk.entries.set(i, copy);
     if (r.disk.snapshot === pick) r.disk.snapshot = copy;
     if (r.disk.hardState === pick) r.disk.hardState = copy;
+    r.lostData = true;
     this.counts.bitFlips++;
     this.note(`flip ${id}`);
   }
@@ -336,6 +341,7 @@ export class VaultCluster {
     const r = this.rep(id);
     this.crash(id);
     r.disk = r.diskCopy ? copyDisk(r.diskCopy) : blankDisk();
+    r.lostData = true;
     this.note(`rollbackDisk ${id}`);
   }
 
@@ -344,6 +350,7 @@ export class VaultCluster {
     const r = this.rep(id);
     this.crash(id);
     r.disk = blankDisk();
+    r.lostData = true;
     this.note(`blankDisk ${id}`);
   }
 
@@ -354,6 +361,9 @@ export class VaultCluster {
   }
 
   isRejoining(id: NodeId): boolean { return !!this.rep(id).core?.isRejoining; }
+
+  /** Its disk lost what it acknowledged (a disk fault) and it has not caught up since. */
+  lacksData(id: NodeId): boolean { return this.rep(id).lostData || this.isRejoining(id); }
 
   restart(id: NodeId): void {
     const r = this.rep(id);
@@ -455,7 +465,8 @@ export class VaultCluster {
           if (o.code === 'INVARIANT') { this.counts.invariantFailures++; this.oracle.fail(`t=${this.now}: ${r.id} broke an invariant: ${o.reason}`); }
           break;
         case 'resume': this.step(r, { kind: 'resume', now: this.now }); break;
-        case 'leader': case 'rejoined': case 'log': break;
+        case 'rejoined': r.lostData = false; break;
+        case 'leader': case 'log': break;
       }
     }
   }
