@@ -1,4 +1,4 @@
-// The mutation check: seeded bugs the deterministic simulator must catch. Four live in the replica
+// The mutation check: seeded bugs the deterministic simulator must catch. Five live in the replica
 // core as guarded lines (vault/replica/core.ts `Mutation`); two are firmware bugs made by wrapping
 // the real session gate. Each is run over seeds of the random vault workload until the oracle or
 // the checker reports a violation.
@@ -50,6 +50,7 @@ export const MUTATION_CASES: readonly MutationCase[] = [
   { name: 'accept-forged-peer', breaks: 'a vote or ack in another replica\'s name counts', run: core('accept-forged-peer', false) },
   { name: 'skip-anchor', breaks: 'acks leave before the token anchor covers them', run: core('skip-anchor', true) },
   { name: 'vote-while-rejoining', breaks: 'a replica with a refused disk votes before it caught up', run: core('vote-while-rejoining', true) },
+  { name: 'ignore-fork', breaks: 'a second instance of one identity votes and acks beside the first', run: core('ignore-fork', true) },
 ];
 
 /** Runs seeds from `first` until the mutation is caught; the seed that caught it, or null within `max`. */

@@ -132,7 +132,7 @@ export async function randomVaultRun(o: VaultRunOptions): Promise<VaultRunResult
   /** A staged rollback attack: the leader and a minority of victims commit alone, then the victims' disks go back. */
   let attack: { leader: string; victims: string[]; at: number } | null = null;
   // Its victims count as lacking from the start: at most a minority of disks may lose what they acked.
-  const lacking = () => ids.filter((id) => !c.isUp(id) || c.lacksData(id) || attack?.victims.includes(id));
+  const lacking = () => ids.filter((id) => !c.isUp(id) || c.lacksData(id) || c.isForked(id) || !c.isHealthy(id) || attack?.victims.includes(id));
   for (let t = 0; t < duration; t += step) {
     await c.run(step);
     if (attack && t >= attack.at) {
@@ -203,6 +203,16 @@ export async function randomVaultRun(o: VaultRunOptions): Promise<VaultRunResult
         c.partition([l, ...victims], others.filter((x) => !victims.includes(x)));
         attack = { leader: l, victims, at: t + 200 + rng.int(800) };
       }
+    } else if (o.diskFaults && r >= 195 && r < 198 && lacking().length < maxDown) {
+      // Two instances of one identity (a fork), or a replica started on another one's disk.
+      const up = c.upIds().filter((id) => !c.lacksData(id));
+      const v = up[rng.int(up.length)];
+      if (v) {
+        if (rng.int(2) === 0) c.fork(v);
+        else { c.swapDisk(v, ids.filter((x) => x !== v)[rng.int(ids.length - 1)]!); c.restart(v); }
+      }
+    } else if (o.diskFaults && r >= 198 && r < 200) {
+      c.endForks();
     } else if (r < 200) {
       // A vote or an ack in another replica's name, over a third one's authenticated link.
       c.forge();

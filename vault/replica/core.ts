@@ -32,7 +32,7 @@ import {
 import { FirmwareError } from '../firmware/errors.ts';
 import type { FirmwareInput, FirmwareOutput, Policy } from '../firmware/firmware.ts';
 import { SessionGate } from '../firmware/gate.ts';
-import { GENESIS_HASH, SealedStorage, chainHash } from '../firmware/storage.ts';
+import { GENESIS_HASH, SealedStorage, chainHash, type ChainPoint } from '../firmware/storage.ts';
 import { decodePeer, encodePeer, type PeerMessage } from './peer-wire.ts';
 
 /** Token data object holding this replica's sealed {term, vote}. */
@@ -104,7 +104,7 @@ export interface FirmwareLike {
  * Bugs the simulator must catch, switched on one at a time by the mutation check (test/vault/
  * sim-mutations.test.ts). Hosts never set one; every use is a single guarded line.
  */
-export type Mutation = 'vote-while-rejoining' | 'skip-anchor' | 'apply-uncommitted' | 'accept-forged-peer';
+export type Mutation = 'vote-while-rejoining' | 'skip-anchor' | 'apply-uncommitted' | 'accept-forged-peer' | 'ignore-fork';
 
 /** Read-only windows for the simulator's oracle and checker (no effect on behaviour). */
 export interface CoreObserver {
@@ -181,6 +181,8 @@ export class ReplicaCore {
   private pendingHs?: HardState;
   private anchoredTo = 0;
   private anchoredHash?: Uint8Array;
+  /** What this instance believes the token's anchor is (null: none): anything else means a fork. */
+  private expectAnchor: ChainPoint | null = null;
   private nextWrite = 1;
   private inFlight?: { id: number; rd: Ready };
   private toApply?: Ready;
@@ -310,6 +312,7 @@ export class ReplicaCore {
       if (unreadable) this.diskNote = unreadable;
       try {
         const a = this.sealed.readAnchor();
+        this.expectAnchor = a ?? null;
         if (a) { this.floor = a.index; this.floorTerm = a.term; }
       } catch (e) {
         // An anchor that does not open (another seal domain) protects nothing here; a token that
@@ -372,6 +375,7 @@ export class ReplicaCore {
     const v = this.sealed.verify(items);
     this.anchoredTo = v.anchor?.index ?? 0;
     this.anchoredHash = v.anchor?.hash;
+    this.expectAnchor = v.anchor ?? null;
     if (!v.snapshot && v.entries.length === 0 && !items.hardState) {
       if (v.anchor && v.anchor.index > 0) throw new FirmwareError('ROLLBACK_DETECTED', `empty disk but the token anchor is at ${v.anchor.index}`);
       // A founding member's first start: entry 1 is the initial configuration on every founder.
@@ -438,6 +442,30 @@ export class ReplicaCore {
     if (!Array.isArray(v) || typeof v[0] !== 'number' || !(v[1] === null || typeof v[1] === 'string')) throw new FirmwareError('TAMPERED', 'vote record has a bad shape');
     this.tokenTerm = v[0];
     this.tokenVote = v[1];
+  }
+
+  /**
+   * Two instances under one identity (a fork: the host runs a copy beside the replica) share its
+   * token. Only this instance writes the vote and the anchor, so before each write they must read
+   * back as it left them; otherwise another instance made promises in this identity's name, and
+   * this one fails closed rather than vote twice in a term or acknowledge from a diverged disk.
+   */
+  private checkVoteNotForked(): void {
+    if (this.c.mutation === 'ignore-fork') return;
+    const before = { term: this.tokenTerm, vote: this.tokenVote };
+    this.readVote();
+    if (this.tokenTerm !== before.term || this.tokenVote !== before.vote) {
+      throw new BkvError('FORKED', `another instance of replica ${this.c.id} wrote its vote (term ${this.tokenTerm}); this one stops`);
+    }
+  }
+
+  private checkAnchorNotForked(): void {
+    if (this.c.mutation === 'ignore-fork') return;
+    const a = this.sealed.readAnchor() ?? null;
+    const e = this.expectAnchor;
+    if (a === null && e === null) return;
+    if (a && e && a.index === e.index && sameBytes(a.hash, e.hash)) return;
+    throw new BkvError('FORKED', `another instance of replica ${this.c.id} moved its token anchor (to ${a?.index ?? 'none'}); this one stops`);
   }
 
   /** The token's term/vote wins over an older disk: never vote twice in one term. */
@@ -738,6 +766,9 @@ export class ReplicaCore {
     if (this.toApply) { const p = this.toApply; this.toApply = undefined; this.apply(p); }
     const t = this.c.token;
     if (rd.hardState && (rd.hardState.term !== this.tokenTerm || rd.hardState.vote !== this.tokenVote)) {
+      // A vote stands on the log this identity acknowledged: neither its vote nor its anchor may have moved under it.
+      this.checkVoteNotForked();
+      if (this.c.mutation !== 'skip-anchor') this.checkAnchorNotForked();
       t.writeData(VOTE_LABEL, t.seal('record-key', pack([rd.hardState.term, rd.hardState.vote]), this.aad('vote')));
       this.tokenTerm = rd.hardState.term;
       this.tokenVote = rd.hardState.vote;
@@ -820,7 +851,11 @@ export class ReplicaCore {
     const hash = this.hashes.get(index);
     assert(!!hash, `no chain hash at the persisted head ${index}`);
     if (index === this.anchoredTo && this.anchoredHash && sameBytes(hash, this.anchoredHash)) return;
-    if (this.c.mutation !== 'skip-anchor') this.sealed.writeAnchor({ index, hash, term });
+    if (this.c.mutation !== 'skip-anchor') {
+      this.checkAnchorNotForked();
+      this.sealed.writeAnchor({ index, hash, term });
+      this.expectAnchor = { index, hash, term };
+    }
     this.anchoredTo = index;
     this.anchoredHash = hash;
     this.stats.anchors++;

@@ -65,8 +65,8 @@ type Msg =
   | { k: 'rep'; rid: number; body: Uint8Array };
 
 type Event =
-  | { kind: 'tick'; id: NodeId; gen: number }
-  | { kind: 'disk'; id: NodeId; gen: number }
+  | { kind: 'tick'; id: NodeId; fork: boolean; gen: number }
+  | { kind: 'disk'; id: NodeId; fork: boolean; gen: number }
   | { kind: 'deliver'; from: string; to: string; msg: Msg }
   | { kind: 'devTimeout'; rid: number };
 
@@ -81,6 +81,9 @@ type DiskOp = { op: 'persist'; id: number; write: DiskWrite } | { op: 'compact';
 
 interface Replica {
   readonly id: NodeId;
+  /** Who the checker and oracle see: the id, or `<id>~fork` for a second instance of that identity. */
+  readonly label: string;
+  readonly fork: boolean;
   readonly token: Token;
   disk: SimDisk;
   /** A copy of the disk the host took (snapshotDisk), for a later rollback. */
@@ -113,7 +116,7 @@ export class VaultCluster {
   now = 0;
   readonly counts = {
     delivered: 0, dropped: 0, duplicated: 0, flushes: 0, lostFlushes: 0, forwarded: 0, deviceTimeouts: 0, compactions: 0, anchors: 0,
-    rereplications: 0, filteredVotes: 0, forged: 0, forgedRefused: 0, torn: 0, bitFlips: 0, invariantFailures: 0,
+    rereplications: 0, filteredVotes: 0, forged: 0, forks: 0, forkedStops: 0, forgedRefused: 0, torn: 0, bitFlips: 0, invariantFailures: 0,
   };
   /** Entries proposed and replies handed out, by type (a test waits on these to stage a fault at one step). */
   readonly proposed: Record<string, number> = {};
@@ -124,6 +127,8 @@ export class VaultCluster {
   private readonly simTokens = new Map<NodeId, SimToken>();
 
   private readonly replicas = new Map<NodeId, Replica>();
+  /** Second instances under a replica's identity (fork()), on a copy of its disk and the same token. */
+  private readonly forks = new Map<NodeId, Replica>();
   private readonly q = new EventQueue();
   private seq = 0;
   private readonly nodeRng: SeededRng;
@@ -167,7 +172,7 @@ export class VaultCluster {
       const token = o.wrapToken ? o.wrapToken(sim, id) : sim;
       this.tokens.set(id, token);
       this.replicas.set(id, {
-        id, token, disk: blankDisk(), diskCopy: null, core: null, gen: 0, diskQueue: [], skew: 0, lostData: false, routes: new Map(), nextRid: 1, innerReplies: new Map(),
+        id, label: id, fork: false, token, disk: blankDisk(), diskCopy: null, core: null, gen: 0, diskQueue: [], skew: 0, lostData: false, routes: new Map(), nextRid: 1, innerReplies: new Map(),
       });
     }
     for (const id of this.ids) this.start(this.replicas.get(id)!);
@@ -202,11 +207,11 @@ export class VaultCluster {
     r.core = core;
     this.note(`start ${r.id} ${r.gen}`);
     // A new incarnation applies from its disk's snapshot (restored() says which) or from the start.
-    this.checker.onRestore(r.id, 0);
+    this.checker.onRestore(r.label, 0);
     this.step(r, { kind: 'start', now: this.now, disk: readDisk(r.disk) });
     if (core.isRejoining) { this.counts.rereplications++; this.note(`rereplicate ${r.id}`); }
     else if (core.isHealthy) r.lostData = false; // the disk it was given holds all it acknowledged
-    this.schedule(this.nodeRng.int(this.tickMs) + 1, { kind: 'tick', id: r.id, gen: r.gen });
+    this.schedule(this.nodeRng.int(this.tickMs) + 1, { kind: 'tick', id: r.id, fork: r.fork, gen: r.gen });
   }
 
   private newCore(r: Replica, rng: SeededRng, inner: Map<number, Uint8Array>, wrap: VaultClusterOptions['wrapFirmware']): ReplicaCore {
@@ -219,7 +224,7 @@ export class VaultCluster {
       mutation: this.o.mutation,
       observer: {
         applying: (e) => {
-          this.checker.onApply(r.id, e, this.now);
+          this.checker.onApply(r.label, e, this.now);
           this.note(`apply ${r.id} ${e.index} ${e.term}`);
           if (e.type === 'normal') this.oracle.onCommitted(e.index, e.data);
           else this.oracle.onSkipped(e.index);
@@ -227,11 +232,11 @@ export class VaultCluster {
         applied: (e) => {
           if (e.type !== 'normal' || !core.isHealthy) return;
           const user = decodeEntry(e.data).user;
-          this.oracle.checkReplica(r.id, e.index, user, this.view(core, user), this.now);
+          this.oracle.checkReplica(r.label, e.index, user, this.view(core, user), this.now);
         },
         restored: (index) => {
-          this.checker.onRestore(r.id, index);
-          this.checkRestored(r.id, core, index);
+          this.checker.onRestore(r.label, index);
+          this.checkRestored(r.label, core, index);
         },
         proposing: (entry, request) => {
           const e = decodeEntry(entry);
@@ -318,6 +323,44 @@ export class VaultCluster {
     r.lostData = true;
     this.counts.bitFlips++;
     this.note(`flip ${id}`);
+  }
+
+  /**
+   * A fork: the host starts a second instance of replica `id` on a copy of its disk and the same
+   * token, and the network reaches one or the other at random. Both speak as `id`. The token's
+   * vote and anchor must make at least one of them fail closed (FORKED) before it promises anything.
+   */
+  fork(id: NodeId): void {
+    const r = this.rep(id);
+    if (this.forks.has(id) || !r.core) return;
+    const twin: Replica = {
+      id, label: `${id}~fork`, fork: true, token: r.token, disk: copyDisk(r.disk), diskCopy: null, core: null, gen: 0, diskQueue: [], skew: r.skew, lostData: false,
+      routes: new Map(), nextRid: 1, innerReplies: new Map(),
+    };
+    this.forks.set(id, twin);
+    this.counts.forks++;
+    this.note(`fork ${id}`);
+    this.start(twin);
+  }
+
+  isForked(id: NodeId): boolean { return this.forks.has(id); }
+
+  /** The host restarts replica `id` on a copy of another replica's disk (sealed for that one). */
+  swapDisk(id: NodeId, from: NodeId): void {
+    const r = this.rep(id);
+    this.crash(id);
+    r.disk = copyDisk(this.rep(from).disk);
+    r.lostData = true;
+    this.note(`swapDisk ${id} from ${from}`);
+  }
+
+  /** The host stops every second instance. */
+  endForks(): void {
+    for (const [id, t] of this.forks) {
+      t.core = null; t.gen++; t.diskQueue = [];
+      this.note(`unfork ${id}`);
+    }
+    this.forks.clear();
   }
 
   /** The replica's host clock jumps by `ms` (either way) from now on. */
@@ -462,6 +505,7 @@ export class VaultCluster {
         }
         case 'health':
           this.note(`health ${r.id} ${String(o.healthy)} ${o.code}`);
+          if (o.code === 'FORKED') this.counts.forkedStops++;
           if (o.code === 'INVARIANT') { this.counts.invariantFailures++; this.oracle.fail(`t=${this.now}: ${r.id} broke an invariant: ${o.reason}`); }
           break;
         case 'resume': this.step(r, { kind: 'resume', now: this.now }); break;
@@ -473,13 +517,13 @@ export class VaultCluster {
 
   private queueDisk(r: Replica, op: DiskOp): void {
     r.diskQueue.push(op);
-    if (r.diskQueue.length === 1) this.schedule(this.diskMin + this.nodeRng.int(this.diskMax - this.diskMin + 1), { kind: 'disk', id: r.id, gen: r.gen });
+    if (r.diskQueue.length === 1) this.schedule(this.diskMin + this.nodeRng.int(this.diskMax - this.diskMin + 1), { kind: 'disk', id: r.id, fork: r.fork, gen: r.gen });
   }
 
   private diskDone(r: Replica): void {
     const op = r.diskQueue.shift();
     if (!op) return;
-    if (r.diskQueue.length > 0) this.schedule(this.diskMin + this.nodeRng.int(this.diskMax - this.diskMin + 1), { kind: 'disk', id: r.id, gen: r.gen });
+    if (r.diskQueue.length > 0) this.schedule(this.diskMin + this.nodeRng.int(this.diskMax - this.diskMin + 1), { kind: 'disk', id: r.id, fork: r.fork, gen: r.gen });
     switch (op.op) {
       case 'persist':
         writeDisk(r.disk, op.write);
@@ -524,9 +568,9 @@ export class VaultCluster {
     const reply = decodeVaultReply(inner);
     this.replied[reply.t] = (this.replied[reply.t] ?? 0) + 1;
     const meta = this.metas.get(hex(request)) ?? {};
-    if (reply.t === 'KE2') this.oracle.onKE2(r.id, user, reply.session, this.now, body);
-    if (reply.t === 'Status' && core.isHealthy) this.oracle.onStatus(r.id, user, core.firmware.appliedIndex, reply, this.now);
-    if (reply.t === 'Released') this.oracle.onReleased(r.id, user, core.firmware.appliedIndex, meta.correct, this.now, body);
+    if (reply.t === 'KE2') this.oracle.onKE2(r.label, user, reply.session, this.now, body);
+    if (reply.t === 'Status' && core.isHealthy) this.oracle.onStatus(r.label, user, core.firmware.appliedIndex, reply, this.now);
+    if (reply.t === 'Released') this.oracle.onReleased(r.label, user, core.firmware.appliedIndex, meta.correct, this.now, body);
   }
 
   // ---------------------------------------------------------------- devices
@@ -552,6 +596,7 @@ export class VaultCluster {
 
   /** Heal, stop losing messages, restart everyone, run until every replica applied the leader's log. */
   async quiesce(maxMs = 20_000): Promise<boolean> {
+    this.endForks();
     this.heal();
     this.net.dropRate = 0;
     this.net.dupRate = 0;
@@ -607,14 +652,16 @@ export class VaultCluster {
     const ev = x.ev as unknown as Event;
     switch (ev.kind) {
       case 'tick': {
-        const r = this.rep(ev.id);
+        const r = ev.fork ? this.forks.get(ev.id) : this.rep(ev.id);
+        if (!r) return true;
         if (r.gen !== ev.gen || !r.core) return true;
         if (!this.paused.has(r.id)) this.step(r, { kind: 'tick', now: this.now });
         this.schedule(this.tickMs, ev);
         return true;
       }
       case 'disk': {
-        const r = this.rep(ev.id);
+        const r = ev.fork ? this.forks.get(ev.id) : this.rep(ev.id);
+        if (!r) return true;
         if (r.gen !== ev.gen || !r.core) return true;
         if (this.paused.has(r.id)) { this.schedule(this.tickMs, ev); return true; }
         this.diskDone(r);
@@ -703,7 +750,10 @@ export class VaultCluster {
       w.resolve(msg.body);
       return;
     }
-    const r = this.replicas.get(to);
+    let r = this.replicas.get(to);
+    const twin = this.forks.get(to);
+    // A forked identity: each message reaches one of its two instances.
+    if (twin?.core && (!r?.core || this.netRng.int(2) === 0)) r = twin;
     if (!r?.core) { this.counts.dropped++; return; }
     const held = this.paused.get(to);
     if (held) { held.push({ from, msg }); return; }
