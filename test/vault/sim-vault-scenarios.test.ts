@@ -271,3 +271,39 @@ describe('a majority crashed and restarted one by one (issue #9)', () => {
     expect(c.firmware(c.leader()!)!.inspect('maj')!.used).toBe(1);
   }, 60_000);
 });
+
+describe('a fork: a second instance of the leader on a copy of its disk and the same token', () => {
+  async function forkRun(mutation?: 'ignore-fork') {
+    const c = await VaultCluster.create({ seed: 41, deviceTimeoutMs: 2_000, policy: { requestTtlMs: 1_500 }, mutation });
+    const { serverPublicKey, sessionKey } = c.pins();
+    c.knownUsers.add('fox');
+    const rng = new SeededRng(42);
+    const bytes = (n: number) => { const b = new Uint8Array(n); for (let i = 0; i < n; i++) b[i] = rng.int(256); return b; };
+    const opts: PasswordOptions = { user: 'fox', serverPublicKey, sessionKey, ksf: identityKsf, rng: bytes };
+    await c.run(500);
+    const at = (correct: boolean) => c.deviceSend(`d${rng.int(1e9)}`, 'fox', () => c.ids[rng.int(c.ids.length)]!, () => ({ correct }));
+    let res = '';
+    void enablePassword(at(true), opts, 'pw', bytes(32), 5).then(() => { res = 'ok'; }, (e: { code: string }) => { res = e.code; });
+    await c.runUntil(() => res !== '', 5_000);
+    expect(res).toBe('ok');
+    c.fork(c.leader()!);
+    // Guesses and elections while both instances run: a partition makes the others campaign.
+    for (let i = 0; i < 6; i++) {
+      if (i === 2) c.isolate(c.leader() ?? c.ids[0]!);
+      if (i === 4) c.heal();
+      let done = false;
+      void recoverK(at(false), opts, `wrong ${i}`).finally(() => { done = true; }).catch(() => undefined);
+      await c.runUntil(() => done, 4_000);
+    }
+    expect(await c.quiesce(30_000)).toBe(true);
+    c.checkConverged();
+    return c;
+  }
+
+  it('one of the two stops (FORKED) before it promises anything, and every invariant holds', async () => {
+    const c = await forkRun();
+    expect(c.counts.forks).toBe(1);
+    expect(c.counts.forkedStops).toBeGreaterThan(0);
+    expect(c.violations()).toEqual([]);
+  }, 60_000);
+});

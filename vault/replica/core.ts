@@ -196,6 +196,7 @@ export class ReplicaCore {
   private refusedFor = '';
   private diskNote = '';
   private lastAnnounce = -Infinity;
+  private lastCorrection = -Infinity;
 
   // --- requests
   private soft: SoftState = { leader: null, role: 'follower', term: 0 };
@@ -526,6 +527,14 @@ export class ReplicaCore {
         // replica's name (replayed, relayed, rewritten) would count a vote or an ack it never gave.
         if ((rm.from !== from || rm.to !== this.c.id) && this.c.mutation !== 'accept-forged-peer') { this.stats.forgedPeer++; return; }
         this.node!.step(rm);
+        // A heartbeat never commits past what the leader believes this replica holds: one that
+        // commits past our log means the leader counts acknowledgements this log does not have
+        // (another instance of this identity made them, or a disk that is gone): tell it where our
+        // log ends, as a rejoining replica does, so it probes instead of waiting forever.
+        if (rm.type === 'heartbeat' && rm.commit > this.node!.lastIndex && this.now - this.lastCorrection >= this.c.rejoinEveryMs) {
+          this.lastCorrection = this.now;
+          this.send(from, { kind: 'rejoin', lastIndex: this.node!.lastIndex });
+        }
         return;
       }
       case 'forward': {

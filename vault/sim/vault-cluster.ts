@@ -68,7 +68,9 @@ type Event =
   | { kind: 'tick'; id: NodeId; fork: boolean; gen: number }
   | { kind: 'disk'; id: NodeId; fork: boolean; gen: number }
   | { kind: 'deliver'; from: string; to: string; msg: Msg }
-  | { kind: 'devTimeout'; rid: number };
+  | { kind: 'devTimeout'; rid: number }
+  /** The supervisor looks at a replica that stopped itself, and restarts it. */
+  | { kind: 'supervise'; id: NodeId; gen: number };
 
 /** The simulated disk: what a RaftStore holds, as sealed bytes. */
 interface SimDisk {
@@ -144,6 +146,8 @@ export class VaultCluster {
   private readonly deviceTimeoutMs: number;
   private nextRid = 1;
   private readonly devWaiting = new Map<number, { resolve(b: Uint8Array): void; reject(e: Error): void }>();
+  /** Healing: restart replicas that stop themselves (quiesce() turns it on). */
+  private superviseFailed = false;
   /** Set when a device's promise settled: the driver must let its continuation run. */
   private devSettled = false;
   /** Stats of replica incarnations that died (the live ones are read from their cores). */
@@ -506,6 +510,8 @@ export class VaultCluster {
         case 'health':
           this.note(`health ${r.id} ${String(o.healthy)} ${o.code}`);
           if (o.code === 'FORKED') this.counts.forkedStops++;
+          // While healing, a replica that stops itself is restarted by its supervisor, as in production.
+          if (!o.healthy && this.superviseFailed && !r.fork) this.schedule(100, { kind: 'supervise', id: r.id, gen: r.gen });
           if (o.code === 'INVARIANT') { this.counts.invariantFailures++; this.oracle.fail(`t=${this.now}: ${r.id} broke an invariant: ${o.reason}`); }
           break;
         case 'resume': this.step(r, { kind: 'resume', now: this.now }); break;
@@ -600,7 +606,9 @@ export class VaultCluster {
     this.heal();
     this.net.dropRate = 0;
     this.net.dupRate = 0;
-    // A replica that stopped itself (a token error, a disk failure) is restarted, as its supervisor would.
+    // A replica that stopped itself (a token error, a disk failure, a fork) is restarted, as its
+    // supervisor would, now and whenever it happens again while healing.
+    this.superviseFailed = true;
     for (const id of this.ids) if (this.isUp(id) && !this.isHealthy(id)) this.crash(id);
     for (const id of this.ids) this.restart(id);
     return this.runUntil(() => {
@@ -670,6 +678,14 @@ export class VaultCluster {
       case 'deliver':
         this.deliver(ev.from, ev.to, ev.msg);
         return true;
+      case 'supervise': {
+        const r = this.rep(ev.id);
+        if (r.gen !== ev.gen || !r.core || r.core.isHealthy) return true;
+        this.note(`supervisor restarts ${r.id}`);
+        this.crash(r.id);
+        this.restart(r.id);
+        return true;
+      }
       case 'devTimeout': {
         const w = this.devWaiting.get(ev.rid);
         if (!w) return true;
