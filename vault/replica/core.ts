@@ -181,8 +181,11 @@ export class ReplicaCore {
   private pendingHs?: HardState;
   private anchoredTo = 0;
   private anchoredHash?: Uint8Array;
-  /** What this instance believes the token's anchor is (null: none): anything else means a fork. */
-  private expectAnchor: ChainPoint | null = null;
+  /**
+   * What this instance believes the token's anchor is (null: none; 'foreign': one of another seal
+   * domain, a solo vault's): anything else means a fork.
+   */
+  private expectAnchor: ChainPoint | null | 'foreign' = null;
   private nextWrite = 1;
   private inFlight?: { id: number; rd: Ready };
   private toApply?: Ready;
@@ -319,6 +322,7 @@ export class ReplicaCore {
         // An anchor that does not open (another seal domain) protects nothing here; a token that
         // fails to answer is another matter: without the floor this replica must not start at all.
         if ((e as { code?: string }).code !== 'TAMPERED') throw e;
+        this.expectAnchor = 'foreign';
       }
       this.out.push({ kind: 'wipe' });
       this.refusedFor = code;
@@ -462,10 +466,16 @@ export class ReplicaCore {
 
   private checkAnchorNotForked(): void {
     if (this.c.mutation === 'ignore-fork') return;
-    const a = this.sealed.readAnchor() ?? null;
     const e = this.expectAnchor;
+    let a: ChainPoint | null;
+    try {
+      a = this.sealed.readAnchor() ?? null;
+    } catch (err) {
+      if ((err as { code?: string }).code === 'TAMPERED' && e === 'foreign') return; // still the one we found
+      throw err;
+    }
     if (a === null && e === null) return;
-    if (a && e && a.index === e.index && sameBytes(a.hash, e.hash)) return;
+    if (a && e && e !== 'foreign' && a.index === e.index && sameBytes(a.hash, e.hash)) return;
     throw new BkvError('FORKED', `another instance of replica ${this.c.id} moved its token anchor (to ${a?.index ?? 'none'}); this one stops`);
   }
 
