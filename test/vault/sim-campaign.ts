@@ -1,9 +1,10 @@
 // Many seeds of the deterministic vault simulator, in parallel worker threads, with a progress line:
-//   npm run sim -- --seeds 10000 [--from 1] [--workers 2] [--faults net,disk,token,clock] [--mutation NAME] [--json]
+//   npm run sim -- --seeds 10000 [--from 1] [--workers 2] [--faults net,disk,token,clock,membership] [--mutation NAME] [--json]
 //   npm run sim -- --trace 1234 [--faults ...]   one seed's trace (faults, starts, crashes, forgeries)
 // Faults: net (crashes, restarts, pauses, partitions, isolation, loss, duplication, reordering,
 // forged frames: always on), disk (rollbacks, blank disks, torn writes, bit flips, whole-fleet
-// restarts, staged rollback attacks), token (token calls failing), clock (host clocks jumping).
+// restarts, staged rollback attacks, forks, swapped disks), token (token calls failing), clock (host
+// clocks jumping), membership (a voter removed, re-added as a learner and promoted, under load).
 // Default: all of them. Exit 0 when every seed holds every invariant; on a
 // failure, the seeds that failed and the command that replays one. (The chaos command of a later
 // issue grows from this; the workload lives under test/ because it drives client/password.ts.)
@@ -13,15 +14,15 @@ import { resolve } from 'node:path';
 import { MUTATION_CASES } from './sim-mutations.ts';
 import { randomVaultRun, type VaultRunOptions } from './sim-vault-workload.ts';
 
-type Fault = 'net' | 'disk' | 'token' | 'clock';
-const FAULTS: readonly Fault[] = ['net', 'disk', 'token', 'clock'];
+type Fault = 'net' | 'disk' | 'token' | 'clock' | 'membership';
+const FAULTS: readonly Fault[] = ['net', 'disk', 'token', 'clock', 'membership'];
 interface Job { seeds: number[]; faults: Fault[]; mutation?: string }
 interface SeedResult { seed: number; ok: boolean; violations: string[]; ms: number }
 
 function runOptions(j: { faults: Fault[]; mutation?: string }, seed: number): VaultRunOptions {
   const m = j.mutation ? MUTATION_CASES.find((c) => c.name === j.mutation) : undefined;
   return {
-    seed, diskFaults: j.faults.includes('disk') || !!m?.run.diskFaults, tokenFaults: j.faults.includes('token'), clockFaults: j.faults.includes('clock'),
+    seed, diskFaults: j.faults.includes('disk') || !!m?.run.diskFaults, tokenFaults: j.faults.includes('token'), clockFaults: j.faults.includes('clock'), membership: j.faults.includes('membership'),
     mutation: m?.run.mutation, wrapFirmware: m?.run.wrapFirmware,
   };
 }
@@ -34,7 +35,7 @@ async function runSeed(j: Job, seed: number): Promise<SeedResult> {
 
 function usage(msg?: string): never {
   if (msg) console.error(`sim: ${msg}`);
-  console.error('usage: npm run sim -- --seeds N [--from S] [--workers K] [--faults net,disk,token,clock] [--mutation NAME] [--json]\n       npm run sim -- --trace SEED [--faults ...] [--mutation NAME]');
+  console.error('usage: npm run sim -- --seeds N [--from S] [--workers K] [--faults net,disk,token,clock,membership] [--mutation NAME] [--json]\n       npm run sim -- --trace SEED [--faults ...] [--mutation NAME]');
   console.error(`mutations: ${MUTATION_CASES.map((c) => c.name).join(', ')}`);
   process.exit(2);
 }

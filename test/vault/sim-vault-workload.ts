@@ -22,6 +22,8 @@ export interface VaultRunOptions {
   tokenFaults?: boolean;
   /** Host clocks jump forward and back. */
   clockFaults?: boolean;
+  /** Membership changes under load: a voter removed, re-added as a learner, promoted (five replicas). */
+  membership?: boolean;
   /** A seeded bug in the replica core (the mutation check). */
   mutation?: Mutation;
   /** Every trace line as it is written (debugging one seed). */
@@ -132,7 +134,16 @@ export async function randomVaultRun(o: VaultRunOptions): Promise<VaultRunResult
   /** A staged rollback attack: the leader and a minority of victims commit alone, then the victims' disks go back. */
   let attack: { leader: string; victims: string[]; at: number } | null = null;
   // Its victims count as lacking from the start: at most a minority of disks may lose what they acked.
-  const lacking = () => ids.filter((id) => !c.isUp(id) || c.lacksData(id) || c.isForked(id) || !c.isHealthy(id) || attack?.victims.includes(id));
+  /** Replicas an operator took out of the configuration and has not fully brought back. */
+  const removed = new Set<string>();
+  const lacking = () => ids.filter((id) => !c.isUp(id) || c.lacksData(id) || c.isForked(id) || !c.isHealthy(id) || removed.has(id) || attack?.victims.includes(id));
+  /** One step of bringing a removed replica back: learner first, then voter. */
+  const readd = (v: string) => {
+    const conf = c.configuration();
+    if (!conf) return;
+    if (conf.voters.includes(v)) { removed.delete(v); return; }
+    c.changeMembership(conf.learners.includes(v) ? { op: 'addVoter', node: v } : { op: 'addLearner', node: v });
+  };
   for (let t = 0; t < duration; t += step) {
     await c.run(step);
     if (attack && t >= attack.at) {
@@ -213,6 +224,17 @@ export async function randomVaultRun(o: VaultRunOptions): Promise<VaultRunResult
       }
     } else if (o.diskFaults && r >= 198 && r < 200) {
       c.endForks();
+    } else if (o.membership && r >= 230 && r < 245) {
+      // An operator replaces a replica while devices keep guessing: out, then back as a learner, then a voter.
+      const conf = c.configuration();
+      if (conf && removed.size === 0 && conf.voters.length > 3 && lacking().length < maxDown) {
+        const l = c.leader();
+        const victims = conf.voters.filter((v) => v !== l);
+        const v = victims[rng.int(victims.length)]!;
+        if (c.changeMembership({ op: 'remove', node: v }) === 'ok') removed.add(v);
+      } else if (removed.size > 0) {
+        readd([...removed][0]!);
+      }
     } else if (r < 200) {
       // A vote or an ack in another replica's name, over a third one's authenticated link.
       c.forge();
@@ -232,7 +254,14 @@ export async function randomVaultRun(o: VaultRunOptions): Promise<VaultRunResult
     }
   }
   for (const p of tokenPlans) p.failureRate = 0;
-  const converged = await c.quiesce(30_000);
+  // The operator finishes bringing removed replicas back before the fleet is judged.
+  for (let i = 0; i < 60 && removed.size > 0; i++) {
+    c.heal();
+    for (const id of ids) c.restart(id);
+    await c.run(150);
+    for (const v of [...removed]) readd(v);
+  }
+  const converged = await c.quiesce(30_000) && removed.size === 0;
   // Let any device flow still running finish or time out, then settle again.
   await c.run(4_000);
   const settled = await c.quiesce(30_000);

@@ -47,11 +47,11 @@ describe('deterministic vault cluster', () => {
     console.log(JSON.stringify({ seeds: [FIRST, FIRST + SEEDS - 1], outcomes: total, oracle, net }));
   }, 300_000);
 
-  it(`${DISK_SEEDS} seeds adding rolled-back, blank, torn and flipped disks, whole-fleet restarts, rollback attacks, token errors and clock jumps: every invariant holds`, async () => {
+  it(`${DISK_SEEDS} seeds adding rolled-back, blank, torn and flipped disks, whole-fleet restarts, rollback attacks, forks, token errors, clock jumps and membership changes: every invariant holds`, async () => {
     const failures: string[] = [];
     let rereplications = 0;
     for (let seed = DISK_FIRST; seed < DISK_FIRST + DISK_SEEDS; seed++) {
-      const r = await randomVaultRun({ seed, diskFaults: true, tokenFaults: true, clockFaults: true });
+      const r = await randomVaultRun({ seed, diskFaults: true, tokenFaults: true, clockFaults: true, membership: true });
       rereplications += r.cluster.counts.rereplications;
       if (!r.converged || r.violations.length > 0) failures.push(`seed ${seed}: converged=${String(r.converged)} ${r.violations.slice(0, 3).join('; ')}`);
     }

@@ -163,6 +163,13 @@ export class RaftNode {
   private votes = new Map<NodeId, boolean>();
   private electionElapsed = 0;
   private voteRestriction: { index: number; term: number } | 'none' | null = null;
+  /**
+   * How far this follower's log is known to match the current leader's: the end of the last append
+   * (or snapshot) from it that passed the consistency check, in this term. A heartbeat commits no
+   * further: its commit is the leader's belief about our log, and a belief built from another
+   * instance's acknowledgements (a fork) or a lost disk's must not commit an entry of ours.
+   */
+  private verified = { term: -1, lead: null as NodeId | null, index: 0 };
   private heartbeatElapsed = 0;
   private randomizedElectionTimeout = 0;
   private transferee: NodeId | null = null;
@@ -218,6 +225,11 @@ export class RaftNode {
   get leader(): NodeId | null { return this.lead; }
   get currentTerm(): number { return this.term; }
   get commitIndex(): number { return this.log.committed; }
+  /** The prefix of this follower's log known to match its current leader's (committed entries included). */
+  get verifiedIndex(): number {
+    const v = this.verified;
+    return Math.max(this.log.committed, v.term === this.term && v.lead === this.lead ? v.index : 0);
+  }
   get lastIndex(): number { return this.log.lastIndex; }
   /** Term of the entry at index i as this node holds it (undefined if compacted or absent). */
   termAt(i: number): number | undefined { return this.log.term(i); }
@@ -632,7 +644,7 @@ export class RaftNode {
       case 'append': this.electionElapsed = 0; this.lead = m.from; this.handleAppend(m); return;
       case 'heartbeat':
         this.electionElapsed = 0; this.lead = m.from;
-        this.commitTo(Math.min(m.commit, this.log.lastIndex));
+        this.commitTo(Math.min(m.commit, this.log.lastIndex, this.verifiedIndex));
         this.send({ type: 'heartbeatResp', from: this.id, to: m.from, term: this.term, readSeq: m.readSeq });
         return;
       case 'snapshot': this.electionElapsed = 0; this.lead = m.from; this.handleSnapshot(m); return;
@@ -713,6 +725,7 @@ export class RaftNode {
   private handleAppend(m: AppendMsg): void {
     if (m.prevIndex < this.log.committed) {
       // Already have (and committed) everything up to our commit; report that as our match.
+      this.markVerified(m.from, this.log.committed);
       this.send({ type: 'appendResp', from: this.id, to: m.from, term: this.term, index: this.log.committed, reject: false, hint: 0 });
       return;
     }
@@ -728,8 +741,15 @@ export class RaftNode {
     const changed = this.log.appendFollower(m.entries);
     if (changed !== null) this.refreshConf(changed);
     const lastNew = m.prevIndex + m.entries.length;
+    this.markVerified(m.from, lastNew);
     this.commitTo(Math.min(m.commit, lastNew));
     this.send({ type: 'appendResp', from: this.id, to: m.from, term: this.term, index: lastNew, reject: false, hint: 0 });
+  }
+
+  private markVerified(lead: NodeId, index: number): void {
+    const v = this.verified;
+    if (v.term !== this.term || v.lead !== lead) this.verified = { term: this.term, lead, index };
+    else v.index = Math.max(v.index, index);
   }
 
   private handleSnapshot(m: SnapshotMsg): void {
@@ -747,6 +767,7 @@ export class RaftNode {
       this.confIndexes = [];
       this.conf = s.meta.conf;
     }
+    this.markVerified(m.from, s.meta.index);
     this.send({ type: 'appendResp', from: this.id, to: m.from, term: this.term, index: this.log.lastIndex, reject: false, hint: 0 });
   }
 

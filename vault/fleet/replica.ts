@@ -159,6 +159,7 @@ export class FleetReplica {
         case 'rejoined': this.say(`rejoined at ${o.index}`); this.o.onEvent?.({ kind: 'rejoined', index: o.index }); break;
         case 'log': this.say(o.line); break;
         case 'resume': this.step({ kind: 'resume', now: Date.now() }); break;
+        case 'membership': this.say(o.ok ? `membership change proposed at ${o.index}` : `membership change refused: ${o.code}`); break;
       }
     }
   }

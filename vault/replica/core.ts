@@ -27,7 +27,7 @@ import type { WireSuite } from '../../protocol/wire.ts';
 import {
   RaftNode, bootstrapStorage, decodeEntry, decodeHardState, decodeMessage, decodeSnapshot, emptyStorage,
   encodeEntry, encodeHardState, encodeMessage, encodeSnapshot,
-  type Entry, type HardState, type Message, type PersistedState, type Ready, type Rng, type Snapshot, type SoftState,
+  type ConfChange, type Entry, type HardState, type Message, type PersistedState, type Ready, type Rng, type Snapshot, type SoftState,
 } from '../consensus/index.ts';
 import { FirmwareError } from '../firmware/errors.ts';
 import type { FirmwareInput, FirmwareOutput, Policy } from '../firmware/firmware.ts';
@@ -74,7 +74,9 @@ export type CoreInput =
   /** The host started the I/O of the outputs before `resume`: do the deferred work. */
   | { kind: 'resume'; now: number }
   /** A disk operation failed: the replica stops serving. */
-  | { kind: 'diskFailed'; now: number; code: string; reason: string };
+  | { kind: 'diskFailed'; now: number; code: string; reason: string }
+  /** An operator's membership change (add a learner, promote it, remove a member), on the leader. */
+  | { kind: 'membership'; now: number; change: ConfChange };
 
 export type CoreOutput =
   /** Write and flush, then step `persisted` with this id. Disk outputs are performed in order. */
@@ -90,7 +92,9 @@ export type CoreOutput =
   | { kind: 'rejoined'; index: number }
   | { kind: 'log'; line: string }
   /** Step `resume` once the outputs before this one are under way. */
-  | { kind: 'resume' };
+  | { kind: 'resume' }
+  /** The answer to a membership input: proposed at `index` (it takes effect once committed), or why not. */
+  | { kind: 'membership'; ok: true; index: number } | { kind: 'membership'; ok: false; code: string };
 
 /** What the core needs of a firmware (a test may wrap the real gate to break it on purpose). */
 export interface FirmwareLike {
@@ -291,6 +295,7 @@ export class ReplicaCore {
       case 'persisted': return this.persisted(i.id);
       case 'resume': return this.resume();
       case 'diskFailed': throw new BkvError(i.code, i.reason);
+      case 'membership': return this.membership(i.change);
     }
   }
 
@@ -537,13 +542,15 @@ export class ReplicaCore {
         // replica's name (replayed, relayed, rewritten) would count a vote or an ack it never gave.
         if ((rm.from !== from || rm.to !== this.c.id) && this.c.mutation !== 'accept-forged-peer') { this.stats.forgedPeer++; return; }
         this.node!.step(rm);
-        // A heartbeat never commits past what the leader believes this replica holds: one that
-        // commits past our log means the leader counts acknowledgements this log does not have
-        // (another instance of this identity made them, or a disk that is gone): tell it where our
-        // log ends, as a rejoining replica does, so it probes instead of waiting forever.
-        if (rm.type === 'heartbeat' && rm.commit > this.node!.lastIndex && this.now - this.lastCorrection >= this.c.rejoinEveryMs) {
+        // A heartbeat commits only as far as this log is known to match the leader's (RaftNode's
+        // verified prefix); one that asks for more means the leader counts acknowledgements this
+        // log may not have (another instance of this identity made them, a disk that is gone, or
+        // this incarnation's log is simply not checked yet): tell it how far we vouch, as a
+        // rejoining replica does, so it probes instead of waiting forever.
+        const vouched = this.node!.verifiedIndex;
+        if (rm.type === 'heartbeat' && rm.commit > vouched && this.now - this.lastCorrection >= this.c.rejoinEveryMs) {
           this.lastCorrection = this.now;
-          this.send(from, { kind: 'rejoin', lastIndex: this.node!.lastIndex });
+          this.send(from, { kind: 'rejoin', lastIndex: vouched });
         }
         return;
       }
@@ -578,6 +585,13 @@ export class ReplicaCore {
 
   private send(to: string, m: PeerMessage): void {
     this.out.push({ kind: 'send', to, bytes: encodePeer(m) });
+  }
+
+  /** Only the leader changes the configuration; a change is one entry, committed like any other. */
+  private membership(change: ConfChange): void {
+    if (this.phase !== 'running' || !this.leading) { this.out.push({ kind: 'membership', ok: false, code: 'NOT_LEADER' }); return; }
+    const r = this.node!.proposeConfChange(change);
+    this.out.push(r.ok ? { kind: 'membership', ok: true, index: r.index } : { kind: 'membership', ok: false, code: r.error.code });
   }
 
   // ---------------------------------------------------------------- device requests

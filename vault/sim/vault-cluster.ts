@@ -11,7 +11,7 @@
 
 import { createHash } from 'node:crypto';
 import { Packr } from 'msgpackr';
-import { SeededRng, encodeMessage, type Message, type NodeId, type RaftNode } from '../consensus/index.ts';
+import { SeededRng, encodeMessage, type ConfChange, type ConfState, type Message, type NodeId, type RaftNode } from '../consensus/index.ts';
 import type { Token } from '../../hsm-adapter/token.ts';
 import { createOpaque, tokenServerSecrets, type Opaque } from '../../protocol/opaque/index.ts';
 import { fastX25519 } from '../../protocol/opaque/group.ts';
@@ -118,7 +118,7 @@ export class VaultCluster {
   now = 0;
   readonly counts = {
     delivered: 0, dropped: 0, duplicated: 0, flushes: 0, lostFlushes: 0, forwarded: 0, deviceTimeouts: 0, compactions: 0, anchors: 0,
-    rereplications: 0, filteredVotes: 0, forged: 0, forks: 0, forkedStops: 0, forgedRefused: 0, torn: 0, bitFlips: 0, invariantFailures: 0,
+    rereplications: 0, filteredVotes: 0, forged: 0, forks: 0, forkedStops: 0, membershipChanges: 0, forgedRefused: 0, torn: 0, bitFlips: 0, invariantFailures: 0,
   };
   /** Entries proposed and replies handed out, by type (a test waits on these to stage a fault at one step). */
   readonly proposed: Record<string, number> = {};
@@ -146,6 +146,7 @@ export class VaultCluster {
   private readonly deviceTimeoutMs: number;
   private nextRid = 1;
   private readonly devWaiting = new Map<number, { resolve(b: Uint8Array): void; reject(e: Error): void }>();
+  private lastMembership = '';
   /** Healing: restart replicas that stop themselves (quiesce() turns it on). */
   private superviseFailed = false;
   /** Set when a device's promise settled: the driver must let its continuation run. */
@@ -349,6 +350,23 @@ export class VaultCluster {
 
   isForked(id: NodeId): boolean { return this.forks.has(id); }
 
+  /** An operator's membership change, handed to the leader's core: 'ok' (proposed) or why not. */
+  changeMembership(change: ConfChange): string {
+    const l = this.leader();
+    if (!l) return 'NO_LEADER';
+    this.lastMembership = '';
+    this.step(this.rep(l), { kind: 'membership', now: this.now, change });
+    this.note(`membership ${change.op} ${'node' in change ? change.node : ''} ${this.lastMembership}`);
+    if (this.lastMembership === 'ok') this.counts.membershipChanges++;
+    return this.lastMembership || 'NO_ANSWER';
+  }
+
+  /** The leader's configuration (voters and learners), or null without a leader. */
+  configuration(): ConfState | null {
+    const l = this.leader();
+    return l ? this.rep(l).core!.raft!.confState() : null;
+  }
+
   /** The host restarts replica `id` on a copy of another replica's disk (sealed for that one). */
   swapDisk(id: NodeId, from: NodeId): void {
     const r = this.rep(id);
@@ -515,6 +533,7 @@ export class VaultCluster {
           if (o.code === 'INVARIANT') { this.counts.invariantFailures++; this.oracle.fail(`t=${this.now}: ${r.id} broke an invariant: ${o.reason}`); }
           break;
         case 'resume': this.step(r, { kind: 'resume', now: this.now }); break;
+        case 'membership': this.lastMembership = o.ok ? 'ok' : o.code; break;
         case 'rejoined': r.lostData = false; break;
         case 'leader': case 'log': break;
       }
@@ -616,15 +635,20 @@ export class VaultCluster {
       if (!l) return false;
       const ln = this.rep(l).core!.raft!;
       const c = ln.commitIndex;
+      const conf = ln.confState();
+      const members = this.upIds().filter((id) => conf.voters.includes(id) || conf.learners.includes(id));
       return ln.termAt(c) === ln.currentTerm && ln.lastIndex === c
-        && this.upIds().every((id) => { const core = this.rep(id).core!; return core.appliedIndex === c && core.raft?.commitIndex === c; });
+        && members.every((id) => { const core = this.rep(id).core!; return core.appliedIndex === c && core.raft?.commitIndex === c; });
     }, maxMs);
   }
 
   /** Invariant 8: every running replica holds the same applied index and firmware state digest. */
   checkConverged(): void {
     const m = new Map<NodeId, { applied: number; digest: string }>();
+    const conf = this.configuration();
     for (const id of this.upIds()) {
+      // A replica removed from the configuration no longer follows the fleet.
+      if (conf && !conf.voters.includes(id) && !conf.learners.includes(id)) continue;
       const core = this.rep(id).core!;
       m.set(id, { applied: core.appliedIndex, digest: core.isHealthy ? core.firmware.digest() : `unhealthy` });
     }
