@@ -254,14 +254,16 @@ export async function randomVaultRun(o: VaultRunOptions): Promise<VaultRunResult
     }
   }
   for (const p of tokenPlans) p.failureRate = 0;
-  // The operator finishes bringing removed replicas back before the fleet is judged.
-  for (let i = 0; i < 60 && removed.size > 0; i++) {
-    c.heal();
-    for (const id of ids) c.restart(id);
+  let converged = await c.quiesce(30_000);
+  // Healed, the operator brings every replica back into the configuration (a removal it saw refused
+  // may still have committed under another leader: it checks the leader's), then the fleet settles.
+  const outside = () => { const conf = c.configuration(); return conf ? ids.filter((v) => !conf.voters.includes(v)) : ids; };
+  for (let i = 0; i < 80 && o.membership && outside().length > 0; i++) {
     await c.run(150);
-    for (const v of [...removed]) readd(v);
+    for (const v of outside()) readd(v);
   }
-  const converged = await c.quiesce(30_000) && removed.size === 0;
+  if (outside().length === 0) removed.clear();
+  converged = converged && removed.size === 0;
   // Let any device flow still running finish or time out, then settle again.
   await c.run(4_000);
   const settled = await c.quiesce(30_000);
