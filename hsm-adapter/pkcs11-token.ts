@@ -53,6 +53,11 @@ const GCM_TAG = 16;
 const CBC_IV = 16;
 const MAC_LEN = 32;
 // Domain-separates the fallback's MAC input from any other HMAC made with the same key.
+// Data objects this adapter writes: 8-byte generation, then the value (see writeData).
+const DATA_APP_GENERATIONS = 'bkv data v2';
+const DATA_HEADER = 8;
+// More than two objects of one label means someone else wrote them; the newest still wins.
+const MAX_DATA_GENERATIONS = 16;
 const CBC_MAC_PREFIX = Buffer.from('bkv seal cbc-hmac-sha256 v1\0');
 
 function asBuffer(u: Uint8Array): Buffer {
@@ -262,14 +267,18 @@ export class Pkcs11Token implements Token {
 
   private reopen(): void {
     if (this.closed) throw new TokenError('TOKEN_CLOSED', `token '${this.label}' is closed`, { operation: 'use', tokenLabel: this.label });
+    // The new session first: while the old one is open the login stands, so the new one need not log
+    // in again (SoftHSM2 rewrites its token file at every real C_Login, and a process killed during
+    // that rewrite leaves a token that no longer logs in).
+    const old = this.session;
+    this.session = this.openSession();
     try {
-      this.lib.C_CloseSession(this.session);
+      this.lib.C_CloseSession(old);
     } catch {
       /* already gone */
     }
     // Handles of token objects survive a new session, but not a re-inserted token: look them up again.
     this.handles.clear();
-    this.session = this.openSession();
     this.sessionBroken = false;
   }
 
@@ -533,47 +542,90 @@ export class Pkcs11Token implements Token {
   }
 
   readData(label: string): Uint8Array {
-    const h = this.handle(label, pkcs11.CKO_DATA);
-    try {
-      return Uint8Array.from(this.lib.C_GetAttributeValue(this.sessionHandle, h, [{ type: pkcs11.CKA_VALUE }])[0].value);
-    } catch (e) {
-      throw this.fail(e, 'readData');
+    const objects = this.dataObjects(label, 'readData');
+    if (objects.length === 0) {
+      throw new TokenError('KEY_NOT_FOUND', `token '${this.label}' has no data object labelled '${label}'`, { operation: 'readData', tokenLabel: this.label });
     }
+    const [newest, next] = [...objects].sort((a, b) => b.generation - a.generation);
+    if (next && next.generation === newest!.generation) {
+      throw new TokenError('KEY_AMBIGUOUS', `token '${this.label}' holds several data objects labelled '${label}' of one generation`, { operation: 'readData', tokenLabel: this.label });
+    }
+    return newest!.value;
   }
 
+  /**
+   * An overwrite creates the successor before it destroys what it replaces: the host controls the
+   * process and can kill it between any two calls, and a destroy-then-create would leave, for an
+   * instant it can aim at, no anchor and no vote at all (a rolled-back disk would pass; a second vote
+   * in one term would be cast). Killed between the two, the token holds both, and the higher
+   * generation is the value. (SoftHSM2 makes CKA_VALUE of a data object read-only, so an in-place
+   * C_SetAttributeValue is not the portable way either.)
+   */
   writeData(label: string, value: Uint8Array): void {
-    const cacheKey = `${pkcs11.CKO_DATA}:${label}`;
-    let h = this.handles.get(cacheKey) ?? this.findObject(label, pkcs11.CKO_DATA);
-    const s = this.sessionHandle;
-    if (h) {
-      try {
-        this.lib.C_SetAttributeValue(s, h, [{ type: pkcs11.CKA_VALUE, value: asBuffer(value) }]);
-        this.handles.set(cacheKey, h);
-        return;
-      } catch (e) {
-        // A read-only object (CKA_MODIFIABLE false) is replaced; anything else is a real failure.
-        if (ckrOf(e) !== pkcs11.CKR_ATTRIBUTE_READ_ONLY) throw this.fail(e, 'writeData');
-      }
-      try {
-        this.lib.C_DestroyObject(s, h);
-      } catch (e) {
-        throw this.fail(e, 'writeData');
-      }
-      this.handles.delete(cacheKey);
-    }
+    const old = this.dataObjects(label, 'writeData');
+    const generation = old.reduce((g, o) => Math.max(g, o.generation), 0) + 1;
+    const framed = Buffer.alloc(DATA_HEADER + value.length);
+    framed.writeBigUInt64BE(BigInt(generation), 0);
+    framed.set(value, DATA_HEADER);
     try {
-      h = this.lib.C_CreateObject(s, [
+      this.lib.C_CreateObject(this.sessionHandle, [
         { type: pkcs11.CKA_CLASS, value: pkcs11.CKO_DATA },
         { type: pkcs11.CKA_TOKEN, value: true },
         { type: pkcs11.CKA_PRIVATE, value: true },
-        { type: pkcs11.CKA_APPLICATION, value: 'bkv' },
+        { type: pkcs11.CKA_APPLICATION, value: DATA_APP_GENERATIONS },
         { type: pkcs11.CKA_LABEL, value: label },
-        { type: pkcs11.CKA_VALUE, value: asBuffer(value) },
+        { type: pkcs11.CKA_VALUE, value: framed },
       ]);
     } catch (e) {
       throw this.fail(e, 'writeData');
     }
-    this.handles.set(cacheKey, h);
+    for (const o of old) {
+      try {
+        this.lib.C_DestroyObject(this.sessionHandle, o.handle);
+      } catch (e) {
+        // The new value stands (it has the higher generation); the old object is left for the next write.
+        throw this.fail(e, 'writeData');
+      }
+    }
+  }
+
+  /**
+   * Every data object with this label, with its generation: objects this adapter wrote carry it in
+   * an 8-byte header (application DATA_APP_GENERATIONS); any other (written once at provisioning, or
+   * by an older bkv) is generation 0 and its value is taken whole.
+   */
+  private dataObjects(label: string, operation: 'readData' | 'writeData'): { handle: Buffer; generation: number; value: Uint8Array }[] {
+    const s = this.sessionHandle;
+    let found: Buffer[];
+    try {
+      this.lib.C_FindObjectsInit(s, [
+        { type: pkcs11.CKA_CLASS, value: pkcs11.CKO_DATA },
+        { type: pkcs11.CKA_LABEL, value: label },
+      ]);
+      try {
+        found = this.lib.C_FindObjects(s, MAX_DATA_GENERATIONS);
+      } finally {
+        this.lib.C_FindObjectsFinal(s);
+      }
+    } catch (e) {
+      throw this.fail(e, operation, `finding '${label}'`);
+    }
+    return found.map((handle) => {
+      let attrs: pkcs11.Attribute[];
+      try {
+        attrs = this.lib.C_GetAttributeValue(s, handle, [{ type: pkcs11.CKA_APPLICATION }, { type: pkcs11.CKA_VALUE }]);
+      } catch (e) {
+        throw this.fail(e, operation);
+      }
+      const app = Buffer.from(attrs[0]!.value as Buffer).toString('utf8');
+      const raw = attrs[1]!.value as Buffer;
+      if (app !== DATA_APP_GENERATIONS) return { handle, generation: 0, value: Uint8Array.from(raw) };
+      if (raw.length < DATA_HEADER) {
+        throw new TokenError('DATA_CORRUPT', `token '${this.label}': data object '${label}' is shorter than its header`, { operation, tokenLabel: this.label });
+      }
+      const generation = Number(raw.readBigUInt64BE(0));
+      return { handle, generation, value: Uint8Array.from(raw.subarray(DATA_HEADER)) };
+    });
   }
 
   random(length: number): Uint8Array {

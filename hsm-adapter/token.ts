@@ -60,7 +60,8 @@ export interface Token {
 
   /**
    * Create or overwrite a small non-secret token data object (CKO_DATA, token object). The firmware
-   * keeps its rollback anchor here: the host can roll its disk back but not the token.
+   * keeps its rollback anchor here: the host can roll its disk back but not the token. A write is
+   * atomic even against a kill of the process: afterwards the object holds the old value or the new.
    */
   writeData(label: string, value: Uint8Array): void;
 
