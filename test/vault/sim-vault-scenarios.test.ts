@@ -307,3 +307,47 @@ describe('a fork: a second instance of the leader on a copy of its disk and the 
     expect(c.violations()).toEqual([]);
   }, 60_000);
 });
+
+describe('a slow token at the leader and clocks that drift', () => {
+  // A token that takes 250 ms per anchor write blocks its replica as a slow PKCS#11 call blocks the
+  // process: its heartbeats stop, followers campaign, leadership moves. Clocks run 30% slow and 50%
+  // fast. The guess budget holds throughout and the fleet converges once healed.
+  async function slowRun(slowMs: number) {
+    const c = await VaultCluster.create({ seed: 51, deviceTimeoutMs: 4_000, policy: { requestTtlMs: 3_000 } });
+    const { serverPublicKey, sessionKey } = c.pins();
+    c.knownUsers.add('sal');
+    const rng = new SeededRng(52);
+    const bytes = (n: number) => { const b = new Uint8Array(n); for (let i = 0; i < n; i++) b[i] = rng.int(256); return b; };
+    const opts: PasswordOptions = { user: 'sal', serverPublicKey, sessionKey, ksf: identityKsf, rng: bytes };
+    await c.run(500);
+    const at = (correct: boolean) => c.deviceSend(`d${rng.int(1e9)}`, 'sal', () => c.leader() ?? c.ids[rng.int(c.ids.length)]!, () => ({ correct }));
+    const k = bytes(32);
+    let res = '';
+    void enablePassword(at(true), opts, 'pw', k, 4).then(() => { res = 'ok'; }, (e: { code: string }) => { res = e.code; });
+    await c.runUntil(() => res !== '', 5_000);
+    expect(res).toBe('ok');
+    const first = c.leader()!;
+    c.slowToken(first, slowMs);
+    c.clockDrift(c.ids.find((x) => x !== first)!, -0.3);
+    c.clockDrift(c.ids.filter((x) => x !== first)[1]!, 0.5);
+    const answers: string[] = [];
+    for (let i = 0; i < 6; i++) {
+      let done = false;
+      void recoverK(at(false), opts, `wrong ${i}`).then(() => answers.push('released'), (e: { code?: string; vaultCode?: string }) => answers.push(e.vaultCode ?? e.code ?? 'error')).finally(() => { done = true; });
+      await c.runUntil(() => done, 8_000);
+    }
+    c.heal();
+    expect(await c.quiesce(30_000)).toBe(true);
+    c.checkConverged();
+    return { c, first, answers };
+  }
+
+  it('moves leadership off a replica blocked in its token, keeps the budget, converges', async () => {
+    const { c, first, answers } = await slowRun(250);
+    expect(c.violations()).toEqual([]);
+    expect(answers).not.toContain('released');
+    // Four attempts at most were ever charged, whatever the slowness did to the outcomes.
+    expect(c.firmware(c.leader()!)!.inspect('sal')!.used).toBeLessThanOrEqual(4);
+    expect([...c.checker.leaders.values()].some((l) => l !== first)).toBe(true);
+  }, 60_000);
+});

@@ -238,9 +238,20 @@ export async function randomVaultRun(o: VaultRunOptions): Promise<VaultRunResult
     } else if (r < 200) {
       // A vote or an ack in another replica's name, over a third one's authenticated link.
       c.forge();
-    } else if (o.clockFaults && r < 210) {
+    } else if (o.clockFaults && r < 205) {
       const up = c.upIds();
       if (up.length) c.clockJump(up[rng.int(up.length)]!, (rng.int(2) === 0 ? -1 : 1) * (50 + rng.int(4000)));
+    } else if (o.clockFaults && r < 210) {
+      // A host clock that runs fast or slow (its election and lease timers with it), for good.
+      const up = c.upIds();
+      if (up.length) c.clockDrift(up[rng.int(up.length)]!, [-0.3, -0.1, 0.05, 0.2, 0.5][rng.int(5)]!);
+    } else if (o.tokenFaults && r < 214) {
+      // A token that answers slowly (a busy HSM, a far network HSM): the replica blocks in each call.
+      const up = c.upIds();
+      if (up.length) c.slowToken(up[rng.int(up.length)]!, [5, 20, 60, 250][rng.int(4)]!);
+    } else if (o.tokenFaults && r < 216) {
+      const up = c.upIds();
+      if (up.length) c.slowToken(up[rng.int(up.length)]!, 0);
     } else if (o.tokenFaults && r < 230) {
       // A replica that stopped itself on a token error is restarted by its supervisor.
       const sick = c.upIds().filter((id) => !c.isHealthy(id));

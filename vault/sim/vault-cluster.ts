@@ -94,8 +94,13 @@ interface Replica {
   gen: number;
   /** Disk operations in order; the head one is in progress. */
   diskQueue: DiskOp[];
-  /** How far this replica's host clock is off the scheduler's (clock jumps). */
+  /** How far this replica's host clock is off the scheduler's (clock jumps), as of `driftFrom`. */
   skew: number;
+  /** Its host clock's rate error (0.1: 10% fast) since `driftFrom`: timers fire early or late too. */
+  drift: number;
+  driftFrom: number;
+  /** Blocked in a slow token call until then: nothing reaches it (its event loop is stuck). */
+  busyUntil: number;
   /** Its disk was rolled back, blanked, torn or flipped, and no incarnation has caught up since. */
   lostData: boolean;
   /** Host request id -> the device waiting for it. */
@@ -127,6 +132,7 @@ export class VaultCluster {
   /** Each replica's token as the replica sees it (wrapped, if the options wrap tokens). */
   readonly tokens = new Map<NodeId, Token>();
   private readonly simTokens = new Map<NodeId, SimToken>();
+  private readonly slowTokens = new Map<NodeId, number>();
 
   private readonly replicas = new Map<NodeId, Replica>();
   /** Second instances under a replica's identity (fork()), on a copy of its disk and the same token. */
@@ -177,7 +183,7 @@ export class VaultCluster {
       const token = o.wrapToken ? o.wrapToken(sim, id) : sim;
       this.tokens.set(id, token);
       this.replicas.set(id, {
-        id, label: id, fork: false, token, disk: blankDisk(), diskCopy: null, core: null, gen: 0, diskQueue: [], skew: 0, lostData: false, routes: new Map(), nextRid: 1, innerReplies: new Map(),
+        id, label: id, fork: false, token, disk: blankDisk(), diskCopy: null, core: null, gen: 0, diskQueue: [], skew: 0, drift: 0, driftFrom: 0, busyUntil: 0, lostData: false, routes: new Map(), nextRid: 1, innerReplies: new Map(),
       });
     }
     for (const id of this.ids) this.start(this.replicas.get(id)!);
@@ -289,7 +295,7 @@ export class VaultCluster {
     this.paused.delete(id);
     for (const k of STAT_KEYS) this.retired[k] += r.core.stats[k];
     this.counts.lostFlushes += r.diskQueue.filter((d) => d.op === 'persist').length;
-    r.core = null; r.gen++; r.diskQueue = []; r.routes.clear();
+    r.core = null; r.gen++; r.diskQueue = []; r.routes.clear(); r.busyUntil = 0;
     this.note(`crash ${id}`);
   }
 
@@ -339,7 +345,7 @@ export class VaultCluster {
     const r = this.rep(id);
     if (this.forks.has(id) || !r.core) return;
     const twin: Replica = {
-      id, label: `${id}~fork`, fork: true, token: r.token, disk: copyDisk(r.disk), diskCopy: null, core: null, gen: 0, diskQueue: [], skew: r.skew, lostData: false,
+      id, label: `${id}~fork`, fork: true, token: r.token, disk: copyDisk(r.disk), diskCopy: null, core: null, gen: 0, diskQueue: [], skew: r.skew, drift: r.drift, driftFrom: r.driftFrom, busyUntil: 0, lostData: false,
       routes: new Map(), nextRid: 1, innerReplies: new Map(),
     };
     this.forks.set(id, twin);
@@ -390,6 +396,27 @@ export class VaultCluster {
     const r = this.rep(id);
     r.skew += ms;
     this.note(`clock ${id} ${ms >= 0 ? '+' : ''}${ms}`);
+  }
+
+  /** The replica's host clock runs `rate` fast (negative: slow) from now on; its timers with it. */
+  clockDrift(id: NodeId, rate: number): void {
+    if (!(rate > -0.9 && rate < 10)) throw new RangeError(`clock drift ${rate} out of range`);
+    const r = this.rep(id);
+    r.skew += Math.round((this.now - r.driftFrom) * r.drift);
+    r.driftFrom = this.now;
+    r.drift = rate;
+    this.note(`drift ${id} ${rate}`);
+  }
+
+  /**
+   * Every call to the replica's token takes time from now on (`perWriteMs` per data-object write, the
+   * anchor and vote; a tenth of it per other call), blocking the replica as a slow PKCS#11 call blocks
+   * its process. 0 makes it fast again; heal() does too.
+   */
+  slowToken(id: NodeId, perWriteMs: number): void {
+    if (!(perWriteMs >= 0)) throw new RangeError(`slow token ${perWriteMs} out of range`);
+    if (perWriteMs === 0) this.slowTokens.delete(id); else this.slowTokens.set(id, perWriteMs);
+    this.note(`slow token ${id} ${perWriteMs}`);
   }
 
   isHealthy(id: NodeId): boolean { return !!this.rep(id).core?.isHealthy; }
@@ -466,6 +493,7 @@ export class VaultCluster {
   /** Reconnect everything and resume paused replicas. */
   heal(): void {
     for (const id of [...this.paused.keys()]) this.resume(id);
+    this.slowTokens.clear();
     this.groups = null;
     this.note('heal');
   }
@@ -506,9 +534,24 @@ export class VaultCluster {
     const core = r.core;
     if (!core) return;
     // The host's clock is what the replica is told (it may jump); the core never lets it run backwards.
-    const out = core.step({ ...input, now: Math.max(0, this.now + r.skew) });
+    const sim = this.simTokens.get(r.id)!;
+    const [calls, writes] = [sim.calls, sim.dataWrites];
+    const out = core.step({ ...input, now: this.clockOf(r) });
+    const slow = this.slowTokens.get(r.id);
+    if (slow) r.busyUntil = Math.max(r.busyUntil, this.now) + Math.round((sim.dataWrites - writes) * slow + (sim.calls - calls - (sim.dataWrites - writes)) * slow / 10);
     this.perform(r, core, out);
     if (r.core === core && core.raft) this.checker.observe(core.raft, this.now);
+  }
+
+  private clockOf(r: Replica): number {
+    return Math.max(0, this.now + r.skew + Math.round((this.now - r.driftFrom) * r.drift));
+  }
+
+  /** A replica blocked in a slow token call takes the event later, in arrival order. */
+  private busy(r: Replica, ev: Event): boolean {
+    if (r.busyUntil <= this.now) return false;
+    this.schedule(r.busyUntil - this.now, ev);
+    return true;
   }
 
   private perform(r: Replica, core: ReplicaCore, out: CoreOutput[]): void {
@@ -687,8 +730,9 @@ export class VaultCluster {
         const r = ev.fork ? this.forks.get(ev.id) : this.rep(ev.id);
         if (!r) return true;
         if (r.gen !== ev.gen || !r.core) return true;
+        if (this.busy(r, ev)) return true;
         if (!this.paused.has(r.id)) this.step(r, { kind: 'tick', now: this.now });
-        this.schedule(this.tickMs, ev);
+        this.schedule(Math.max(1, Math.round(this.tickMs / (1 + r.drift))), ev);
         return true;
       }
       case 'disk': {
@@ -696,6 +740,7 @@ export class VaultCluster {
         if (!r) return true;
         if (r.gen !== ev.gen || !r.core) return true;
         if (this.paused.has(r.id)) { this.schedule(this.tickMs, ev); return true; }
+        if (this.busy(r, ev)) return true;
         this.diskDone(r);
         return true;
       }
@@ -797,6 +842,7 @@ export class VaultCluster {
     if (!r?.core) { this.counts.dropped++; return; }
     const held = this.paused.get(to);
     if (held) { held.push({ from, msg }); return; }
+    if (this.busy(r, { kind: 'deliver', from, to, msg })) return;
     this.counts.delivered++;
     this.trace.update(td.encode(`${this.now}|d|${from}>${to}|${msg.k}|`));
     this.trace.update(packr.pack(msg));
