@@ -3,7 +3,7 @@
 import { reportError, type Command } from './cli.ts';
 
 // Listed here in help order; each lives in commands/NAME.ts and exports `command`.
-const commandNames = ['provision', 'doctor', 'backup', 'account', 'serve', 'fleet', 'walkthrough'];
+const commandNames = ['provision', 'doctor', 'backup', 'account', 'serve', 'fleet', 'chaos', 'walkthrough'];
 
 async function load(name: string): Promise<Command | undefined> {
   if (!commandNames.includes(name)) return undefined;

@@ -1,7 +1,7 @@
 // The mutation check (issue: one replica core): each seeded bug is caught by the simulator within
 // a stated number of seeds. Rerun one by hand: BKV_MUTATION=skip-anchor npx vitest run test/vault/sim-mutations.test.ts
 import { describe, expect, it } from 'vitest';
-import { MUTATION_CASES, seedsToCatch } from './sim-mutations.ts';
+import { MUTATION_CASES, seedsToCatch } from '../../scripts/chaos/mutations.ts';
 
 /** The budget each bug must be caught within (docs/consensus.md, "Mutation check", has the measured counts). */
 const MAX_SEEDS = Number(process.env.BKV_MUTATION_SEEDS ?? 60);

@@ -2,7 +2,7 @@
 // virtual time, seeded faults; an outside oracle checks the guess budget, the counter, K release,
 // Raft safety and convergence. See docs/consensus.md, "Deterministic vault cluster".
 import { describe, expect, it } from 'vitest';
-import { randomVaultRun } from './sim-vault-workload.ts';
+import { randomVaultRun } from '../../scripts/chaos/workload.ts';
 
 const SEEDS = Number(process.env.BKV_SIM_VAULT_SEEDS ?? 200);
 const FIRST = Number(process.env.BKV_SIM_VAULT_FIRST_SEED ?? 1);

@@ -105,8 +105,8 @@ export interface FirmwareLike {
 }
 
 /**
- * Bugs the simulator must catch, switched on one at a time by the mutation check (test/vault/
- * sim-mutations.test.ts). Hosts never set one; every use is a single guarded line.
+ * Bugs the simulator must catch, switched on one at a time by the mutation check
+ * (test/vault/sim-mutations.test.ts, `bkv chaos sim --mutation`). Hosts never set one; every use is a single guarded line.
  */
 export type Mutation = 'vote-while-rejoining' | 'skip-anchor' | 'apply-uncommitted' | 'accept-forged-peer' | 'ignore-fork';
 

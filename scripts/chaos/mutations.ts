@@ -6,7 +6,7 @@ import type { FirmwareInput, FirmwareOutput } from '../../vault/firmware/firmwar
 import type { SessionGate } from '../../vault/firmware/gate.ts';
 import { decodeEntry, encodeEntry } from '../../vault/firmware/entries.ts';
 import type { FirmwareLike, Mutation } from '../../vault/replica/core.ts';
-import { randomVaultRun, type VaultRunOptions } from './sim-vault-workload.ts';
+import { randomVaultRun, type VaultRunOptions } from './workload.ts';
 
 export interface MutationCase {
   name: string;

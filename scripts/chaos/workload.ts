@@ -28,7 +28,25 @@ export interface VaultRunOptions {
   mutation?: Mutation;
   /** Every trace line as it is written (debugging one seed). */
   onNote?: (line: string) => void;
+  /**
+   * Replay only the faults of these steps (virtual ms since the faulty phase began; `faults` of a
+   * result lists them): what a shrunk schedule replays. Each step draws from its own stream, so
+   * leaving one out changes no other step's choice.
+   */
+  onlySteps?: ReadonlySet<number>;
 }
+
+/** What the seed drew before the run: the fleet and the network it ran on. */
+export interface VaultRunSettings {
+  replicas: number;
+  snapshotEvery: number;
+  net: { maxDelayMs: number; dropRate: number; dupRate: number };
+  diskMaxMs: number;
+  tokenFailureRate: number | null;
+}
+
+/** One step of the faulty phase at which the nemesis did something, and what (its trace lines). */
+export interface FaultStep { t: number; what: string }
 
 export interface VaultRunResult {
   cluster: VaultCluster;
@@ -36,6 +54,14 @@ export interface VaultRunResult {
   converged: boolean;
   traceHash: string;
   outcomes: Record<string, number>;
+  settings: VaultRunSettings;
+  /** The steps at which a fault was applied, in order. */
+  faults: FaultStep[];
+}
+
+/** The seed of one step's fault stream. */
+function faultSeed(seed: number, t: number): number {
+  return (Math.imul(seed >>> 0, 0x9e3779b1) ^ Math.imul(t + 0x27d4eb2f, 0x85ebca6b)) >>> 0;
 }
 
 const LIMIT = 3;
@@ -51,11 +77,22 @@ export async function randomVaultRun(o: VaultRunOptions): Promise<VaultRunResult
   // The fault plans stay ours: the token faults stop (failure rate 0) when the fleet is healed.
   const tokenPlans: FaultPlan[] = [];
   const tokenFailureRate = choose([0.0002, 0.001]);
+  const replicas = choose([['r1', 'r2', 'r3'], ['r1', 'r2', 'r3'], ['r1', 'r2', 'r3', 'r4', 'r5']]);
+  const snapshotEvery = choose([5, 20, 1000]);
+  const net = { minDelayMs: 1, maxDelayMs: choose([5, 15, 40]), dropRate: choose([0, 0.02, 0.08]), dupRate: choose([0, 0.03, 0.1]) };
+  const diskMaxMs = choose([1, 4]);
+  const settings: VaultRunSettings = {
+    replicas: replicas.length, snapshotEvery, net: { maxDelayMs: net.maxDelayMs, dropRate: net.dropRate, dupRate: net.dupRate }, diskMaxMs,
+    tokenFailureRate: o.tokenFaults ? tokenFailureRate : null,
+  };
+  /** Trace lines written while the nemesis acts (null: it is not acting). */
+  let faultNotes: string[] | null = null;
+  const applied: FaultStep[] = [];
   const c = await VaultCluster.create({
     seed: o.seed,
-    replicas: choose([['r1', 'r2', 'r3'], ['r1', 'r2', 'r3'], ['r1', 'r2', 'r3', 'r4', 'r5']]),
+    replicas,
     mutation: o.mutation,
-    onNote: o.onNote,
+    onNote: (l) => { faultNotes?.push(l); o.onNote?.(l); },
     wrapToken: o.tokenFaults
       ? (t, id) => {
         const plan: FaultPlan = { seed: (o.seed * 31 + id.charCodeAt(1)) >>> 0, failureRate: tokenFailureRate, faults: ['CKR_DEVICE_ERROR', 'CKR_SESSION_HANDLE_INVALID'] };
@@ -63,9 +100,9 @@ export async function randomVaultRun(o: VaultRunOptions): Promise<VaultRunResult
         return new FaultyToken(t, plan);
       }
       : undefined,
-    policy: { requestTtlMs: 2_000, sessionTtlMs: 5_000, snapshotEvery: choose([5, 20, 1000]) },
-    net: { minDelayMs: 1, maxDelayMs: choose([5, 15, 40]), dropRate: choose([0, 0.02, 0.08]), dupRate: choose([0, 0.03, 0.1]) },
-    diskMaxMs: choose([1, 4]),
+    policy: { requestTtlMs: 2_000, sessionTtlMs: 5_000, snapshotEvery },
+    net,
+    diskMaxMs,
     deviceTimeoutMs: 3_000,
     wrapFirmware: o.wrapFirmware,
   });
@@ -152,110 +189,120 @@ export async function randomVaultRun(o: VaultRunOptions): Promise<VaultRunResult
       c.heal();
       attack = null;
     }
-    const down = ids.filter((id) => !c.isUp(id));
-    const r = rng.int(1000);
-    if (r < 20 && down.length < maxDown) {
-      const up = c.upIds();
-      // Often the leader: crash it at whatever step of a recovery it happens to be.
-      const l = c.leader();
-      c.crash(l !== null && rng.int(2) === 0 ? l : up[rng.int(up.length)]!);
-    } else if (r < 60 && down.length > 0) {
-      c.restart(down[rng.int(down.length)]!);
-    } else if (r < 75) {
-      const a: string[] = []; const b: string[] = [];
-      for (const id of ids) (rng.int(2) === 0 ? a : b).push(id);
-      c.partition(a, b);
-    } else if (r < 85) {
-      const l = c.leader();
-      if (l) c.isolate(l);
-    } else if (r < 130) {
-      c.heal();
-    } else if (r < 140 && down.length < maxDown) {
-      // A stopped process, often the leader: it resumes at the next heal, possibly stale.
-      const l = c.leader();
-      const up = c.upIds();
-      c.pause(l !== null && rng.int(2) === 0 ? l : up[rng.int(up.length)]!);
-    } else if (o.diskFaults && r < 160) {
-      // The host copies a disk now, to roll it back later.
-      const up = c.upIds();
-      if (up.length) c.snapshotDisk(up[rng.int(up.length)]!);
-    } else if (o.diskFaults && r < 175 && lacking().length < maxDown) {
-      // A disk rolled back to its last copy, or blanked (amnesia), then the replica restarted on it:
-      // it must re-replicate before it votes. At most a minority lacks what it promised at once.
-      const up = c.upIds().filter((id) => !c.lacksData(id));
-      const v = up[rng.int(up.length)];
-      if (v) {
-        if (rng.int(3) === 0) c.blankDisk(v); else c.rollbackDisk(v);
-        c.restart(v);
-      }
-    } else if (o.diskFaults && r < 180 && lacking().length === 0) {
-      // The whole fleet killed and started again (intact disks: every replica votes at once).
-      c.wholeFleetRestart();
-    } else if (o.diskFaults && r < 190 && lacking().length < maxDown) {
-      // Killed mid-write (a torn write), or a bit flipped on a stopped replica's disk: refused at start.
-      const up = c.upIds().filter((id) => !c.lacksData(id));
-      const v = up[rng.int(up.length)];
-      if (v) {
-        if (rng.int(2) === 0) c.tornCrash(v); else { c.crash(v); c.flipBit(v); }
-        c.restart(v);
-      }
-    } else if (o.diskFaults && r < 195 && !attack && lacking().length === 0) {
-      // Snapshot a minority's disks, let the leader commit with them alone, then (later) roll them back
-      // and kill the leader: only the anchor stops them from electing a replica that lacks those commits.
-      const l = c.leader();
-      if (l) {
-        const others = ids.filter((x) => x !== l);
-        const victims: string[] = [];
-        while (victims.length < Math.floor(ids.length / 2)) {
-          const v = others[rng.int(others.length)]!;
-          if (!victims.includes(v)) victims.push(v);
-        }
-        for (const v of victims) c.snapshotDisk(v);
-        c.partition([l, ...victims], others.filter((x) => !victims.includes(x)));
-        attack = { leader: l, victims, at: t + 200 + rng.int(800) };
-      }
-    } else if (o.diskFaults && r >= 195 && r < 198 && lacking().length < maxDown) {
-      // Two instances of one identity (a fork), or a replica started on another one's disk.
-      const up = c.upIds().filter((id) => !c.lacksData(id));
-      const v = up[rng.int(up.length)];
-      if (v) {
-        if (rng.int(2) === 0) c.fork(v);
-        else { c.swapDisk(v, ids.filter((x) => x !== v)[rng.int(ids.length - 1)]!); c.restart(v); }
-      }
-    } else if (o.diskFaults && r >= 198 && r < 200) {
-      c.endForks();
-    } else if (o.membership && r >= 230 && r < 245) {
-      // An operator replaces a replica while devices keep guessing: out, then back as a learner, then a voter.
-      const conf = c.configuration();
-      if (conf && removed.size === 0 && conf.voters.length > 3 && lacking().length < maxDown) {
+    // This step's fault draws from its own stream (seed, step): a shrunk schedule that leaves
+    // other steps out still makes this one's choice.
+    const frng = new SeededRng(faultSeed(o.seed, t));
+    if (!o.onlySteps || o.onlySteps.has(t)) {
+      faultNotes = [];
+      const down = ids.filter((id) => !c.isUp(id));
+      const r = frng.int(1000);
+      if (r < 20 && down.length < maxDown) {
+        const up = c.upIds();
+        // Often the leader: crash it at whatever step of a recovery it happens to be.
         const l = c.leader();
-        const victims = conf.voters.filter((v) => v !== l);
-        const v = victims[rng.int(victims.length)]!;
-        if (c.changeMembership({ op: 'remove', node: v }) === 'ok') removed.add(v);
-      } else if (removed.size > 0) {
-        readd([...removed][0]!);
+        c.crash(l !== null && frng.int(2) === 0 ? l : up[frng.int(up.length)]!);
+      } else if (r < 60 && down.length > 0) {
+        c.restart(down[frng.int(down.length)]!);
+      } else if (r < 75) {
+        const a: string[] = []; const b: string[] = [];
+        for (const id of ids) (frng.int(2) === 0 ? a : b).push(id);
+        c.partition(a, b);
+      } else if (r < 85) {
+        const l = c.leader();
+        if (l) c.isolate(l);
+      } else if (r < 130) {
+        c.heal();
+      } else if (r < 140 && down.length < maxDown) {
+        // A stopped process, often the leader: it resumes at the next heal, possibly stale.
+        const l = c.leader();
+        const up = c.upIds();
+        c.pause(l !== null && frng.int(2) === 0 ? l : up[frng.int(up.length)]!);
+      } else if (o.diskFaults && r < 160) {
+        // The host copies a disk now, to roll it back later.
+        const up = c.upIds();
+        if (up.length) c.snapshotDisk(up[frng.int(up.length)]!);
+      } else if (o.diskFaults && r < 175 && lacking().length < maxDown) {
+        // A disk rolled back to its last copy, or blanked (amnesia), then the replica restarted on it:
+        // it must re-replicate before it votes. At most a minority lacks what it promised at once.
+        const up = c.upIds().filter((id) => !c.lacksData(id));
+        const v = up[frng.int(up.length)];
+        if (v) {
+          if (frng.int(3) === 0) c.blankDisk(v); else c.rollbackDisk(v);
+          c.restart(v);
+        }
+      } else if (o.diskFaults && r < 180 && lacking().length === 0) {
+        // The whole fleet killed and started again (intact disks: every replica votes at once).
+        c.wholeFleetRestart();
+      } else if (o.diskFaults && r < 190 && lacking().length < maxDown) {
+        // Killed mid-write (a torn write), or a bit flipped on a stopped replica's disk: refused at start.
+        const up = c.upIds().filter((id) => !c.lacksData(id));
+        const v = up[frng.int(up.length)];
+        if (v) {
+          if (frng.int(2) === 0) c.tornCrash(v); else { c.crash(v); c.flipBit(v); }
+          c.restart(v);
+        }
+      } else if (o.diskFaults && r < 195 && !attack && lacking().length === 0) {
+        // Snapshot a minority's disks, let the leader commit with them alone, then (later) roll them back
+        // and kill the leader: only the anchor stops them from electing a replica that lacks those commits.
+        const l = c.leader();
+        if (l) {
+          const others = ids.filter((x) => x !== l);
+          const victims: string[] = [];
+          while (victims.length < Math.floor(ids.length / 2)) {
+            const v = others[frng.int(others.length)]!;
+            if (!victims.includes(v)) victims.push(v);
+          }
+          for (const v of victims) c.snapshotDisk(v);
+          c.partition([l, ...victims], others.filter((x) => !victims.includes(x)));
+          attack = { leader: l, victims, at: t + 200 + frng.int(800) };
+        }
+      } else if (o.diskFaults && r >= 195 && r < 198 && lacking().length < maxDown) {
+        // Two instances of one identity (a fork), or a replica started on another one's disk.
+        const up = c.upIds().filter((id) => !c.lacksData(id));
+        const v = up[frng.int(up.length)];
+        if (v) {
+          if (frng.int(2) === 0) c.fork(v);
+          else { c.swapDisk(v, ids.filter((x) => x !== v)[frng.int(ids.length - 1)]!); c.restart(v); }
+        }
+      } else if (o.diskFaults && r >= 198 && r < 200) {
+        c.endForks();
+      } else if (o.membership && r >= 230 && r < 245) {
+        // An operator replaces a replica while devices keep guessing: out, then back as a learner, then a voter.
+        const conf = c.configuration();
+        if (conf && removed.size === 0 && conf.voters.length > 3 && lacking().length < maxDown) {
+          const l = c.leader();
+          const victims = conf.voters.filter((v) => v !== l);
+          const v = victims[frng.int(victims.length)]!;
+          if (c.changeMembership({ op: 'remove', node: v }) === 'ok') removed.add(v);
+        } else if (removed.size > 0) {
+          readd([...removed][0]!);
+        }
+      } else if (r < 200) {
+        // A vote or an ack in another replica's name, over a third one's authenticated link.
+        c.forge();
+      } else if (o.clockFaults && r < 205) {
+        const up = c.upIds();
+        if (up.length) c.clockJump(up[frng.int(up.length)]!, (frng.int(2) === 0 ? -1 : 1) * (50 + frng.int(4000)));
+      } else if (o.clockFaults && r < 210) {
+        // A host clock that runs fast or slow (its election and lease timers with it), for good.
+        const up = c.upIds();
+        if (up.length) c.clockDrift(up[frng.int(up.length)]!, [-0.3, -0.1, 0.05, 0.2, 0.5][frng.int(5)]!);
+      } else if (o.tokenFaults && r < 214) {
+        // A token that answers slowly (a busy HSM, a far network HSM): the replica blocks in each call.
+        const up = c.upIds();
+        if (up.length) c.slowToken(up[frng.int(up.length)]!, [5, 20, 60, 250][frng.int(4)]!);
+      } else if (o.tokenFaults && r < 216) {
+        const up = c.upIds();
+        if (up.length) c.slowToken(up[frng.int(up.length)]!, 0);
+      } else if (o.tokenFaults && r < 230) {
+        // A replica that stopped itself on a token error is restarted by its supervisor.
+        const sick = c.upIds().filter((id) => !c.isHealthy(id));
+        if (sick.length) { const v = sick[frng.int(sick.length)]!; c.crash(v); c.restart(v); }
       }
-    } else if (r < 200) {
-      // A vote or an ack in another replica's name, over a third one's authenticated link.
-      c.forge();
-    } else if (o.clockFaults && r < 205) {
-      const up = c.upIds();
-      if (up.length) c.clockJump(up[rng.int(up.length)]!, (rng.int(2) === 0 ? -1 : 1) * (50 + rng.int(4000)));
-    } else if (o.clockFaults && r < 210) {
-      // A host clock that runs fast or slow (its election and lease timers with it), for good.
-      const up = c.upIds();
-      if (up.length) c.clockDrift(up[rng.int(up.length)]!, [-0.3, -0.1, 0.05, 0.2, 0.5][rng.int(5)]!);
-    } else if (o.tokenFaults && r < 214) {
-      // A token that answers slowly (a busy HSM, a far network HSM): the replica blocks in each call.
-      const up = c.upIds();
-      if (up.length) c.slowToken(up[rng.int(up.length)]!, [5, 20, 60, 250][rng.int(4)]!);
-    } else if (o.tokenFaults && r < 216) {
-      const up = c.upIds();
-      if (up.length) c.slowToken(up[rng.int(up.length)]!, 0);
-    } else if (o.tokenFaults && r < 230) {
-      // A replica that stopped itself on a token error is restarted by its supervisor.
-      const sick = c.upIds().filter((id) => !c.isHealthy(id));
-      if (sick.length) { const v = sick[rng.int(sick.length)]!; c.crash(v); c.restart(v); }
+      // What the nemesis did, without the time prefix and what followed from it (entries applied at a restart).
+      const what = faultNotes.map((l) => l.slice(l.indexOf('|') + 1)).filter((l) => !l.startsWith('apply ') && !l.startsWith('d|'));
+      if (faultNotes.length > 0) applied.push({ t, what: what.join('; ') || 'nothing visible' });
+      faultNotes = null;
     }
     for (const u of users) {
       if (!registered.has(u)) continue;
@@ -290,5 +337,5 @@ export async function randomVaultRun(o: VaultRunOptions): Promise<VaultRunResult
     // What it says is judged by the oracle where it left the replica (against the committed history
     // at that replica's applied index): a Lock may still commit after the read (an expired last session).
   }
-  return { cluster: c, violations: c.violations(), converged: converged && settled, traceHash: c.traceHash(), outcomes };
+  return { cluster: c, violations: c.violations(), converged: converged && settled, traceHash: c.traceHash(), outcomes, settings, faults: applied };
 }

@@ -1,0 +1,250 @@
+// `bkv chaos sim`: fault campaigns over the deterministic simulator (the production replica core on
+// simulated tokens, disks, network and clocks), with a progress bar, verdicts, the settings each
+// failing seed drew, a shrunk fault schedule and the one command that replays it. (`chaos live`,
+// the nemesis over a real fleet, is not built yet: the command says so.)
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { parseFlags, UsageError, wantsHelp, type Command } from '../cli.ts';
+import { FAULTS, describeSettings, judgeSeed, replayCommand, runSeeds, shrink, type Fault, type SeedVerdict, type Shrunk, type SimJob } from '../chaos/campaign.ts';
+import { MUTATION_CASES } from '../chaos/mutations.ts';
+
+const simHelp = `usage: bkv chaos sim --seeds N [--from S] [--faults LIST] [--workers K] [--liveness] [--json] [--report DIR]
+       bkv chaos sim --seed S [--steps LIST|none] [--faults LIST] [--liveness] [--trace] [--json]
+
+Runs seeds of the deterministic simulator: every replica is the production replica core (firmware,
+Raft, sealing, token anchor and vote, rejoin) on a simulated token, disk, network and clock. Per seed:
+two users with a limit of 3 guesses, their owners recovering with the right password and up to three
+attackers per user guessing at once through random replicas, while a seeded nemesis injects faults;
+then the faults stop and the fleet is healed. An outside oracle checks the guess budget (every KE2
+that left the fleet), the counter, K release, Raft safety and convergence. A seed replays exactly.
+
+  --seeds N         how many seeds to run (from --from, default 1)
+  --from S          the first seed
+  --faults LIST     comma-separated, from: ${FAULTS.join(', ')} (default: all). net is always on
+                    (crashes at any step of a recovery, restarts, pauses, partitions, leader isolation,
+                    loss, duplication, reordering, forged peer frames); disk: rolled-back, blank, torn
+                    and bit-flipped disks, whole-fleet restarts, staged rollback attacks, forks, swapped
+                    disks; token: failing and slow token calls; clock: jumps and drift; membership: a
+                    voter removed under load, re-added as a learner, promoted
+  --workers K       worker threads (default 2)
+  --liveness        liveness mode: a fleet that does not heal, converge and answer within the bound
+                    after the faults stop fails the seed too (default: safety mode, invariants only)
+  --mutation NAME   run with a deliberately seeded bug (test-only switch of the simulated core), to see
+                    the campaign catch it: ${MUTATION_CASES.map((c) => c.name).join(', ')}
+  --shrink-runs N   the run budget for shrinking a failing seed's fault schedule (default 300; 0: do
+                    not shrink)
+  --json            one summary document on stdout (progress stays on stderr)
+  --report DIR      write DIR/summary.json and, per failing seed shrunk, DIR/seed-S.json (settings,
+                    violations, schedules, replay command) and DIR/seed-S.trace.txt (its fault trace)
+
+  --seed S          replay one seed: its settings, the steps at which faults were applied, the verdict
+  --steps LIST      with --seed: apply only the faults of these steps (a shrunk schedule, as printed)
+  --trace           with --seed: print the fault trace (faults, starts, crashes, forgeries) as it runs
+
+On a failure: the settings the seed drew, its violations, the fault schedule shrunk to a smallest
+failing one, and the command that replays it. Exit 0 when every seed held, 1 when one failed, 2 on
+a usage error. docs/chaos.md has campaign sizes, run times and how to turn a seed into a test.`;
+
+const help = `usage: bkv chaos sim [options]   (bkv chaos sim --help)
+
+Fault campaigns against the vault. sim: seeds of the deterministic simulator, with verdicts and
+shrunk reproductions. (live, the nemesis over a real fleet, is not built yet.)`;
+
+function parseFaults(v: string | undefined): Fault[] {
+  if (v === undefined) return [...FAULTS];
+  const list = v.split(',').map((x) => x.trim()).filter(Boolean);
+  const bad = list.filter((f) => !FAULTS.includes(f as Fault));
+  if (list.length === 0 || bad.length > 0) throw new UsageError(`--faults takes a comma-separated list of ${FAULTS.join(', ')}${bad.length ? ` (not ${bad.map((b) => `'${b.slice(0, 20)}'`).join(', ')})` : ''}`);
+  return [...new Set<Fault>(['net', ...(list as Fault[])])].sort((a, b) => FAULTS.indexOf(a) - FAULTS.indexOf(b));
+}
+
+function wholeNumber(v: string | undefined, flag: string, min = 0): number | undefined {
+  if (v === undefined) return undefined;
+  if (!/^\d{1,9}$/.test(v) || Number(v) < min) throw new UsageError(`${flag} needs a whole number${min ? ` of at least ${min}` : ''} (got '${v.slice(0, 20)}')`);
+  return Number(v);
+}
+
+function parseSteps(v: string | undefined): number[] | undefined {
+  if (v === undefined) return undefined;
+  if (v === 'none') return [];
+  const list = v.split(',');
+  if (!list.every((x) => /^\d{1,7}$/.test(x))) throw new UsageError(`--steps takes comma-separated step times (ms), as a failure prints them, or 'none'`);
+  return list.map(Number);
+}
+
+function duration(s: number): string {
+  if (s < 60) return `${Math.round(s)}s`;
+  return `${Math.floor(s / 60)}m${String(Math.round(s % 60)).padStart(2, '0')}s`;
+}
+
+/** Progress on stderr: a redrawn bar on a terminal, a line per tenth otherwise. */
+function progress(total: number) {
+  const tty = process.stderr.isTTY;
+  const started = performance.now();
+  let done = 0, bad = 0, lastTenth = 0;
+  const draw = () => {
+    const s = (performance.now() - started) / 1000;
+    const left = done ? duration(((total - done) * s) / done) : '?';
+    const width = 24;
+    const full = Math.round((done / total) * width);
+    const line = `[${'#'.repeat(full)}${'.'.repeat(width - full)}] ${done}/${total} seeds  ${done - bad} passed  ${bad} failed  ${duration(s)}  ~${left} left`;
+    process.stderr.write(tty ? `\r${line}  ` : `${line}\n`);
+  };
+  const timer = tty ? setInterval(draw, 250) : undefined;
+  return {
+    seed(ok: boolean) {
+      done++;
+      if (!ok) bad++;
+      const tenth = Math.floor((done * 10) / total);
+      if (!tty && tenth > lastTenth) { lastTenth = tenth; draw(); }
+    },
+    end() {
+      if (timer) { clearInterval(timer); draw(); process.stderr.write('\n'); }
+      return (performance.now() - started) / 1000;
+    },
+  };
+}
+
+interface FailureReport {
+  seed: number;
+  violations: string[];
+  converged: boolean;
+  settings: SeedVerdict['settings'];
+  faultSteps: number;
+  replay: string;
+  shrunk?: { steps: { t: number; what: string }[]; runs: number; minimal: boolean; replay: string };
+}
+
+async function shrinkOne(job: SimJob, v: SeedVerdict, maxRuns: number, quiet: boolean): Promise<Shrunk | undefined> {
+  if (maxRuns === 0) return undefined;
+  const { result } = await judgeSeed(job, v.seed);
+  const schedule = result.faults.map((f) => f.t);
+  if (!quiet) process.stderr.write(`shrinking seed ${v.seed}: ${schedule.length} fault steps\n`);
+  const tty = process.stderr.isTTY && !quiet;
+  const s = await shrink(job, v.seed, schedule, {
+    maxRuns,
+    onRun: tty ? (runs, size) => process.stderr.write(`\r  run ${runs}/${maxRuns}: ${size} steps still failing   `) : undefined,
+  });
+  if (tty) process.stderr.write('\n');
+  return s;
+}
+
+async function simSeed(job: SimJob, seed: number, steps: number[] | undefined, trace: boolean, json: boolean): Promise<number> {
+  const lines: string[] = [];
+  const { verdict, result } = await judgeSeed(job, seed, {
+    onlySteps: steps ? new Set(steps) : undefined,
+    onNote: trace ? (l) => { if (!l.includes('|d|')) { if (json) lines.push(l); else console.log(l); } } : undefined,
+  });
+  const replicas = result.cluster.ids.map((id) => {
+    const core = result.cluster.core(id);
+    return { id, status: core ? core.status() : 'down' };
+  });
+  if (json) {
+    console.log(JSON.stringify({ seed, steps: steps ?? null, ok: verdict.ok, converged: verdict.converged, violations: result.violations, settings: verdict.settings, faults: result.faults, outcomes: result.outcomes, traceHash: result.traceHash, replicas, ...(trace ? { trace: lines } : {}) }));
+  } else {
+    console.log(`seed ${seed}: ${describeSettings(verdict.settings)}`);
+    console.log(`faults at ${result.faults.length} steps${steps ? ` (of --steps ${steps.length ? steps.join(',') : 'none'})` : ''}:`);
+    for (const f of result.faults) console.log(`  t=${f.t} ${f.what}`);
+    for (const r of replicas) console.log(`${r.id}: ${typeof r.status === 'string' ? r.status : JSON.stringify(r.status)}`);
+    console.log(`outcomes: ${JSON.stringify(result.outcomes)}`);
+    if (verdict.ok) console.log(`held every invariant${verdict.converged ? ', converged' : ' (did not converge after healing)'}; trace ${result.traceHash.slice(0, 16)}`);
+    else console.log(`FAILED: ${result.violations.join('; ') || 'did not heal and converge within the bound'}`);
+  }
+  return verdict.ok ? 0 : 1;
+}
+
+async function sim(argv: string[]): Promise<number> {
+  if (wantsHelp(argv)) { console.log(simHelp); return 0; }
+  const { values: f } = parseFlags(argv, {
+    seeds: { type: 'string' }, from: { type: 'string' }, faults: { type: 'string' }, workers: { type: 'string' },
+    liveness: { type: 'boolean' }, json: { type: 'boolean' }, report: { type: 'string' }, mutation: { type: 'string' },
+    'shrink-runs': { type: 'string' }, seed: { type: 'string' }, steps: { type: 'string' }, trace: { type: 'boolean' },
+  });
+  const job: SimJob = { faults: parseFaults(f.faults), liveness: !!f.liveness };
+  if (f.mutation !== undefined) {
+    if (!MUTATION_CASES.some((c) => c.name === f.mutation)) throw new UsageError(`unknown mutation '${f.mutation.slice(0, 40)}' (${MUTATION_CASES.map((c) => c.name).join(', ')})`);
+    job.mutation = f.mutation;
+  }
+  const seed = wholeNumber(f.seed, '--seed');
+  const seeds = wholeNumber(f.seeds, '--seeds', 1);
+  if (seed !== undefined) {
+    if (seeds !== undefined || f.from !== undefined || f.report !== undefined) throw new UsageError('--seed replays one seed: it does not take --seeds, --from or --report');
+    return simSeed(job, seed, parseSteps(f.steps), !!f.trace, !!f.json);
+  }
+  if (f.steps !== undefined || f.trace) throw new UsageError('--steps and --trace go with --seed S (one seed)');
+  if (seeds === undefined) throw new UsageError('give --seeds N (a campaign) or --seed S (one seed)');
+  const from = wholeNumber(f.from, '--from') ?? 1;
+  const workers = wholeNumber(f.workers, '--workers', 1) ?? 2;
+  const shrinkRuns = wholeNumber(f['shrink-runs'], '--shrink-runs') ?? 300;
+  const report = f.report;
+  if (report) mkdirSync(report, { recursive: true, mode: 0o700 });
+
+  const list = Array.from({ length: seeds }, (_, i) => from + i);
+  const bar = progress(list.length);
+  const verdicts = await runSeeds(job, list, workers, (v) => bar.seed(v.ok));
+  const seconds = bar.end();
+  const bad = verdicts.filter((v) => !v.ok);
+  const failures: FailureReport[] = bad.slice(0, 20).map((v) => ({
+    seed: v.seed, violations: v.violations, converged: v.converged, settings: v.settings, faultSteps: v.faultSteps, replay: replayCommand(job, v.seed),
+  }));
+  // The first failure is shrunk (each is a campaign of its own); the others replay by seed.
+  if (failures[0]) {
+    const s = await shrinkOne(job, bad[0]!, shrinkRuns, !!f.json);
+    if (s?.reproduced) {
+      failures[0].shrunk = { steps: s.steps, runs: s.runs, minimal: s.minimal, replay: replayCommand(job, bad[0]!.seed, s.times) };
+    }
+  }
+  const summary = {
+    mode: job.liveness ? 'liveness' : 'safety', seeds: [from, from + seeds - 1], faults: job.faults, mutation: job.mutation ?? null, workers,
+    passed: verdicts.length - bad.length, failed: bad.length, seconds: Math.round(seconds),
+    slowestSeedMs: Math.max(...verdicts.map((v) => v.ms)),
+    failures,
+  };
+  if (report) {
+    writeFileSync(join(report, 'summary.json'), JSON.stringify(summary, null, 1) + '\n', { mode: 0o600 });
+    for (const x of failures.filter((y) => y.shrunk)) {
+      writeFileSync(join(report, `seed-${x.seed}.json`), JSON.stringify(x, null, 1) + '\n', { mode: 0o600 });
+      const lines: string[] = [];
+      await judgeSeed(job, x.seed, { onlySteps: new Set(x.shrunk!.steps.map((s) => s.t)), onNote: (l) => { if (!l.includes('|d|')) lines.push(l); } });
+      writeFileSync(join(report, `seed-${x.seed}.trace.txt`), lines.join('\n') + '\n', { mode: 0o600 });
+    }
+  }
+  if (f.json) {
+    console.log(JSON.stringify(summary));
+  } else {
+    console.log(`${summary.passed} of ${verdicts.length} seeds held every invariant${job.liveness ? ' and healed' : ''} (${summary.mode} mode; faults ${job.faults.join(',')}${job.mutation ? `; mutation ${job.mutation}` : ''}; ${duration(seconds)} on ${workers} workers)`);
+    for (const x of failures) {
+      console.log(`\nseed ${x.seed} FAILED: ${x.violations.join('; ') || 'did not heal and converge within the bound'}`);
+      console.log(`  drew: ${describeSettings(x.settings)}`);
+      console.log(`  faults applied at ${x.faultSteps} steps; replay: ${x.replay}`);
+      if (x.shrunk) {
+        console.log(`  shrunk to ${x.shrunk.steps.length} fault step${x.shrunk.steps.length === 1 ? '' : 's'} in ${x.shrunk.runs} runs${x.shrunk.minimal ? '' : ' (run budget reached; smaller may exist)'}:`);
+        for (const s of x.shrunk.steps) console.log(`    t=${s.t} ${s.what}`);
+        console.log(`  replay the shrunk run: ${x.shrunk.replay}`);
+      }
+    }
+    if (bad.length > failures.length) console.log(`\n(${bad.length - failures.length} more failing seeds not listed)`);
+    if (report) console.log(`report: ${join(report, 'summary.json')}`);
+  }
+  return bad.length === 0 ? 0 : 1;
+}
+
+export const command: Command = {
+  name: 'chaos',
+  summary: 'fault campaigns: simulator seeds with verdicts, shrunk schedules and replay commands',
+  help,
+  async run(argv) {
+    const [sub, ...rest] = argv;
+    switch (sub) {
+      case 'sim':
+        return sim(rest);
+      case 'live':
+        throw new UsageError('chaos live (a nemesis over a real fleet) is not built yet; use `bkv fleet fault` on a running fleet, or `bkv chaos sim`');
+      case undefined:
+        console.error(help);
+        return 2;
+      default:
+        throw new UsageError(`unknown chaos subcommand '${sub.slice(0, 40)}' (sim)`);
+    }
+  },
+};
