@@ -42,6 +42,7 @@ export function runOptions(job: SimJob, seed: number, extra: Partial<VaultRunOpt
     membership: job.faults.includes('membership'),
     mutation: m?.run.mutation,
     wrapFirmware: m?.run.wrapFirmware,
+    bias: m?.run.bias,
     ...extra,
   };
 }

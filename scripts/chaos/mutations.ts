@@ -12,7 +12,7 @@ export interface MutationCase {
   name: string;
   /** What the bug breaks, in one line. */
   breaks: string;
-  run: Pick<VaultRunOptions, 'mutation' | 'wrapFirmware' | 'diskFaults'>;
+  run: Pick<VaultRunOptions, 'mutation' | 'wrapFirmware' | 'diskFaults' | 'bias'>;
 }
 
 function wrapGate(gate: SessionGate, outputs: (input: FirmwareInput, out: FirmwareOutput[]) => FirmwareOutput[]): FirmwareLike {
@@ -41,16 +41,16 @@ const resetOnWrong = (gate: SessionGate): FirmwareLike => wrapGate(gate, (_input
   return { ...o, entry: encodeEntry({ ...e, ok: true, reset: true }) };
 }));
 
-const core = (m: Mutation, diskFaults: boolean): MutationCase['run'] => ({ mutation: m, diskFaults });
+const core = (m: Mutation, diskFaults: boolean, bias?: VaultRunOptions['bias']): MutationCase['run'] => ({ mutation: m, diskFaults, bias });
 
 export const MUTATION_CASES: readonly MutationCase[] = [
   { name: 'ke2-before-commit', breaks: 'a KE2 leaves before its Attempt committed', run: { wrapFirmware: ke2BeforeCommit } },
   { name: 'reset-on-wrong-password', breaks: 'a wrong guess gives the attempts back', run: { wrapFirmware: resetOnWrong } },
   { name: 'apply-uncommitted', breaks: 'the firmware applies entries Raft has not committed', run: core('apply-uncommitted', false) },
-  { name: 'accept-forged-peer', breaks: 'a vote or ack in another replica\'s name counts', run: core('accept-forged-peer', false) },
+  { name: 'accept-forged-peer', breaks: 'a vote or ack in another replica\'s name counts', run: core('accept-forged-peer', false, 'forge') },
   { name: 'skip-anchor', breaks: 'acks leave before the token anchor covers them', run: core('skip-anchor', true) },
   { name: 'vote-while-rejoining', breaks: 'a replica with a refused disk votes before it caught up', run: core('vote-while-rejoining', true) },
-  { name: 'ignore-fork', breaks: 'a second instance of one identity votes and acks beside the first', run: core('ignore-fork', true) },
+  { name: 'ignore-fork', breaks: 'a second instance of one identity votes and acks beside the first', run: core('ignore-fork', true, 'fork') },
 ];
 
 /** Runs seeds from `first` until the mutation is caught; the seed that caught it, or null within `max`. */

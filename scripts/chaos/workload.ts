@@ -26,6 +26,11 @@ export interface VaultRunOptions {
   membership?: boolean;
   /** A seeded bug in the replica core (the mutation check). */
   mutation?: Mutation;
+  /**
+   * The nemesis favours one fault, as FoundationDB's buggify does: forks (a second instance of one
+   * identity) or forged peer frames, each rare in the plain menu, about 1.5% of steps instead.
+   */
+  bias?: 'fork' | 'forge';
   /** Every trace line as it is written (debugging one seed). */
   onNote?: (line: string) => void;
   /**
@@ -298,6 +303,11 @@ export async function randomVaultRun(o: VaultRunOptions): Promise<VaultRunResult
         // A replica that stopped itself on a token error is restarted by its supervisor.
         const sick = c.upIds().filter((id) => !c.isHealthy(id));
         if (sick.length) { const v = sick[frng.int(sick.length)]!; c.crash(v); c.restart(v); }
+      } else if (o.bias === 'fork' && r >= 900 && r < 915 && lacking().length < maxDown) {
+        const up = c.upIds().filter((id) => !c.lacksData(id));
+        if (up.length) c.fork(up[frng.int(up.length)]!);
+      } else if (o.bias === 'forge' && r >= 900 && r < 915) {
+        c.forge();
       }
       // What the nemesis did, without the time prefix and what followed from it (entries applied at a restart).
       const what = faultNotes.map((l) => l.slice(l.indexOf('|') + 1)).filter((l) => !l.startsWith('apply ') && !l.startsWith('d|'));
