@@ -2,8 +2,11 @@
 # One-shot, idempotent set-up shared by `npm start`, `npm test` and the benchmarks:
 # SoftHSM2 (and libsodium-dev for the native addon) from apt when missing, npm dependencies when
 # node_modules is missing or stale, the native ristretto255 addon when it is missing or its sources
-# changed. Quiet when there is nothing to do.
+# changed. Quiet when there is nothing to do. With --test (npm test) also Debian's chromium, in which
+# the chaos report's test renders the page headless (optional: that test says so and skips without it).
 set -euo pipefail
+for_tests=0
+[ "${1:-}" = "--test" ] && for_tests=1
 cd "$(dirname "$0")/.."
 
 say() { printf 'bkv setup: %s\n' "$*" >&2; }
@@ -30,6 +33,8 @@ if [ "$need_native" -eq 1 ] && ! have_sodium_h; then need_sodium=1; fi
 pkgs=()
 [ "$need_softhsm" -eq 1 ] && pkgs+=(softhsm2)
 [ "$need_sodium" -eq 1 ] && pkgs+=(libsodium-dev)
+need_chromium=0
+if [ "$for_tests" -eq 1 ] && ! command -v chromium >/dev/null 2>&1; then need_chromium=1; pkgs+=(chromium); fi
 if [ "${#pkgs[@]}" -gt 0 ]; then
   apt=(env DEBIAN_FRONTEND=noninteractive apt-get -y -q -o Dpkg::Use-Pty=0)
   can_apt=1
@@ -52,7 +57,7 @@ if [ "${#pkgs[@]}" -gt 0 ]; then
     if ! "${apt[@]}" install "${pkgs[@]}" >/tmp/bkv-apt.log 2>&1; then
       "${apt[@]}" update >>/tmp/bkv-apt.log 2>&1 || true
       if ! "${apt[@]}" install "${pkgs[@]}" >>/tmp/bkv-apt.log 2>&1 && [ "$need_softhsm" -eq 1 ]; then
-        # libsodium-dev is optional: do not let it block SoftHSM2
+        # libsodium-dev and chromium are optional: do not let them block SoftHSM2
         "${apt[@]}" install softhsm2 >>/tmp/bkv-apt.log 2>&1 || true
       fi
     fi
@@ -62,6 +67,9 @@ if [ "${#pkgs[@]}" -gt 0 ]; then
         exit 1
       fi
       say "SoftHSM2 installed: $(softhsm2-util --version 2>/dev/null || echo '?')"
+    fi
+    if [ "$need_chromium" -eq 1 ] && ! command -v chromium >/dev/null 2>&1; then
+      say "warning: chromium did not install (see /tmp/bkv-apt.log); the chaos report's browser test will skip"
     fi
   fi
 fi

@@ -39,6 +39,36 @@ export interface VaultRunOptions {
    * leaving one out changes no other step's choice.
    */
   onlySteps?: ReadonlySet<number>;
+  /** Keep a history of the run (operations, roles, faults, attempts left) for a report. */
+  record?: boolean;
+}
+
+/** One device operation, Jepsen style: invoked at `start`, completed at `end` (virtual ms) with `outcome`. */
+export interface HistoryOp {
+  id: number;
+  user: string;
+  op: 'register' | 'recover' | 'status';
+  /** recover: whether the device knew the password (owner or attacker). */
+  correct: boolean;
+  start: number;
+  end: number | null;
+  /** 'ok', 'released', or the error class ('wrong_password', 'locked', 'unknown' for a timeout, ...). */
+  outcome: string | null;
+}
+
+/** What a report draws: every operation, each replica's role over time, the nemesis' trace, attempts left. */
+export interface RunHistory {
+  ops: HistoryOp[];
+  /** A replica's role and term from `at` on (down when its process is not running). */
+  roles: { at: number; id: string; role: string; term: number }[];
+  /** The cluster's trace lines, deliveries and applies left out: faults, starts, crashes. */
+  notes: { at: number; line: string }[];
+  /** Attempts left per user, as the leader's firmware has it, whenever it changed. */
+  attempts: { at: number; user: string; left: number; state: string }[];
+  /** When the faults stopped and healing began. */
+  healedAt: number;
+  end: number;
+  limit: number;
 }
 
 /** What the seed drew before the run: the fleet and the network it ran on. */
@@ -62,6 +92,7 @@ export interface VaultRunResult {
   settings: VaultRunSettings;
   /** The steps at which a fault was applied, in order. */
   faults: FaultStep[];
+  history?: RunHistory;
 }
 
 /** The seed of one step's fault stream. */
@@ -90,6 +121,7 @@ export async function randomVaultRun(o: VaultRunOptions): Promise<VaultRunResult
     replicas: replicas.length, snapshotEvery, net: { maxDelayMs: net.maxDelayMs, dropRate: net.dropRate, dupRate: net.dupRate }, diskMaxMs,
     tokenFailureRate: o.tokenFaults ? tokenFailureRate : null,
   };
+  const history: RunHistory | undefined = o.record ? { ops: [], roles: [], notes: [], attempts: [], healedAt: 0, end: 0, limit: LIMIT } : undefined;
   /** Trace lines written while the nemesis acts (null: it is not acting). */
   let faultNotes: string[] | null = null;
   const applied: FaultStep[] = [];
@@ -97,7 +129,15 @@ export async function randomVaultRun(o: VaultRunOptions): Promise<VaultRunResult
     seed: o.seed,
     replicas,
     mutation: o.mutation,
-    onNote: (l) => { faultNotes?.push(l); o.onNote?.(l); },
+    onNote: (l) => {
+      faultNotes?.push(l);
+      o.onNote?.(l);
+      if (history && !l.includes('|d|')) {
+        const bar = l.indexOf('|');
+        const line = l.slice(bar + 1);
+        if (!/^(apply|req|rep|dev|health) /.test(line)) history.notes.push({ at: Number(l.slice(0, bar)), line });
+      }
+    },
     wrapToken: o.tokenFaults
       ? (t, id) => {
         const plan: FaultPlan = { seed: (o.seed * 31 + id.charCodeAt(1)) >>> 0, failureRate: tokenFailureRate, faults: ['CKR_DEVICE_ERROR', 'CKR_SESSION_HANDLE_INVALID'] };
@@ -137,13 +177,22 @@ export async function randomVaultRun(o: VaultRunOptions): Promise<VaultRunResult
     throw e;
   };
 
+  /** Records an operation's invocation; the returned function its completion. */
+  const invoke = (user: string, op: HistoryOp['op'], correct: boolean): ((outcome: string) => void) => {
+    if (!history) return () => undefined;
+    const h: HistoryOp = { id: history.ops.length + 1, user, op, correct, start: c.now, end: null, outcome: null };
+    history.ops.push(h);
+    return (outcome) => { h.end = c.now; h.outcome = outcome; };
+  };
+
   const register = (user: string): void => {
     if (inflight.has(`reg:${user}`)) return;
     inflight.add(`reg:${user}`);
     const d = device(user, true);
     const s = secrets.get(user)!;
+    const done = invoke(user, 'register', true);
     void enablePassword(d.send, d.opts, s.password, s.k, LIMIT)
-      .then(() => { registered.add(user); count('registered'); }, (e: unknown) => count(`register-${classify(e)}`))
+      .then(() => { registered.add(user); count('registered'); done('ok'); }, (e: unknown) => { const k = classify(e); count(`register-${k}`); done(k); })
       .finally(() => inflight.delete(`reg:${user}`));
   };
 
@@ -152,12 +201,14 @@ export async function randomVaultRun(o: VaultRunOptions): Promise<VaultRunResult
     inflight.add(tag);
     const d = device(user, correct);
     const s = secrets.get(user)!;
+    const done = invoke(user, 'recover', correct);
     void recoverK(d.send, d.opts, correct ? s.password : `guess ${rng.int(1e9)}`)
       .then((k) => {
         count('released');
-        if (!correct) c.oracle.fail(`${user}: a wrong password recovered K`);
-        else if (Buffer.compare(Buffer.from(k), Buffer.from(s.k)) !== 0) c.oracle.fail(`${user}: recovered a K that is not the registered one`);
-      }, (e: unknown) => count(`${correct ? 'owner' : 'attacker'}-${classify(e)}`))
+        done('released');
+        if (!correct) c.oracle.fail(`t=${c.now}: ${user}: a wrong password recovered K`);
+        else if (Buffer.compare(Buffer.from(k), Buffer.from(s.k)) !== 0) c.oracle.fail(`t=${c.now}: ${user}: recovered a K that is not the registered one`);
+      }, (e: unknown) => { const k = classify(e); count(`${correct ? 'owner' : 'attacker'}-${k}`); done(k); })
       .finally(() => inflight.delete(tag));
   };
 
@@ -186,8 +237,31 @@ export async function randomVaultRun(o: VaultRunOptions): Promise<VaultRunResult
     if (conf.voters.includes(v)) { removed.delete(v); return; }
     c.changeMembership(conf.learners.includes(v) ? { op: 'addVoter', node: v } : { op: 'addLearner', node: v });
   };
+  /** Roles and attempts left, written to the history when they change. */
+  const lastRole = new Map<string, string>();
+  const lastLeft = new Map<string, string>();
+  const sample = () => {
+    if (!history) return;
+    for (const id of ids) {
+      const core = c.core(id);
+      const st = core?.status();
+      const role = !st ? 'down' : !st.healthy ? 'stopped' : core!.isRejoining ? 'rejoining' : st.role;
+      const key = `${role}/${st?.term ?? 0}`;
+      if (lastRole.get(id) !== key) { lastRole.set(id, key); history.roles.push({ at: c.now, id, role, term: st?.term ?? 0 }); }
+    }
+    const l = c.leader();
+    const fw = l ? c.firmware(l) : undefined;
+    for (const u of users) {
+      const r = fw?.inspect(u);
+      if (!r) continue;
+      const key = `${r.limit - r.used}/${r.state}`;
+      if (lastLeft.get(u) !== key) { lastLeft.set(u, key); history.attempts.push({ at: c.now, user: u, left: r.limit - r.used, state: r.state }); }
+    }
+  };
+  sample();
   for (let t = 0; t < duration; t += step) {
     await c.run(step);
+    sample();
     if (attack && t >= attack.at) {
       for (const v of attack.victims) { c.rollbackDisk(v); c.restart(v); }
       c.crash(attack.leader);
@@ -322,7 +396,9 @@ export async function randomVaultRun(o: VaultRunOptions): Promise<VaultRunResult
     }
   }
   for (const p of tokenPlans) p.failureRate = 0;
+  if (history) history.healedAt = c.now;
   let converged = await c.quiesce(30_000);
+  sample();
   // Healed, the operator brings every replica back into the configuration (a removal it saw refused
   // may still have committed under another leader: it checks the leader's), then the fleet settles.
   const outside = () => { const conf = c.configuration(); return conf ? ids.filter((v) => !conf.voters.includes(v)) : ids; };
@@ -333,19 +409,24 @@ export async function randomVaultRun(o: VaultRunOptions): Promise<VaultRunResult
   if (outside().length === 0) removed.clear();
   converged = converged && removed.size === 0;
   // Let any device flow still running finish or time out, then settle again.
-  await c.run(4_000);
+  if (history) for (let i = 0; i < 16; i++) { await c.run(250); sample(); }
+  else await c.run(4_000);
   const settled = await c.quiesce(30_000);
+  sample();
   c.checkConverged();
   // Healed and quiet: a Status through any replica answers (liveness) with the committed state.
   for (const u of users) {
     const d = device(u, true);
     const box: { got: { state: string; attemptsLeft: number } | string | null } = { got: null };
-    void status(d.send, d.opts).then((x) => { box.got = x; }, (e: unknown) => { box.got = classify(e); });
+    const done = invoke(u, 'status', true);
+    void status(d.send, d.opts).then((x) => { box.got = x; done('ok'); }, (e: unknown) => { box.got = classify(e); done(box.got); });
     await c.runUntil(() => box.got !== null, 5_000);
     const got = box.got as { state: string; attemptsLeft: number } | string | null;
     if (got === null || typeof got === 'string') c.oracle.fail(`${u}: no Status answer after healing (${String(got)})`);
     // What it says is judged by the oracle where it left the replica (against the committed history
     // at that replica's applied index): a Lock may still commit after the read (an expired last session).
   }
-  return { cluster: c, violations: c.violations(), converged: converged && settled, traceHash: c.traceHash(), outcomes, settings, faults: applied };
+  sample();
+  if (history) history.end = c.now;
+  return { cluster: c, violations: c.violations(), converged: converged && settled, traceHash: c.traceHash(), outcomes, settings, faults: applied, history };
 }

@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { parseFlags, UsageError, wantsHelp, type Command } from '../cli.ts';
 import { FAULTS, describeSettings, judgeSeed, replayCommand, runSeeds, shrink, type Fault, type SeedVerdict, type Shrunk, type SimJob } from '../chaos/campaign.ts';
 import { MUTATION_CASES } from '../chaos/mutations.ts';
+import { renderRunReport } from '../chaos/report.ts';
 
 const simHelp = `usage: bkv chaos sim --seeds N [--from S] [--faults LIST] [--workers K] [--liveness] [--json] [--report DIR]
        bkv chaos sim --seed S [--steps LIST|none] [--faults LIST] [--liveness] [--trace] [--json]
@@ -34,8 +35,11 @@ that left the fleet), the counter, K release, Raft safety and convergence. A see
   --shrink-runs N   the run budget for shrinking a failing seed's fault schedule (default 300; 0: do
                     not shrink)
   --json            one summary document on stdout (progress stays on stderr)
-  --report DIR      write DIR/summary.json and, per failing seed shrunk, DIR/seed-S.json (settings,
-                    violations, schedules, replay command) and DIR/seed-S.trace.txt (its fault trace)
+  --report DIR      write DIR/index.html (a self-contained page: timeline of replica roles, faults,
+                    partitions, device operations and attempts left, violations linked to operations,
+                    latency histogram, throughput), DIR/history.jsonl, DIR/summary.json and, for the
+                    first failing seed, DIR/seed-S.json and DIR/seed-S.trace.txt; the page pictures
+                    that seed's shrunk run (with no failure: the first seed). Also with --seed.
 
   --seed S          replay one seed: its settings, the steps at which faults were applied, the verdict
   --steps LIST      with --seed: apply only the faults of these steps (a shrunk schedule, as printed)
@@ -129,7 +133,33 @@ async function shrinkOne(job: SimJob, v: SeedVerdict, maxRuns: number, quiet: bo
   return s;
 }
 
-async function simSeed(job: SimJob, seed: number, steps: number[] | undefined, trace: boolean, json: boolean): Promise<number> {
+/**
+ * Replays one seed (with its shrunk steps, when given) recording its history, and writes the page
+ * (DIR/index.html), the history (DIR/history.jsonl: one operation per line, then roles, faults and
+ * attempts) and the trace (DIR/seed-S.trace.txt).
+ */
+async function writeRunReport(dir: string, job: SimJob, seed: number, steps: number[] | undefined, summary: string[]): Promise<void> {
+  const lines: string[] = [];
+  const { verdict, result } = await judgeSeed(job, seed, {
+    record: true, onlySteps: steps ? new Set(steps) : undefined, onNote: (l) => { if (!l.includes('|d|')) lines.push(l); },
+  });
+  const h = result.history!;
+  const html = renderRunReport({
+    title: `bkv chaos sim: seed ${seed}${steps ? ` (${steps.length} fault steps of a shrunk schedule)` : ''}${job.mutation ? `, mutation ${job.mutation}` : ''}`,
+    seed, settings: verdict.settings, ok: verdict.ok, violations: result.violations, history: h, replay: replayCommand(job, seed, steps), summary,
+  });
+  writeFileSync(join(dir, 'index.html'), html, { mode: 0o600 });
+  const jsonl = [
+    ...h.ops.map((o) => JSON.stringify({ type: o.end === null ? 'info' : o.outcome === 'ok' || o.outcome === 'released' ? 'ok' : o.outcome === 'unknown' ? 'info' : 'fail', ...o })),
+    ...h.roles.map((r) => JSON.stringify({ type: 'role', ...r })),
+    ...h.notes.map((n) => JSON.stringify({ type: 'trace', ...n })),
+    ...h.attempts.map((a) => JSON.stringify({ type: 'attempts', ...a })),
+  ];
+  writeFileSync(join(dir, 'history.jsonl'), jsonl.join('\n') + '\n', { mode: 0o600 });
+  writeFileSync(join(dir, `seed-${seed}.trace.txt`), lines.join('\n') + '\n', { mode: 0o600 });
+}
+
+async function simSeed(job: SimJob, seed: number, steps: number[] | undefined, trace: boolean, json: boolean, report: string | undefined): Promise<number> {
   const lines: string[] = [];
   const { verdict, result } = await judgeSeed(job, seed, {
     onlySteps: steps ? new Set(steps) : undefined,
@@ -150,6 +180,11 @@ async function simSeed(job: SimJob, seed: number, steps: number[] | undefined, t
     if (verdict.ok) console.log(`held every invariant${verdict.converged ? ', converged' : ' (did not converge after healing)'}; trace ${result.traceHash.slice(0, 16)}`);
     else console.log(`FAILED: ${result.violations.join('; ') || 'did not heal and converge within the bound'}`);
   }
+  if (report) {
+    mkdirSync(report, { recursive: true, mode: 0o700 });
+    await writeRunReport(report, job, seed, steps, []);
+    if (!json) console.log(`report: ${join(report, 'index.html')}`);
+  }
   return verdict.ok ? 0 : 1;
 }
 
@@ -168,8 +203,8 @@ async function sim(argv: string[]): Promise<number> {
   const seed = wholeNumber(f.seed, '--seed');
   const seeds = wholeNumber(f.seeds, '--seeds', 1);
   if (seed !== undefined) {
-    if (seeds !== undefined || f.from !== undefined || f.report !== undefined) throw new UsageError('--seed replays one seed: it does not take --seeds, --from or --report');
-    return simSeed(job, seed, parseSteps(f.steps), !!f.trace, !!f.json);
+    if (seeds !== undefined || f.from !== undefined) throw new UsageError('--seed replays one seed: it does not take --seeds or --from');
+    return simSeed(job, seed, parseSteps(f.steps), !!f.trace, !!f.json, f.report);
   }
   if (f.steps !== undefined || f.trace) throw new UsageError('--steps and --trace go with --seed S (one seed)');
   if (seeds === undefined) throw new UsageError('give --seeds N (a campaign) or --seed S (one seed)');
@@ -202,11 +237,15 @@ async function sim(argv: string[]): Promise<number> {
   };
   if (report) {
     writeFileSync(join(report, 'summary.json'), JSON.stringify(summary, null, 1) + '\n', { mode: 0o600 });
-    for (const x of failures.filter((y) => y.shrunk)) {
-      writeFileSync(join(report, `seed-${x.seed}.json`), JSON.stringify(x, null, 1) + '\n', { mode: 0o600 });
-      const lines: string[] = [];
-      await judgeSeed(job, x.seed, { onlySteps: new Set(x.shrunk!.steps.map((s) => s.t)), onNote: (l) => { if (!l.includes('|d|')) lines.push(l); } });
-      writeFileSync(join(report, `seed-${x.seed}.trace.txt`), lines.join('\n') + '\n', { mode: 0o600 });
+    const lines = [`${summary.passed} of ${verdicts.length} seeds (${from}-${from + seeds - 1}) held, ${summary.failed} failed; ${summary.mode} mode; faults ${job.faults.join(',')}; ${duration(seconds)} on ${workers} workers`];
+    const first = failures[0];
+    if (first) {
+      writeFileSync(join(report, `seed-${first.seed}.json`), JSON.stringify(first, null, 1) + '\n', { mode: 0o600 });
+      // The picture is of the smallest failing run found: the shrunk schedule when there is one.
+      const steps = first.shrunk ? parseSteps(/--steps (\S+)/.exec(first.shrunk.replay)![1]) : undefined;
+      await writeRunReport(report, job, first.seed, steps, [...lines, `pictured: the first failing seed, ${first.seed}${steps ? ', replayed with its shrunk fault schedule' : ''}`]);
+    } else {
+      await writeRunReport(report, job, from, undefined, [...lines, `pictured: seed ${from} (no seed failed)`]);
     }
   }
   if (f.json) {

@@ -4,6 +4,8 @@
 import { describe, expect, it } from 'vitest';
 import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { countColour, decodePng } from '../helpers/png.ts';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -16,6 +18,19 @@ function run(...args: string[]): Promise<{ status: number | null; stdout: string
   p.stdout.on('data', (b: Buffer) => { stdout += b.toString(); });
   p.stderr.on('data', (b: Buffer) => { stderr += b.toString(); });
   return new Promise((resolve) => p.once('exit', (status) => resolve({ status, stdout, stderr })));
+}
+
+const chromium = spawnSync('sh', ['-c', 'command -v chromium'], { encoding: 'utf8' }).stdout.trim();
+
+/** The page as headless Chromium draws it, or undefined (and a stated skip) where there is no Chromium. */
+function screenshot(page: string) {
+  if (!chromium) {
+    console.log('skipped the headless screenshot: chromium is not installed (scripts/setup.sh --test installs it)');
+    return undefined;
+  }
+  const png = page.replace(/\.html$/, '.png');
+  execFileSync(chromium, ['--headless', '--no-sandbox', '--disable-gpu', '--hide-scrollbars', '--window-size=1280,900', `--screenshot=${png}`, `file://${page}`], { stdio: 'ignore', timeout: 60_000 });
+  return decodePng(readFileSync(png));
 }
 
 describe('bkv chaos sim', () => {
@@ -40,11 +55,27 @@ describe('bkv chaos sim', () => {
       expect(f.shrunk.steps.length).toBeLessThanOrEqual(5);
       expect(f.shrunk.steps.length).toBeLessThan(f.faultSteps);
       expect(f.shrunk.replay).toMatch(/^bkv chaos sim --seed 1 --steps \S+ --faults \S+ --mutation apply-uncommitted$/);
-      for (const name of ['summary.json', 'seed-1.json', 'seed-1.trace.txt']) {
+      for (const name of ['summary.json', 'seed-1.json', 'seed-1.trace.txt', 'index.html', 'history.jsonl']) {
         expect(existsSync(join(dir, name))).toBe(true);
         expect(statSync(join(dir, name)).mode & 0o077).toBe(0);
       }
       expect(readFileSync(join(dir, 'seed-1.trace.txt'), 'utf8')).toContain('crash');
+      // The history, Jepsen style: every operation invoked, and how it ended (info: unknown, counted as used).
+      const history = readFileSync(join(dir, 'history.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { type: string; op?: string });
+      expect(history.filter((h) => h.op === 'recover').length).toBeGreaterThan(3);
+      expect(new Set(history.map((h) => h.type))).toContain('role');
+      // The page pictures the shrunk run: its violation is on the timeline and linked to the operations around it.
+      const html = readFileSync(join(dir, 'index.html'), 'utf8');
+      expect(html).toContain('FAILED: 1 violation');
+      expect(html).toMatch(/<a href="#violation-1"><line[^>]*class="violation"/);
+      expect(html).toMatch(/<tr id="violation-1">.*<a href="#op-\d+">/);
+      expect(html).not.toMatch(/<script|https?:\/\//);
+      const shot = screenshot(join(dir, 'index.html'));
+      if (shot) {
+        // Rendered: the violation's red line, leaders' green lanes and operation bars are on the picture.
+        expect(countColour(shot, '#d50000')).toBeGreaterThan(150);
+        expect(countColour(shot, '#2e8b57')).toBeGreaterThan(2000);
+      }
       // The printed command, as printed: it fails again, the same way.
       const replay = await run(...f.shrunk.replay.split(' ').slice(1));
       expect(replay.status).toBe(1);
