@@ -34,6 +34,7 @@ that left the fleet), the counter, K release, Raft safety and convergence. A see
                     the campaign catch it: ${MUTATION_CASES.map((c) => c.name).join(', ')}
   --shrink-runs N   the run budget for shrinking a failing seed's fault schedule (default 300; 0: do
                     not shrink)
+  --verbose         a line per seed as it finishes: its verdict, time, and the settings it drew
   --json            one summary document on stdout (progress stays on stderr)
   --report DIR      write DIR/index.html (a self-contained page: timeline of replica roles, faults,
                     partitions, device operations and attempts left, violations linked to operations,
@@ -193,7 +194,7 @@ async function sim(argv: string[]): Promise<number> {
   const { values: f } = parseFlags(argv, {
     seeds: { type: 'string' }, from: { type: 'string' }, faults: { type: 'string' }, workers: { type: 'string' },
     liveness: { type: 'boolean' }, json: { type: 'boolean' }, report: { type: 'string' }, mutation: { type: 'string' },
-    'shrink-runs': { type: 'string' }, seed: { type: 'string' }, steps: { type: 'string' }, trace: { type: 'boolean' },
+    'shrink-runs': { type: 'string' }, verbose: { type: 'boolean' }, seed: { type: 'string' }, steps: { type: 'string' }, trace: { type: 'boolean' },
   });
   const job: SimJob = { faults: parseFaults(f.faults), liveness: !!f.liveness };
   if (f.mutation !== undefined) {
@@ -216,7 +217,10 @@ async function sim(argv: string[]): Promise<number> {
 
   const list = Array.from({ length: seeds }, (_, i) => from + i);
   const bar = progress(list.length);
-  const verdicts = await runSeeds(job, list, workers, (v) => bar.seed(v.ok));
+  const verdicts = await runSeeds(job, list, workers, (v) => {
+    if (f.verbose) process.stderr.write(`${process.stderr.isTTY ? '\r' : ''}seed ${v.seed} ${v.ok ? 'held' : 'FAILED'} (${v.ms} ms, faults at ${v.faultSteps} steps): ${describeSettings(v.settings)}\n`);
+    bar.seed(v.ok);
+  });
   const seconds = bar.end();
   const bad = verdicts.filter((v) => !v.ok);
   const failures: FailureReport[] = bad.slice(0, 20).map((v) => ({
