@@ -28,8 +28,9 @@ that left the fleet), the counter, K release, Raft safety and convergence. A see
                     disks; token: failing and slow token calls; clock: jumps and drift; membership: a
                     voter removed under load, re-added as a learner, promoted
   --workers K       worker threads (default 2)
-  --liveness        liveness mode: a fleet that does not heal, converge and answer within the bound
-                    after the faults stop fails the seed too (default: safety mode, invariants only)
+  --liveness        liveness mode: a fleet that, once the faults stop, does not converge within 30 s
+                    of virtual time and answer a Status through every replica within 5 s fails the
+                    seed too (default: safety mode, invariants only)
   --mutation NAME   run with a deliberately seeded bug (test-only switch of the simulated core), to see
                     the campaign catch it: ${MUTATION_CASES.map((c) => c.name).join(', ')}
   --shrink-runs N   the run budget for shrinking a failing seed's fault schedule (default 300; 0: do
