@@ -29,7 +29,7 @@ that left the fleet), the counter, K release, Raft safety and convergence. A see
                     voter removed under load, re-added as a learner, promoted
   --workers K       worker threads (default 2)
   --liveness        liveness mode: a fleet that, once the faults stop, does not converge within 30 s
-                    of virtual time and answer a Status through every replica within 5 s fails the
+                    of virtual time and answer every user's Status within 5 s fails the
                     seed too (default: safety mode, invariants only)
   --mutation NAME   run with a deliberately seeded bug (test-only switch of the simulated core), to see
                     the campaign catch it: ${MUTATION_CASES.map((c) => c.name).join(', ')}
