@@ -58,6 +58,8 @@ const DATA_APP_GENERATIONS = 'bkv data v2';
 const DATA_HEADER = 8;
 // More than two objects of one label means someone else wrote them; the newest still wins.
 const MAX_DATA_GENERATIONS = 16;
+// A fresh template each call: pkcs11js fills the one it is given.
+const dataAttrs = (): pkcs11.Template => [{ type: pkcs11.CKA_APPLICATION }, { type: pkcs11.CKA_VALUE }];
 const CBC_MAC_PREFIX = Buffer.from('bkv seal cbc-hmac-sha256 v1\0');
 
 function asBuffer(u: Uint8Array): Buffer {
@@ -149,6 +151,8 @@ export class Pkcs11Token implements Token {
   private sessionBroken = false;
   private closed = false;
   private readonly handles = new Map<string, Buffer>();
+  /** Data objects by label: the handle and generation this session last wrote or read. */
+  private readonly dataCache = new Map<string, { handle: Buffer; generation: number }>();
   private readonly verifyKeys = new Map<string, KeyObject>();
 
   private constructor(mod: LoadedModule, slot: Buffer, info: pkcs11.TokenInfo, pin: string, opts: OpenTokenOptions) {
@@ -279,6 +283,7 @@ export class Pkcs11Token implements Token {
     }
     // Handles of token objects survive a new session, but not a re-inserted token: look them up again.
     this.handles.clear();
+    this.dataCache.clear();
     this.sessionBroken = false;
   }
 
@@ -542,6 +547,19 @@ export class Pkcs11Token implements Token {
   }
 
   readData(label: string): Uint8Array {
+    // The object this session last wrote or read, when it is still there: one call, as a cached key.
+    // (Another writer replaces it by destroying it, so a stale handle fails and the search below runs.)
+    const known = this.dataCache.get(label);
+    if (known && !this.sessionBroken) {
+      try {
+        const o = this.decodeData(label, known.handle, this.lib.C_GetAttributeValue(this.session, known.handle, dataAttrs()), 'readData');
+        if (o.generation === known.generation) return o.value;
+      } catch (e) {
+        if (e instanceof TokenError) throw e;
+        if (ckrOf(e) !== pkcs11.CKR_OBJECT_HANDLE_INVALID) throw this.fail(e, 'readData');
+      }
+      this.dataCache.delete(label);
+    }
     const objects = this.dataObjects(label, 'readData');
     if (objects.length === 0) {
       throw new TokenError('KEY_NOT_FOUND', `token '${this.label}' has no data object labelled '${label}'`, { operation: 'readData', tokenLabel: this.label });
@@ -550,6 +568,7 @@ export class Pkcs11Token implements Token {
     if (next && next.generation === newest!.generation) {
       throw new TokenError('KEY_AMBIGUOUS', `token '${this.label}' holds several data objects labelled '${label}' of one generation`, { operation: 'readData', tokenLabel: this.label });
     }
+    this.dataCache.set(label, { handle: newest!.handle, generation: newest!.generation });
     return newest!.value;
   }
 
@@ -559,16 +578,24 @@ export class Pkcs11Token implements Token {
    * instant it can aim at, no anchor and no vote at all (a rolled-back disk would pass; a second vote
    * in one term would be cast). Killed between the two, the token holds both, and the higher
    * generation is the value. (SoftHSM2 makes CKA_VALUE of a data object read-only, so an in-place
-   * C_SetAttributeValue is not the portable way either.)
+   * C_SetAttributeValue is not the portable way either.) A newer object this session did not write
+   * means another writer (another instance of this replica) moved it: DATA_CHANGED, nothing written.
    */
   writeData(label: string, value: Uint8Array): void {
-    const old = this.dataObjects(label, 'writeData');
+    const known = this.dataCache.get(label);
+    const old = this.findData(label, 'writeData').map((handle) =>
+      known && handle.equals(known.handle) ? { handle, generation: known.generation } : { handle, generation: this.dataGeneration(label, handle, 'writeData') });
+    if (known && old.some((o) => o.generation > known.generation)) {
+      this.dataCache.delete(label);
+      throw new TokenError('DATA_CHANGED', `token '${this.label}': data object '${label}' was rewritten by another session or process`, { operation: 'writeData', tokenLabel: this.label });
+    }
     const generation = old.reduce((g, o) => Math.max(g, o.generation), 0) + 1;
     const framed = Buffer.alloc(DATA_HEADER + value.length);
     framed.writeBigUInt64BE(BigInt(generation), 0);
     framed.set(value, DATA_HEADER);
+    let handle: Buffer;
     try {
-      this.lib.C_CreateObject(this.sessionHandle, [
+      handle = this.lib.C_CreateObject(this.sessionHandle, [
         { type: pkcs11.CKA_CLASS, value: pkcs11.CKO_DATA },
         { type: pkcs11.CKA_TOKEN, value: true },
         { type: pkcs11.CKA_PRIVATE, value: true },
@@ -577,55 +604,69 @@ export class Pkcs11Token implements Token {
         { type: pkcs11.CKA_VALUE, value: framed },
       ]);
     } catch (e) {
+      this.dataCache.delete(label);
       throw this.fail(e, 'writeData');
     }
+    this.dataCache.set(label, { handle, generation });
     for (const o of old) {
       try {
         this.lib.C_DestroyObject(this.sessionHandle, o.handle);
       } catch (e) {
-        // The new value stands (it has the higher generation); the old object is left for the next write.
+        // The new value stands (it has the higher generation); the old object goes at the next write.
         throw this.fail(e, 'writeData');
       }
     }
   }
 
-  /**
-   * Every data object with this label, with its generation: objects this adapter wrote carry it in
-   * an 8-byte header (application DATA_APP_GENERATIONS); any other (written once at provisioning, or
-   * by an older bkv) is generation 0 and its value is taken whole.
-   */
-  private dataObjects(label: string, operation: 'readData' | 'writeData'): { handle: Buffer; generation: number; value: Uint8Array }[] {
+  private findData(label: string, operation: 'readData' | 'writeData'): Buffer[] {
     const s = this.sessionHandle;
-    let found: Buffer[];
     try {
       this.lib.C_FindObjectsInit(s, [
         { type: pkcs11.CKA_CLASS, value: pkcs11.CKO_DATA },
         { type: pkcs11.CKA_LABEL, value: label },
       ]);
       try {
-        found = this.lib.C_FindObjects(s, MAX_DATA_GENERATIONS);
+        return this.lib.C_FindObjects(s, MAX_DATA_GENERATIONS);
       } finally {
         this.lib.C_FindObjectsFinal(s);
       }
     } catch (e) {
       throw this.fail(e, operation, `finding '${label}'`);
     }
-    return found.map((handle) => {
-      let attrs: pkcs11.Attribute[];
-      try {
-        attrs = this.lib.C_GetAttributeValue(s, handle, [{ type: pkcs11.CKA_APPLICATION }, { type: pkcs11.CKA_VALUE }]);
-      } catch (e) {
-        throw this.fail(e, operation);
-      }
-      const app = Buffer.from(attrs[0]!.value as Buffer).toString('utf8');
-      const raw = attrs[1]!.value as Buffer;
-      if (app !== DATA_APP_GENERATIONS) return { handle, generation: 0, value: Uint8Array.from(raw) };
-      if (raw.length < DATA_HEADER) {
-        throw new TokenError('DATA_CORRUPT', `token '${this.label}': data object '${label}' is shorter than its header`, { operation, tokenLabel: this.label });
-      }
-      const generation = Number(raw.readBigUInt64BE(0));
-      return { handle, generation, value: Uint8Array.from(raw.subarray(DATA_HEADER)) };
-    });
+  }
+
+  private dataGeneration(label: string, handle: Buffer, operation: 'readData' | 'writeData'): number {
+    return this.dataObject(label, handle, operation).generation;
+  }
+
+  private dataObject(label: string, handle: Buffer, operation: 'readData' | 'writeData'): { handle: Buffer; generation: number; value: Uint8Array } {
+    let attrs: pkcs11.Attribute[];
+    try {
+      attrs = this.lib.C_GetAttributeValue(this.sessionHandle, handle, dataAttrs());
+    } catch (e) {
+      throw this.fail(e, operation);
+    }
+    return this.decodeData(label, handle, attrs, operation);
+  }
+
+  /**
+   * Objects this adapter wrote carry their generation in an 8-byte header (application
+   * DATA_APP_GENERATIONS); any other (written once at provisioning, or by an older bkv) is
+   * generation 0 and its value is taken whole.
+   */
+  private decodeData(label: string, handle: Buffer, attrs: pkcs11.Attribute[], operation: 'readData' | 'writeData'): { handle: Buffer; generation: number; value: Uint8Array } {
+    const app = Buffer.from(attrs[0]!.value as Buffer).toString('utf8');
+    const raw = attrs[1]!.value as Buffer;
+    if (app !== DATA_APP_GENERATIONS) return { handle, generation: 0, value: Uint8Array.from(raw) };
+    if (raw.length < DATA_HEADER) {
+      throw new TokenError('DATA_CORRUPT', `token '${this.label}': data object '${label}' is shorter than its header`, { operation, tokenLabel: this.label });
+    }
+    return { handle, generation: Number(raw.readBigUInt64BE(0)), value: Uint8Array.from(raw.subarray(DATA_HEADER)) };
+  }
+
+  /** Every data object with this label, with its generation and value. */
+  private dataObjects(label: string, operation: 'readData' | 'writeData'): { handle: Buffer; generation: number; value: Uint8Array }[] {
+    return this.findData(label, operation).map((h) => this.dataObject(label, h, operation));
   }
 
   random(length: number): Uint8Array {
@@ -645,6 +686,7 @@ export class Pkcs11Token implements Token {
     if (this.closed) return;
     this.closed = true;
     this.handles.clear();
+    this.dataCache.clear();
     try {
       this.lib.C_CloseSession(this.session);
     } catch {

@@ -259,6 +259,28 @@ describe('HMAC, signatures, random, data objects', () => {
   }
 });
 
+describe('two writers of one data object (two instances of one replica)', () => {
+  it('a reader sees the other writer\'s value, and a writer that did not see it is refused', () => {
+    const label = 'two-writers';
+    const one = fleet.openToken('us-east');
+    const two = fleet.openToken('us-east');
+    one.writeData(label, Buffer.from('from one'));
+    expect(Buffer.from(two.readData(label)).toString()).toBe('from one');
+    two.writeData(label, Buffer.from('from two'));
+    // One's remembered object is gone: it reads what two wrote.
+    expect(Buffer.from(one.readData(label)).toString()).toBe('from two');
+    two.writeData(label, Buffer.from('two again'));
+    // One last saw generation 2; the object is at 3 now, written by another session: refused, unchanged.
+    const e = caught(() => one.writeData(label, Buffer.from('one blind')));
+    expect(e.code).toBe('DATA_CHANGED');
+    expect(Buffer.from(fleet.openToken('us-east').readData(label)).toString()).toBe('two again');
+    // Having read it, one may write again.
+    expect(Buffer.from(one.readData(label)).toString()).toBe('two again');
+    one.writeData(label, Buffer.from('one, seen'));
+    expect(Buffer.from(two.readData(label)).toString()).toBe('one, seen');
+  });
+});
+
 describe('a process killed while it overwrites a data object', () => {
   // The real thing, not an injected failure: a child process overwrites one object in a loop and is
   // SIGKILLed at a random moment; a fresh session must find the last value whose write returned, or
@@ -284,6 +306,8 @@ describe('a process killed while it overwrites a data object', () => {
       const found = Number(Buffer.from(fresh.readData(label)).toString());
       fresh.close();
       expect(found === last || found === last + 1 || (last === -1 && found >= 0)).toBe(true);
+      // A session that read the object before the child rewrote it sees the child's value, not its own old one.
+      expect(Number(Buffer.from(east.readData(label)).toString())).toBe(found);
     }
   }, 120_000);
 });

@@ -70,21 +70,32 @@ export class SealedStorage {
 
   /** The rollback anchor, or undefined on a token that never had one. Throws TAMPERED if it does not open. */
   readAnchor(): ChainPoint | undefined {
-    let raw: Uint8Array;
+    const raw = this.readAnchorSealed();
+    return raw && this.openAnchor(raw);
+  }
+
+  /** The anchor as the token holds it, sealed (undefined: none): compared byte for byte, it need not be opened. */
+  readAnchorSealed(): Uint8Array | undefined {
     try {
-      raw = this.token.readData(KeyLabels.logAnchor);
+      return this.token.readData(KeyLabels.logAnchor);
     } catch (e) {
       if ((e as { code?: string }).code === 'KEY_NOT_FOUND') return undefined;
       throw e;
     }
+  }
+
+  openAnchor(raw: Uint8Array): ChainPoint {
     const p = this.openWith(raw, this.aad('anchor', 0), 'anchor') as Record<string, unknown>;
     if (!isIndex(p.index) || !isHash(p.hash) || (p.term !== undefined && !isIndex(p.term))) throw tampered('anchor has a bad shape');
     return p.term === undefined ? { index: p.index, hash: new Uint8Array(p.hash) } : { index: p.index, hash: new Uint8Array(p.hash), term: p.term as number };
   }
 
-  writeAnchor(p: ChainPoint): void {
+  /** Seals and writes the anchor; returns the sealed bytes the token now holds. */
+  writeAnchor(p: ChainPoint): Uint8Array {
     const body = p.term === undefined ? { index: p.index, hash: p.hash } : { index: p.index, hash: p.hash, term: p.term };
-    this.token.writeData(KeyLabels.logAnchor, this.token.seal(KeyLabels.recordKey, packr.pack(body), this.aad('anchor', 0)));
+    const sealed = this.token.seal(KeyLabels.recordKey, packr.pack(body), this.aad('anchor', 0));
+    this.token.writeData(KeyLabels.logAnchor, sealed);
+    return sealed;
   }
 
   /** Opens and checks everything the host returned; throws TAMPERED / ROLLBACK_DETECTED. */

@@ -66,6 +66,7 @@ export class FleetReplica {
   private readonly say: (line: string) => void;
   private readonly pending = new Map<number, (o: Outcome) => void>();
   private nextRid = 1;
+  private queued: CoreInput[] = [];
   /** Disk operations run one after another, in the order the core asked for them. */
   private disk: Promise<void> = Promise.resolve();
   private timer?: NodeJS.Timeout;
@@ -106,7 +107,7 @@ export class FleetReplica {
     } catch (e) {
       unreadable ??= `TAMPERED: ${(e as Error).message}`;
     }
-    o.transport.onMessage((from, bytes) => r.step({ kind: 'peer', now: Date.now(), from, bytes }));
+    o.transport.onMessage((from, bytes) => r.enqueue({ kind: 'peer', now: Date.now(), from, bytes }));
     r.step({ kind: 'start', now: Date.now(), disk, unreadable });
     r.timer = setInterval(() => r.step({ kind: 'tick', now: Date.now() }), o.tickMs);
     return r;
@@ -124,14 +125,28 @@ export class FleetReplica {
     const rid = this.nextRid++;
     return new Promise((resolve) => {
       this.pending.set(rid, resolve);
-      this.step({ kind: 'request', now: Date.now(), rid, user, body });
+      this.enqueue({ kind: 'request', now: Date.now(), rid, user, body });
     });
   }
 
-  private step(input: CoreInput): void {
-    if (this.closed) return;
+  /** Peer messages and device requests of one event-loop turn go to the core together (one Ready). */
+  private enqueue(input: CoreInput): void {
+    this.queued.push(input);
+    if (this.queued.length === 1) setImmediate(() => this.flushQueue());
+  }
+
+  private flushQueue(): void {
+    if (this.queued.length > 0) this.step();
+  }
+
+  /** `input` after whatever is queued, in arrival order. */
+  private step(input?: CoreInput): void {
+    const inputs = this.queued;
+    this.queued = [];
+    if (input) inputs.push(input);
+    if (this.closed || inputs.length === 0) return;
     this.io.steps++;
-    this.perform(this.core.step(input));
+    this.perform(this.core.stepAll(inputs));
   }
 
   private perform(outs: CoreOutput[]): void {

@@ -190,6 +190,10 @@ export class ReplicaCore {
    * domain, a solo vault's): anything else means a fork.
    */
   private expectAnchor: ChainPoint | null | 'foreign' = null;
+  /** The sealed vote this instance last wrote. */
+  private voteSealed?: Uint8Array;
+  /** The sealed bytes of expectAnchor as the token held them when this instance wrote or checked it. */
+  private anchorSealed?: Uint8Array;
   private nextWrite = 1;
   private inFlight?: { id: number; rd: Ready };
   private toApply?: Ready;
@@ -265,10 +269,25 @@ export class ReplicaCore {
   // ---------------------------------------------------------------- the step
 
   step(input: CoreInput): CoreOutput[] {
-    this.now = Math.max(this.now, input.now);
+    return this.stepAll([input]);
+  }
+
+  /**
+   * Several inputs in arrival order, then one Ready: how a host hands over what arrived in one turn
+   * of its event loop, so that concurrent requests and acknowledgements share one seal, one disk
+   * write and one anchor (group commit) instead of a Ready each.
+   */
+  stepAll(inputs: readonly CoreInput[]): CoreOutput[] {
     this.out = [];
+    for (const input of inputs) {
+      this.now = Math.max(this.now, input.now);
+      try {
+        this.input(input);
+      } catch (e) {
+        this.fail(e);
+      }
+    }
     try {
-      this.input(input);
       if (this.phase === 'running') {
         this.serveParked();
         this.pump();
@@ -322,12 +341,14 @@ export class ReplicaCore {
       try {
         const a = this.sealed.readAnchor();
         this.expectAnchor = a ?? null;
+        this.anchorSealed = undefined;
         if (a) { this.floor = a.index; this.floorTerm = a.term; }
       } catch (e) {
         // An anchor that does not open (another seal domain) protects nothing here; a token that
         // fails to answer is another matter: without the floor this replica must not start at all.
         if ((e as { code?: string }).code !== 'TAMPERED') throw e;
         this.expectAnchor = 'foreign';
+        this.anchorSealed = undefined;
       }
       this.out.push({ kind: 'wipe' });
       this.refusedFor = code;
@@ -386,6 +407,7 @@ export class ReplicaCore {
     this.anchoredTo = v.anchor?.index ?? 0;
     this.anchoredHash = v.anchor?.hash;
     this.expectAnchor = v.anchor ?? null;
+    this.anchorSealed = undefined;
     if (!v.snapshot && v.entries.length === 0 && !items.hardState) {
       if (v.anchor && v.anchor.index > 0) throw new FirmwareError('ROLLBACK_DETECTED', `empty disk but the token anchor is at ${v.anchor.index}`);
       // A founding member's first start: entry 1 is the initial configuration on every founder.
@@ -440,7 +462,7 @@ export class ReplicaCore {
     }
   }
 
-  private readVote(): void {
+  private readVote(known?: Uint8Array): void {
     let raw: Uint8Array;
     try {
       raw = this.c.token.readData(VOTE_LABEL);
@@ -448,6 +470,8 @@ export class ReplicaCore {
       if ((e as { code?: string }).code === 'KEY_NOT_FOUND') return;
       throw e;
     }
+    // The very bytes this instance wrote need no opening: same seal, same vote.
+    if (known && sameBytes(raw, known)) return;
     const v = unpack(this.openSealed(raw, 'vote')) as unknown;
     if (!Array.isArray(v) || typeof v[0] !== 'number' || !(v[1] === null || typeof v[1] === 'string')) throw new FirmwareError('TAMPERED', 'vote record has a bad shape');
     this.tokenTerm = v[0];
@@ -463,7 +487,7 @@ export class ReplicaCore {
   private checkVoteNotForked(): void {
     if (this.c.mutation === 'ignore-fork') return;
     const before = { term: this.tokenTerm, vote: this.tokenVote };
-    this.readVote();
+    this.readVote(this.voteSealed);
     if (this.tokenTerm !== before.term || this.tokenVote !== before.vote) {
       throw new BkvError('FORKED', `another instance of replica ${this.c.id} wrote its vote (term ${this.tokenTerm}); this one stops`);
     }
@@ -474,7 +498,11 @@ export class ReplicaCore {
     const e = this.expectAnchor;
     let a: ChainPoint | null;
     try {
-      a = this.sealed.readAnchor() ?? null;
+      const raw = this.sealed.readAnchorSealed();
+      // The very bytes this instance wrote (or last checked) need no opening: same seal, same anchor.
+      if (raw && this.anchorSealed && sameBytes(raw, this.anchorSealed)) return;
+      a = raw ? this.sealed.openAnchor(raw) : null;
+      if (a && e && e !== 'foreign' && a.index === e.index && sameBytes(a.hash, e.hash)) this.anchorSealed = raw;
     } catch (err) {
       if ((err as { code?: string }).code === 'TAMPERED' && e === 'foreign') return; // still the one we found
       throw err;
@@ -802,7 +830,9 @@ export class ReplicaCore {
       // A vote stands on the log this identity acknowledged: neither its vote nor its anchor may have moved under it.
       this.checkVoteNotForked();
       if (this.c.mutation !== 'skip-anchor') this.checkAnchorNotForked();
-      t.writeData(VOTE_LABEL, t.seal('record-key', pack([rd.hardState.term, rd.hardState.vote]), this.aad('vote')));
+      const sealed = t.seal('record-key', pack([rd.hardState.term, rd.hardState.vote]), this.aad('vote'));
+      t.writeData(VOTE_LABEL, sealed);
+      this.voteSealed = sealed;
       this.tokenTerm = rd.hardState.term;
       this.tokenVote = rd.hardState.vote;
     }
@@ -886,7 +916,7 @@ export class ReplicaCore {
     if (index === this.anchoredTo && this.anchoredHash && sameBytes(hash, this.anchoredHash)) return;
     if (this.c.mutation !== 'skip-anchor') {
       this.checkAnchorNotForked();
-      this.sealed.writeAnchor({ index, hash, term });
+      this.anchorSealed = this.sealed.writeAnchor({ index, hash, term });
       this.expectAnchor = { index, hash, term };
     }
     this.anchoredTo = index;
