@@ -69,6 +69,8 @@ type Event =
   | { kind: 'disk'; id: NodeId; fork: boolean; gen: number }
   | { kind: 'deliver'; from: string; to: string; msg: Msg }
   | { kind: 'devTimeout'; rid: number }
+  /** What reached a replica at one instant goes to its core together, as the host's event-loop turn does. */
+  | { kind: 'inbox'; id: NodeId; fork: boolean; gen: number }
   /** The supervisor looks at a replica that stopped itself, and restarts it. */
   | { kind: 'supervise'; id: NodeId; gen: number };
 
@@ -101,6 +103,8 @@ interface Replica {
   driftFrom: number;
   /** Blocked in a slow token call until then: nothing reaches it (its event loop is stuck). */
   busyUntil: number;
+  /** Peer messages and requests delivered at this instant, for one stepAll (FleetReplica's queue). */
+  inbox: CoreInput[];
   /** Its disk was rolled back, blanked, torn or flipped, and no incarnation has caught up since. */
   lostData: boolean;
   /** Host request id -> the device waiting for it. */
@@ -123,7 +127,7 @@ export class VaultCluster {
   now = 0;
   readonly counts = {
     delivered: 0, dropped: 0, duplicated: 0, flushes: 0, lostFlushes: 0, forwarded: 0, deviceTimeouts: 0, compactions: 0, anchors: 0,
-    rereplications: 0, filteredVotes: 0, forged: 0, forks: 0, forkedStops: 0, membershipChanges: 0, forgedRefused: 0, torn: 0, bitFlips: 0, invariantFailures: 0,
+    rereplications: 0, filteredVotes: 0, batchedSteps: 0, forged: 0, forks: 0, forkedStops: 0, membershipChanges: 0, forgedRefused: 0, torn: 0, bitFlips: 0, invariantFailures: 0,
   };
   /** Entries proposed and replies handed out, by type (a test waits on these to stage a fault at one step). */
   readonly proposed: Record<string, number> = {};
@@ -183,7 +187,7 @@ export class VaultCluster {
       const token = o.wrapToken ? o.wrapToken(sim, id) : sim;
       this.tokens.set(id, token);
       this.replicas.set(id, {
-        id, label: id, fork: false, token, disk: blankDisk(), diskCopy: null, core: null, gen: 0, diskQueue: [], skew: 0, drift: 0, driftFrom: 0, busyUntil: 0, lostData: false, routes: new Map(), nextRid: 1, innerReplies: new Map(),
+        id, label: id, fork: false, token, disk: blankDisk(), diskCopy: null, core: null, gen: 0, diskQueue: [], skew: 0, drift: 0, driftFrom: 0, busyUntil: 0, inbox: [], lostData: false, routes: new Map(), nextRid: 1, innerReplies: new Map(),
       });
     }
     for (const id of this.ids) this.start(this.replicas.get(id)!);
@@ -198,6 +202,7 @@ export class VaultCluster {
 
   private start(r: Replica): void {
     r.gen++;
+    r.inbox = [];
     // Each incarnation draws its own stream: a restart does not replay the old one's randomness.
     const rng = this.fwRng.fork();
     const inner = new Map<number, Uint8Array>();
@@ -295,7 +300,7 @@ export class VaultCluster {
     this.paused.delete(id);
     for (const k of STAT_KEYS) this.retired[k] += r.core.stats[k];
     this.counts.lostFlushes += r.diskQueue.filter((d) => d.op === 'persist').length;
-    r.core = null; r.gen++; r.diskQueue = []; r.routes.clear(); r.busyUntil = 0;
+    r.core = null; r.gen++; r.diskQueue = []; r.routes.clear(); r.busyUntil = 0; r.inbox = [];
     this.note(`crash ${id}`);
   }
 
@@ -345,7 +350,7 @@ export class VaultCluster {
     const r = this.rep(id);
     if (this.forks.has(id) || !r.core) return;
     const twin: Replica = {
-      id, label: `${id}~fork`, fork: true, token: r.token, disk: copyDisk(r.disk), diskCopy: null, core: null, gen: 0, diskQueue: [], skew: r.skew, drift: r.drift, driftFrom: r.driftFrom, busyUntil: 0, lostData: false,
+      id, label: `${id}~fork`, fork: true, token: r.token, disk: copyDisk(r.disk), diskCopy: null, core: null, gen: 0, diskQueue: [], skew: r.skew, drift: r.drift, driftFrom: r.driftFrom, busyUntil: 0, inbox: [], lostData: false,
       routes: new Map(), nextRid: 1, innerReplies: new Map(),
     };
     this.forks.set(id, twin);
@@ -385,7 +390,7 @@ export class VaultCluster {
   /** The host stops every second instance. */
   endForks(): void {
     for (const [id, t] of this.forks) {
-      t.core = null; t.gen++; t.diskQueue = [];
+      t.core = null; t.gen++; t.diskQueue = []; t.inbox = [];
       this.note(`unfork ${id}`);
     }
     this.forks.clear();
@@ -531,12 +536,17 @@ export class VaultCluster {
   // ---------------------------------------------------------------- the host: performing outputs
 
   private step(r: Replica, input: CoreInput): void {
+    this.stepAll(r, [{ ...input, now: this.clockOf(r) }]);
+  }
+
+  /** Inputs stamped with the replica's clock when they arrived. */
+  private stepAll(r: Replica, inputs: CoreInput[]): void {
     const core = r.core;
     if (!core) return;
     // The host's clock is what the replica is told (it may jump); the core never lets it run backwards.
     const sim = this.simTokens.get(r.id)!;
     const [calls, writes] = [sim.calls, sim.dataWrites];
-    const out = core.step({ ...input, now: this.clockOf(r) });
+    const out = core.stepAll(inputs);
     const slow = this.slowTokens.get(r.id);
     if (slow) r.busyUntil = Math.max(r.busyUntil, this.now) + Math.round((sim.dataWrites - writes) * slow + (sim.calls - calls - (sim.dataWrites - writes)) * slow / 10);
     this.perform(r, core, out);
@@ -747,6 +757,15 @@ export class VaultCluster {
       case 'deliver':
         this.deliver(ev.from, ev.to, ev.msg);
         return true;
+      case 'inbox': {
+        const r = ev.fork ? this.forks.get(ev.id) : this.rep(ev.id);
+        if (!r || r.gen !== ev.gen || !r.core) return true;
+        const inputs = r.inbox;
+        r.inbox = [];
+        if (inputs.length > 1) this.counts.batchedSteps++;
+        this.stepAll(r, inputs);
+        return true;
+      }
       case 'supervise': {
         const r = this.rep(ev.id);
         if (r.gen !== ev.gen || !r.core || r.core.isHealthy) return true;
@@ -846,10 +865,15 @@ export class VaultCluster {
     this.counts.delivered++;
     this.trace.update(td.encode(`${this.now}|d|${from}>${to}|${msg.k}|`));
     this.trace.update(packr.pack(msg));
-    if (msg.k === 'peer') return this.step(r, { kind: 'peer', now: this.now, from, bytes: msg.bytes });
+    if (msg.k === 'peer') return this.enqueue(r, { kind: 'peer', now: this.clockOf(r), from, bytes: msg.bytes });
     const rid = r.nextRid++;
     r.routes.set(rid, { dev: msg.dev, rid: msg.rid });
-    this.step(r, { kind: 'request', now: this.now, rid, user: msg.user, body: msg.body });
+    this.enqueue(r, { kind: 'request', now: this.clockOf(r), rid, user: msg.user, body: msg.body });
+  }
+
+  private enqueue(r: Replica, input: CoreInput): void {
+    r.inbox.push(input);
+    if (r.inbox.length === 1) this.schedule(0, { kind: 'inbox', id: r.id, fork: r.fork, gen: r.gen });
   }
 }
 
