@@ -51,10 +51,65 @@ On a failure: the settings the seed drew, its violations, the fault schedule shr
 failing one, and the command that replays it. Exit 0 when every seed held, 1 when one failed, 2 on
 a usage error. docs/chaos.md has campaign sizes, run times and how to turn a seed into a test.`;
 
-const help = `usage: bkv chaos sim [options]   (bkv chaos sim --help)
+const fuzzHelp = `usage: bkv chaos fuzz [--inputs N] [--target NAME[,NAME...]] [--seed S] [--workers K] [--json] [--out DIR]
+
+Feeds every decoder that reads outside bytes or text (device messages, vault replies, session
+frames, relay envelopes, ChatD frames and error bodies, peer frames, consensus messages, entries,
+hard states, snapshots, membership changes, firmware entries and state snapshots, the process
+protocol, backup headers, 64-digit keys, token URIs, host:port flags, WAN config files) with seeded
+mutations of its kept corpus (the golden encodings). A decoder must return or throw a typed bkv
+error; anything else is a finding, printed with its input.
+
+  --inputs N      mutated inputs per decoder (default 1000000)
+  --target LIST   only these decoders (default: all): ${'${TARGETS}'}
+  --seed S        the mutation seed (default 1); a run replays exactly
+  --workers K     worker threads (default 2)
+  --json          one summary document on stdout
+  --out DIR       write each finding's input to DIR/TARGET-K.bin (0600)
+
+Exit 0 with no finding, 1 with findings, 2 on a usage error.`;
+
+const help = `usage: bkv chaos sim|fuzz [options]   (bkv chaos sim --help, bkv chaos fuzz --help)
 
 Fault campaigns against the vault. sim: seeds of the deterministic simulator, with verdicts and
-shrunk reproductions. (live, the nemesis over a real fleet, is not built yet.)`;
+shrunk reproductions. fuzz: seeded mutations of every decoder's inputs. (live, the nemesis over a
+real fleet, is not built yet.)`;
+
+async function fuzz(argv: string[]): Promise<number> {
+  const { fuzzTargets, fuzzTargetsInWorkers } = await import('../chaos/fuzz.ts');
+  const all = (await fuzzTargets()).map((t) => t.name);
+  if (wantsHelp(argv)) { console.log(fuzzHelp.replace('${TARGETS}', all.join(', '))); return 0; }
+  const { values: f } = parseFlags(argv, { inputs: { type: 'string' }, target: { type: 'string' }, seed: { type: 'string' }, workers: { type: 'string' }, json: { type: 'boolean' }, out: { type: 'string' } });
+  const inputs = wholeNumber(f.inputs, '--inputs', 1) ?? 1_000_000;
+  const seed = wholeNumber(f.seed, '--seed') ?? 1;
+  const workers = wholeNumber(f.workers, '--workers', 1) ?? 2;
+  const names = f.target === undefined ? all : f.target.split(',').filter(Boolean);
+  const unknown = names.filter((n) => !all.includes(n));
+  if (names.length === 0 || unknown.length) throw new UsageError(`--target takes decoder names from: ${all.join(', ')}${unknown.length ? ` (not ${unknown.map((u) => `'${u.slice(0, 30)}'`).join(', ')})` : ''}`);
+  const started = performance.now();
+  let done = 0;
+  const results = await fuzzTargetsInWorkers(names, inputs, seed, workers, (r) => {
+    done++;
+    process.stderr.write(`[${done}/${names.length}] ${r.target}: ${r.inputs} inputs, ${r.accepted} decoded, ${r.refused} refused (typed), ${r.findings.length} findings, ${(r.ms / 1000).toFixed(1)} s\n`);
+  });
+  const findings = results.flatMap((r) => r.findings);
+  if (f.out) {
+    mkdirSync(f.out, { recursive: true, mode: 0o700 });
+    const per = new Map<string, number>();
+    for (const x of findings) {
+      const k = (per.get(x.target) ?? 0) + 1;
+      per.set(x.target, k);
+      writeFileSync(join(f.out, `${x.target}-${k}.bin`), Buffer.from(x.input, 'hex'), { mode: 0o600 });
+    }
+  }
+  const summary = { seed, inputsPerDecoder: inputs, decoders: results.length, findings: findings.length, seconds: Math.round((performance.now() - started) / 1000), results };
+  if (f.json) console.log(JSON.stringify(summary));
+  else {
+    console.log(`${results.length} decoders, ${inputs} mutated inputs each (seed ${seed}): ${findings.length} findings in ${duration(summary.seconds)}`);
+    for (const x of findings) console.log(`  ${x.target}: ${x.error}\n    input (hex): ${x.input.slice(0, 400)}`);
+  }
+  return findings.length === 0 ? 0 : 1;
+}
 
 function parseFaults(v: string | undefined): Fault[] {
   if (v === undefined) return [...FAULTS];
@@ -275,20 +330,22 @@ async function sim(argv: string[]): Promise<number> {
 
 export const command: Command = {
   name: 'chaos',
-  summary: 'fault campaigns: simulator seeds with verdicts, shrunk schedules and replay commands',
+  summary: 'fault campaigns: simulator seeds with verdicts, shrunk schedules and replay commands; decoder fuzzing',
   help,
   async run(argv) {
     const [sub, ...rest] = argv;
     switch (sub) {
       case 'sim':
         return sim(rest);
+      case 'fuzz':
+        return fuzz(rest);
       case 'live':
         throw new UsageError('chaos live (a nemesis over a real fleet) is not built yet; use `bkv fleet fault` on a running fleet, or `bkv chaos sim`');
       case undefined:
         console.error(help);
         return 2;
       default:
-        throw new UsageError(`unknown chaos subcommand '${sub.slice(0, 40)}' (sim)`);
+        throw new UsageError(`unknown chaos subcommand '${sub.slice(0, 40)}' (sim, fuzz)`);
     }
   },
 };

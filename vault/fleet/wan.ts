@@ -87,13 +87,18 @@ export function readWanConfigFile(path: string): WanConfig {
   } catch (e) {
     throw new WanConfigError(path, '(file)', `cannot read: ${(e as NodeJS.ErrnoException).code ?? 'error'}`);
   }
+  return parseWanConfigText(text, path);
+}
+
+/** A WAN config file's text, as `--wan FILE` holds it. */
+export function parseWanConfigText(text: string, origin: string): WanConfig {
   let json: unknown;
   try {
     json = JSON.parse(text);
   } catch (e) {
-    throw new WanConfigError(path, '(file)', `not JSON: ${(e as Error).message}`);
+    throw new WanConfigError(origin, '(file)', `not JSON: ${(e as Error).message}`);
   }
-  return parseWanConfig(json, path);
+  return parseWanConfig(json, origin);
 }
 
 function isObject(v: unknown): v is Record<string, unknown> {
