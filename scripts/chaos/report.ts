@@ -76,7 +76,7 @@ function bands(h: RunHistory): { replica: Band[]; fleet: Band[] } {
   return { replica, fleet };
 }
 
-const FAULT_WORDS = ['crash', 'torn', 'flip', 'rollback', 'blank', 'swap', 'fork', 'forge', 'clock', 'drift', 'slow', 'pause', 'membership', 'snapshot', 'supervisor', 'whole'];
+const FAULT_WORDS = ['cut', 'bridge', 'ring', 'crash', 'torn', 'flip', 'rollback', 'blank', 'swap', 'fork', 'forge', 'clock', 'drift', 'slow', 'pause', 'membership', 'snapshot', 'supervisor', 'whole'];
 
 function timeline(r: RunReport): string {
   const h = r.history;

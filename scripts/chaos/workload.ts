@@ -282,10 +282,27 @@ export async function randomVaultRun(o: VaultRunOptions): Promise<VaultRunResult
         c.crash(l !== null && frng.int(2) === 0 ? l : up[frng.int(up.length)]!);
       } else if (r < 60 && down.length > 0) {
         c.restart(down[frng.int(down.length)]!);
-      } else if (r < 75) {
+      } else if (r < 66) {
         const a: string[] = []; const b: string[] = [];
         for (const id of ids) (frng.int(2) === 0 ? a : b).push(id);
         c.partition(a, b);
+      } else if (r < 69) {
+        // A bridge: two sides that cannot see each other, and one replica (often the leader) that sees both.
+        const l = c.leader();
+        const via = l !== null && frng.int(2) === 0 ? l : ids[frng.int(ids.length)]!;
+        const rest = ids.filter((x) => x !== via);
+        const cutAt = 1 + frng.int(Math.max(1, rest.length - 1));
+        c.bridge(rest.slice(0, cutAt), rest.slice(cutAt), via);
+      } else if (r < 71) {
+        // A ring: each replica reaches only its two neighbours (with three, nothing is cut).
+        const order = [...ids];
+        for (let i = order.length - 1; i > 0; i--) { const j = frng.int(i + 1); [order[i], order[j]] = [order[j]!, order[i]!]; }
+        c.ring(order);
+      } else if (r < 75) {
+        // One-way links: often everything into the leader is lost while it still sends (it cannot hear its deposition).
+        const l = c.leader();
+        if (l !== null && frng.int(2) === 0) for (const x of ids) { if (x !== l) c.cutLink(x, l, true); }
+        else { const a = ids[frng.int(ids.length)]!; const b = ids.filter((x) => x !== a)[frng.int(ids.length - 1)]!; c.cutLink(a, b, true); }
       } else if (r < 85) {
         const l = c.leader();
         if (l) c.isolate(l);

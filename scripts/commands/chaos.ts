@@ -22,7 +22,8 @@ that left the fleet), the counter, K release, Raft safety and convergence. A see
   --seeds N         how many seeds to run (from --from, default 1)
   --from S          the first seed
   --faults LIST     comma-separated, from: ${FAULTS.join(', ')} (default: all). net is always on
-                    (crashes at any step of a recovery, restarts, pauses, partitions, leader isolation,
+                    (crashes at any step of a recovery, restarts, pauses, partitions of two groups, bridges,
+                    rings and one-way links, leader isolation,
                     loss, duplication, reordering, forged peer frames); disk: rolled-back, blank, torn
                     and bit-flipped disks, whole-fleet restarts, staged rollback attacks, forks, swapped
                     disks; token: failing and slow token calls; clock: jumps and drift; membership: a

@@ -495,11 +495,43 @@ export class VaultCluster {
 
   isolate(id: NodeId): void { this.partition([id]); }
 
+  /** Links that carry nothing from `from` to `to` ("from>to"), beside the groups: partitions of other shapes. */
+  private readonly cut = new Set<string>();
+
+  /** The link from `from` to `to` stops carrying messages (and the reverse one too unless `oneWay`). */
+  cutLink(from: NodeId, to: NodeId, oneWay = false): void {
+    this.cut.add(`${from}>${to}`);
+    if (!oneWay) this.cut.add(`${to}>${from}`);
+    this.note(`cut ${from}${oneWay ? '>' : '<>'}${to}`);
+  }
+
+  /**
+   * A bridge partition: `a` and `b` cannot talk to each other, but `via` talks to both (it can see a
+   * majority that cannot see each other, the classic case for a leader that cannot be deposed).
+   */
+  bridge(a: NodeId[], b: NodeId[], via: NodeId): void {
+    this.groups = null;
+    for (const x of a) for (const y of b) if (x !== via && y !== via) { this.cut.add(`${x}>${y}`); this.cut.add(`${y}>${x}`); }
+    this.note(`bridge ${JSON.stringify(a)} ${JSON.stringify(b)} via ${via}`);
+  }
+
+  /** A ring: each replica talks only to its two neighbours in `order`. */
+  ring(order: NodeId[]): void {
+    this.groups = null;
+    const n = order.length;
+    for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) {
+      const d = Math.min((i - j + n) % n, (j - i + n) % n);
+      if (d > 1) this.cut.add(`${order[i]}>${order[j]}`);
+    }
+    this.note(`ring ${order.join('-')}`);
+  }
+
   /** Reconnect everything and resume paused replicas. */
   heal(): void {
     for (const id of [...this.paused.keys()]) this.resume(id);
     this.slowTokens.clear();
     this.groups = null;
+    this.cut.clear();
     this.note('heal');
   }
 
@@ -529,6 +561,7 @@ export class VaultCluster {
 
   /** Devices are outside the replicas' partition groups: they reach every replica (over a lossy net). */
   private canTalk(from: string, to: string): boolean {
+    if (this.cut.has(`${from}>${to}`)) return false;
     if (!this.groups || !this.replicas.has(from) || !this.replicas.has(to)) return true;
     return (this.groups.get(from) ?? 0) === (this.groups.get(to) ?? 0);
   }
