@@ -52,7 +52,6 @@ const GCM_IV = 12;
 const GCM_TAG = 16;
 const CBC_IV = 16;
 const MAC_LEN = 32;
-// Domain-separates the fallback's MAC input from any other HMAC made with the same key.
 // Data objects this adapter writes: 8-byte generation, then the value (see writeData).
 const DATA_APP_GENERATIONS = 'bkv data v2';
 const DATA_HEADER = 8;
@@ -60,6 +59,7 @@ const DATA_HEADER = 8;
 const MAX_DATA_GENERATIONS = 16;
 // A fresh template each call: pkcs11js fills the one it is given.
 const dataAttrs = (): pkcs11.Template => [{ type: pkcs11.CKA_APPLICATION }, { type: pkcs11.CKA_VALUE }];
+// Domain-separates the fallback's MAC input from any other HMAC made with the same key.
 const CBC_MAC_PREFIX = Buffer.from('bkv seal cbc-hmac-sha256 v1\0');
 
 function asBuffer(u: Uint8Array): Buffer {
@@ -560,7 +560,7 @@ export class Pkcs11Token implements Token {
       }
       this.dataCache.delete(label);
     }
-    const objects = this.dataObjects(label, 'readData');
+    const objects = this.findData(label, 'readData').map((h) => this.dataObject(label, h, 'readData'));
     if (objects.length === 0) {
       throw new TokenError('KEY_NOT_FOUND', `token '${this.label}' has no data object labelled '${label}'`, { operation: 'readData', tokenLabel: this.label });
     }
@@ -584,7 +584,7 @@ export class Pkcs11Token implements Token {
   writeData(label: string, value: Uint8Array): void {
     const known = this.dataCache.get(label);
     const old = this.findData(label, 'writeData').map((handle) =>
-      known && handle.equals(known.handle) ? { handle, generation: known.generation } : { handle, generation: this.dataGeneration(label, handle, 'writeData') });
+      known && handle.equals(known.handle) ? { handle, generation: known.generation } : { handle, generation: this.dataObject(label, handle, 'writeData').generation });
     if (known && old.some((o) => o.generation > known.generation)) {
       this.dataCache.delete(label);
       throw new TokenError('DATA_CHANGED', `token '${this.label}': data object '${label}' was rewritten by another session or process`, { operation: 'writeData', tokenLabel: this.label });
@@ -635,10 +635,6 @@ export class Pkcs11Token implements Token {
     }
   }
 
-  private dataGeneration(label: string, handle: Buffer, operation: 'readData' | 'writeData'): number {
-    return this.dataObject(label, handle, operation).generation;
-  }
-
   private dataObject(label: string, handle: Buffer, operation: 'readData' | 'writeData'): { handle: Buffer; generation: number; value: Uint8Array } {
     let attrs: pkcs11.Attribute[];
     try {
@@ -662,11 +658,6 @@ export class Pkcs11Token implements Token {
       throw new TokenError('DATA_CORRUPT', `token '${this.label}': data object '${label}' is shorter than its header`, { operation, tokenLabel: this.label });
     }
     return { handle, generation: Number(raw.readBigUInt64BE(0)), value: Uint8Array.from(raw.subarray(DATA_HEADER)) };
-  }
-
-  /** Every data object with this label, with its generation and value. */
-  private dataObjects(label: string, operation: 'readData' | 'writeData'): { handle: Buffer; generation: number; value: Uint8Array }[] {
-    return this.findData(label, operation).map((h) => this.dataObject(label, h, operation));
   }
 
   random(length: number): Uint8Array {

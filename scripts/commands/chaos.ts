@@ -174,7 +174,7 @@ interface FailureReport {
   settings: SeedVerdict['settings'];
   faultSteps: number;
   replay: string;
-  shrunk?: { steps: { t: number; what: string }[]; runs: number; minimal: boolean; replay: string };
+  shrunk?: { steps: { t: number; what: string }[]; times: number[]; runs: number; minimal: boolean; replay: string };
 }
 
 async function shrinkOne(job: SimJob, v: SeedVerdict, maxRuns: number, quiet: boolean): Promise<Shrunk | undefined> {
@@ -287,7 +287,7 @@ async function sim(argv: string[]): Promise<number> {
   if (failures[0]) {
     const s = await shrinkOne(job, bad[0]!, shrinkRuns, !!f.json);
     if (s?.reproduced) {
-      failures[0].shrunk = { steps: s.steps, runs: s.runs, minimal: s.minimal, replay: replayCommand(job, bad[0]!.seed, s.times) };
+      failures[0].shrunk = { steps: s.steps, times: s.times, runs: s.runs, minimal: s.minimal, replay: replayCommand(job, bad[0]!.seed, s.times) };
     }
   }
   const summary = {
@@ -303,7 +303,7 @@ async function sim(argv: string[]): Promise<number> {
     if (first) {
       writeFileSync(join(report, `seed-${first.seed}.json`), JSON.stringify(first, null, 1) + '\n', { mode: 0o600 });
       // The picture is of the smallest failing run found: the shrunk schedule when there is one.
-      const steps = first.shrunk ? parseSteps(/--steps (\S+)/.exec(first.shrunk.replay)![1]) : undefined;
+      const steps = first.shrunk?.times;
       await writeRunReport(report, job, first.seed, steps, [...lines, `pictured: the first failing seed, ${first.seed}${steps ? ', replayed with its shrunk fault schedule' : ''}`]);
     } else {
       await writeRunReport(report, job, from, undefined, [...lines, `pictured: seed ${from} (no seed failed)`]);

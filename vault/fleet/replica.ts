@@ -132,11 +132,7 @@ export class FleetReplica {
   /** Peer messages and device requests of one event-loop turn go to the core together (one Ready). */
   private enqueue(input: CoreInput): void {
     this.queued.push(input);
-    if (this.queued.length === 1) setImmediate(() => this.flushQueue());
-  }
-
-  private flushQueue(): void {
-    if (this.queued.length > 0) this.step();
+    if (this.queued.length === 1) setImmediate(() => this.step());
   }
 
   /** `input` after whatever is queued, in arrival order. */

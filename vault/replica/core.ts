@@ -340,15 +340,13 @@ export class ReplicaCore {
       if (unreadable) this.diskNote = unreadable;
       try {
         const a = this.sealed.readAnchor();
-        this.expectAnchor = a ?? null;
-        this.anchorSealed = undefined;
+        this.expectAnchorAs(a ?? null);
         if (a) { this.floor = a.index; this.floorTerm = a.term; }
       } catch (e) {
         // An anchor that does not open (another seal domain) protects nothing here; a token that
         // fails to answer is another matter: without the floor this replica must not start at all.
         if ((e as { code?: string }).code !== 'TAMPERED') throw e;
-        this.expectAnchor = 'foreign';
-        this.anchorSealed = undefined;
+        this.expectAnchorAs('foreign');
       }
       this.out.push({ kind: 'wipe' });
       this.refusedFor = code;
@@ -406,8 +404,7 @@ export class ReplicaCore {
     const v = this.sealed.verify(items);
     this.anchoredTo = v.anchor?.index ?? 0;
     this.anchoredHash = v.anchor?.hash;
-    this.expectAnchor = v.anchor ?? null;
-    this.anchorSealed = undefined;
+    this.expectAnchorAs(v.anchor ?? null);
     if (!v.snapshot && v.entries.length === 0 && !items.hardState) {
       if (v.anchor && v.anchor.index > 0) throw new FirmwareError('ROLLBACK_DETECTED', `empty disk but the token anchor is at ${v.anchor.index}`);
       // A founding member's first start: entry 1 is the initial configuration on every founder.
@@ -497,19 +494,25 @@ export class ReplicaCore {
     if (this.c.mutation === 'ignore-fork') return;
     const e = this.expectAnchor;
     let a: ChainPoint | null;
+    let raw: Uint8Array | undefined;
     try {
-      const raw = this.sealed.readAnchorSealed();
+      raw = this.sealed.readAnchorSealed();
       // The very bytes this instance wrote (or last checked) need no opening: same seal, same anchor.
       if (raw && this.anchorSealed && sameBytes(raw, this.anchorSealed)) return;
       a = raw ? this.sealed.openAnchor(raw) : null;
-      if (a && e && e !== 'foreign' && a.index === e.index && sameBytes(a.hash, e.hash)) this.anchorSealed = raw;
     } catch (err) {
       if ((err as { code?: string }).code === 'TAMPERED' && e === 'foreign') return; // still the one we found
       throw err;
     }
     if (a === null && e === null) return;
-    if (a && e && e !== 'foreign' && a.index === e.index && sameBytes(a.hash, e.hash)) return;
+    if (a && e && e !== 'foreign' && a.index === e.index && sameBytes(a.hash, e.hash)) { this.anchorSealed = raw; return; }
     throw new BkvError('FORKED', `another instance of replica ${this.c.id} moved its token anchor (to ${a?.index ?? 'none'}); this one stops`);
+  }
+
+  /** What the token's anchor must read back as, and (when this instance wrote it) its sealed bytes. */
+  private expectAnchorAs(a: ChainPoint | null | 'foreign', sealed?: Uint8Array): void {
+    this.expectAnchor = a;
+    this.anchorSealed = sealed;
   }
 
   /** The token's term/vote wins over an older disk: never vote twice in one term. */
@@ -916,8 +919,8 @@ export class ReplicaCore {
     if (index === this.anchoredTo && this.anchoredHash && sameBytes(hash, this.anchoredHash)) return;
     if (this.c.mutation !== 'skip-anchor') {
       this.checkAnchorNotForked();
-      this.anchorSealed = this.sealed.writeAnchor({ index, hash, term });
-      this.expectAnchor = { index, hash, term };
+      const sealed = this.sealed.writeAnchor({ index, hash, term });
+      this.expectAnchorAs({ index, hash, term }, sealed);
     }
     this.anchoredTo = index;
     this.anchoredHash = hash;
