@@ -1,6 +1,6 @@
-// The mutation check: seeded bugs the deterministic simulator must catch. Five live in the replica
-// core as guarded lines (vault/replica/core.ts `Mutation`); two are firmware bugs made by wrapping
-// the real session gate. Each is run over seeds of the random vault workload until the oracle or
+// The mutation check: seeded bugs the deterministic simulator must catch. Six live in the replica
+// core and the firmware as guarded lines (vault/replica/core.ts `Mutation`); one is a firmware bug
+// made by wrapping the real session gate. Each is run over seeds of the random vault workload until the oracle or
 // the checker reports a violation.
 import type { FirmwareInput, FirmwareOutput } from '../../vault/firmware/firmware.ts';
 import type { SessionGate } from '../../vault/firmware/gate.ts';
@@ -24,15 +24,6 @@ function wrapGate(gate: SessionGate, outputs: (input: FirmwareInput, out: Firmwa
   };
 }
 
-/** Applies its own Attempt proposals at once, as if committed (the shortcut rule 1 forbids). */
-const ke2BeforeCommit = (gate: SessionGate): FirmwareLike => wrapGate(gate, (_input, out) => {
-  const extra: FirmwareOutput[] = [];
-  for (const o of out) {
-    if (o.kind === 'propose' && decodeEntry(o.entry).t === 'Attempt') extra.push(...gate.step({ kind: 'committed', index: gate.appliedIndex + 1, entry: o.entry }));
-  }
-  return [...out, ...extra];
-});
-
 /** Proposes a wrong password's Outcome as a success that resets the counter. */
 const resetOnWrong = (gate: SessionGate): FirmwareLike => wrapGate(gate, (_input, out) => out.map((o) => {
   if (o.kind !== 'propose') return o;
@@ -44,7 +35,7 @@ const resetOnWrong = (gate: SessionGate): FirmwareLike => wrapGate(gate, (_input
 const core = (m: Mutation, diskFaults: boolean, bias?: VaultRunOptions['bias']): MutationCase['run'] => ({ mutation: m, diskFaults, bias });
 
 export const MUTATION_CASES: readonly MutationCase[] = [
-  { name: 'ke2-before-commit', breaks: 'a KE2 leaves before its Attempt committed', run: { wrapFirmware: ke2BeforeCommit } },
+  { name: 'ke2-before-commit', breaks: 'a KE2 leaves before its Attempt committed', run: core('ke2-before-commit', false) },
   { name: 'reset-on-wrong-password', breaks: 'a wrong guess gives the attempts back', run: { wrapFirmware: resetOnWrong } },
   { name: 'apply-uncommitted', breaks: 'the firmware applies entries Raft has not committed', run: core('apply-uncommitted', false) },
   { name: 'accept-forged-peer', breaks: 'a vote or ack in another replica\'s name counts', run: core('accept-forged-peer', false, 'forge') },

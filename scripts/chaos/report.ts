@@ -8,7 +8,8 @@ import type { HistoryOp, RunHistory, VaultRunSettings } from './workload.ts';
 export interface RunReport {
   title: string;
   seed: number;
-  settings: VaultRunSettings;
+  /** What the run drew or was given, as a sentence (simSettingsText for a simulator seed). */
+  settingsText: string;
   ok: boolean;
   violations: string[];
   history: RunHistory;
@@ -24,6 +25,7 @@ const OUTCOME_COLOUR = (o: string | null): string => {
   if (o === null) return '#9e9e9e';
   if (o === 'ok' || o === 'released') return '#2e8b57';
   if (o === 'wrong_password') return '#ef8c00';
+  if (o === 'ke2') return '#64b5f6';
   if (o === 'locked' || o === 'not_registered') return '#c62828';
   if (o === 'unknown') return '#9e9e9e';
   return '#7b1fa2';
@@ -76,7 +78,9 @@ function bands(h: RunHistory): { replica: Band[]; fleet: Band[] } {
   return { replica, fleet };
 }
 
-const FAULT_WORDS = ['cut', 'bridge', 'ring', 'crash', 'torn', 'flip', 'rollback', 'blank', 'swap', 'fork', 'forge', 'clock', 'drift', 'slow', 'pause', 'membership', 'snapshot', 'supervisor', 'whole'];
+const MAX_TABLE_OPS = 5000;
+
+const FAULT_WORDS = ['cut', 'bridge', 'ring', 'crash', 'torn', 'flip', 'rollback', 'blank', 'swap', 'fork', 'forge', 'clock', 'drift', 'slow', 'pause', 'membership', 'snapshot', 'supervisor', 'whole', 'isolate', 'lossy', 'token', 'restart'];
 
 function timeline(r: RunReport): string {
   const h = r.history;
@@ -141,7 +145,7 @@ function timeline(r: RunReport): string {
     }
     for (const { op, row } of rowsOf.get(u)!) {
       const end = op.end ?? h.end;
-      out.push(`<a href="#op-${op.id}"><rect x="${x(op.start)}" y="${y + 30 + row * 7}" width="${Math.max(1.5, x(end) - x(op.start))}" height="5" fill="${OUTCOME_COLOUR(op.outcome)}" class="op" id="bar-${op.id}"><title>#${op.id} ${op.op}${op.op === 'recover' ? (op.correct ? ' (right password)' : ' (wrong password)') : ''}: ${op.start}-${op.end ?? '...'} ms, ${esc(op.outcome ?? 'open')}</title></rect></a>`);
+      out.push(`<a href="#op-${op.id}"><rect x="${x(op.start)}" y="${y + 30 + row * 7}" width="${Math.max(1.5, x(end) - x(op.start))}" height="5" fill="${OUTCOME_COLOUR(op.outcome)}" class="op" id="bar-${op.id}"><title>#${op.id} ${op.op}${op.op === 'recover' || op.op === 'outcome' ? (op.correct ? ' (right password)' : ' (wrong password)') : ''}: ${op.start}-${op.end ?? '...'} ms, ${esc(op.outcome ?? 'open')}</title></rect></a>`);
     }
     y += hgt + gap;
   }
@@ -180,29 +184,38 @@ function histogram(ops: HistoryOp[]): string {
     }
     out.push(`<text x="${30 + i * bw + bw / 2 - 2}" y="${H + 14}" class="axis">${edges[i] === Infinity ? '&gt;5s' : `${edges[i]}`}</text>`);
   });
-  out.push(`<text x="30" y="${H + 32}" class="axis">latency (virtual ms, bucket upper bound); bars stacked by outcome</text></svg>`);
+  out.push(`<text x="30" y="${H + 32}" class="axis">latency (ms, virtual in the simulator; bucket upper bound); bars stacked by outcome</text></svg>`);
   return out.join('\n');
 }
 
 function throughput(h: RunHistory): string {
-  const bucket = 250;
+  // About 200 points whatever the run's length (250 ms for a simulator seed).
+  const bucket = Math.max(250, Math.ceil(h.end / 200 / 250) * 250);
   const n = Math.ceil(h.end / bucket) + 1;
   const c = new Array<number>(n).fill(0);
   for (const o of h.ops) if (o.end !== null) c[Math.floor(o.end / bucket)]!++;
   const max = Math.max(1, ...c);
   const W = 560, H = 140;
   const pts = c.map((v, i) => `${30 + ((W - 40) * i) / Math.max(1, n - 1)},${H - (H - 10) * (v / max)}`).join(' ');
-  return `<svg width="${W}" height="${H + 30}" class="throughput"><polyline points="${pts}" fill="none" stroke="#1565c0" stroke-width="1.5"/><text x="30" y="${H + 20}" class="axis">operations completed per ${bucket} ms of virtual time (max ${max})</text></svg>`;
+  return `<svg width="${W}" height="${H + 30}" class="throughput"><polyline points="${pts}" fill="none" stroke="#1565c0" stroke-width="1.5"/><text x="30" y="${H + 20}" class="axis">operations completed per ${bucket} ms (max ${max})</text></svg>`;
+}
+
+/** A simulator seed's settings, as the page states them. */
+export function simSettingsText(s: VaultRunSettings): string {
+  return `${s.replicas} replicas, snapshot every ${s.snapshotEvery} entries, network delay 1-${s.net.maxDelayMs} ms, loss ${s.net.dropRate * 100}%, duplication ${s.net.dupRate * 100}%, disk writes up to ${s.diskMaxMs} ms${s.tokenFailureRate === null ? '' : `, token call failures ${s.tokenFailureRate * 100}%`}.`;
 }
 
 export function renderRunReport(r: RunReport): string {
   const h = r.history;
-  const s = r.settings;
   const rows = r.violations.map((v, i) => {
     const near = opsNear(h, v);
     return `<tr id="violation-${i + 1}"><td>${i + 1}</td><td>${esc(v)}</td><td>${near.map((o) => `<a href="#op-${o.id}">#${o.id}</a>`).join(' ') || '-'}</td></tr>`;
   }).join('\n');
-  const opRows = h.ops.map((o) => `<tr id="op-${o.id}"><td>#${o.id}</td><td>${esc(o.user)}</td><td>${o.op}${o.op === 'recover' ? (o.correct ? ' (right)' : ' (wrong)') : ''}</td><td>${o.start}</td><td>${o.end ?? '-'}</td><td style="color:${OUTCOME_COLOUR(o.outcome)}">${esc(o.outcome ?? 'open (counted as used)')}</td></tr>`).join('\n');
+  // A long live run has tens of thousands of operations: the table keeps those around violations
+  // and the first few thousand (history.jsonl has them all).
+  const near = new Set(r.violations.flatMap((v) => opsNear(h, v).map((o) => o.id)));
+  const shown = h.ops.length <= MAX_TABLE_OPS ? h.ops : h.ops.filter((o, i) => i < MAX_TABLE_OPS || near.has(o.id));
+  const opRows = shown.map((o) => `<tr id="op-${o.id}"><td>#${o.id}</td><td>${esc(o.user)}</td><td>${o.op}${o.op === 'recover' || o.op === 'outcome' ? (o.correct ? ' (right)' : ' (wrong)') : ''}</td><td>${o.start}</td><td>${o.end ?? '-'}</td><td style="color:${OUTCOME_COLOUR(o.outcome)}">${esc(o.outcome ?? 'open (counted as used)')}</td></tr>`).join('\n');
   const legend = Object.entries(ROLE_COLOUR).map(([k, c]) => `<span class="key" style="background:${c}"></span>${k}`).join(' ');
   return `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>${esc(r.title)}</title>
@@ -218,16 +231,16 @@ code { background: #eceff1; padding: 1px 4px; } .charts { display: flex; gap: 24
 <h1>${esc(r.title)}</h1>
 <p><span class="verdict" id="verdict">${r.ok ? 'HELD: every invariant' : `FAILED: ${r.violations.length} violation${r.violations.length === 1 ? '' : 's'}`}</span></p>
 ${r.summary ? `<p>${r.summary.map(esc).join('<br>')}</p>` : ''}
-<p>Seed ${r.seed}: ${s.replicas} replicas, snapshot every ${s.snapshotEvery} entries, network delay 1-${s.net.maxDelayMs} ms, loss ${s.net.dropRate * 100}%, duplication ${s.net.dupRate * 100}%, disk writes up to ${s.diskMaxMs} ms${s.tokenFailureRate === null ? '' : `, token call failures ${s.tokenFailureRate * 100}%`}.
+<p>Seed ${r.seed}: ${esc(r.settingsText)}
 Replay: <code>${esc(r.replay)}</code></p>
 <h2>Timeline</h2>
 <p>Replica lanes: ${legend}; orange strip: paused, purple strip: forked; red triangles: faults (hover for what); pink bands: partitions.
-User lanes: operations from invoke to completion (green: released or ok, orange: wrong password, red: locked, grey: unknown outcome, counted as used, purple: other errors); blue line: attempts left (of ${h.limit}).</p>
+User lanes: operations from invoke to completion (green: released or ok, light blue: KE2 (an attempt charged), orange: wrong password, red: locked, grey: unknown outcome, counted as used, purple: other errors); blue line: attempts left (of ${h.limit}).</p>
 ${timeline(r)}
 <h2>Violations</h2>
 ${r.violations.length ? `<table><tr><th>#</th><th>what</th><th>operations around it</th></tr>${rows}</table>` : '<p>None.</p>'}
 <div class="charts"><div><h2>Latency</h2>${histogram(h.ops)}</div><div><h2>Throughput</h2>${throughput(h)}</div></div>
-<h2>Operations (${h.ops.length})</h2>
+<h2>Operations (${h.ops.length}${shown.length < h.ops.length ? `; the first ${MAX_TABLE_OPS} and those around violations shown, all in history.jsonl` : ''})</h2>
 <table><tr><th>op</th><th>user</th><th>what</th><th>invoked (ms)</th><th>completed (ms)</th><th>outcome</th></tr>
 ${opRows}
 </table>

@@ -47,8 +47,9 @@ export interface VaultRunOptions {
 export interface HistoryOp {
   id: number;
   user: string;
-  op: 'register' | 'recover' | 'status';
-  /** recover: whether the device knew the password (owner or attacker). */
+  /** A live run splits a recovery into its attempt (until the KE2) and its outcome, and also deletes. */
+  op: 'register' | 'recover' | 'status' | 'attempt' | 'outcome' | 'delete';
+  /** recover / outcome: whether the device knew the password (owner or attacker). */
   correct: boolean;
   start: number;
   end: number | null;

@@ -1,13 +1,17 @@
 // `bkv chaos sim`: fault campaigns over the deterministic simulator (the production replica core on
 // simulated tokens, disks, network and clocks), with a progress bar, verdicts, the settings each
-// failing seed drew, a shrunk fault schedule and the one command that replays it. (`chaos live`,
-// the nemesis over a real fleet, is not built yet: the command says so.)
+// failing seed drew, a shrunk fault schedule and the one command that replays it. `bkv chaos live`:
+// a seeded nemesis over a real fleet with real tokens and ChatD, a history, its checks and report.
+// `bkv chaos fuzz`: the decoders under seeded mutations.
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseFlags, UsageError, wantsHelp, type Command } from '../cli.ts';
 import { FAULTS, describeSettings, judgeSeed, replayCommand, runSeeds, shrink, type Fault, type SeedVerdict, type Shrunk, type SimJob } from '../chaos/campaign.ts';
 import { MUTATION_CASES } from '../chaos/mutations.ts';
-import { renderRunReport } from '../chaos/report.ts';
+import { renderRunReport, simSettingsText } from '../chaos/report.ts';
+import { runLive, type LiveTransport } from '../chaos/live.ts';
+import { checkLiveRun, liveRunHistory } from '../chaos/live-check.ts';
+import { MUTATIONS, type Mutation } from '../../vault/replica/core.ts';
 
 const simHelp = `usage: bkv chaos sim --seeds N [--from S] [--faults LIST] [--workers K] [--liveness] [--json] [--report DIR]
        bkv chaos sim --seed S [--steps LIST|none] [--faults LIST] [--liveness] [--trace] [--json]
@@ -70,11 +74,51 @@ error; anything else is a finding, printed with its input.
 
 Exit 0 with no finding, 1 with findings, 2 on a usage error.`;
 
-const help = `usage: bkv chaos sim|fuzz [options]   (bkv chaos sim --help, bkv chaos fuzz --help)
+const liveHelp = `usage: bkv chaos live [--minutes M] [--seed S] [--transport thread|process|tcp] [--wan default|none|FILE]
+                      [--replicas N] [--users N] [--attackers N] [--limit N] [--mutation NAME]
+                      [--malicious-chatd] [--report DIR] [--json] [--verbose]
+
+Provisions a fresh fleet in a temporary directory (real SoftHSM2 tokens, LMDB disks, the fleet
+process, ChatD, devices over loopback HTTP) and runs it under a seeded nemesis for M minutes: kill -9
+of replicas, of the leader and of the whole fleet, restarts on kept, rolled-back and blank disks,
+and with threads also partitions (two groups, bridges, rings), isolation, one-way links into the
+leader, slow and lossy data centers, failing and slow token calls, skewed and jumping clocks. Owners
+recover with the right password, attackers guess wrong from several devices at once (with retries and
+duplicated frames), and as many attack-only users are guessed at by attackers alone. The last part of
+the run has no faults: the fleet must converge and serve. Every operation goes into a history
+(invoke, then ok / fail / info; info may have taken effect and counts as used), checked afterwards:
+per-user linearizability against the model of a record, the guess budget by the KE2s the devices
+received, the counter never going down, K only to its owner, convergence and time to recover.
+
+  --minutes M        run length, faults and healing (default 1; decimals allowed, at least 0.5)
+  --seed S           seeds the nemesis, the workload and the malicious ChatD (default 1); real timing
+                     still differs between runs
+  --transport T      thread (default): replicas are worker threads through the WAN model;
+                     process or tcp: each replica its own OS process over TCP on loopback (crash,
+                     kill -9, restart and disk faults only: the network there is the real one)
+  --wan MODEL        threads only: default (five data centers), none, or a WAN file (default none)
+  --replicas N       replicas (3..7, default 5)
+  --users N          users with an owner, and as many attack-only users (1..20, default 3)
+  --attackers N      attacking devices per user (1..8, default 2)
+  --limit N          the guess limit each user registers with (3..100, default 5)
+  --mutation NAME    a deliberately seeded bug in every replica (test-only switch, BKV_TEST_MUTATION),
+                     to see the checkers catch it: ${MUTATIONS.join(', ')}
+  --malicious-chatd  devices talk through a malicious ChatD (holding the relay key) that flips bits
+                     both ways, replays and duplicates frames, swaps users, drops and delays; adds the
+                     check that nothing it saw holds a password or K
+  --report DIR       DIR/index.html (timeline: replica roles and terms, faults, partitions, every
+                     operation, attempts left, violations), DIR/history.jsonl, DIR/summary.json
+  --json             one summary document on stdout (progress stays on stderr)
+  --verbose          each fault as it is applied, on stderr
+
+Exit 0 when every check held, 1 when one failed, 2 on a usage error. docs/chaos.md says how to read
+the report and how long runs take.`;
+
+const help = `usage: bkv chaos sim|live|fuzz [options]   (bkv chaos sim --help, bkv chaos live --help, bkv chaos fuzz --help)
 
 Fault campaigns against the vault. sim: seeds of the deterministic simulator, with verdicts and
-shrunk reproductions. fuzz: seeded mutations of every decoder's inputs. (live, the nemesis over a
-real fleet, is not built yet.)`;
+shrunk reproductions. live: a seeded nemesis over a real fleet, with a checked history and a report.
+fuzz: seeded mutations of every decoder's inputs.`;
 
 async function fuzz(argv: string[]): Promise<number> {
   const { fuzzTargets, fuzzTargetsInWorkers } = await import('../chaos/fuzz.ts');
@@ -204,7 +248,7 @@ async function writeRunReport(dir: string, job: SimJob, seed: number, steps: num
   const h = result.history!;
   const html = renderRunReport({
     title: `bkv chaos sim: seed ${seed}${steps ? ` (${steps.length} fault steps of a shrunk schedule)` : ''}${job.mutation ? `, mutation ${job.mutation}` : ''}`,
-    seed, settings: verdict.settings, ok: verdict.ok, violations: result.violations, history: h, replay: replayCommand(job, seed, steps), summary,
+    seed, settingsText: simSettingsText(verdict.settings), ok: verdict.ok, violations: result.violations, history: h, replay: replayCommand(job, seed, steps), summary,
   });
   writeFileSync(join(dir, 'index.html'), html, { mode: 0o600 });
   const jsonl = [
@@ -329,9 +373,96 @@ async function sim(argv: string[]): Promise<number> {
   return bad.length === 0 ? 0 : 1;
 }
 
+function ranged(v: string | undefined, flag: string, lo: number, hi: number, dflt: number): number {
+  if (v === undefined) return dflt;
+  if (!/^\d{1,4}$/.test(v) || Number(v) < lo || Number(v) > hi) throw new UsageError(`${flag} must be a whole number ${lo}..${hi} (got '${v.slice(0, 20)}')`);
+  return Number(v);
+}
+
+async function live(argv: string[]): Promise<number> {
+  if (wantsHelp(argv)) { console.log(liveHelp); return 0; }
+  const { values: f } = parseFlags(argv, {
+    minutes: { type: 'string' }, seed: { type: 'string' }, transport: { type: 'string' }, wan: { type: 'string' }, replicas: { type: 'string' },
+    users: { type: 'string' }, attackers: { type: 'string' }, limit: { type: 'string' }, mutation: { type: 'string' },
+    'malicious-chatd': { type: 'boolean' }, report: { type: 'string' }, json: { type: 'boolean' }, verbose: { type: 'boolean' },
+  });
+  const minutes = f.minutes === undefined ? 1 : Number(f.minutes);
+  if (f.minutes !== undefined && (!/^\d{1,4}(\.\d{1,2})?$/.test(f.minutes) || minutes < 0.5 || minutes > 1440)) throw new UsageError(`--minutes must be a number of minutes from 0.5 to 1440 (got '${f.minutes.slice(0, 20)}')`);
+  const seed = wholeNumber(f.seed, '--seed') ?? 1;
+  const transport = (f.transport ?? 'thread') as LiveTransport;
+  if (!['thread', 'process', 'tcp'].includes(transport)) throw new UsageError(`--transport must be thread, process or tcp (got '${String(f.transport).slice(0, 20)}')`);
+  if (transport !== 'thread' && f.wan !== undefined && f.wan !== 'none') throw new UsageError('--wan goes with --transport thread: replicas as processes talk over the real (loopback) network');
+  const wan = f.wan ?? 'none';
+  if (wan !== 'default' && wan !== 'none') {
+    const { resolveWanConfig } = await import('../../vault/fleet/wan.ts');
+    try { resolveWanConfig(wan); } catch (e) { throw new UsageError(`--wan ${wan.slice(0, 80)}: ${(e as Error).message}`); }
+  }
+  if (f.mutation !== undefined && !(MUTATIONS as readonly string[]).includes(f.mutation)) throw new UsageError(`unknown mutation '${f.mutation.slice(0, 40)}' (${MUTATIONS.join(', ')})`);
+  const o = {
+    minutes, seed, transport, wan, replicas: ranged(f.replicas, '--replicas', 3, 7, 5), users: ranged(f.users, '--users', 1, 20, 3),
+    attackersPerUser: ranged(f.attackers, '--attackers', 1, 8, 2), limit: ranged(f.limit, '--limit', 3, 100, 5),
+    mutation: f.mutation as Mutation | undefined, maliciousChatd: !!f['malicious-chatd'],
+  };
+  if (f.report) mkdirSync(f.report, { recursive: true, mode: 0o700 });
+  const tty = process.stderr.isTTY;
+  let lastLine = 0;
+  const run = await runLive({
+    ...o,
+    log: f.verbose ? (l) => process.stderr.write(`${tty ? '\r' : ''}${l}\n`) : undefined,
+    onProgress: (p) => {
+      const width = 24, full = Math.min(width, Math.round((p.elapsedMs / p.totalMs) * width));
+      const line = `[${'#'.repeat(full)}${'.'.repeat(width - full)}] ${duration(p.elapsedMs / 1000)}/${duration(p.totalMs / 1000)}  ${p.phase}  ${p.ops} operations  ${p.faults} faults`;
+      if (tty) process.stderr.write(`\r${line}  `);
+      else if (p.elapsedMs - lastLine >= 10_000 || p.phase === 'checking') { lastLine = p.elapsedMs; process.stderr.write(`${line}\n`); }
+    },
+  });
+  if (tty) process.stderr.write('\n');
+  const verdict = checkLiveRun(run);
+  const rerun = ['bkv chaos live', `--minutes ${minutes}`, `--seed ${seed}`, `--transport ${transport}`, ...(transport === 'thread' ? [`--wan ${wan}`] : []), `--replicas ${o.replicas}`, `--users ${o.users}`,
+    `--attackers ${o.attackersPerUser}`, `--limit ${o.limit}`, ...(o.mutation ? [`--mutation ${o.mutation}`] : []), ...(o.maliciousChatd ? ['--malicious-chatd'] : [])].join(' ');
+  const counts: Record<string, number> = {};
+  for (const x of run.ops) {
+    const k = `${x.input.f} ${x.type === 'ok' ? x.output!.r : x.type}`;
+    counts[k] = (counts[k] ?? 0) + 1;
+  }
+  const summary = {
+    mode: 'live', ok: verdict.ok, settings: run.settings, seconds: Math.round(run.durationMs / 1000), operations: run.ops.length,
+    faults: run.notes.filter((n) => !['heal', 'converged', 'heal (faults stop)'].includes(n.line) && !n.line.startsWith('refused')).length,
+    recoverySeconds: run.convergedAt === null ? null : (run.convergedAt - run.healedAt) / 1000,
+    firstSuccessAfterHealSeconds: run.firstOkAfterHeal === null ? null : (run.firstOkAfterHeal - run.healedAt) / 1000,
+    checks: verdict.checks, violations: verdict.violations, outcomes: counts, rerun,
+  };
+  if (f.report) {
+    const d = f.report;
+    const history = liveRunHistory(run);
+    writeFileSync(join(d, 'index.html'), renderRunReport({
+      title: `bkv chaos live: seed ${seed}, ${minutes} min, ${transport}${o.mutation ? `, mutation ${o.mutation}` : ''}${o.maliciousChatd ? ', malicious ChatD' : ''}`,
+      seed, settingsText: `${o.replicas} replicas as ${transport === 'thread' ? 'worker threads' : 'processes over TCP'}, WAN ${run.settings.wan}, ${o.users} users with owners and ${o.users} attack-only, ${o.attackersPerUser} attackers each, limit ${o.limit}; faults: ${run.settings.faults.join(', ')}.`,
+      ok: verdict.ok, violations: verdict.violations, history, replay: rerun,
+      summary: [`${run.ops.length} operations, ${summary.faults} faults in ${duration(summary.seconds)}`, ...verdict.checks.map((c) => `${c.ok ? 'held' : 'FAILED'}: ${c.name} (${c.detail})`)],
+    }), { mode: 0o600 });
+    const lines = [
+      ...run.ops.map((x) => JSON.stringify({ type: x.type, id: x.id, process: x.process, user: x.user, f: x.input.f, input: x.input, output: x.output ?? null, error: x.error ?? null, invoke: x.call, complete: x.ret })),
+      ...run.roles.map((r) => JSON.stringify({ type: 'role', ...r })),
+      ...run.notes.map((n) => JSON.stringify({ type: 'fault', ...n })),
+    ];
+    writeFileSync(join(d, 'history.jsonl'), lines.join('\n') + '\n', { mode: 0o600 });
+    writeFileSync(join(d, 'summary.json'), JSON.stringify(summary, null, 1) + '\n', { mode: 0o600 });
+  }
+  if (f.json) console.log(JSON.stringify(summary));
+  else {
+    console.log(`${verdict.ok ? 'held every check' : `FAILED: ${verdict.violations.length} violation${verdict.violations.length === 1 ? '' : 's'}`}: ${run.ops.length} operations, ${summary.faults} faults, ${duration(summary.seconds)} (${rerun})`);
+    for (const c of verdict.checks) console.log(`  ${c.ok ? 'held  ' : 'FAILED'} ${c.name}: ${c.detail}`);
+    for (const v of verdict.violations.slice(0, 20)) console.log(`  violation: ${v}`);
+    if (verdict.violations.length > 20) console.log(`  (${verdict.violations.length - 20} more in the report)`);
+    if (f.report) console.log(`report: ${join(f.report, 'index.html')}`);
+  }
+  return verdict.ok ? 0 : 1;
+}
+
 export const command: Command = {
   name: 'chaos',
-  summary: 'fault campaigns: simulator seeds with verdicts, shrunk schedules and replay commands; decoder fuzzing',
+  summary: 'fault campaigns: simulator seeds with shrunk reproductions, a nemesis over a real fleet, decoder fuzzing',
   help,
   async run(argv) {
     const [sub, ...rest] = argv;
@@ -341,12 +472,12 @@ export const command: Command = {
       case 'fuzz':
         return fuzz(rest);
       case 'live':
-        throw new UsageError('chaos live (a nemesis over a real fleet) is not built yet; use `bkv fleet fault` on a running fleet, or `bkv chaos sim`');
+        return live(rest);
       case undefined:
         console.error(help);
         return 2;
       default:
-        throw new UsageError(`unknown chaos subcommand '${sub.slice(0, 40)}' (sim, fuzz)`);
+        throw new UsageError(`unknown chaos subcommand '${sub.slice(0, 40)}' (sim, live, fuzz)`);
     }
   },
 };

@@ -372,7 +372,8 @@ async function fault(argv: string[]): Promise<number> {
     f.op === 'block' ? `cut the link ${f.from} -> ${f.to} (one way)` :
     f.op === 'crash' ? `crashed ${f.replica}` :
     f.op === 'snapshotDisk' ? `copied ${f.replica}'s disk aside` :
-    `restarted ${f.replica}${f.disk === 'rollback' ? ' on its rolled-back disk' : ''}`;
+    f.op === 'restart' ? `restarted ${f.replica}${f.disk === 'rollback' ? ' on its rolled-back disk' : ''}` :
+    `${f.op} ${f.replica}`;
   console.log(`bkv fleet: ${what}; \`bkv fleet status --state ${stateDir}\` shows the effect`);
   return 0;
 }

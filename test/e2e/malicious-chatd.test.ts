@@ -12,7 +12,7 @@ import { decodeDeviceMessage, decodeVaultReply, encodeDeviceMessage, encodeVault
 import { startVaultServer, type VaultServer } from '../../vault/agent/server.ts';
 import type { Replica } from '../../vault/agent/replica.ts';
 import { vaultFixture, type VaultFixture } from '../vault/agent-fixture.ts';
-import { MaliciousChatd, containsWindow, flip } from './malicious-chatd.ts';
+import { MaliciousChatd, containsWindow, flip } from '../../scripts/chaos/malicious-chatd.ts';
 
 const RELAY_KEY = randomBytes(32).toString('hex');
 let fx: VaultFixture;

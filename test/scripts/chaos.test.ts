@@ -97,7 +97,7 @@ describe('bkv chaos sim', () => {
       [['chaos', 'sim', '--seed', '3', '--seeds', '2'], /--seed replays one seed/],
       [['chaos', 'sim', '--seeds', '2', '--mutation', 'nope'], /unknown mutation 'nope'/],
       [['chaos', 'sim'], /give --seeds N/],
-      [['chaos', 'live', '--minutes', '1'], /not built yet/],
+      [['chaos', 'bogus'], /unknown chaos subcommand 'bogus' \(sim, live, fuzz\)/],
     ];
     for (const [args, msg] of cases) {
       const r = await run(...args);

@@ -84,6 +84,12 @@ export interface FirmwareConfig {
   /** The only randomness the firmware uses. */
   rng: (n: number) => Uint8Array;
   policy?: Partial<Policy>;
+  /**
+   * A seeded bug the chaos checkers must catch (`bkv chaos sim|live --mutation ke2-before-commit`):
+   * the KE2 leaves as soon as the Attempt is proposed, so a charge lost with its leader is a free guess.
+   * Test-only; the one use is a single guarded line.
+   */
+  mutation?: 'ke2-before-commit';
 }
 
 export type FirmwareInput =
@@ -155,6 +161,7 @@ export class Firmware {
    */
   private serverIdentity: Uint8Array | null = null;
   readonly token: Token;
+  private readonly mutation: FirmwareConfig['mutation'];
 
   private now = 0;
   private leader = true;
@@ -181,6 +188,7 @@ export class Firmware {
     }
     this.rng = cfg.rng;
     this.token = cfg.token;
+    this.mutation = cfg.mutation;
     this.opaque = cfg.opaque;
     for (const [suite, op] of Object.entries(cfg.opaque) as Array<[WireSuite, Opaque]>) {
       if (op.suite.id !== suite) throw new FirmwareError('BAD_CONFIG', `OPAQUE instance for ${suite} is for ${op.suite.id}`);
@@ -364,7 +372,9 @@ export class Firmware {
         }
         // Charged before the password is tested: the KE2 waits for this entry to commit.
         const session = this.rng(SESSION_BYTES);
-        return this.propose({ t: 'Attempt', id: session, user }, { kind: 'attempt', requestId, user, suite, ke1: m.ke1, session }, memo);
+        const attempt: Extract<Pending, { kind: 'attempt' }> = { kind: 'attempt', requestId, user, suite, ke1: m.ke1, session };
+        if (this.mutation === 'ke2-before-commit') { this.propose({ t: 'Attempt', id: session, user }, { kind: 'internal', user }); return this.reply(requestId, this.afterAttempt(attempt, { kind: 'charged', attemptsLeft: r ? r.limit - r.used - 1 : 0 })); }
+        return this.propose({ t: 'Attempt', id: session, user }, attempt, memo);
       }
       case 'RecoverFinish': {
         const key = hex(m.session);

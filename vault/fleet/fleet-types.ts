@@ -80,8 +80,11 @@ export interface Fleet {
   blockLink(from: string, to: string): void;
   /** Terminates the replica's worker at once (no flush beyond what Raft already flushed). */
   crash(name: string): Promise<void>;
-  /** Starts a crashed replica again; disk 'rollback' restores the last snapshotDisk() copy first. It rejoins as a non-voter until caught up. */
-  restart(name: string, opts?: { disk?: 'keep' | 'rollback' }): Promise<void>;
+  /**
+   * Starts a crashed replica again; disk 'rollback' restores the last snapshotDisk() copy first, 'blank'
+   * starts it on an empty disk. It rejoins as a non-voter until caught up.
+   */
+  restart(name: string, opts?: { disk?: 'keep' | 'rollback' | 'blank' }): Promise<void>;
   /** Copies the replica's LMDB directory (for a later restart with disk 'rollback'); returns the copy's path. */
   snapshotDisk(name: string): Promise<string>;
   close(): Promise<void>;
@@ -104,5 +107,16 @@ export type FleetFault =
   | { op: 'isolate'; replica: string }
   | { op: 'block'; from: string; to: string }
   | { op: 'crash'; replica: string }
-  | { op: 'restart'; replica: string; disk?: 'keep' | 'rollback' }
-  | { op: 'snapshotDisk'; replica: string };
+  | { op: 'restart'; replica: string; disk?: 'keep' | 'rollback' | 'blank' }
+  | { op: 'snapshotDisk'; replica: string }
+  /** A slow or lossy data center: everything the replica sends or receives (threads only). */
+  | { op: 'degrade'; replica: string; lossRate?: number; extraDelayMs?: number }
+  /** The replica's token fails or stalls calls at these rates through the fault-injecting token (0 clears; threads only). */
+  | { op: 'token'; replica: string; failureRate?: number; latencyRate?: number; latencyMs?: [number, number] }
+  /** The replica's host clock runs at `rate` (1 = true time) and jumps by `offsetMs` (threads only). */
+  | { op: 'clock'; replica: string; rate?: number; offsetMs?: number };
+
+/** What a host changes inside a running replica for the token and clock faults. */
+export type ReplicaControl =
+  | { t: 'token'; failureRate: number; latencyRate: number; latencyMs: [number, number] }
+  | { t: 'clock'; rate: number; offsetMs: number };

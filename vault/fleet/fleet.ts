@@ -52,7 +52,7 @@ export async function startFleet(opts: StartFleetOptions): Promise<Fleet> {
     const data: ReplicaWorkerData & { __entry: string } = {
       __entry: ENTRY_URL, name, voters: names, modulePath: state.modulePath, tokenLabel: info.tokenLabel,
       pin: state.pinFor(info.tokenLabel), sealScheme: state.sealSchemeFor(info.tokenLabel),
-      dbDir: replicaDbDir(state.stateDir, name), fleetId, pins, endpoint, policy: opts.policy, tickMs,
+      dbDir: replicaDbDir(state.stateDir, name), fleetId, pins, endpoint, policy: opts.policy, tickMs, faults: opts.faultEndpoint === true,
     };
     const worker = new Worker(WORKER_URL, { workerData: data, transferList: transfer });
     let exitedResolve!: () => void;
@@ -75,7 +75,7 @@ export async function startFleet(opts: StartFleetOptions): Promise<Fleet> {
             else if (m.e.kind === 'health') emit({ kind: 'health', replica: name, healthy: m.e.healthy, code: m.e.code, reason: m.e.reason });
             else emit({ kind: 'rejoined', replica: name, index: m.e.index });
             return;
-          case 'reply': case 'status': case 'backup': {
+          case 'reply': case 'status': case 'backup': case 'control': {
             const c = calls.get(m.id);
             if (c) { calls.delete(m.id); c.resolve(m); }
             return;
@@ -157,6 +157,11 @@ export async function startFleet(opts: StartFleetOptions): Promise<Fleet> {
       finalizeModule();
     },
     links: portFleet.links,
+    async control(name, c) {
+      const m = await call(name, { t: 'control', id: nextId++, c }, 5000);
+      if (m?.t !== 'control') throw new FleetError('REPLICA_NOT_RESPONDING', `replica ${name} did not take the ${c.t} fault`);
+      if (!m.ok) throw new FleetError('FAULT_UNSUPPORTED', `replica ${name} runs without the fault-injecting token (start the fleet with faults on)`);
+    },
   };
   return startRunner(state, names, hosts, opts, emit);
 }

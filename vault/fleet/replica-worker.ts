@@ -4,8 +4,10 @@
 // What crosses the thread boundary: device requests and replies (opaque bodies), status, control
 // messages, new ports after a peer restarts. Never K, a password or a key.
 import { parentPort, workerData, type MessagePort } from 'node:worker_threads';
+import { FaultyToken, type FaultPlan } from '../../hsm-adapter/faulty-token.ts';
 import { openToken } from '../../hsm-adapter/pkcs11-token.ts';
-import type { SealScheme } from '../../hsm-adapter/token.ts';
+import type { SealScheme, Token } from '../../hsm-adapter/token.ts';
+import type { ReplicaControl } from './fleet-types.ts';
 import { pinnedKeys } from '../firmware/gate.ts';
 import type { Policy } from '../firmware/firmware.ts';
 import { FleetReplica } from './replica.ts';
@@ -26,6 +28,8 @@ export interface ReplicaWorkerData {
   endpoint: PortEndpointInit;
   policy?: Partial<Policy>;
   tickMs: number;
+  /** Fault injection is on: the token goes through the fault-injecting wrapper (rates 0 until told). */
+  faults?: boolean;
 }
 
 export type ToWorker =
@@ -33,6 +37,7 @@ export type ToWorker =
   | { t: 'status'; id: number }
   | { t: 'port'; peer: string; port: MessagePort }
   | { t: 'backup'; id: number; path: string }
+  | { t: 'control'; id: number; c: ReplicaControl }
   | { t: 'close' };
 
 export type FromWorker =
@@ -42,6 +47,7 @@ export type FromWorker =
   | { t: 'reply'; id: number; ok: false; code: string }
   | { t: 'status'; id: number; status: import('./replica.ts').LocalStatus }
   | { t: 'backup'; id: number; ok: boolean; code?: string }
+  | { t: 'control'; id: number; ok: boolean }
   | { t: 'event'; e: { kind: 'leader'; term: number } | { kind: 'health'; healthy: boolean; code: string; reason: string } | { kind: 'rejoined'; index: number } | { kind: 'log'; line: string } }
   | { t: 'closed' };
 
@@ -50,7 +56,11 @@ const port = parentPort!;
 const post = (m: FromWorker, transfer?: ArrayBuffer[]) => port.postMessage(m, transfer ?? []);
 
 async function main(): Promise<void> {
-  const token = openToken({ modulePath: d.modulePath, token: d.tokenLabel, pin: d.pin, sealScheme: d.sealScheme });
+  const real = openToken({ modulePath: d.modulePath, token: d.tokenLabel, pin: d.pin, sealScheme: d.sealScheme });
+  // Read at every call, so a control message changes the rates of the running wrapper. A pulled
+  // token is left out: it would stay pulled for the rest of the run (a restart is the crash fault).
+  const plan: FaultPlan = { seed: process.pid ^ d.name.length, failureRate: 0, latencyRate: 0, faults: ['CKR_DEVICE_ERROR', 'CKR_SESSION_HANDLE_INVALID'], stickyRemoval: false };
+  const token: Token = d.faults ? new FaultyToken(real, plan) : real;
   const ports = new PortTransport(d.endpoint);
   const transport = new SecureTransport(ports, {
     fleetId: d.fleetId, token, pins: new Map(Object.entries(d.pins).map(([k, v]) => [k, new Uint8Array(Buffer.from(v, 'hex'))])),
@@ -79,9 +89,14 @@ async function main(): Promise<void> {
       case 'backup':
         replica.backup(m.path).then(() => post({ t: 'backup', id: m.id, ok: true }), (e: unknown) => post({ t: 'backup', id: m.id, ok: false, code: (e as { code?: string }).code ?? 'BACKUP_FAILED' }));
         return;
+      case 'control':
+        if (m.c.t === 'token') Object.assign(plan, { failureRate: m.c.failureRate, latencyRate: m.c.latencyRate, latencyMs: m.c.latencyMs });
+        else replica.setClock(m.c.rate, m.c.offsetMs);
+        post({ t: 'control', id: m.id, ok: d.faults === true || m.c.t === 'clock' });
+        return;
       case 'close':
         void replica.close().then(() => {
-          token.close();
+          real.close();
           post({ t: 'closed' });
           port.close();
         });

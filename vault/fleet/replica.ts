@@ -16,7 +16,7 @@ import { RaftStore } from '../agent/raft-store.ts';
 import { SeededRng } from '../consensus/index.ts';
 import type { Policy } from '../firmware/firmware.ts';
 import type { SessionGate } from '../firmware/gate.ts';
-import { ReplicaCore, type CoreInput, type CoreOutput, type Outcome, type StoredDisk } from '../replica/core.ts';
+import { MUTATIONS, ReplicaCore, type CoreInput, type CoreOutput, type Mutation, type Outcome, type StoredDisk } from '../replica/core.ts';
 import type { ReplicaRole } from './fleet-types.ts';
 import type { PeerTransport } from './transport.ts';
 
@@ -59,6 +59,13 @@ function transportStats(t: PeerTransport): Record<string, number> {
   return out;
 }
 
+/** The test-only switch of `bkv chaos live --mutation`: a seeded bug the checkers must catch, never set in production. */
+export function testMutation(v: string | undefined): Mutation | undefined {
+  if (v === undefined || v === '') return undefined;
+  if (!(MUTATIONS as readonly string[]).includes(v)) throw new BkvError('BAD_MUTATION', `BKV_TEST_MUTATION must be one of ${MUTATIONS.join(', ')}`);
+  return v as Mutation;
+}
+
 export class FleetReplica {
   readonly core: ReplicaCore;
   private readonly store: RaftStore;
@@ -72,6 +79,8 @@ export class FleetReplica {
   private timer?: NodeJS.Timeout;
   private closed = false;
   readonly io = { persistMs: 0, steps: 0 };
+  /** The host's clock, which a hostile host may run fast, slow or jump (the `clock` fault). */
+  private clock = { realAt: Date.now(), at: Date.now(), rate: 1 };
 
   private constructor(core: ReplicaCore, store: RaftStore, o: FleetReplicaOptions) {
     this.core = core;
@@ -88,6 +97,7 @@ export class FleetReplica {
       id: o.name, voters: o.voters, token: o.token, opaque: await servingOpaque(o.suites ?? WIRE_SUITES),
       rng: (n) => new Uint8Array(randomBytes(n)), raftRng: new SeededRng(randomBytes(4).readUInt32BE(0)), policy: o.policy,
       leaderWaitMs: o.leaderWaitMs ?? 5 * o.tickMs * 10, rejoinEveryMs: Math.max(50, o.tickMs * 2),
+      mutation: testMutation(process.env.BKV_TEST_MUTATION),
     });
     // A disk that does not even read (a flipped meta page, a truncated file) is set aside unmapped,
     // so it cannot take the other replicas' threads down with this one; the core then re-replicates.
@@ -107,13 +117,28 @@ export class FleetReplica {
     } catch (e) {
       unreadable ??= `TAMPERED: ${(e as Error).message}`;
     }
-    o.transport.onMessage((from, bytes) => r.enqueue({ kind: 'peer', now: Date.now(), from, bytes }));
-    r.step({ kind: 'start', now: Date.now(), disk, unreadable });
-    r.timer = setInterval(() => r.step({ kind: 'tick', now: Date.now() }), o.tickMs);
+    o.transport.onMessage((from, bytes) => r.enqueue({ kind: 'peer', now: r.now(), from, bytes }));
+    r.step({ kind: 'start', now: r.now(), disk, unreadable });
+    r.startTicks();
     return r;
   }
 
   get health(): { healthy: boolean; code: string; reason: string } { return this.core.healthState; }
+
+  private now(): number {
+    return Math.round(this.clock.at + (Date.now() - this.clock.realAt) * this.clock.rate);
+  }
+
+  private startTicks(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = setInterval(() => this.step({ kind: 'tick', now: this.now() }), Math.max(1, Math.round(this.o.tickMs / this.clock.rate)));
+  }
+
+  /** The clock fault: from now on time runs at `rate` (ticks too), after a jump of `offsetMs`. */
+  setClock(rate: number, offsetMs: number): void {
+    this.clock = { realAt: Date.now(), at: this.now() + offsetMs, rate };
+    if (!this.closed) this.startTicks();
+  }
 
   status(): LocalStatus {
     return { name: this.o.name, ...this.core.status(), stats: { ...this.core.stats, ...this.io, ...transportStats(this.o.transport) } };
@@ -125,7 +150,7 @@ export class FleetReplica {
     const rid = this.nextRid++;
     return new Promise((resolve) => {
       this.pending.set(rid, resolve);
-      this.enqueue({ kind: 'request', now: Date.now(), rid, user, body });
+      this.enqueue({ kind: 'request', now: this.now(), rid, user, body });
     });
   }
 
@@ -152,7 +177,7 @@ export class FleetReplica {
           const t0 = performance.now();
           this.onDisk(() => this.store.write(o.write), () => {
             this.io.persistMs += performance.now() - t0;
-            this.step({ kind: 'persisted', now: Date.now(), id: o.id });
+            this.step({ kind: 'persisted', now: this.now(), id: o.id });
           });
           break;
         }
@@ -169,7 +194,7 @@ export class FleetReplica {
         case 'leader': this.o.onEvent?.({ kind: 'leader', term: o.term }); break;
         case 'rejoined': this.say(`rejoined at ${o.index}`); this.o.onEvent?.({ kind: 'rejoined', index: o.index }); break;
         case 'log': this.say(o.line); break;
-        case 'resume': this.step({ kind: 'resume', now: Date.now() }); break;
+        case 'resume': this.step({ kind: 'resume', now: this.now() }); break;
         case 'membership': this.say(o.ok ? `membership change proposed at ${o.index}` : `membership change refused: ${o.code}`); break;
       }
     }
@@ -182,7 +207,7 @@ export class FleetReplica {
         await op();
       } catch (e) {
         const err = e instanceof BkvError ? e : new BkvError('STORE_WRITE_FAILED', `disk write failed: ${(e as Error)?.message ?? 'unknown'}`);
-        this.step({ kind: 'diskFailed', now: Date.now(), code: err.code, reason: err.message });
+        this.step({ kind: 'diskFailed', now: this.now(), code: err.code, reason: err.message });
         return;
       }
       done?.();

@@ -14,7 +14,7 @@ import { refuseUnauthorizedRelay, sendBody, serveRelay } from '../agent/http.ts'
 import { replicaDbDir } from '../agent/replica.ts';
 import type { Outcome } from '../replica/core.ts';
 import { startOperatorListener } from './admin-routes.ts';
-import { REGION_HEADER, type Fleet, type FleetEvent, type FleetFault, type ReplicaStatus, type StartFleetOptions } from './fleet-types.ts';
+import { REGION_HEADER, type Fleet, type FleetEvent, type FleetFault, type ReplicaControl, type ReplicaStatus, type StartFleetOptions } from './fleet-types.ts';
 import type { LocalStatus } from './replica.ts';
 import { EntryRouter } from './router.ts';
 
@@ -34,7 +34,12 @@ export interface ReplicaHosts {
   /** Stops every replica cleanly, then releases what the host holds (the PKCS#11 module). */
   close(): Promise<void>;
   /** The link table, where this host enforces network faults itself (threads); else they are refused. */
-  links?: { partition(groups: string[][]): void; heal(): void; isolate(name: string): void; block(from: string, to: string): void };
+  links?: {
+    partition(groups: string[][]): void; heal(): void; isolate(name: string): void; block(from: string, to: string): void;
+    degrade(name: string, opts: { lossRate?: number; extraDelayMs?: number }): void;
+  };
+  /** Token and clock faults inside a running replica, where the host can reach in (threads); else refused. */
+  control?(name: string, c: ReplicaControl): Promise<void>;
 }
 
 /** The replica names a start asks for, checked against the state. */
@@ -114,6 +119,7 @@ export async function startRunner(state: FleetState, names: string[], hosts: Rep
     async restart(name, o = {}) {
       known(name);
       if (hosts.isRunning(name)) throw new FleetError('REPLICA_RUNNING', `replica ${name} is running; crash it first`);
+      if (o.disk === 'blank') rmSync(replicaDbDir(state.stateDir, name), { recursive: true, force: true });
       if (o.disk === 'rollback') {
         const copy = diskCopies.get(name);
         if (!copy) throw new FleetError('NO_DISK_COPY', `no snapshotDisk() copy of ${name} to roll back to`);
@@ -155,7 +161,18 @@ export async function startRunner(state: FleetState, names: string[], hosts: Rep
     }
     if (f.op === 'isolate' || f.op === 'crash' || f.op === 'restart' || f.op === 'snapshotDisk') str(f.replica, 'replica');
     if (f.op === 'block') { str(f.from, 'from'); str(f.to, 'to'); }
-    if (f.op === 'restart' && f.disk !== undefined && f.disk !== 'keep' && f.disk !== 'rollback') throw new InputError('disk must be keep or rollback', 'BAD_FAULT');
+    if (f.op === 'restart' && f.disk !== undefined && f.disk !== 'keep' && f.disk !== 'rollback' && f.disk !== 'blank') throw new InputError('disk must be keep, rollback or blank', 'BAD_FAULT');
+    if (f.op === 'degrade' || f.op === 'token' || f.op === 'clock') known(str(f.replica, 'replica'));
+    const rate = (v: unknown, what: string, hi = 1): number => {
+      if (v === undefined) return 0;
+      if (typeof v !== 'number' || !(v >= 0 && v <= hi)) throw new InputError(`${what} must be a number in [0, ${hi}]`, 'BAD_FAULT');
+      return v;
+    };
+    const control = async (name: string, c: ReplicaControl): Promise<void> => {
+      if (!hosts.control) throw new FleetError('FAULT_UNSUPPORTED', 'token and clock faults need replicas this host can reach into (worker threads)');
+      if (!hosts.isRunning(name)) throw new FleetError('REPLICA_DOWN', `replica ${name} is not running`);
+      await hosts.control(name, c);
+    };
     switch (f.op) {
       case 'partition': fleet.partition(f.groups); return {};
       case 'heal': fleet.heal(); return {};
@@ -164,6 +181,21 @@ export async function startRunner(state: FleetState, names: string[], hosts: Rep
       case 'crash': await fleet.crash(f.replica); return {};
       case 'restart': await fleet.restart(f.replica, { disk: f.disk }); return {};
       case 'snapshotDisk': return { path: await fleet.snapshotDisk(f.replica) };
+      case 'degrade': links().degrade(f.replica, { lossRate: rate(f.lossRate, 'lossRate'), extraDelayMs: rate(f.extraDelayMs, 'extraDelayMs', 600_000) }); return {};
+      case 'token': {
+        const ms = f.latencyMs ?? [1, 20];
+        if (!Array.isArray(ms) || ms.length !== 2 || !ms.every((x) => typeof x === 'number' && x >= 0 && x <= 10_000) || ms[0]! > ms[1]!) throw new InputError('latencyMs must be [min, max] ms within 0..10000', 'BAD_FAULT');
+        await control(f.replica, { t: 'token', failureRate: rate(f.failureRate, 'failureRate'), latencyRate: rate(f.latencyRate, 'latencyRate'), latencyMs: [ms[0]!, ms[1]!] });
+        return {};
+      }
+      case 'clock': {
+        const r = f.rate ?? 1;
+        if (typeof r !== 'number' || !(r >= 0.1 && r <= 10)) throw new InputError('rate must be a number in [0.1, 10]', 'BAD_FAULT');
+        const off = f.offsetMs ?? 0;
+        if (typeof off !== 'number' || !Number.isFinite(off) || Math.abs(off) > 86_400_000) throw new InputError('offsetMs must be within a day', 'BAD_FAULT');
+        await control(f.replica, { t: 'clock', rate: r, offsetMs: off });
+        return {};
+      }
       default: throw new InputError('unknown fault op', 'BAD_FAULT');
     }
   };

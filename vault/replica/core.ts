@@ -105,10 +105,13 @@ export interface FirmwareLike {
 }
 
 /**
- * Bugs the simulator must catch, switched on one at a time by the mutation check
- * (test/vault/sim-mutations.test.ts, `bkv chaos sim --mutation`). Hosts never set one; every use is a single guarded line.
+ * Bugs the chaos checkers must catch, switched on one at a time by the mutation check
+ * (test/vault/sim-mutations.test.ts, `bkv chaos sim|live --mutation`); ke2-before-commit lives in the
+ * firmware. A host sets one only from the test-only BKV_TEST_MUTATION (`bkv chaos live`); every use is
+ * a single guarded line.
  */
-export type Mutation = 'vote-while-rejoining' | 'skip-anchor' | 'apply-uncommitted' | 'accept-forged-peer' | 'ignore-fork';
+export const MUTATIONS = ['vote-while-rejoining', 'skip-anchor', 'apply-uncommitted', 'accept-forged-peer', 'ignore-fork', 'ke2-before-commit'] as const;
+export type Mutation = (typeof MUTATIONS)[number];
 
 /** Read-only windows for the simulator's oracle and checker (no effect on behaviour). */
 export interface CoreObserver {
@@ -231,6 +234,7 @@ export class ReplicaCore {
   constructor(private readonly c: CoreConfig) {
     this.gate = new SessionGate({
       replicaId: c.id, token: c.token, opaque: c.opaque, rng: c.rng, policy: c.policy, observe: c.observeGate,
+      mutation: c.mutation === 'ke2-before-commit' ? c.mutation : undefined,
     });
     this.firmware = c.wrapFirmware ? c.wrapFirmware(this.gate) : this.gate;
     this.sealed = new SealedStorage(c.token, `${c.id}/raft`);

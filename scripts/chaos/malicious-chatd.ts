@@ -1,4 +1,4 @@
-// A malicious ChatD for tests: it sits where ChatD sits (it holds the relay key and forwards through
+// A malicious ChatD (tests and `bkv chaos live --malicious-chatd`): it sits where ChatD sits (it holds the relay key and forwards through
 // ChatD's own VaultForwarder to a real vault over loopback HTTP) and does to the device's traffic
 // whatever a test tells it: record, flip, truncate, drop, delay, replay, reflect, swap users, forge.
 import { VaultForwarder } from '../../chatd/forward.ts';
@@ -50,12 +50,13 @@ export class MaliciousChatd {
     return this.forwarder.forward(user, bytes);
   }
 
-  /** The device's transport, as if ChatD had authenticated `user`. */
-  deviceSend(user: string): Send {
+  /** The device's transport, as if ChatD had authenticated `user`; `pick` chooses each request's hooks (default: the case's). */
+  deviceSend(user: string, pick?: () => Hooks): Send {
     return async (body) => {
       const n = this.n++;
+      const hooks = pick ? pick() : this.hooks;
       this.recorded.push({ dir: 'up', user, bytes: body.slice() });
-      const act = this.hooks.up ? await this.hooks.up(body, user, n) : { forward: body };
+      const act = hooks.up ? await hooks.up(body, user, n) : { forward: body };
       if ('drop' in act) throw new DroppedByChatd();
       let reply: Uint8Array;
       if ('answer' in act) reply = act.answer;
@@ -64,7 +65,7 @@ export class MaliciousChatd {
         reply = await this.forwarder.forward(act.as ?? user, act.forward);
       }
       this.recorded.push({ dir: 'down', user, bytes: reply.slice() });
-      return this.hooks.down ? this.hooks.down(reply, user, n) : reply;
+      return hooks.down ? hooks.down(reply, user, n) : reply;
     };
   }
 

@@ -1,0 +1,332 @@
+// A linearizability checker for histories recorded against the live fleet: Wing & Gong's search with
+// Lowe's memoisation, the shape Porcupine uses. The simulator's oracle sees the replicas' state; a
+// live run only sees what clients were told and when, so this is the check that needs no inside view.
+// Pure: the caller records the history, this only judges it.
+
+export interface Model<S, I, O> {
+  init(): S;
+  /** Next state if `input` producing `output` is legal in `state`, else null. output === undefined means the
+   *  operation's outcome is unknown (it may have taken effect, with any output): return the state after it took effect. */
+  step(state: S, input: I, output: O | undefined): S | null;
+  /** Canonical string of a state, for the memo cache (equal states -> equal strings). */
+  key(state: S): string;
+}
+
+export interface Operation<I, O> {
+  id: number;
+  partition: string;
+  input: I;
+  output?: O;
+  call: number;
+  ret: number | null;
+}
+
+export interface PartitionVerdict {
+  partition: string;
+  ok: boolean | 'unknown';
+  ops: number;
+  explored: number;
+  /** when not ok: ids of the longest linearizable prefix found (in linearization order) and the ops of the
+   *  first return that could not be linearized, so a report can point at them */
+  linearized?: number[];
+  stuckAt?: number[];
+}
+
+export interface CheckResult {
+  ok: boolean | 'unknown';
+  partitions: PartitionVerdict[];
+}
+
+const DEFAULT_BUDGET = 2_000_000;
+
+/**
+ * Checks each partition on its own: linearizability is compositional (Herlihy & Wing), so a history is
+ * linearizable exactly when every per-object sub-history is, and small searches beat one big one.
+ */
+export function checkLinearizable<S, I, O>(model: Model<S, I, O>, ops: Operation<I, O>[], opts: { maxStatesPerPartition?: number } = {}): CheckResult {
+  const budget = opts.maxStatesPerPartition ?? DEFAULT_BUDGET;
+  const ids = new Set<number>();
+  const byPartition = new Map<string, Operation<I, O>[]>();
+  for (const op of ops) {
+    if (ids.has(op.id)) throw new Error(`operation id ${op.id} appears twice`);
+    ids.add(op.id);
+    if (!Number.isFinite(op.call)) throw new RangeError(`operation ${op.id}: call time ${op.call} is not finite`);
+    if (op.ret !== null && !(op.ret >= op.call)) throw new RangeError(`operation ${op.id}: returns (${op.ret}) before its call (${op.call})`);
+    let list = byPartition.get(op.partition);
+    if (!list) byPartition.set(op.partition, (list = []));
+    list.push(op);
+  }
+  const partitions = [...byPartition.keys()].sort().map((p) => checkPartition(model, p, byPartition.get(p)!, budget));
+  const ok = partitions.some((v) => v.ok === false) ? false : partitions.some((v) => v.ok === 'unknown') ? 'unknown' : true;
+  return { ok, partitions };
+}
+
+/**
+ * Where an event sorts among events at the same instant. A return at t precedes a call at t (the ops
+ * are real-time ordered), but an op that took no time must still call before it returns; zero-length
+ * ops at one instant call together and then return together, so they stay concurrent with each other
+ * rather than being given an order nobody observed.
+ */
+function rank(call: boolean, zeroLength: boolean): number {
+  if (!call && !zeroLength) return 0;
+  if (call && zeroLength) return 1;
+  if (!call) return 2;
+  return 3;
+}
+
+/**
+ * A canonical string for plain data (primitives, arrays, plain objects), or undefined for anything
+ * else: two inputs are only treated as interchangeable when this proves them equal.
+ */
+function plainKey(v: unknown): string | undefined {
+  if (v === null || typeof v === 'boolean' || typeof v === 'string') return JSON.stringify(v);
+  if (typeof v === 'number') return Number.isFinite(v) ? String(v) : undefined;
+  if (Array.isArray(v)) {
+    const parts: string[] = [];
+    for (const x of v) {
+      const k = plainKey(x);
+      if (k === undefined) return undefined;
+      parts.push(k);
+    }
+    return `[${parts.join(',')}]`;
+  }
+  if (typeof v === 'object' && Object.getPrototypeOf(v) === Object.prototype) {
+    const parts: string[] = [];
+    for (const name of Object.keys(v as object).sort()) {
+      const x = (v as Record<string, unknown>)[name];
+      if (x === undefined) continue;
+      const k = plainKey(x);
+      if (k === undefined) return undefined;
+      parts.push(`${JSON.stringify(name)}:${k}`);
+    }
+    return `{${parts.join(',')}}`;
+  }
+  return undefined;
+}
+
+/** Run-length words: the linearized set is mostly a solid prefix of ones, so this stays short. */
+function bitsKey(bits: Uint32Array): string {
+  let s = '';
+  for (let i = 0; i < bits.length;) {
+    const w = bits[i]!;
+    let j = i + 1;
+    while (j < bits.length && bits[j] === w) j++;
+    s += j - i === 1 ? `${w.toString(36)},` : `${j - i}*${w.toString(36)},`;
+    i = j;
+  }
+  return s;
+}
+
+/** A configuration the search has entered: which unknown ops it had linearized, and whether it is done. */
+interface Visited {
+  unknown: bigint;
+  /** Fully explored without success: then nothing it dominates can succeed either. */
+  closed: boolean;
+}
+
+function checkPartition<S, I, O>(model: Model<S, I, O>, partition: string, unsorted: Operation<I, O>[], budget: number): PartitionVerdict {
+  const ops = [...unsorted].sort((a, b) => a.call - b.call || a.id - b.id);
+  const n = ops.length;
+
+  // Completed ops and unknown ones are kept apart. Completed ops must all be linearized, in the list
+  // of calls and returns Porcupine walks; unknown ones may be linearized any time after their call, or
+  // never, so they sit in a list of their own that is only tried once the completed candidates are.
+  const slot = new Int32Array(n);
+  const unknownOps: number[] = [];
+  let knownCount = 0;
+  for (let i = 0; i < n; i++) {
+    if (ops[i]!.ret === null) slot[i] = unknownOps.push(i) - 1;
+    else slot[i] = knownCount++;
+  }
+
+  const events: { time: number; rank: number; op: number; call: boolean }[] = [];
+  for (let i = 0; i < n; i++) {
+    const op = ops[i]!;
+    const zero = op.ret === op.call;
+    events.push({ time: op.call, rank: rank(true, zero), op: i, call: true });
+    events.push({ time: op.ret ?? Infinity, rank: rank(false, zero), op: i, call: false });
+  }
+  events.sort((a, b) => (a.time === b.time ? 0 : a.time < b.time ? -1 : 1) || a.rank - b.rank || a.op - b.op);
+
+  // Entries are numbered by their place in time, so "called before that return" is a comparison.
+  const E = 2 * n;
+  const HEAD = E;
+  const TAIL = E + 1;
+  const opOf = new Int32Array(E);
+  const isCall = new Uint8Array(E);
+  const callAt = new Int32Array(n);
+  const retAt = new Int32Array(n);
+  events.forEach((ev, p) => {
+    opOf[p] = ev.op;
+    isCall[p] = ev.call ? 1 : 0;
+    if (ev.call) callAt[ev.op] = p;
+    else retAt[ev.op] = p;
+  });
+  const next = new Int32Array(E + 2);
+  const prev = new Int32Array(E + 2);
+  let last = HEAD;
+  for (let p = 0; p < E; p++) {
+    if (ops[opOf[p]!]!.ret === null) continue;
+    next[last] = p;
+    prev[p] = last;
+    last = p;
+  }
+  next[last] = TAIL;
+  prev[TAIL] = last;
+
+  const m = unknownOps.length;
+  const UHEAD = m;
+  const UTAIL = m + 1;
+  const unext = new Int32Array(m + 2);
+  const uprev = new Int32Array(m + 2);
+  last = UHEAD;
+  for (let u = 0; u < m; u++) {
+    unext[last] = u;
+    uprev[u] = last;
+    last = u;
+  }
+  unext[last] = UTAIL;
+  uprev[UTAIL] = last;
+
+  // Unlinked entries keep their own links, so undoing in reverse order restores a list exactly.
+  const unlink = (nx: Int32Array, pv: Int32Array, x: number) => {
+    nx[pv[x]!] = nx[x]!;
+    pv[nx[x]!] = pv[x]!;
+  };
+  const relink = (nx: Int32Array, pv: Int32Array, x: number) => {
+    nx[pv[x]!] = x;
+    pv[nx[x]!] = x;
+  };
+
+  // Unknown ops with equal inputs are interchangeable, and the earlier-called of two can stand in
+  // wherever the later one was linearized. So one may only be linearized after every earlier one of
+  // its kind is: without this, k pending timeouts of one kind (say, attempts) are 2^k subsets to try
+  // where only the k + 1 counts differ.
+  const waitsFor = new Int32Array(m).fill(-1);
+  const lastOfKind = new Map<string, number>();
+  for (let u = 0; u < m; u++) {
+    const kind = plainKey(ops[unknownOps[u]!]!.input);
+    if (kind === undefined) continue;
+    const before = lastOfKind.get(kind);
+    if (before !== undefined) waitsFor[u] = before;
+    lastOfKind.set(kind, u);
+  }
+
+  const known = new Uint32Array((knownCount + 31) >>> 5);
+  let unknown = 0n;
+  const flip = (k: number) => { known[k >>> 5] ^= 1 << (k & 31); };
+
+  // Keyed by the completed ops linearized and the model state. Which unknown ops were linearized is
+  // compared by inclusion: with all else equal, having linearized fewer of them only leaves more
+  // choices, so a configuration is pruned when one with a subset of its unknown ops already failed.
+  // That is what keeps a timed-out op whose effect was later overwritten (a register, say) from
+  // doubling the rest of the search.
+  const seen = new Map<string, Visited[]>();
+  const stack: { op: number; at: number; bound: number; state: S; visit: Visited }[] = [];
+  let state = model.init();
+  let explored = 0;
+  let outOfBudget = false;
+  let best = -1;
+  let bestPrefix: number[] = [];
+  let bestStuck: number[] = [];
+
+  const verdict = (ok: boolean | 'unknown'): PartitionVerdict => {
+    const v: PartitionVerdict = { partition, ok, ops: n, explored };
+    if (ok !== true) {
+      v.linearized = bestPrefix;
+      v.stuckAt = bestStuck;
+    }
+    return v;
+  };
+
+  /** Linearizes op i next if the model allows it and the configuration is new; `at` is its list node. */
+  const tryLift = (i: number, at: number, bound: number): boolean => {
+    const op = ops[i]!;
+    const isUnknown = op.ret === null;
+    if (isUnknown) {
+      const w = waitsFor[slot[i]!]!;
+      if (w >= 0 && ((unknown >> BigInt(w)) & 1n) === 0n) return false;
+    }
+    const after = model.step(state, op.input, isUnknown ? undefined : op.output);
+    if (after === null) return false;
+    const nextUnknown = isUnknown ? unknown | (1n << BigInt(slot[i]!)) : unknown;
+    if (!isUnknown) flip(slot[i]!);
+    const memo = `${bitsKey(known)}|${model.key(after)}`;
+    const visits = seen.get(memo);
+    if (visits?.some((v) => v.unknown === nextUnknown || (v.closed && (v.unknown & ~nextUnknown) === 0n))) {
+      if (!isUnknown) flip(slot[i]!);
+      return false;
+    }
+    if (++explored > budget) {
+      outOfBudget = true;
+      return false;
+    }
+    const visit: Visited = { unknown: nextUnknown, closed: false };
+    if (visits) visits.push(visit);
+    else seen.set(memo, [visit]);
+    stack.push({ op: i, at, bound, state, visit });
+    state = after;
+    unknown = nextUnknown;
+    if (isUnknown) unlink(unext, uprev, at);
+    else {
+      unlink(next, prev, at);
+      unlink(next, prev, retAt[i]!);
+    }
+    return true;
+  };
+
+  let inUnknown = false;
+  let e = next[HEAD]!;
+  let u = UHEAD;
+  let bound = 0;
+  for (;;) {
+    if (next[HEAD] === TAIL) return verdict(true);
+    if (!inUnknown) {
+      if (isCall[e]) {
+        const lifted = tryLift(opOf[e]!, e, 0);
+        if (outOfBudget) return verdict('unknown');
+        e = lifted ? next[HEAD]! : next[e]!;
+        continue;
+      }
+      inUnknown = true;
+      bound = e;
+      u = unext[UHEAD]!;
+      continue;
+    }
+    if (u !== UTAIL && callAt[unknownOps[u]!]! < bound) {
+      const lifted = tryLift(unknownOps[u]!, u, bound);
+      if (outOfBudget) return verdict('unknown');
+      if (lifted) {
+        inUnknown = false;
+        e = next[HEAD]!;
+      } else u = unext[u]!;
+      continue;
+    }
+
+    // Every candidate before the return at `bound` failed: it cannot be linearized from here.
+    if (stack.length > best) {
+      best = stack.length;
+      bestPrefix = stack.map((f) => ops[f.op]!.id);
+      const stuck = opOf[bound]!;
+      const pending: number[] = [];
+      for (let p = next[HEAD]!; p !== bound; p = next[p]!) if (isCall[p] && opOf[p] !== stuck) pending.push(ops[opOf[p]!]!.id);
+      bestStuck = [ops[stuck]!.id, ...pending];
+    }
+    const top = stack.pop();
+    if (!top) return verdict(false);
+    top.visit.closed = true;
+    state = top.state;
+    if (ops[top.op]!.ret === null) {
+      unknown &= ~(1n << BigInt(slot[top.op]!));
+      relink(unext, uprev, top.at);
+      bound = top.bound;
+      u = unext[top.at]!;
+    } else {
+      flip(slot[top.op]!);
+      relink(next, prev, retAt[top.op]!);
+      relink(next, prev, top.at);
+      inUnknown = false;
+      e = next[top.at]!;
+    }
+  }
+}
