@@ -114,6 +114,8 @@ export interface LiveRun {
   tampering: Record<string, number>;
   finalStatus: FleetStatus | null;
   durationMs: number;
+  /** The fleet process's and ChatD's stderr lines, each prefixed with ms since the start. */
+  serviceLog: string[];
 }
 
 const THREAD_FAULTS = ['crash', 'crash-leader', 'kill-fleet', 'restart', 'rollback', 'blank', 'partition', 'bridge', 'ring', 'isolate', 'one-way', 'slow', 'lossy', 'token', 'clock'];
@@ -148,20 +150,28 @@ export async function runLive(o: LiveOptions): Promise<LiveRun> {
   const note = (line: string) => { notes.push({ at: now(), line }); say(`${(now() / 1000).toFixed(1)} s: ${line}`); };
   const ops: LiveOp[] = [];
   const roles: LiveRun['roles'] = [];
+  // What the fleet process and ChatD wrote to stderr (they log no secrets); DIR/services.log.
+  const serviceLog: string[] = [];
   let fleet: FleetService | undefined;
   let chatd: ChatdService | undefined;
   let evil: MaliciousChatd | undefined;
   const clients: ChatdClient[] = [];
   const prevMutation = process.env.BKV_TEST_MUTATION;
+  let expectExit = false;
   try {
     await provision({ stateDir, replicas: o.replicas });
     finalizeModule(); // the fleet process opens the tokens; this one lets go of the module
     if (o.mutation) process.env.BKV_TEST_MUTATION = o.mutation;
-    const startFleet = (port?: number) => startFleetService({ stateDir, wan, transport, faults: true, port, onLine: () => undefined });
+    const startFleet = async (port?: number) => {
+      const f = await startFleetService({ stateDir, wan, transport, faults: true, port, onLine: (who, line) => serviceLog.push(`${now()} ${who} | ${line}`) });
+      // A fleet that dies on its own is a finding, not a fault of the nemesis: say so where it happened.
+      void f.exited.then((e) => { if (!expectExit && fleet === f) note(`fleet process died (${e.signal ?? `exit ${e.code}`}): see its log`); });
+      return f;
+    };
     fleet = await startFleet();
     const fleetPort = fleet.port;
     writeVaultKeys(stateDir, fleet.keys);
-    chatd = await startChatdService({ stateDir, vaultUrl: fleet.url, extraArgs: ['--account-burst', '1000000', '--account-rate', '1000000'], onLine: () => undefined });
+    chatd = await startChatdService({ stateDir, vaultUrl: fleet.url, extraArgs: ['--account-burst', '1000000', '--account-rate', '1000000'], onLine: (who, line) => serviceLog.push(`${now()} ${who} | ${line}`) });
     const names = (await waitFleet(fleet, 60_000, (s) => !!s.leader)).replicas.map((r) => r.name);
     const keys = fleet.keys;
     started = Date.now();
@@ -378,8 +388,10 @@ export async function runLive(o: LiveOptions): Promise<LiveRun> {
       }
       note('whole fleet killed (kill -9 of the fleet process)');
       faults++;
+      expectExit = true;
       fleet!.kill('SIGKILL');
       await fleet!.exited;
+      expectExit = false;
       down.clear();
       haveCopy = new Set();
       await sleep(500 + nemesisRng.int(2000));
@@ -536,11 +548,12 @@ export async function runLive(o: LiveOptions): Promise<LiveRun> {
     for (const s of secrets) s.fill(0);
     return {
       settings, ops, notes, roles, users: users.map((u) => ({ name: u.name, attackOnly: u.attackOnly })), healedAt, convergedAt, firstOkAfterHeal: firstOk,
-      end: now(), foreignK, leaks, tampering, finalStatus, durationMs: Date.now() - began,
+      end: now(), foreignK, leaks, tampering, finalStatus, durationMs: Date.now() - began, serviceLog,
     };
   } finally {
     if (prevMutation === undefined) delete process.env.BKV_TEST_MUTATION;
     else process.env.BKV_TEST_MUTATION = prevMutation;
+    expectExit = true;
     for (const c of clients) c.close();
     evil?.close();
     await chatd?.stop().catch(() => undefined);

@@ -431,6 +431,7 @@ async function live(argv: string[]): Promise<number> {
     recoverySeconds: run.convergedAt === null ? null : (run.convergedAt - run.healedAt) / 1000,
     firstSuccessAfterHealSeconds: run.firstOkAfterHeal === null ? null : (run.firstOkAfterHeal - run.healedAt) / 1000,
     checks: verdict.checks, violations: verdict.violations, outcomes: counts, rerun,
+    replicas: run.finalStatus?.replicas.map((r) => ({ name: r.name, role: r.role, term: r.term, healthy: r.healthy, reason: r.reason, appliedIndex: r.appliedIndex, lag: r.lag })) ?? null,
   };
   if (f.report) {
     const d = f.report;
@@ -448,6 +449,7 @@ async function live(argv: string[]): Promise<number> {
     ];
     writeFileSync(join(d, 'history.jsonl'), lines.join('\n') + '\n', { mode: 0o600 });
     writeFileSync(join(d, 'summary.json'), JSON.stringify(summary, null, 1) + '\n', { mode: 0o600 });
+    writeFileSync(join(d, 'services.log'), run.serviceLog.join('\n') + '\n', { mode: 0o600 });
   }
   if (f.json) console.log(JSON.stringify(summary));
   else {

@@ -140,8 +140,7 @@ export async function startFleet(opts: StartFleetOptions): Promise<Fleet> {
     async kill(name) {
       const r = running.get(name);
       if (!r) return;
-      await r.worker.terminate();
-      await r.exited;
+      await crashWorker(r.worker, r.exited);
     },
     async copyRunningDisk(name, dir) {
       const m = await call(name, { t: 'backup', id: nextId++, path: dir }, 10_000);
@@ -164,6 +163,22 @@ export async function startFleet(opts: StartFleetOptions): Promise<Fleet> {
     },
   };
   return startRunner(state, names, hosts, opts, emit);
+}
+
+/**
+ * Kills a replica's worker at once, no flush. Not worker.terminate(): that stops the thread wherever
+ * it is, and a thread stopped inside a PKCS#11 call (pkcs11js 2.1.7: C_CreateObject, the anchor and
+ * vote writes) returns an unchecked napi_value and segfaults the whole process, every other replica
+ * with it (test/hsm-adapter/worker-crash.test.ts). The worker exits on the message instead, between
+ * two event-loop tasks; terminate() only for a worker that does not answer (wedged in a loop).
+ */
+export async function crashWorker(worker: Worker, exited: Promise<void>, graceMs = 3000): Promise<void> {
+  worker.postMessage({ t: 'crash' } satisfies ToWorker);
+  let timer: NodeJS.Timeout | undefined;
+  const wedged = await Promise.race([exited.then(() => false), new Promise<boolean>((r) => { timer = setTimeout(() => r(true), graceMs); })]);
+  clearTimeout(timer);
+  if (wedged) await worker.terminate();
+  await exited;
 }
 
 function wanConfig(w: StartFleetOptions['wan']): WanConfig {

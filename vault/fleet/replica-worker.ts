@@ -38,6 +38,8 @@ export type ToWorker =
   | { t: 'port'; peer: string; port: MessagePort }
   | { t: 'backup'; id: number; path: string }
   | { t: 'control'; id: number; c: ReplicaControl }
+  /** Die at once, no flush (the crash fault); see crashWorker in fleet.ts for why it is a message. */
+  | { t: 'crash' }
   | { t: 'close' };
 
 export type FromWorker =
@@ -77,6 +79,8 @@ async function main(): Promise<void> {
 
   port.on('message', (m: ToWorker) => {
     switch (m.t) {
+      case 'crash':
+        process.exit(70);
       case 'request':
         void replica.handle(m.user, m.body).then((o) => post(o.ok ? { t: 'reply', id: m.id, ok: true, body: o.body } : { t: 'reply', id: m.id, ok: false, code: o.code }));
         return;
