@@ -13,6 +13,7 @@
 // - K: every K a device got was registered for that user.
 // - ChatD blind (malicious-ChatD mode): nothing ChatD saw holds a window of a password or K.
 // - healing: after the faults stop, every replica converges and operations succeed again.
+import { InputError } from '../../protocol/errors.ts';
 import { checkLinearizable, type Operation } from './linearizability.ts';
 import type { LiveOp, LiveRun } from './live.ts';
 import { recordModel, type RecordInput, type RecordOutput } from './record-model.ts';
@@ -35,8 +36,9 @@ export function checkLiveRun(run: LiveRun, opts: { maxStatesPerUser?: number } =
   const violations: string[] = [];
   const limit = run.settings.limit;
 
-  // Linearizability, per user. A fail had no effect and is left out; an info op may have taken effect.
-  const ops: Operation<RecordInput, RecordOutput>[] = run.ops.filter((o) => o.type !== 'fail').map((o) => ({
+  // Linearizability, per user. A fail had no effect and is left out, and so is a read whose answer
+  // never came (it cannot have changed anything); any other info op may have taken effect.
+  const ops: Operation<RecordInput, RecordOutput>[] = run.ops.filter((o) => o.type !== 'fail' && !(o.type === 'info' && o.input.f === 'status')).map((o) => ({
     id: o.id, partition: o.user, input: o.input, ...(o.type === 'ok' && o.output ? { output: o.output } : {}), call: o.call, ret: o.type === 'ok' ? o.ret : null,
   }));
   const lin = checkLinearizable(recordModel(), ops, { maxStatesPerPartition: opts.maxStatesPerUser });
@@ -126,4 +128,34 @@ export function liveRunHistory(run: LiveRun): RunHistory {
     return { at: o.ret!, user: o.user, left: v.left, state: v.locked ? 'locked' : 'registered' };
   });
   return { ops, roles: run.roles, notes: run.notes, attempts, healedAt: run.healedAt, end: run.end, limit: run.settings.limit };
+}
+
+/** A saved run (`--report DIR`: summary.json, history.jsonl) back as a LiveRun, for --recheck; a typed error on a bad file. */
+export function liveRunFromReport(summaryText: string, historyText: string): LiveRun {
+  const bad = (why: string) => new InputError(`not a bkv chaos live report: ${why}`, 'BAD_REPORT');
+  let s: { settings?: LiveRun['settings']; run?: Partial<LiveRun> };
+  try { s = JSON.parse(summaryText) as typeof s; } catch { throw bad('summary.json is not JSON'); }
+  const r = s.run;
+  if (!s.settings || typeof s.settings.limit !== 'number' || !r || !Array.isArray(r.users) || typeof r.healedAt !== 'number') throw bad('summary.json has no settings or run');
+  const ops: LiveOp[] = [];
+  const roles: LiveRun['roles'] = [];
+  const notes: LiveRun['notes'] = [];
+  for (const [i, line] of historyText.split('\n').entries()) {
+    if (!line.trim()) continue;
+    let h: Record<string, unknown>;
+    try { h = JSON.parse(line) as Record<string, unknown>; } catch { throw bad(`history.jsonl line ${i + 1} is not JSON`); }
+    if (h.type === 'role') roles.push(h as unknown as LiveRun['roles'][number]);
+    else if (h.type === 'fault') notes.push({ at: Number(h.at), line: String(h.line) });
+    else if (h.type === 'ok' || h.type === 'fail' || h.type === 'info') {
+      if (typeof h.id !== 'number' || typeof h.user !== 'string' || typeof h.invoke !== 'number' || !h.input || typeof (h.input as { f?: unknown }).f !== 'string') throw bad(`history.jsonl line ${i + 1} is not an operation`);
+      ops.push({
+        id: h.id, user: h.user, process: String(h.process), input: h.input as LiveOp['input'], type: h.type, call: h.invoke,
+        ret: typeof h.complete === 'number' ? h.complete : null, ...(h.output ? { output: h.output as LiveOp['output'] } : {}), ...(typeof h.error === 'string' ? { error: h.error } : {}),
+      });
+    }
+  }
+  return {
+    settings: s.settings, ops, notes, roles, users: r.users, healedAt: r.healedAt, convergedAt: r.convergedAt ?? null, firstOkAfterHeal: r.firstOkAfterHeal ?? null,
+    end: r.end ?? 0, foreignK: r.foreignK ?? [], leaks: r.leaks ?? 0, tampering: r.tampering ?? {}, finalStatus: null, durationMs: 0, serviceLog: [],
+  };
 }

@@ -191,7 +191,7 @@ export async function runLive(o: LiveOptions): Promise<LiveRun> {
     const fp = (k: Uint8Array) => createHash('sha256').update(k).digest('hex');
     const tampering: Record<string, number> = {};
     // Each device request draws what the malicious ChatD does to it.
-    const evilHooks = (user: string) => (): Hooks => {
+    const evilHooks = (user: string, onDuplicate: () => void) => (): Hooks => {
       const roll = chatdRng.float();
       const act = roll < 0.06 ? 'flip-up' : roll < 0.1 ? 'flip-down' : roll < 0.16 ? 'duplicate' : roll < 0.19 ? 'swap-user' : roll < 0.21 ? 'drop' : roll < 0.27 ? 'delay' : 'honest';
       tampering[act] = (tampering[act] ?? 0) + 1;
@@ -204,19 +204,32 @@ export async function runLive(o: LiveOptions): Promise<LiveRun> {
           if (act === 'swap-user') return { forward: b, as: other };
           if (act === 'drop') return { drop: true };
           if (act === 'delay') await sleep(wait);
-          if (act === 'duplicate') void evil!.forward(user, b).catch(() => undefined);
+          if (act === 'duplicate') { onDuplicate(); void evil!.forward(user, b).catch(() => undefined); }
           return { forward: b };
         },
         down: (b) => (act === 'flip-down' ? flip(b, at % b.length) : b),
       };
     };
     const sends = new Map<string, Send>();
+    /** Each device's operation in flight. */
+    const current = new Map<string, LiveOp>();
+    // A copy of a request is a request of its own whose answer nobody reads: Jepsen's info. Only an
+    // attempt's copy could change the record (a second charge, were copies not free); the others are
+    // refused or answered as the original.
+    const duplicated = (u: (typeof users)[number], proc: string) => {
+      const cur = current.get(proc);
+      if (cur?.input.f === 'attempt' && cur.ret === null && cur.gaveUp === undefined) {
+        const copy = begin(u, proc, { f: 'attempt' });
+        current.set(proc, cur);
+        end(copy, 'info', undefined, 'COPY_UNREAD');
+      }
+    };
     /** One device: its own ChatD connection (or the malicious ChatD's hop), kept for its operations. */
     const sendOf = (u: (typeof users)[number], proc: string): Send => {
       let send = sends.get(proc);
       if (send) return send;
       if (o.maliciousChatd) {
-        const pick = evilHooks(u.phone);
+        const pick = evilHooks(u.phone, () => duplicated(u, proc));
         send = (b) => evil!.deviceSend(u.phone, pick)(b);
       } else {
         const c = new ChatdClient({ url: chatd!.url, token: u.token, timeoutMs: 20_000 });
@@ -224,7 +237,7 @@ export async function runLive(o: LiveOptions): Promise<LiveRun> {
         const plain: Send = (b) => c.request(b);
         // A device that resends: sometimes the same frame twice at once (the copy must be free).
         send = async (b) => {
-          if (workRng.float() < 0.05) void plain(b).catch(() => undefined);
+          if (workRng.float() < 0.05) { duplicated(u, proc); void plain(b).catch(() => undefined); }
           return plain(b);
         };
       }
@@ -246,6 +259,7 @@ export async function runLive(o: LiveOptions): Promise<LiveRun> {
     const begin = (u: (typeof users)[number], proc: string, input: RecordInput): LiveOp => {
       const op: LiveOp = { id: nextOp++, user: u.name, process: proc, input, type: 'info', call: now(), ret: null };
       ops.push(op);
+      current.set(proc, op);
       return op;
     };
     const end = (op: LiveOp, type: LiveOp['type'], output?: RecordOutput, error?: string) => {

@@ -3,14 +3,14 @@
 // failing seed drew, a shrunk fault schedule and the one command that replays it. `bkv chaos live`:
 // a seeded nemesis over a real fleet with real tokens and ChatD, a history, its checks and report.
 // `bkv chaos fuzz`: the decoders under seeded mutations.
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseFlags, UsageError, wantsHelp, type Command } from '../cli.ts';
 import { FAULTS, describeSettings, judgeSeed, replayCommand, runSeeds, shrink, type Fault, type SeedVerdict, type Shrunk, type SimJob } from '../chaos/campaign.ts';
 import { MUTATION_CASES } from '../chaos/mutations.ts';
 import { renderRunReport, simSettingsText } from '../chaos/report.ts';
 import { runLive, type LiveTransport } from '../chaos/live.ts';
-import { checkLiveRun, liveRunHistory } from '../chaos/live-check.ts';
+import { checkLiveRun, liveRunFromReport, liveRunHistory } from '../chaos/live-check.ts';
 import { MUTATIONS, type Mutation } from '../../vault/replica/core.ts';
 
 const simHelp = `usage: bkv chaos sim --seeds N [--from S] [--faults LIST] [--workers K] [--liveness] [--json] [--report DIR]
@@ -77,6 +77,7 @@ Exit 0 with no finding, 1 with findings, 2 on a usage error.`;
 const liveHelp = `usage: bkv chaos live [--minutes M] [--seed S] [--transport thread|process|tcp] [--wan default|none|FILE]
                       [--replicas N] [--users N] [--attackers N] [--limit N] [--mutation NAME]
                       [--malicious-chatd] [--report DIR] [--json] [--verbose]
+       bkv chaos live --recheck DIR [--json]
 
 Provisions a fresh fleet in a temporary directory (real SoftHSM2 tokens, LMDB disks, the fleet
 process, ChatD, devices over loopback HTTP) and runs it under a seeded nemesis for M minutes: kill -9
@@ -110,6 +111,7 @@ received, the counter never going down, K only to its owner, convergence and tim
                      operation, attempts left, violations), DIR/history.jsonl, DIR/summary.json
   --json             one summary document on stdout (progress stays on stderr)
   --verbose          each fault as it is applied, on stderr
+  --recheck DIR      judge the run saved in DIR (--report) again, without running anything
 
 Exit 0 when every check held, 1 when one failed, 2 on a usage error. docs/chaos.md says how to read
 the report and how long runs take.`;
@@ -373,6 +375,25 @@ async function sim(argv: string[]): Promise<number> {
   return bad.length === 0 ? 0 : 1;
 }
 
+/** Judges a saved live run again (DIR/summary.json and DIR/history.jsonl), e.g. after a checker change. */
+function recheckLive(dir: string, json: boolean): number {
+  let run;
+  try {
+    run = liveRunFromReport(readFileSync(join(dir, 'summary.json'), 'utf8'), readFileSync(join(dir, 'history.jsonl'), 'utf8'));
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new UsageError(code === 'ENOENT' ? `--recheck ${dir.slice(0, 80)}: no summary.json and history.jsonl there (a \`bkv chaos live --report DIR\`)` : `--recheck ${dir.slice(0, 80)}: ${(e as Error).message}`);
+  }
+  const verdict = checkLiveRun(run);
+  if (json) console.log(JSON.stringify({ mode: 'recheck', ok: verdict.ok, operations: run.ops.length, checks: verdict.checks, violations: verdict.violations }));
+  else {
+    console.log(`${verdict.ok ? 'held every check' : `FAILED: ${verdict.violations.length} violation${verdict.violations.length === 1 ? '' : 's'}`}: ${run.ops.length} operations of ${dir}`);
+    for (const c of verdict.checks) console.log(`  ${c.ok ? 'held  ' : 'FAILED'} ${c.name}: ${c.detail}`);
+    for (const v of verdict.violations.slice(0, 20)) console.log(`  violation: ${v}`);
+  }
+  return verdict.ok ? 0 : 1;
+}
+
 function ranged(v: string | undefined, flag: string, lo: number, hi: number, dflt: number): number {
   if (v === undefined) return dflt;
   if (!/^\d{1,4}$/.test(v) || Number(v) < lo || Number(v) > hi) throw new UsageError(`${flag} must be a whole number ${lo}..${hi} (got '${v.slice(0, 20)}')`);
@@ -385,7 +406,9 @@ async function live(argv: string[]): Promise<number> {
     minutes: { type: 'string' }, seed: { type: 'string' }, transport: { type: 'string' }, wan: { type: 'string' }, replicas: { type: 'string' },
     users: { type: 'string' }, attackers: { type: 'string' }, limit: { type: 'string' }, mutation: { type: 'string' },
     'malicious-chatd': { type: 'boolean' }, report: { type: 'string' }, json: { type: 'boolean' }, verbose: { type: 'boolean' },
+    recheck: { type: 'string' },
   });
+  if (f.recheck !== undefined) return recheckLive(f.recheck, !!f.json);
   const minutes = f.minutes === undefined ? 1 : Number(f.minutes);
   if (f.minutes !== undefined && (!/^\d{1,4}(\.\d{1,2})?$/.test(f.minutes) || minutes < 0.5 || minutes > 1440)) throw new UsageError(`--minutes must be a number of minutes from 0.5 to 1440 (got '${f.minutes.slice(0, 20)}')`);
   const seed = wholeNumber(f.seed, '--seed') ?? 1;
@@ -417,7 +440,6 @@ async function live(argv: string[]): Promise<number> {
     },
   });
   if (tty) process.stderr.write('\n');
-  const verdict = checkLiveRun(run);
   const rerun = ['bkv chaos live', `--minutes ${minutes}`, `--seed ${seed}`, `--transport ${transport}`, ...(transport === 'thread' ? [`--wan ${wan}`] : []), `--replicas ${o.replicas}`, `--users ${o.users}`,
     `--attackers ${o.attackersPerUser}`, `--limit ${o.limit}`, ...(o.mutation ? [`--mutation ${o.mutation}`] : []), ...(o.maliciousChatd ? ['--malicious-chatd'] : [])].join(' ');
   const counts: Record<string, number> = {};
@@ -425,14 +447,36 @@ async function live(argv: string[]): Promise<number> {
     const k = `${x.input.f} ${x.type === 'ok' ? x.output!.r : x.type}`;
     counts[k] = (counts[k] ?? 0) + 1;
   }
-  const summary = {
-    mode: 'live', ok: verdict.ok, settings: run.settings, seconds: Math.round(run.durationMs / 1000), operations: run.ops.length,
+  // Latency of what completed, per operation kind (ms): p50, p99, max.
+  const latency: Record<string, { count: number; p50: number; p99: number; max: number }> = {};
+  for (const kind of ['register', 'attempt', 'outcome', 'status', 'delete']) {
+    const ms = run.ops.filter((x) => x.input.f === kind && x.type === 'ok').map((x) => x.ret! - x.call).sort((a, b) => a - b);
+    if (ms.length) latency[kind] = { count: ms.length, p50: ms[Math.floor(ms.length * 0.5)]!, p99: ms[Math.min(ms.length - 1, Math.floor(ms.length * 0.99))]!, max: ms.at(-1)! };
+  }
+  const base = {
+    mode: 'live', settings: run.settings, seconds: Math.round(run.durationMs / 1000), operations: run.ops.length,
     faults: run.notes.filter((n) => !['heal', 'converged', 'heal (faults stop)'].includes(n.line) && !n.line.startsWith('refused')).length,
     recoverySeconds: run.convergedAt === null ? null : (run.convergedAt - run.healedAt) / 1000,
     firstSuccessAfterHealSeconds: run.firstOkAfterHeal === null ? null : (run.firstOkAfterHeal - run.healedAt) / 1000,
-    checks: verdict.checks, violations: verdict.violations, outcomes: counts, rerun,
+    outcomes: counts, latency, rerun,
+    // What --recheck needs to judge the saved history again (no secret in it).
+    run: { users: run.users, healedAt: run.healedAt, convergedAt: run.convergedAt, firstOkAfterHeal: run.firstOkAfterHeal, end: run.end, foreignK: run.foreignK, leaks: run.leaks, tampering: run.tampering },
     replicas: run.finalStatus?.replicas.map((r) => ({ name: r.name, role: r.role, term: r.term, healthy: r.healthy, reason: r.reason, appliedIndex: r.appliedIndex, lag: r.lag })) ?? null,
   };
+  // The history is on disk before it is judged: a long run survives a checker that is slow or fails.
+  if (f.report) {
+    const d = f.report;
+    const lines = [
+      ...run.ops.map((x) => JSON.stringify({ type: x.type, id: x.id, process: x.process, user: x.user, f: x.input.f, input: x.input, output: x.output ?? null, error: x.error ?? null, invoke: x.call, complete: x.ret })),
+      ...run.roles.map((r) => JSON.stringify({ type: 'role', ...r })),
+      ...run.notes.map((n) => JSON.stringify({ type: 'fault', ...n })),
+    ];
+    writeFileSync(join(d, 'history.jsonl'), lines.join('\n') + '\n', { mode: 0o600 });
+    writeFileSync(join(d, 'services.log'), run.serviceLog.join('\n') + '\n', { mode: 0o600 });
+    writeFileSync(join(d, 'summary.json'), JSON.stringify({ ...base, ok: null, checks: 'not judged yet' }, null, 1) + '\n', { mode: 0o600 });
+  }
+  const verdict = checkLiveRun(run);
+  const summary = { ...base, ok: verdict.ok, checks: verdict.checks, violations: verdict.violations };
   if (f.report) {
     const d = f.report;
     const history = liveRunHistory(run);
@@ -442,14 +486,7 @@ async function live(argv: string[]): Promise<number> {
       ok: verdict.ok, violations: verdict.violations, history, replay: rerun,
       summary: [`${run.ops.length} operations, ${summary.faults} faults in ${duration(summary.seconds)}`, ...verdict.checks.map((c) => `${c.ok ? 'held' : 'FAILED'}: ${c.name} (${c.detail})`)],
     }), { mode: 0o600 });
-    const lines = [
-      ...run.ops.map((x) => JSON.stringify({ type: x.type, id: x.id, process: x.process, user: x.user, f: x.input.f, input: x.input, output: x.output ?? null, error: x.error ?? null, invoke: x.call, complete: x.ret })),
-      ...run.roles.map((r) => JSON.stringify({ type: 'role', ...r })),
-      ...run.notes.map((n) => JSON.stringify({ type: 'fault', ...n })),
-    ];
-    writeFileSync(join(d, 'history.jsonl'), lines.join('\n') + '\n', { mode: 0o600 });
     writeFileSync(join(d, 'summary.json'), JSON.stringify(summary, null, 1) + '\n', { mode: 0o600 });
-    writeFileSync(join(d, 'services.log'), run.serviceLog.join('\n') + '\n', { mode: 0o600 });
   }
   if (f.json) console.log(JSON.stringify(summary));
   else {

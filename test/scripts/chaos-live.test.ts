@@ -32,6 +32,7 @@ describe('bkv chaos live', () => {
       [['--mutation', 'nope'], /unknown mutation 'nope' \(.*ke2-before-commit/],
       [['--replicas', '2'], /--replicas must be a whole number 3..7/],
       [['--limit', '1000'], /--limit must be a whole number 3..100/],
+      [['--recheck', '/nonexistent/bkv-report'], /no summary.json and history.jsonl there/],
     ];
     for (const [args, msg] of cases) {
       const r = await run('chaos', 'live', ...args);
@@ -66,6 +67,10 @@ describe('bkv chaos live', () => {
       expect(new Set(history.map((h) => h.type))).toEqual(expect.objectContaining(new Set(['ok', 'role'])));
       // Passwords are numbered in what is written; the words a device typed never are.
       for (const f of readdirSync(dir)) expect(readFileSync(join(dir, f)).toString('latin1')).not.toMatch(/password \d+ of run|guess \d+\.\d+ of run/);
+      // The saved run judged again, without running anything: the same verdict.
+      const again = await run('chaos', 'live', '--recheck', dir, '--json');
+      expect(again.status).toBe(1);
+      expect((JSON.parse(again.stdout) as { violations: string[] }).violations).toEqual(s.violations);
       const html = readFileSync(join(dir, 'index.html'), 'utf8');
       expect(html).toMatch(/FAILED: \d+ violations?</);
       expect(html).toMatch(/<a href="#violation-1"><line[^>]*class="violation"/);

@@ -1,7 +1,7 @@
 // The checks of a live chaos run (scripts/chaos/live-check.ts) on histories made to pass and made
 // to break each one: the checker must not pass a bad history, nor fail a good one.
 import { describe, expect, it } from 'vitest';
-import { checkLiveRun, liveRunHistory } from '../../scripts/chaos/live-check.ts';
+import { checkLiveRun, liveRunFromReport, liveRunHistory } from '../../scripts/chaos/live-check.ts';
 import type { LiveOp, LiveRun } from '../../scripts/chaos/live.ts';
 
 let nextId = 1;
@@ -125,5 +125,16 @@ describe('live run checks', () => {
     expect(h.ops.filter((o) => o.op === 'outcome').map((o) => o.outcome)).toEqual(['released', 'wrong_password', 'wrong_password']);
     expect(h.ops.find((o) => o.outcome === 'released')!.correct).toBe(true);
     expect(h.attempts.filter((a) => a.user === 'user2').map((a) => a.left)).toEqual([2, 1, 0]);
+  });
+
+  it('a saved report reads back for --recheck; a file that is not one is refused with a typed error', () => {
+    const r = run(honest());
+    const summary = JSON.stringify({ settings: r.settings, run: { users: r.users, healedAt: r.healedAt, convergedAt: r.convergedAt, firstOkAfterHeal: r.firstOkAfterHeal, end: r.end } });
+    const history = r.ops.map((o) => JSON.stringify({ type: o.type, id: o.id, process: o.process, user: o.user, f: o.input.f, input: o.input, output: o.output ?? null, error: o.error ?? null, invoke: o.call, complete: o.ret })).join('\n');
+    const back = liveRunFromReport(summary, history + '\n' + JSON.stringify({ type: 'role', at: 0, id: 'r1', role: 'leader', term: 2 }));
+    expect(back.ops).toHaveLength(r.ops.length);
+    expect(checkLiveRun(back).violations).toEqual([]);
+    expect(() => liveRunFromReport('{', history)).toThrow(expect.objectContaining({ code: 'BAD_REPORT' }));
+    expect(() => liveRunFromReport(summary, '{"type":"ok","id":"x"}')).toThrow(/line 1 is not an operation/);
   });
 });
