@@ -6,7 +6,8 @@
 export interface Model<S, I, O> {
   init(): S;
   /** Next state if `input` producing `output` is legal in `state`, else null. output === undefined means the
-   *  operation's outcome is unknown (it may have taken effect, with any output): return the state after it took effect. */
+   *  operation's outcome is unknown (it may have taken effect, with any output): return the state after it took effect.
+   *  Returning `state` itself for a step that changes nothing spares the search a key() call. */
   step(state: S, input: I, output: O | undefined): S | null;
   /** Canonical string of a state, for the memo cache (equal states -> equal strings). */
   key(state: S): string;
@@ -104,19 +105,6 @@ function plainKey(v: unknown): string | undefined {
   return undefined;
 }
 
-/** Run-length words: the linearized set is mostly a solid prefix of ones, so this stays short. */
-function bitsKey(bits: Uint32Array): string {
-  let s = '';
-  for (let i = 0; i < bits.length;) {
-    const w = bits[i]!;
-    let j = i + 1;
-    while (j < bits.length && bits[j] === w) j++;
-    s += j - i === 1 ? `${w.toString(36)},` : `${j - i}*${w.toString(36)},`;
-    i = j;
-  }
-  return s;
-}
-
 /** A configuration the search has entered: which unknown ops it had linearized, and whether it is done. */
 interface Visited {
   unknown: bigint;
@@ -131,13 +119,6 @@ function checkPartition<S, I, O>(model: Model<S, I, O>, partition: string, unsor
   // Completed ops and unknown ones are kept apart. Completed ops must all be linearized, in the list
   // of calls and returns Porcupine walks; unknown ones may be linearized any time after their call, or
   // never, so they sit in a list of their own that is only tried once the completed candidates are.
-  const slot = new Int32Array(n);
-  const unknownOps: number[] = [];
-  let knownCount = 0;
-  for (let i = 0; i < n; i++) {
-    if (ops[i]!.ret === null) slot[i] = unknownOps.push(i) - 1;
-    else slot[i] = knownCount++;
-  }
 
   const events: { time: number; rank: number; op: number; call: boolean }[] = [];
   for (let i = 0; i < n; i++) {
@@ -156,11 +137,19 @@ function checkPartition<S, I, O>(model: Model<S, I, O>, partition: string, unsor
   const isCall = new Uint8Array(E);
   const callAt = new Int32Array(n);
   const retAt = new Int32Array(n);
+  // Completed ops are numbered in the order of their calls, so the first call still in the list is
+  // the lowest one not linearized: every lower bit is set, and the memo key can start there.
+  const slot = new Int32Array(n);
+  const unknownOps: number[] = [];
+  let knownCount = 0;
   events.forEach((ev, p) => {
     opOf[p] = ev.op;
     isCall[p] = ev.call ? 1 : 0;
-    if (ev.call) callAt[ev.op] = p;
-    else retAt[ev.op] = p;
+    if (ev.call) {
+      callAt[ev.op] = p;
+      if (ops[ev.op]!.ret === null) slot[ev.op] = unknownOps.push(ev.op) - 1;
+      else slot[ev.op] = knownCount++;
+    } else retAt[ev.op] = p;
   });
   const next = new Int32Array(E + 2);
   const prev = new Int32Array(E + 2);
@@ -213,8 +202,24 @@ function checkPartition<S, I, O>(model: Model<S, I, O>, partition: string, unsor
   }
 
   const known = new Uint32Array((knownCount + 31) >>> 5);
+  /** The highest completed op linearized, or -1: no bit above it is set. */
+  let highest = -1;
+  /**
+   * The linearized completed ops as a string: the first one not linearized (all below it are), then
+   * the words from there to `upTo`, the highest one linearized. Within the window of concurrent ops
+   * that is a word or two, where the whole bitset would be n/32.
+   */
+  const knownKey = (upTo: number): string => {
+    const first = next[HEAD] === TAIL ? knownCount : slot[opOf[next[HEAD]!]!]!;
+    let k = `${first}`;
+    for (let w = first >>> 5; w <= upTo >>> 5 && upTo > first; w++) k += `,${known[w]!.toString(36)}`;
+    return k;
+  };
+  // The same set twice: words for the per-candidate test, a bigint for the memo's inclusion test.
+  const unknownWords = new Uint32Array((m + 31) >>> 5);
   let unknown = 0n;
   const flip = (k: number) => { known[k >>> 5] ^= 1 << (k & 31); };
+  const flipUnknown = (u: number) => { unknownWords[u >>> 5] ^= 1 << (u & 31); };
 
   // Keyed by the completed ops linearized and the model state. Which unknown ops were linearized is
   // compared by inclusion: with all else equal, having linearized fewer of them only leaves more
@@ -222,8 +227,9 @@ function checkPartition<S, I, O>(model: Model<S, I, O>, partition: string, unsor
   // That is what keeps a timed-out op whose effect was later overwritten (a register, say) from
   // doubling the rest of the search.
   const seen = new Map<string, Visited[]>();
-  const stack: { op: number; at: number; bound: number; state: S; visit: Visited }[] = [];
+  const stack: { op: number; at: number; bound: number; highest: number; state: S; key: string; visit: Visited }[] = [];
   let state = model.init();
+  let stateKey = model.key(state);
   let explored = 0;
   let outOfBudget = false;
   let best = -1;
@@ -239,39 +245,58 @@ function checkPartition<S, I, O>(model: Model<S, I, O>, partition: string, unsor
     return v;
   };
 
+  /** Undoes taking completed op i (call entry `at`) out of the list. */
+  const putBack = (i: number, at: number) => {
+    relink(next, prev, retAt[i]!);
+    relink(next, prev, at);
+    flip(slot[i]!);
+  };
+
   /** Linearizes op i next if the model allows it and the configuration is new; `at` is its list node. */
   const tryLift = (i: number, at: number, bound: number): boolean => {
     const op = ops[i]!;
     const isUnknown = op.ret === null;
     if (isUnknown) {
       const w = waitsFor[slot[i]!]!;
-      if (w >= 0 && ((unknown >> BigInt(w)) & 1n) === 0n) return false;
+      if (w >= 0 && (unknownWords[w >>> 5]! & (1 << (w & 31))) === 0) return false;
     }
     const after = model.step(state, op.input, isUnknown ? undefined : op.output);
     if (after === null) return false;
-    const nextUnknown = isUnknown ? unknown | (1n << BigInt(slot[i]!)) : unknown;
-    if (!isUnknown) flip(slot[i]!);
-    const memo = `${bitsKey(known)}|${model.key(after)}`;
+    // An unknown op that changes nothing is better never linearized: leaving it keeps it available,
+    // and a search that succeeds with it here succeeds without it. Every open unknown op is tried in
+    // every configuration the search leaves, so the cheap test (the model handed back the same
+    // state) goes first.
+    if (isUnknown && after === state) return false;
+    const afterKey = model.key(after);
+    if (isUnknown && afterKey === stateKey) return false;
+    const nextUnknown = isUnknown ? unknown | (1n << BigInt(at)) : unknown;
+    if (!isUnknown) {
+      flip(slot[i]!);
+      unlink(next, prev, at);
+      unlink(next, prev, retAt[i]!);
+    }
+    const memo = `${knownKey(isUnknown ? highest : Math.max(highest, slot[i]!))}|${afterKey}`;
     const visits = seen.get(memo);
     if (visits?.some((v) => v.unknown === nextUnknown || (v.closed && (v.unknown & ~nextUnknown) === 0n))) {
-      if (!isUnknown) flip(slot[i]!);
+      if (!isUnknown) putBack(i, at);
       return false;
     }
     if (++explored > budget) {
+      if (!isUnknown) putBack(i, at);
       outOfBudget = true;
       return false;
     }
     const visit: Visited = { unknown: nextUnknown, closed: false };
     if (visits) visits.push(visit);
     else seen.set(memo, [visit]);
-    stack.push({ op: i, at, bound, state, visit });
+    stack.push({ op: i, at, bound, highest, state, key: stateKey, visit });
+    if (isUnknown) {
+      flipUnknown(at);
+      unlink(unext, uprev, at);
+    } else highest = Math.max(highest, slot[i]!);
     state = after;
+    stateKey = afterKey;
     unknown = nextUnknown;
-    if (isUnknown) unlink(unext, uprev, at);
-    else {
-      unlink(next, prev, at);
-      unlink(next, prev, retAt[i]!);
-    }
     return true;
   };
 
@@ -312,21 +337,22 @@ function checkPartition<S, I, O>(model: Model<S, I, O>, partition: string, unsor
       for (let p = next[HEAD]!; p !== bound; p = next[p]!) if (isCall[p] && opOf[p] !== stuck) pending.push(ops[opOf[p]!]!.id);
       bestStuck = [ops[stuck]!.id, ...pending];
     }
-    const top = stack.pop();
-    if (!top) return verdict(false);
-    top.visit.closed = true;
-    state = top.state;
-    if (ops[top.op]!.ret === null) {
-      unknown &= ~(1n << BigInt(slot[top.op]!));
-      relink(unext, uprev, top.at);
-      bound = top.bound;
-      u = unext[top.at]!;
+    const frame = stack.pop();
+    if (!frame) return verdict(false);
+    frame.visit.closed = true;
+    state = frame.state;
+    stateKey = frame.key;
+    highest = frame.highest;
+    if (ops[frame.op]!.ret === null) {
+      unknown &= ~(1n << BigInt(frame.at));
+      flipUnknown(frame.at);
+      relink(unext, uprev, frame.at);
+      bound = frame.bound;
+      u = unext[frame.at]!;
     } else {
-      flip(slot[top.op]!);
-      relink(next, prev, retAt[top.op]!);
-      relink(next, prev, top.at);
+      putBack(frame.op, frame.at);
       inUnknown = false;
-      e = next[top.at]!;
+      e = next[frame.at]!;
     }
   }
 }

@@ -14,12 +14,48 @@
 // - ChatD blind (malicious-ChatD mode): nothing ChatD saw holds a window of a password or K.
 // - healing: after the faults stop, every replica converges and operations succeed again.
 import { InputError } from '../../protocol/errors.ts';
-import { checkLinearizable, type Operation } from './linearizability.ts';
+import { checkLinearizable, type Model, type Operation } from './linearizability.ts';
 import type { LiveOp, LiveRun } from './live.ts';
-import { recordModel, type RecordInput, type RecordOutput } from './record-model.ts';
+import { recordModel, type RecordInput, type RecordOutput, type RecordState } from './record-model.ts';
 import type { HistoryOp, RunHistory } from './workload.ts';
 
 export interface LiveCheck { name: string; ok: boolean; detail: string }
+
+/** What the record model is told, plus `maybe`: an attempt whose outcome is unknown. */
+export type LiveOutput = RecordOutput | { r: 'maybe' };
+
+/**
+ * The record model with charges of unknown outcome kept as a count instead of as operations the
+ * search must place: an attempt whose KE2 never came may be charged at any point after it was sent,
+ * or never, and thousands of them (a long run with crashes) would make the search exponential. A
+ * reading that shows fewer attempts left than the known charges explain uses just as many pending
+ * charges as it needs, at that point: using them later is always at least as good (they commute with
+ * everything but a reset, and a reset wipes charges made before it). The same rule lets a record at
+ * its limit read as locked: the firmware locks it by itself once its last session lapses.
+ */
+export function withPendingCharges(inner: Model<RecordState, RecordInput, RecordOutput>): Model<{ r: RecordState; pending: number }, RecordInput, LiveOutput> {
+  return {
+    init: () => ({ r: inner.init(), pending: 0 }),
+    key: (s) => `${inner.key(s.r)}|${s.pending}`,
+    step(s, input, out) {
+      if (out?.r === 'maybe') return { r: s.r, pending: s.pending + 1 };
+      const plain = out as RecordOutput | undefined;
+      const direct = inner.step(s.r, input, plain);
+      if (direct) return { r: direct, pending: s.pending };
+      const r = s.r;
+      if (!plain || !r.exists || r.locked) return null;
+      // How many pending charges the answer needs to have landed first.
+      let need: number;
+      let lock = false;
+      if (plain.r === 'locked' || (plain.r === 'status' && plain.state === 'locked')) { need = Math.max(0, r.limit - r.used); lock = true; }
+      else if (plain.r === 'wrong' || (plain.r === 'status' && plain.state === 'registered')) need = r.limit - plain.left - r.used;
+      else return null;
+      if (need < 0 || need > s.pending || (need === 0 && !lock)) return null;
+      const next = inner.step({ ...r, used: r.used + need, locked: lock }, input, plain);
+      return next ? { r: next, pending: s.pending - need } : null;
+    },
+  };
+}
 export interface LiveVerdict { ok: boolean; checks: LiveCheck[]; violations: string[] }
 
 const left = (op: LiveOp): { left: number; locked: boolean } | undefined => {
@@ -38,10 +74,13 @@ export function checkLiveRun(run: LiveRun, opts: { maxStatesPerUser?: number } =
 
   // Linearizability, per user. A fail had no effect and is left out, and so is a read whose answer
   // never came (it cannot have changed anything); any other info op may have taken effect.
-  const ops: Operation<RecordInput, RecordOutput>[] = run.ops.filter((o) => o.type !== 'fail' && !(o.type === 'info' && o.input.f === 'status')).map((o) => ({
-    id: o.id, partition: o.user, input: o.input, ...(o.type === 'ok' && o.output ? { output: o.output } : {}), call: o.call, ret: o.type === 'ok' ? o.ret : null,
-  }));
-  const lin = checkLinearizable(recordModel(), ops, { maxStatesPerPartition: opts.maxStatesPerUser });
+  // An attempt of unknown outcome (no KE2 came) becomes a charge that may land at any later point,
+  // or never (withPendingCharges): an operation at its call, not one the search must place.
+  const ops: Operation<RecordInput, LiveOutput>[] = run.ops.filter((o) => o.type !== 'fail' && !(o.type === 'info' && o.input.f === 'status')).map((o) => {
+    if (o.type === 'info' && o.input.f === 'attempt') return { id: o.id, partition: o.user, input: o.input, output: { r: 'maybe' }, call: o.call, ret: o.call };
+    return { id: o.id, partition: o.user, input: o.input, ...(o.type === 'ok' && o.output ? { output: o.output } : {}), call: o.call, ret: o.type === 'ok' ? o.ret : null };
+  });
+  const lin = checkLinearizable(withPendingCharges(recordModel()), ops, { maxStatesPerPartition: opts.maxStatesPerUser });
   const byId = new Map(run.ops.map((o) => [o.id, o]));
   for (const p of lin.partitions) {
     if (p.ok === true) continue;
@@ -151,6 +190,7 @@ export function liveRunFromReport(summaryText: string, historyText: string): Liv
       ops.push({
         id: h.id, user: h.user, process: String(h.process), input: h.input as LiveOp['input'], type: h.type, call: h.invoke,
         ret: typeof h.complete === 'number' ? h.complete : null, ...(h.output ? { output: h.output as LiveOp['output'] } : {}), ...(typeof h.error === 'string' ? { error: h.error } : {}),
+        ...(h.type === 'info' ? { gaveUp: typeof h.gaveUp === 'number' ? h.gaveUp : h.invoke } : {}),
       });
     }
   }

@@ -21,10 +21,11 @@ export type RecordOutput =
   | { r: 'status'; state: 'none' | 'registered' | 'locked'; left: number; limit: number };
 
 export interface SessionInfo {
+  readonly id: string;
   /** The registration the attempt was charged against; -1 when the user did not exist (a fake KE2). */
-  ver: number;
+  readonly ver: number;
   /** The password id registered at the attempt; meaningless when ver is -1. */
-  pw: number;
+  readonly pw: number;
 }
 
 export interface RecordState {
@@ -36,39 +37,59 @@ export interface RecordState {
   readonly ver: number;
   /** ver -> the K id first released for it: every later release of that registration must match. */
   readonly kOf: ReadonlyMap<number, number>;
-  readonly sessions: ReadonlyMap<string, SessionInfo>;
+  /** Open sessions sorted by id: the key is built on every step, and this spares it a sort. */
+  readonly sessions: readonly SessionInfo[];
+}
+
+/** Where `id` is, or would be inserted, in sessions sorted by id. */
+function place(sessions: readonly SessionInfo[], id: string): number {
+  let lo = 0;
+  let hi = sessions.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (sessions[mid]!.id < id) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+function withSession(sessions: readonly SessionInfo[], info: SessionInfo): readonly SessionInfo[] {
+  const at = place(sessions, info.id);
+  const out = sessions.slice();
+  if (sessions[at]?.id === info.id) out[at] = info;
+  else out.splice(at, 0, info);
+  return out;
 }
 
 export function recordModel(opts: { resetOnSuccess?: boolean } = {}): Model<RecordState, RecordInput, RecordOutput> {
   const resetOnSuccess = opts.resetOnSuccess ?? true;
 
-  const withSessions = (s: RecordState, edit: (m: Map<string, SessionInfo>) => void): Map<string, SessionInfo> => {
-    const m = new Map(s.sessions);
-    edit(m);
-    return m;
-  };
-
   function attempt(s: RecordState, input: { session?: string }, out: RecordOutput | undefined): RecordState | null {
-    const remember = (info: SessionInfo) =>
-      input.session === undefined ? s.sessions : withSessions(s, (m) => m.set(input.session!, info));
+    const remember = (ver: number, pw: number) =>
+      input.session === undefined ? s.sessions : withSession(s.sessions, { id: input.session, ver, pw });
     if (!s.exists) {
       // The device cannot tell a fake KE2 from a real one, and must not be able to.
       if (out && out.r !== 'ke2') return null;
-      return { ...s, sessions: remember({ ver: -1, pw: -1 }) };
+      return { ...s, sessions: remember(-1, -1) };
     }
     if (s.locked || s.used >= s.limit) {
       if (out && out.r !== 'locked') return null;
       return { ...s, locked: true };
     }
     if (out && out.r !== 'ke2') return null;
-    return { ...s, used: s.used + 1, sessions: remember({ ver: s.ver, pw: s.pw }) };
+    return { ...s, used: s.used + 1, sessions: remember(s.ver, s.pw) };
   }
 
   function outcome(s: RecordState, input: { session: string; pw: number }, out: RecordOutput | undefined): RecordState | null {
-    const session = s.sessions.get(input.session);
-    if (!session) return null;
-    // One KE3 per session, whatever it was answered.
-    const consumed = { ...s, sessions: withSessions(s, (m) => m.delete(input.session)) };
+    const at = place(s.sessions, input.session);
+    const session = s.sessions[at];
+    if (session?.id !== input.session) return null;
+    // One KE3 per session, whatever it was answered. Except when the answer is unknown: a client sends
+    // one KE3 per session, so this op is the only one that could ever use it, and whether it was used
+    // cannot be observed. Keeping it makes "took effect, changing nothing else" the same state as
+    // "never happened", which is what lets the search drop such an op instead of carrying both
+    // possibilities to the end of the history.
+    const consumed = out ? { ...s, sessions: s.sessions.filter((_, j) => j !== at) } : s;
     if (!s.exists || session.ver === -1) {
       if (out && !(out.r === 'wrong' && out.left === 0)) return null;
       return consumed;
@@ -108,7 +129,7 @@ export function recordModel(opts: { resetOnSuccess?: boolean } = {}): Model<Reco
   }
 
   return {
-    init: () => ({ exists: false, locked: false, used: 0, limit: 0, pw: -1, ver: 0, kOf: new Map(), sessions: new Map() }),
+    init: () => ({ exists: false, locked: false, used: 0, limit: 0, pw: -1, ver: 0, kOf: new Map(), sessions: [] }),
 
     step(s, input, out) {
       switch (input.f) {
@@ -136,14 +157,11 @@ export function recordModel(opts: { resetOnSuccess?: boolean } = {}): Model<Reco
     // that differ only in where an unknown register or delete landed thereby meet again instead of
     // being searched twice to the end.
     key(s) {
-      const ids = [...s.sessions.keys()].sort();
-      let kinds = '';
-      for (const id of ids) {
-        const v = s.sessions.get(id)!.ver;
-        kinds += v === -1 ? 'f' : v === s.ver && s.exists ? 'c' : 'o';
-      }
-      if (!s.exists) return JSON.stringify([0, ids, kinds]);
-      return JSON.stringify([s.locked ? 1 : 2, s.used, s.limit, s.pw, s.kOf.get(s.ver) ?? null, ids, kinds]);
+      // Ids are length-prefixed so no id can run into the next.
+      let open = '';
+      for (const x of s.sessions) open += `${x.id.length}:${x.id}${x.ver === -1 ? 'f' : x.ver === s.ver && s.exists ? 'c' : 'o'}`;
+      if (!s.exists) return `none|${open}`;
+      return `${s.locked ? 'locked' : 'open'}|${s.used}|${s.limit}|${s.pw}|${s.kOf.get(s.ver) ?? ''}|${open}`;
     },
   };
 }

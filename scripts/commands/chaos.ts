@@ -9,8 +9,8 @@ import { parseFlags, UsageError, wantsHelp, type Command } from '../cli.ts';
 import { FAULTS, describeSettings, judgeSeed, replayCommand, runSeeds, shrink, type Fault, type SeedVerdict, type Shrunk, type SimJob } from '../chaos/campaign.ts';
 import { MUTATION_CASES } from '../chaos/mutations.ts';
 import { renderRunReport, simSettingsText } from '../chaos/report.ts';
-import { runLive, type LiveTransport } from '../chaos/live.ts';
-import { checkLiveRun, liveRunFromReport, liveRunHistory } from '../chaos/live-check.ts';
+import { runLive, type LiveRun, type LiveTransport } from '../chaos/live.ts';
+import { checkLiveRun, liveRunFromReport, liveRunHistory, type LiveVerdict } from '../chaos/live-check.ts';
 import { MUTATIONS, type Mutation } from '../../vault/replica/core.ts';
 
 const simHelp = `usage: bkv chaos sim --seeds N [--from S] [--faults LIST] [--workers K] [--liveness] [--json] [--report DIR]
@@ -375,6 +375,18 @@ async function sim(argv: string[]): Promise<number> {
   return bad.length === 0 ? 0 : 1;
 }
 
+/** The page of a live run (`--report`, and again after `--recheck`). */
+function liveReportPage(run: LiveRun, verdict: LiveVerdict, rerun: string): string {
+  const st = run.settings;
+  const faults = run.notes.filter((n) => !['heal', 'converged', 'heal (faults stop)'].includes(n.line) && !n.line.startsWith('refused')).length;
+  return renderRunReport({
+    title: `bkv chaos live: seed ${st.seed}, ${st.minutes} min, ${st.transport}${st.mutation ? `, mutation ${st.mutation}` : ''}${st.maliciousChatd ? ', malicious ChatD' : ''}`,
+    seed: st.seed, settingsText: `${st.replicas} replicas as ${st.transport === 'thread' ? 'worker threads' : 'processes over TCP'}, WAN ${st.wan}, ${st.users} users with owners and ${st.attackOnlyUsers} attack-only, ${st.attackersPerUser} attackers each, limit ${st.limit}; faults: ${st.faults.join(', ')}.`,
+    ok: verdict.ok, violations: verdict.violations, history: liveRunHistory(run), replay: rerun,
+    summary: [`${run.ops.length} operations, ${faults} faults over ${duration(run.end / 1000)}`, ...verdict.checks.map((c) => `${c.ok ? 'held' : 'FAILED'}: ${c.name} (${c.detail})`)],
+  });
+}
+
 /** Judges a saved live run again (DIR/summary.json and DIR/history.jsonl), e.g. after a checker change. */
 function recheckLive(dir: string, json: boolean): number {
   let run;
@@ -385,6 +397,11 @@ function recheckLive(dir: string, json: boolean): number {
     throw new UsageError(code === 'ENOENT' ? `--recheck ${dir.slice(0, 80)}: no summary.json and history.jsonl there (a \`bkv chaos live --report DIR\`)` : `--recheck ${dir.slice(0, 80)}: ${(e as Error).message}`);
   }
   const verdict = checkLiveRun(run);
+  // The page and the summary of DIR follow the new verdict.
+  const saved = JSON.parse(readFileSync(join(dir, 'summary.json'), 'utf8')) as Record<string, unknown>;
+  const summary = { ...saved, ok: verdict.ok, checks: verdict.checks, violations: verdict.violations };
+  writeFileSync(join(dir, 'summary.json'), JSON.stringify(summary, null, 1) + '\n', { mode: 0o600 });
+  writeFileSync(join(dir, 'index.html'), liveReportPage(run, verdict, String(saved.rerun ?? '')), { mode: 0o600 });
   if (json) console.log(JSON.stringify({ mode: 'recheck', ok: verdict.ok, operations: run.ops.length, checks: verdict.checks, violations: verdict.violations }));
   else {
     console.log(`${verdict.ok ? 'held every check' : `FAILED: ${verdict.violations.length} violation${verdict.violations.length === 1 ? '' : 's'}`}: ${run.ops.length} operations of ${dir}`);
@@ -467,7 +484,7 @@ async function live(argv: string[]): Promise<number> {
   if (f.report) {
     const d = f.report;
     const lines = [
-      ...run.ops.map((x) => JSON.stringify({ type: x.type, id: x.id, process: x.process, user: x.user, f: x.input.f, input: x.input, output: x.output ?? null, error: x.error ?? null, invoke: x.call, complete: x.ret })),
+      ...run.ops.map((x) => JSON.stringify({ type: x.type, id: x.id, process: x.process, user: x.user, f: x.input.f, input: x.input, output: x.output ?? null, error: x.error ?? null, invoke: x.call, complete: x.ret, ...(x.gaveUp !== undefined ? { gaveUp: x.gaveUp } : {}) })),
       ...run.roles.map((r) => JSON.stringify({ type: 'role', ...r })),
       ...run.notes.map((n) => JSON.stringify({ type: 'fault', ...n })),
     ];
@@ -479,13 +496,7 @@ async function live(argv: string[]): Promise<number> {
   const summary = { ...base, ok: verdict.ok, checks: verdict.checks, violations: verdict.violations };
   if (f.report) {
     const d = f.report;
-    const history = liveRunHistory(run);
-    writeFileSync(join(d, 'index.html'), renderRunReport({
-      title: `bkv chaos live: seed ${seed}, ${minutes} min, ${transport}${o.mutation ? `, mutation ${o.mutation}` : ''}${o.maliciousChatd ? ', malicious ChatD' : ''}`,
-      seed, settingsText: `${o.replicas} replicas as ${transport === 'thread' ? 'worker threads' : 'processes over TCP'}, WAN ${run.settings.wan}, ${o.users} users with owners and ${o.users} attack-only, ${o.attackersPerUser} attackers each, limit ${o.limit}; faults: ${run.settings.faults.join(', ')}.`,
-      ok: verdict.ok, violations: verdict.violations, history, replay: rerun,
-      summary: [`${run.ops.length} operations, ${summary.faults} faults in ${duration(summary.seconds)}`, ...verdict.checks.map((c) => `${c.ok ? 'held' : 'FAILED'}: ${c.name} (${c.detail})`)],
-    }), { mode: 0o600 });
+    writeFileSync(join(d, 'index.html'), liveReportPage(run, verdict, rerun), { mode: 0o600 });
     writeFileSync(join(d, 'summary.json'), JSON.stringify(summary, null, 1) + '\n', { mode: 0o600 });
   }
   if (f.json) console.log(JSON.stringify(summary));

@@ -137,4 +137,22 @@ describe('live run checks', () => {
     expect(() => liveRunFromReport('{', history)).toThrow(expect.objectContaining({ code: 'BAD_REPORT' }));
     expect(() => liveRunFromReport(summary, '{"type":"ok","id":"x"}')).toThrow(/line 1 is not an operation/);
   });
+
+  it('an attempt of unknown outcome may charge once, at any point after it was sent, never before', () => {
+    const reg = op({ user: 'user1', input: { f: 'register', pw: 1, limit: 3 }, type: 'ok', output: { r: 'ok' }, call: 0, ret: 10 });
+    const lost = (t: number) => op({ user: 'user1', input: { f: 'attempt' }, type: 'info', error: 'VAULT_TIMEOUT', call: t, ret: null, gaveUp: t + 30 });
+    const status = (t: number, left: number) => op({ user: 'user1', input: { f: 'status' }, type: 'ok', output: { r: 'status', state: 'registered', left, limit: 3 }, call: t, ret: t + 5 });
+    const lin = (ops: LiveOp[]) => checkLiveRun(run(ops)).checks.find((c) => c.name === 'linearizable')!.ok;
+    expect(lin([reg, lost(20), status(100, 3), status(200, 2), status(300, 2)])).toBe(true);
+    // Two lost attempts cannot account for three charges, nor one for a reading before it was sent.
+    expect(lin([reg, lost(20), lost(30), status(100, 0)])).toBe(false);
+    expect(lin([reg, status(15, 2), lost(20)])).toBe(false);
+    // Nor can a charge once counted come back.
+    expect(lin([reg, lost(20), status(100, 2), status(200, 3)])).toBe(false);
+    // A record at its limit may read as locked (the firmware locks it when its last session lapses).
+    const atLimit = [reg, ...guess('user1', 20, 'a', { r: 'wrong', left: 2 }), ...guess('user1', 60, 'b', { r: 'wrong', left: 1 }),
+      op({ user: 'user1', input: { f: 'attempt', session: 'c' }, type: 'ok', output: { r: 'ke2' }, call: 100, ret: 110 })];
+    expect(lin([...atLimit, op({ user: 'user1', input: { f: 'status' }, type: 'ok', output: { r: 'status', state: 'locked', left: 0, limit: 3 }, call: 200, ret: 210 })])).toBe(true);
+    expect(lin([...atLimit.slice(0, 3), op({ user: 'user1', input: { f: 'status' }, type: 'ok', output: { r: 'status', state: 'locked', left: 0, limit: 3 }, call: 200, ret: 210 })])).toBe(false);
+  });
 });
