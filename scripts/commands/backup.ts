@@ -10,7 +10,8 @@ import type { ParseArgsConfig } from 'node:util';
 import { parseFlags, UsageError, wantsHelp, type Command } from '../cli.ts';
 import { CloudFolder } from '../../client/cloud.ts';
 import { createBackup, DEFAULT_ACCOUNT, readBackupInfo, restoreBackup, type CreateBackupResult } from '../../client/backup.ts';
-import { formatKey64Lines, generateBackupKey, parseKey64 } from '../../client/key64.ts';
+import { formatKey64, generateBackupKey, parseKey64 } from '../../client/key64.ts';
+import { openSecretOut } from '../secret-out.ts';
 import { BackupError, Key64Error } from '../../client/errors.ts';
 import type { BackupMode } from '../../client/backup-format.ts';
 import { passwordCreate, passwordRestore, passwordSubcommands } from './backup-password.ts';
@@ -45,8 +46,8 @@ export interface CreateProtection {
   /** Further --help lines for flags that do not select this protection (e.g. how to reach the vault). */
   extraUsage?: string[];
   selected(values: FlagValues): boolean;
-  /** Supplies K before anything is written; `afterUpload` runs once the backup is in the cloud. */
-  prepare(values: FlagValues, ctx: BackupContext): Promise<{ key: Uint8Array; afterUpload(r: CreateBackupResult): Promise<void> }>;
+  /** Supplies K before anything is written; `afterUpload` runs once the backup is in the cloud, `discard` if it never got there. */
+  prepare(values: FlagValues, ctx: BackupContext): Promise<{ key: Uint8Array; afterUpload(r: CreateBackupResult): Promise<void>; discard?(): void }>;
 }
 
 export interface RestoreProtection {
@@ -160,24 +161,36 @@ async function key64FromFlags(values: FlagValues): Promise<Uint8Array> {
 
 export const key64Create: CreateProtection = {
   mode: 'key64',
-  flags: { key64: { type: 'boolean' } },
-  helpLines: ['  --key64           protect the backup with a new 64-digit key, printed once on stdout'],
-  selected: (v) => v['key64'] === true,
-  async prepare(_values, ctx) {
+  flags: { key64: { type: 'boolean' }, 'key64-out': { type: 'string' } },
+  helpLines: [
+    '  --key64           protect the backup with a new 64-digit key, printed once on stdout (only the key:',
+    '                    `> key.txt` makes a file --key64-file reads; what to do with it goes to stderr)',
+    '  --key64-out F     the same, but the key goes to a new file F (mode 0600; an existing F is refused',
+    '                    before anything is uploaded) instead of stdout',
+  ],
+  selected: (v) => v['key64'] === true || v['key64-out'] !== undefined,
+  async prepare(values, ctx) {
+    const outPath = values['key64-out'];
+    // Opened first: a --key64-out that cannot take the key must fail before the old backup is replaced.
+    const out = typeof outPath === 'string' ? openSecretOut(outPath, '--key64-out') : undefined;
     const key = generateBackupKey();
     return {
       key,
       async afterUpload(r) {
-        const lines = [
-          `Backup written: ${join(ctx.cloud.dir, r.object)} (${r.files} file${r.files === 1 ? '' : 's'}, ${human(r.plaintextBytes)}; ${human(r.backupBytes)} encrypted).`,
-          '',
-          'Your 64-digit backup key. Write it down and keep it safe: it is shown only this once, bkv does',
-          'not store it, and without it this backup cannot be restored.',
-          '',
-          ...formatKey64Lines(key).map((l) => `    ${l}`),
-          '',
-        ];
-        process.stdout.write(lines.join('\n'));
+        const written = `Backup written: ${join(ctx.cloud.dir, r.object)} (${r.files} file${r.files === 1 ? '' : 's'}, ${human(r.plaintextBytes)}; ${human(r.backupBytes)} encrypted).`;
+        const text = `${formatKey64(key)}\n`;
+        key.fill(0);
+        if (out) {
+          out.commit(text);
+          process.stderr.write(`${written}\nIts 64-digit key is in ${out.path} (mode 0600), and nowhere else: bkv does not store it, and without it this backup cannot be restored. Keep that file safe, or write the key down and delete it.\n`);
+          return;
+        }
+        // The advice before the key, so on a terminal it reads top to bottom; stdout gets only the key.
+        process.stderr.write(`${written}\nYour 64-digit backup key follows. Write it down and keep it safe: it is shown only this once, bkv does not store it, and without it this backup cannot be restored.\n`);
+        process.stdout.write(text);
+      },
+      discard() {
+        out?.discard();
       },
     };
   },
@@ -232,15 +245,21 @@ const create: BackupSubcommand = {
   async run(values, ctx) {
     if (typeof values['in'] !== 'string') throw new UsageError('create needs --in DIR|FILE');
     const protection = pickOne(createProtections, values, 'create');
-    const { key, afterUpload } = await protection.prepare(values, ctx);
-    const result = await createBackup({
-      input: values['in'],
-      key,
-      mode: protection.mode,
-      cloud: ctx.cloud,
-      account: ctx.account,
-      onProgress: ctx.progress('encrypt'),
-    });
+    const { key, afterUpload, discard } = await protection.prepare(values, ctx);
+    let result: CreateBackupResult;
+    try {
+      result = await createBackup({
+        input: values['in'],
+        key,
+        mode: protection.mode,
+        cloud: ctx.cloud,
+        account: ctx.account,
+        onProgress: ctx.progress('encrypt'),
+      });
+    } catch (e) {
+      discard?.();
+      throw e;
+    }
     ctx.progress.finish();
     await afterUpload(result);
     return 0;
