@@ -106,6 +106,18 @@ describe('bkv fleet up / status', () => {
     r = await cliProcess(['fleet', 'fault', 'crash', 'nowhere', '--state', stateDir]);
     expect(r.status).toBe(2);
     expect(r.err).toContain("no replica 'nowhere'");
+    // Crashing it again does nothing, and says so rather than claiming a crash.
+    r = await cliProcess(['fleet', 'fault', 'crash', follower, '--state', stateDir]);
+    expect(r.status, r.err).toBe(0);
+    expect(r.out).toContain(`${follower} was already down`);
+    expect(r.out).not.toContain(`crashed ${follower}`);
+    // The disk copy's path is printed, and it is there.
+    r = await cliProcess(['fleet', 'fault', 'snapshot-disk', follower, '--state', stateDir]);
+    expect(r.status, r.err).toBe(0);
+    const copy = /aside to (\S+?)[;,]/.exec(r.out)?.[1];
+    expect(copy, r.out).toBeDefined();
+    expect(existsSync(copy!)).toBe(true);
+    expect(copy!.startsWith(stateDir)).toBe(true);
 
     r = await cliProcess(['fleet', 'down', '--state', stateDir]);
     expect(r.status, r.err).toBe(0);
