@@ -480,6 +480,7 @@ function limitFrom(v: unknown): number | undefined {
 
 const enable: BackupSubcommand = {
   name: 'enable-password',
+  common: [],
   summary: 'protect this account\'s backups with a password: the vault keeps a new key K behind it',
   usage: [
     '  --password-file F the new password (- reads stdin; without it, prompts twice on a terminal)',
@@ -508,6 +509,7 @@ const enable: BackupSubcommand = {
 
 const change: BackupSubcommand = {
   name: 'change-password',
+  common: [],
   summary: 'replace the password (proves the old one; existing backups stay restorable)',
   usage: [
     '  --old-password-file F  the current password (- reads stdin; without it, prompts on a terminal)',
@@ -551,6 +553,7 @@ async function promptLine(prompt: string): Promise<string> {
 
 const disable: BackupSubcommand = {
   name: 'disable',
+  common: [],
   summary: 'delete the password backup\'s record and K from the vault (its backups become unrecoverable)',
   usage: ['  --yes             do not ask for confirmation (needed when stdin is not a terminal)', ...deviceUsage].join('\n'),
   help: [
@@ -588,6 +591,7 @@ const disable: BackupSubcommand = {
 
 const status: BackupSubcommand = {
   name: 'status',
+  common: ['cloud', 'account'],
   summary: 'show the vault\'s record for this account (enabled, attempts left, locked) and the cloud backup',
   usage: ['  --json            print as JSON', ...deviceUsage].join('\n'),
   help: 'Asks the vault (through ChatD) for this account\'s record state and attempts left; reads the cloud folder\'s backup header (no key needed).',

@@ -33,8 +33,10 @@ export interface BackupSubcommand {
   /** Option lines for `bkv backup NAME --help`; the common options are listed after them. */
   usage: string;
   help: string;
-  /** Flags beyond the common ones (--state, --cloud, --account, --progress). */
+  /** Flags beyond --state and the common ones it names in `common`. */
   flags: Options;
+  /** Which of --cloud, --account, --progress mean something to it (listed in its help and accepted). */
+  common: CommonFlag[];
   run(values: FlagValues, ctx: BackupContext): Promise<number>;
 }
 
@@ -58,20 +60,24 @@ export interface RestoreProtection {
   obtainKey(values: FlagValues, ctx: BackupContext): Promise<Uint8Array>;
 }
 
-const commonFlags = {
+const baseFlags = {
   state: { type: 'string' },
-  cloud: { type: 'string' },
-  account: { type: 'string' },
-  progress: { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
 } as const satisfies Options;
 
-const commonHelp = [
-  '  --state DIR       state directory (default .bkv)',
-  '  --cloud DIR       cloud folder standing in for Drive/iCloud (default <state>/cloud)',
-  `  --account NAME    whose backup: the object <cloud>/<NAME>.bkv (default '${DEFAULT_ACCOUNT}')`,
-  '  --progress        report bytes done/total on stderr even when it is not a terminal',
-];
+const commonFlags = {
+  cloud: { type: 'string' },
+  account: { type: 'string' },
+  progress: { type: 'boolean' },
+} as const satisfies Options;
+export type CommonFlag = keyof typeof commonFlags;
+
+const commonHelp: Record<CommonFlag, string> = {
+  cloud: '  --cloud DIR       cloud folder standing in for Drive/iCloud (default <state>/cloud)',
+  account: `  --account NAME    whose backup: the object <cloud>/<NAME>.bkv (default '${DEFAULT_ACCOUNT}')`,
+  progress: '  --progress        report bytes done/total on stderr even when it is not a terminal',
+};
+const stateHelp = '  --state DIR       state directory (default .bkv)';
 
 // ---- progress ---------------------------------------------------------------------------------
 
@@ -229,6 +235,7 @@ function pickOne<P extends { selected(v: FlagValues): boolean; helpLines: string
 
 const create: BackupSubcommand = {
   name: 'create',
+  common: ['cloud', 'account', 'progress'],
   summary: 'encrypt a chat backup folder or file and upload it to the cloud folder',
   get usage() {
     return ['  --in DIR|FILE     what to back up: a directory (packed with its subdirectories) or one file', ...createProtections.flatMap((p) => p.helpLines), ...createProtections.flatMap((p) => p.extraUsage ?? [])].join('\n');
@@ -268,6 +275,7 @@ const create: BackupSubcommand = {
 
 const restore: BackupSubcommand = {
   name: 'restore',
+  common: ['cloud', 'account', 'progress'],
   summary: 'download, verify and decrypt an account\'s backup into a new directory',
   get usage() {
     return ['  --out DIR         where to restore: must not exist or be empty; its parent must exist', ...restoreProtections.flatMap((p) => p.helpLines), ...restoreProtections.flatMap((p) => p.extraUsage ?? [])].join('\n');
@@ -309,7 +317,7 @@ const restore: BackupSubcommand = {
 export const subcommands: BackupSubcommand[] = [create, restore, ...passwordSubcommands];
 
 function subHelp(s: BackupSubcommand): string {
-  return [`usage: bkv backup ${s.name} [options]`, '', s.summary + '.', '', s.help, '', 'options:', s.usage, ...commonHelp].join('\n');
+  return [`usage: bkv backup ${s.name} [options]`, '', s.summary + '.', '', s.help, '', 'options:', s.usage, stateHelp, ...s.common.map((c) => commonHelp[c])].join('\n');
 }
 
 function topHelp(): string {
@@ -357,7 +365,7 @@ export const command: Command = {
       console.log(subHelp(sub));
       return 0;
     }
-    const { values } = parseRedacted(rest, { ...commonFlags, ...sub.flags });
+    const { values } = parseRedacted(rest, { ...baseFlags, ...Object.fromEntries(sub.common.map((c) => [c, commonFlags[c]])), ...sub.flags });
     const stateDir = typeof values['state'] === 'string' ? values['state'] : '.bkv';
     const cloudDir = typeof values['cloud'] === 'string' ? values['cloud'] : join(stateDir, 'cloud');
     const ctx: BackupContext = {

@@ -215,9 +215,19 @@ describe('bkv backup (CLI)', () => {
         const r = await run(['backup', s.name, '--help'], { cwd: dir });
         expect(r.status).toBe(0);
         const documented = new Set([...r.stdout.matchAll(/^ {2}(--[a-z0-9-]+)/gm)].map((m) => m[1]));
-        const accepted = new Set(Object.keys(s.flags).map((f) => `--${f}`).concat(['--state', '--cloud', '--account', '--progress']));
+        const accepted = new Set(Object.keys(s.flags).map((f) => `--${f}`).concat(['--state', ...s.common.map((c) => `--${c}`)]));
         expect(documented).toEqual(accepted);
       }
+      // The cloud folder and progress belong to the commands that move a backup; the vault-only ones
+      // neither take nor list them.
+      expect(subcommands.find((s) => s.name === 'status')!.common).toEqual(['cloud', 'account']);
+      for (const name of ['enable-password', 'change-password', 'disable']) {
+        expect(subcommands.find((s) => s.name === name)!.common, name).toEqual([]);
+        const r = await run(['backup', name, '--cloud', 'x', '--yes'], { cwd: dir });
+        expect(r.status, name).toBe(2);
+        expect(r.stderr, name).toContain("'--cloud'");
+      }
+      for (const name of ['create', 'restore']) expect(subcommands.find((s) => s.name === name)!.common, name).toEqual(['cloud', 'account', 'progress']);
       const top = await run(['backup', '--help'], { cwd: dir });
       for (const s of subcommands) expect(top.stdout).toContain(`  ${s.name} `);
       expect(command.help).toBe(top.stdout.trimEnd());
