@@ -1,9 +1,10 @@
 // Every password flow through the real `bkv backup` command code, over real sockets:
 // device (CLI) -> ChatD process -> vault process -> SoftHSM2 token + LMDB.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { cli, closedPort, makeChats, startRig, treeDigest, writeSecret, type Rig } from './fixture.ts';
+import { BKV, cli, closedPort, makeChats, startRig, treeDigest, writeSecret, type Rig } from './fixture.ts';
 
 let rig: Rig;
 beforeAll(async () => {
@@ -116,6 +117,27 @@ describe('password backups end to end (CLI -> ChatD -> vault -> SoftHSM2)', () =
       const text = readFileSync(p, 'utf8').trim();
       expect(rig.lines.join('\n')).not.toContain(text);
     }
+  });
+
+  it('disable on a terminal asks first: anything but "yes" erases nothing', async () => {
+    const erin = await rig.account('+15551110010');
+    const pw = writeSecret(rig.dir, 'pw-erin', 'erin password for the confirmation test');
+    let r = await cli(['backup', 'enable-password', '--password-file', pw, ...dev(erin)]);
+    expect(r.status, r.err).toBe(0);
+    // script(1) gives the CLI a pseudo-terminal as stdin; the answer is typed ahead into it.
+    const onTty = (answer: string) => {
+      const cmd = [process.execPath, BKV, 'backup', 'disable', ...dev(erin)].map((a) => `'${a}'`).join(' ');
+      return spawnSync('script', ['-qec', cmd, '/dev/null'], { input: answer, encoding: 'utf8', timeout: 60_000 });
+    };
+    const no = onTty('no\n');
+    expect(no.stdout).toContain('Type "yes"');
+    expect(no.stdout).toContain('not disabled');
+    expect(no.status).toBe(1);
+    expect((await statusJson(erin)).state).toBe('registered');
+    const yes = onTty('yes\n');
+    expect(yes.stdout).toContain('Password backup disabled');
+    expect(yes.status).toBe(0);
+    expect((await statusJson(erin)).state).toBe('none');
   });
 
   it('--limit out of the vault\'s range is a usage error naming it, before anything is sent', async () => {
