@@ -3,7 +3,7 @@
 // serve.json / vault-keys.json, a fault, and `bkv fleet down`.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, lstatSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -118,6 +118,15 @@ describe('bkv fleet up / status', () => {
     expect(copy, r.out).toBeDefined();
     expect(existsSync(copy!)).toBe(true);
     expect(copy!.startsWith(stateDir)).toBe(true);
+    // The fleet's disks (LMDB makes its files 0664), the copy, peers and records: the owner's alone.
+    const open: string[] = [];
+    const walk = (p: string) => {
+      const st = lstatSync(p);
+      if (st.mode & 0o077) open.push(`${p} ${(st.mode & 0o777).toString(8)}`);
+      if (st.isDirectory()) for (const n of readdirSync(p)) walk(join(p, n));
+    };
+    walk(stateDir);
+    expect(open).toEqual([]);
 
     r = await cliProcess(['fleet', 'down', '--state', stateDir]);
     expect(r.status, r.err).toBe(0);
