@@ -40,7 +40,8 @@ export class CloudFolder {
   /** Stores `source` under `name`, atomically replacing any existing object. Returns bytes written. */
   async put(name: string, source: AsyncIterable<Uint8Array>): Promise<number> {
     checkObjectName(name);
-    await mkdir(this.dir, { recursive: true });
+    // The cloud stand-in sits in the private state directory by default; it stays as private.
+    await mkdir(this.dir, { recursive: true, mode: 0o700 });
     const temp = join(this.dir, `.${name}${TEMP_MARK}${randomBytes(6).toString('hex')}`);
     const fh = await open(temp, 'wx', 0o600);
     let bytes = 0;

@@ -6,7 +6,7 @@
 // Children run in their own process group, so a Ctrl-C in the terminal reaches only the supervisor,
 // which then stops ChatD before the vault (no request is cut between the two).
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
@@ -487,6 +487,8 @@ export const servePaths = (stateDir: string) => ({
 function writeJsonAtomic(path: string, value: unknown, mode: number): void {
   const tmp = `${path}.tmp-${process.pid}`;
   writeFileSync(tmp, JSON.stringify(value, null, 2) + '\n', { mode });
+  // The mode of a new file is cut by the umask; set it exactly.
+  chmodSync(tmp, mode);
   renameSync(tmp, path);
 }
 
@@ -499,7 +501,7 @@ function readJson(path: string, what: string): unknown {
 }
 
 export function writeServeRecord(stateDir: string, r: ServeRecord): void {
-  writeJsonAtomic(servePaths(stateDir).serve, r, 0o644);
+  writeJsonAtomic(servePaths(stateDir).serve, r, 0o600);
 }
 
 /** The record of a running `bkv serve`, or undefined when none was written (or its process is gone). */
@@ -538,7 +540,7 @@ export function clearServeRecord(stateDir: string, pid = process.pid): void {
 
 export function writeVaultKeys(stateDir: string, keys: VaultKeys): void {
   const f: VaultKeysFile = { version: 1, source: 'computed by the vault from its token (bkv serve)', writtenAt: new Date().toISOString(), keys };
-  writeJsonAtomic(servePaths(stateDir).vaultKeys, f, 0o644);
+  writeJsonAtomic(servePaths(stateDir).vaultKeys, f, 0o600);
 }
 
 /**

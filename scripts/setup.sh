@@ -80,9 +80,11 @@ stamp=node_modules/.bkv-installed
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$lock_sum" ]; then
   # `npm install` rather than `npm ci`: the registry lacks some other platforms' optional prebuilt
   # packages (msgpackr-extract for darwin/win32), which `npm ci` treats as a lock-file mismatch.
-  # With an unchanged lock file, `npm install` installs exactly what it records.
+  # --no-save: a plain `npm install` writes back the tree it resolved, and whether those platform
+  # entries are in it depends on what this machine's registry or cache can see, so a fresh clone's
+  # `npm test` would leave package-lock.json modified. The lock file is an input here, never an output.
   say "installing npm dependencies..."
-  if ! npm install --no-audit --no-fund --loglevel=error >&2; then
+  if ! npm install --no-save --no-audit --no-fund --loglevel=error >&2; then
     say "npm install failed; see the output above."
     exit 1
   fi

@@ -143,7 +143,7 @@ export async function provision(opts: ProvisionOptions): Promise<ProvisionReport
   mkdirSync(p.tokens, { recursive: true, mode: 0o700 });
   const conf = confText(p.tokens);
   if (!existsSync(p.conf)) {
-    writeFileAtomic(p.conf, conf, 0o644);
+    writeFileAtomic(p.conf, conf, 0o600);
     did(`wrote ${p.conf}`);
   } else if (readFileSync(p.conf, 'utf8') !== conf) {
     throw new StateError('STATE_CONFLICT', `${p.conf} exists with other contents (was the directory moved?); use --force to start over`);
@@ -255,8 +255,8 @@ export async function provision(opts: ProvisionOptions): Promise<ProvisionReport
         actions.push(`wrote ${p.manifest}`);
         say(`wrote ${p.manifest}`);
       }
-      mkdirSync(dirname(p.manifest), { recursive: true });
-      writeFileAtomic(p.manifest, text, 0o644);
+      mkdirSync(dirname(p.manifest), { recursive: true, mode: 0o700 });
+      writeFileAtomic(p.manifest, text, 0o600);
     }
     return {
       stateDir: p.dir,

@@ -2,16 +2,18 @@
 // on stdout, by `create`; the store keeps only its SHA-256.
 import { parseFlags, UsageError, type Command } from '../cli.ts';
 import { AccountStore, accountTag } from '../../chatd/accounts.ts';
+import { openSecretOut } from '../secret-out.ts';
 
-const help = `usage: bkv account create --phone E164 [--state DIR]
+const help = `usage: bkv account create --phone E164 [--state DIR] [--out F]
        bkv account list [--state DIR] [--json]
        bkv account revoke --phone E164 [--state DIR]
 
 Device accounts for ChatD, kept in DIR/chatd/accounts.json (DIR defaults to .bkv).
 
-  create   issue a token for a phone number (e.g. +15551234567). The token is printed once on stdout;
-           only its SHA-256 is stored. A phone number has at most one active token: revoke it first to
-           issue a new one.
+  create   issue a token for a phone number (e.g. +15551234567). The token is printed once on stdout
+           (only the token; the rest goes to stderr), or with --out F written to a new file F, mode
+           0600 (an existing F is refused before the account is made). Only its SHA-256 is stored. A
+           phone number has at most one active token: revoke it first to issue a new one.
   list     phone, status, creation time and token-hash tag (what ChatD logs) of every account.
   revoke   the token stops working at ChatD's next request, even while ChatD is running.`;
 
@@ -19,12 +21,25 @@ async function run(argv: string[]): Promise<number> {
   const [sub, ...rest] = argv;
   switch (sub) {
     case 'create': {
-      const { values } = parseFlags(rest, { phone: { type: 'string' }, state: { type: 'string' } });
+      const { values } = parseFlags(rest, { phone: { type: 'string' }, state: { type: 'string' }, out: { type: 'string' } });
       if (!values.phone) throw new UsageError('account create needs --phone');
       const store = new AccountStore(values.state ?? '.bkv');
-      const r = await store.create(values.phone);
-      console.log(r.token);
-      console.error(`bkv: account created for ${r.phone} (tag ${r.tag}); the token above is shown only this once`);
+      // Before the account exists: a token that could not be saved would be one nobody has.
+      const out = values.out !== undefined ? openSecretOut(values.out, '--out') : undefined;
+      let r;
+      try {
+        r = await store.create(values.phone);
+      } catch (e) {
+        out?.discard();
+        throw e;
+      }
+      if (out) {
+        out.commit(`${r.token}\n`);
+        console.error(`bkv: account created for ${r.phone} (tag ${r.tag}); its token is in ${out.path} (mode 0600) and shown nowhere else`);
+      } else {
+        console.log(r.token);
+        console.error(`bkv: account created for ${r.phone} (tag ${r.tag}); the token above is shown only this once`);
+      }
       return 0;
     }
     case 'list': {

@@ -42,6 +42,7 @@ import { BkvError } from '../../protocol/errors.ts';
 import { ksfFromName, type Ksf, type KsfSpec } from '../../protocol/opaque/index.ts';
 import type { RecordState, WireSuite } from '../../protocol/wire.ts';
 import { readVaultKeys, servePaths } from '../services.ts';
+import { DEFAULT_POLICY } from '../../vault/firmware/firmware.ts';
 
 type Options = NonNullable<ParseArgsConfig['options']>;
 
@@ -467,18 +468,23 @@ export const passwordRestore: RestoreProtection = {
 
 // ---- subcommands -----------------------------------------------------------------------------
 
+// The firmware's own bounds, so a limit it would refuse is refused here, before anything is sent.
+const { minLimit, maxLimit, defaultLimit } = DEFAULT_POLICY;
+
 function limitFrom(v: unknown): number | undefined {
   if (v === undefined) return undefined;
-  if (typeof v !== 'string' || !/^\d{1,4}$/.test(v)) throw new UsageError('--limit must be a whole number of attempts (the vault allows 3..100)');
-  return Number(v);
+  const n = typeof v === 'string' && /^\d{1,4}$/.test(v) ? Number(v) : NaN;
+  if (!(n >= minLimit && n <= maxLimit)) throw new UsageError(`--limit must be a whole number of attempts in ${minLimit}..${maxLimit} (the vault's bounds)`);
+  return n;
 }
 
 const enable: BackupSubcommand = {
   name: 'enable-password',
+  common: [],
   summary: 'protect this account\'s backups with a password: the vault keeps a new key K behind it',
   usage: [
     '  --password-file F the new password (- reads stdin; without it, prompts twice on a terminal)',
-    '  --limit N         wrong passwords before the vault locks the backup for good (default 10; 3..100)',
+    `  --limit N         wrong passwords before the vault locks the backup for good (default ${defaultLimit}; ${minLimit}..${maxLimit})`,
     ...deviceUsage,
   ].join('\n'),
   help: [
@@ -503,6 +509,7 @@ const enable: BackupSubcommand = {
 
 const change: BackupSubcommand = {
   name: 'change-password',
+  common: [],
   summary: 'replace the password (proves the old one; existing backups stay restorable)',
   usage: [
     '  --old-password-file F  the current password (- reads stdin; without it, prompts on a terminal)',
@@ -533,17 +540,48 @@ const change: BackupSubcommand = {
   },
 };
 
+/** Reads one line from the terminal (echoed: the answer is no secret). */
+async function promptLine(prompt: string): Promise<string> {
+  const { createInterface } = await import('node:readline/promises');
+  const rl = createInterface({ input: process.stdin, output: process.stderr });
+  try {
+    return await rl.question(prompt);
+  } finally {
+    rl.close();
+  }
+}
+
 const disable: BackupSubcommand = {
   name: 'disable',
+  common: [],
   summary: 'delete the password backup\'s record and K from the vault (its backups become unrecoverable)',
-  usage: deviceUsage.join('\n'),
+  usage: ['  --yes             do not ask for confirmation (needed when stdin is not a terminal)', ...deviceUsage].join('\n'),
   help: [
     'Asks the vault to delete this account\'s record and K. Backups made under that K can then not be',
-    'restored by anyone; the cloud file is left where it is. enable-password can start over.',
+    'restored by anyone; the cloud file is left where it is. enable-password can start over. On a terminal',
+    'it asks first; otherwise it needs --yes. With no password backup enabled it says so and erases nothing.',
   ].join('\n'),
-  flags: { ...deviceFlags },
+  flags: { yes: { type: 'boolean' }, ...deviceFlags },
   async run(values, ctx) {
+    const tty = Boolean(process.stdin.isTTY);
+    // Refused before anything is sent: an erase nobody confirmed must not happen by script accident.
+    if (values['yes'] !== true && !tty) {
+      throw new UsageError('disable erases the key of every backup made under it and there is no terminal to confirm on; pass --yes to do it anyway');
+    }
     return withDevice(values, ctx, async (d) => {
+      const s = await d.status();
+      if (s.state === 'none') {
+        console.log(`No password backup is enabled for ${d.id.user}: nothing to erase.`);
+        return 0;
+      }
+      if (values['yes'] !== true) {
+        const what = s.state === 'locked' ? 'the locked record' : 'the record and the key';
+        const answer = await promptLine(`Erase ${what} of ${d.id.user} from the vault? Backups made under it can never be restored. Type "yes": `);
+        if (answer.trim().toLowerCase() !== 'yes') {
+          console.error('bkv: not disabled; nothing was erased');
+          return 1;
+        }
+      }
       await d.disable();
       console.log(`Password backup disabled for ${d.id.user}: the vault erased the record and the key; backups made under it can no longer be restored.`);
       return 0;
@@ -553,6 +591,7 @@ const disable: BackupSubcommand = {
 
 const status: BackupSubcommand = {
   name: 'status',
+  common: ['cloud', 'account'],
   summary: 'show the vault\'s record for this account (enabled, attempts left, locked) and the cloud backup',
   usage: ['  --json            print as JSON', ...deviceUsage].join('\n'),
   help: 'Asks the vault (through ChatD) for this account\'s record state and attempts left; reads the cloud folder\'s backup header (no key needed).',

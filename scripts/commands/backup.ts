@@ -10,7 +10,8 @@ import type { ParseArgsConfig } from 'node:util';
 import { parseFlags, UsageError, wantsHelp, type Command } from '../cli.ts';
 import { CloudFolder } from '../../client/cloud.ts';
 import { createBackup, DEFAULT_ACCOUNT, readBackupInfo, restoreBackup, type CreateBackupResult } from '../../client/backup.ts';
-import { formatKey64Lines, generateBackupKey, parseKey64 } from '../../client/key64.ts';
+import { formatKey64, generateBackupKey, parseKey64 } from '../../client/key64.ts';
+import { openSecretOut } from '../secret-out.ts';
 import { BackupError, Key64Error } from '../../client/errors.ts';
 import type { BackupMode } from '../../client/backup-format.ts';
 import { passwordCreate, passwordRestore, passwordSubcommands } from './backup-password.ts';
@@ -32,8 +33,10 @@ export interface BackupSubcommand {
   /** Option lines for `bkv backup NAME --help`; the common options are listed after them. */
   usage: string;
   help: string;
-  /** Flags beyond the common ones (--state, --cloud, --account, --progress). */
+  /** Flags beyond --state and the common ones it names in `common`. */
   flags: Options;
+  /** Which of --cloud, --account, --progress mean something to it (listed in its help and accepted). */
+  common: CommonFlag[];
   run(values: FlagValues, ctx: BackupContext): Promise<number>;
 }
 
@@ -45,8 +48,8 @@ export interface CreateProtection {
   /** Further --help lines for flags that do not select this protection (e.g. how to reach the vault). */
   extraUsage?: string[];
   selected(values: FlagValues): boolean;
-  /** Supplies K before anything is written; `afterUpload` runs once the backup is in the cloud. */
-  prepare(values: FlagValues, ctx: BackupContext): Promise<{ key: Uint8Array; afterUpload(r: CreateBackupResult): Promise<void> }>;
+  /** Supplies K before anything is written; `afterUpload` runs once the backup is in the cloud, `discard` if it never got there. */
+  prepare(values: FlagValues, ctx: BackupContext): Promise<{ key: Uint8Array; afterUpload(r: CreateBackupResult): Promise<void>; discard?(): void }>;
 }
 
 export interface RestoreProtection {
@@ -57,20 +60,24 @@ export interface RestoreProtection {
   obtainKey(values: FlagValues, ctx: BackupContext): Promise<Uint8Array>;
 }
 
-const commonFlags = {
+const baseFlags = {
   state: { type: 'string' },
-  cloud: { type: 'string' },
-  account: { type: 'string' },
-  progress: { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
 } as const satisfies Options;
 
-const commonHelp = [
-  '  --state DIR       state directory (default .bkv)',
-  '  --cloud DIR       cloud folder standing in for Drive/iCloud (default <state>/cloud)',
-  `  --account NAME    whose backup: the object <cloud>/<NAME>.bkv (default '${DEFAULT_ACCOUNT}')`,
-  '  --progress        report bytes done/total on stderr even when it is not a terminal',
-];
+const commonFlags = {
+  cloud: { type: 'string' },
+  account: { type: 'string' },
+  progress: { type: 'boolean' },
+} as const satisfies Options;
+export type CommonFlag = keyof typeof commonFlags;
+
+const commonHelp: Record<CommonFlag, string> = {
+  cloud: '  --cloud DIR       cloud folder standing in for Drive/iCloud (default <state>/cloud)',
+  account: `  --account NAME    whose backup: the object <cloud>/<NAME>.bkv (default '${DEFAULT_ACCOUNT}')`,
+  progress: '  --progress        report bytes done/total on stderr even when it is not a terminal',
+};
+const stateHelp = '  --state DIR       state directory (default .bkv)';
 
 // ---- progress ---------------------------------------------------------------------------------
 
@@ -160,24 +167,36 @@ async function key64FromFlags(values: FlagValues): Promise<Uint8Array> {
 
 export const key64Create: CreateProtection = {
   mode: 'key64',
-  flags: { key64: { type: 'boolean' } },
-  helpLines: ['  --key64           protect the backup with a new 64-digit key, printed once on stdout'],
-  selected: (v) => v['key64'] === true,
-  async prepare(_values, ctx) {
+  flags: { key64: { type: 'boolean' }, 'key64-out': { type: 'string' } },
+  helpLines: [
+    '  --key64           protect the backup with a new 64-digit key, printed once on stdout (only the key:',
+    '                    `> key.txt` makes a file --key64-file reads; what to do with it goes to stderr)',
+    '  --key64-out F     the same, but the key goes to a new file F (mode 0600; an existing F is refused',
+    '                    before anything is uploaded) instead of stdout',
+  ],
+  selected: (v) => v['key64'] === true || v['key64-out'] !== undefined,
+  async prepare(values, ctx) {
+    const outPath = values['key64-out'];
+    // Opened first: a --key64-out that cannot take the key must fail before the old backup is replaced.
+    const out = typeof outPath === 'string' ? openSecretOut(outPath, '--key64-out') : undefined;
     const key = generateBackupKey();
     return {
       key,
       async afterUpload(r) {
-        const lines = [
-          `Backup written: ${join(ctx.cloud.dir, r.object)} (${r.files} file${r.files === 1 ? '' : 's'}, ${human(r.plaintextBytes)}; ${human(r.backupBytes)} encrypted).`,
-          '',
-          'Your 64-digit backup key. Write it down and keep it safe: it is shown only this once, bkv does',
-          'not store it, and without it this backup cannot be restored.',
-          '',
-          ...formatKey64Lines(key).map((l) => `    ${l}`),
-          '',
-        ];
-        process.stdout.write(lines.join('\n'));
+        const written = `Backup written: ${join(ctx.cloud.dir, r.object)} (${r.files} file${r.files === 1 ? '' : 's'}, ${human(r.plaintextBytes)}; ${human(r.backupBytes)} encrypted).`;
+        const text = `${formatKey64(key)}\n`;
+        key.fill(0);
+        if (out) {
+          out.commit(text);
+          process.stderr.write(`${written}\nIts 64-digit key is in ${out.path} (mode 0600), and nowhere else: bkv does not store it, and without it this backup cannot be restored. Keep that file safe, or write the key down and delete it.\n`);
+          return;
+        }
+        // The advice before the key, so on a terminal it reads top to bottom; stdout gets only the key.
+        process.stderr.write(`${written}\nYour 64-digit backup key follows. Write it down and keep it safe: it is shown only this once, bkv does not store it, and without it this backup cannot be restored.\n`);
+        process.stdout.write(text);
+      },
+      discard() {
+        out?.discard();
       },
     };
   },
@@ -216,6 +235,7 @@ function pickOne<P extends { selected(v: FlagValues): boolean; helpLines: string
 
 const create: BackupSubcommand = {
   name: 'create',
+  common: ['cloud', 'account', 'progress'],
   summary: 'encrypt a chat backup folder or file and upload it to the cloud folder',
   get usage() {
     return ['  --in DIR|FILE     what to back up: a directory (packed with its subdirectories) or one file', ...createProtections.flatMap((p) => p.helpLines), ...createProtections.flatMap((p) => p.extraUsage ?? [])].join('\n');
@@ -232,15 +252,21 @@ const create: BackupSubcommand = {
   async run(values, ctx) {
     if (typeof values['in'] !== 'string') throw new UsageError('create needs --in DIR|FILE');
     const protection = pickOne(createProtections, values, 'create');
-    const { key, afterUpload } = await protection.prepare(values, ctx);
-    const result = await createBackup({
-      input: values['in'],
-      key,
-      mode: protection.mode,
-      cloud: ctx.cloud,
-      account: ctx.account,
-      onProgress: ctx.progress('encrypt'),
-    });
+    const { key, afterUpload, discard } = await protection.prepare(values, ctx);
+    let result: CreateBackupResult;
+    try {
+      result = await createBackup({
+        input: values['in'],
+        key,
+        mode: protection.mode,
+        cloud: ctx.cloud,
+        account: ctx.account,
+        onProgress: ctx.progress('encrypt'),
+      });
+    } catch (e) {
+      discard?.();
+      throw e;
+    }
     ctx.progress.finish();
     await afterUpload(result);
     return 0;
@@ -249,6 +275,7 @@ const create: BackupSubcommand = {
 
 const restore: BackupSubcommand = {
   name: 'restore',
+  common: ['cloud', 'account', 'progress'],
   summary: 'download, verify and decrypt an account\'s backup into a new directory',
   get usage() {
     return ['  --out DIR         where to restore: must not exist or be empty; its parent must exist', ...restoreProtections.flatMap((p) => p.helpLines), ...restoreProtections.flatMap((p) => p.extraUsage ?? [])].join('\n');
@@ -290,7 +317,7 @@ const restore: BackupSubcommand = {
 export const subcommands: BackupSubcommand[] = [create, restore, ...passwordSubcommands];
 
 function subHelp(s: BackupSubcommand): string {
-  return [`usage: bkv backup ${s.name} [options]`, '', s.summary + '.', '', s.help, '', 'options:', s.usage, ...commonHelp].join('\n');
+  return [`usage: bkv backup ${s.name} [options]`, '', s.summary + '.', '', s.help, '', 'options:', s.usage, stateHelp, ...s.common.map((c) => commonHelp[c])].join('\n');
 }
 
 function topHelp(): string {
@@ -338,7 +365,7 @@ export const command: Command = {
       console.log(subHelp(sub));
       return 0;
     }
-    const { values } = parseRedacted(rest, { ...commonFlags, ...sub.flags });
+    const { values } = parseRedacted(rest, { ...baseFlags, ...Object.fromEntries(sub.common.map((c) => [c, commonFlags[c]])), ...sub.flags });
     const stateDir = typeof values['state'] === 'string' ? values['state'] : '.bkv';
     const cloudDir = typeof values['cloud'] === 'string' ? values['cloud'] : join(stateDir, 'cloud');
     const ctx: BackupContext = {

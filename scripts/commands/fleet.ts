@@ -73,8 +73,9 @@ listener with the operator key (DIR/operator.key), never to the relay front.
   isolate R             cut every link to and from replica R (its data center goes dark)
   block A B             cut the link from A to B only (one-way: B still reaches A)
   heal                  restore every link
-  crash R               stop replica R at once (what Raft did not flush is lost, like a power cut)
-  snapshot-disk R       copy replica R's disk aside (for a later restart --rollback)
+  crash R               stop replica R at once (what Raft did not flush is lost, like a power cut);
+                        a replica already down is left as it is, and bkv says so
+  snapshot-disk R       copy replica R's disk aside (for a later restart --rollback); prints where
   restart R [--rollback]
                         start a crashed replica again on its disk, or on the copy snapshot-disk
                         took (the host rolled its disk back: the replica must not vote or serve on
@@ -364,14 +365,14 @@ async function fault(argv: string[]): Promise<number> {
       throw new UsageError(`unknown fault '${(action ?? '').slice(0, 40)}' (partition, isolate, block, heal, crash, snapshot-disk, restart)`);
   }
   if (values.rollback && f.op !== 'restart') throw new UsageError('--rollback goes with `restart` only');
-  await postFleetFault(rec.operator, f);
+  const answer = (await postFleetFault(rec.operator, f)) as { alreadyDown?: unknown; path?: unknown } | undefined;
   const what =
     f.op === 'partition' ? `partitioned ${f.groups.map((g) => `{${g.join(', ')}}`).join(' | ')}` :
     f.op === 'heal' ? 'healed every link' :
     f.op === 'isolate' ? `isolated ${f.replica} (its data center is dark)` :
     f.op === 'block' ? `cut the link ${f.from} -> ${f.to} (one way)` :
-    f.op === 'crash' ? `crashed ${f.replica}` :
-    f.op === 'snapshotDisk' ? `copied ${f.replica}'s disk aside` :
+    f.op === 'crash' ? (answer?.alreadyDown === true ? `${f.replica} was already down; nothing crashed` : `crashed ${f.replica}`) :
+    f.op === 'snapshotDisk' ? `copied ${f.replica}'s disk aside to ${typeof answer?.path === 'string' ? answer.path : '(path not reported)'}` :
     f.op === 'restart' ? `restarted ${f.replica}${f.disk === 'rollback' ? ' on its rolled-back disk' : ''}` :
     `${f.op} ${f.replica}`;
   console.log(`bkv fleet: ${what}; \`bkv fleet status --state ${stateDir}\` shows the effect`);

@@ -72,10 +72,10 @@ function sameTree(a: string, b: string): { files: number; same: boolean } {
 
 /** A small, plausible chat history: a message database, a few media files. */
 function makeChats(dir: string, who: string, mediaCount: number): void {
-  mkdirSync(join(dir, 'media'), { recursive: true });
+  mkdirSync(join(dir, 'media'), { recursive: true, mode: 0o700 });
   const messages = Array.from({ length: 200 }, (_, i) => ({ id: i, from: i % 2 ? who : 'friend', at: 1_700_000_000 + i * 60, text: `message ${i} ${randomBytes(8).toString('hex')}` }));
-  writeFileSync(join(dir, 'messages.json'), JSON.stringify(messages));
-  for (let i = 1; i <= mediaCount; i++) writeFileSync(join(dir, 'media', `photo-${i}.jpg`), randomBytes(60_000 + i * 10_000));
+  writeFileSync(join(dir, 'messages.json'), JSON.stringify(messages), { mode: 0o600 });
+  for (let i = 1; i <= mediaCount; i++) writeFileSync(join(dir, 'media', `photo-${i}.jpg`), randomBytes(60_000 + i * 10_000), { mode: 0o600 });
 }
 
 function prepareState(dir: string): void {
@@ -86,8 +86,9 @@ function prepareState(dir: string): void {
     }
     rmSync(dir, { recursive: true, force: true });
   }
-  mkdirSync(dir, { recursive: true });
-  writeFileSync(join(dir, MARKER), 'made by `bkv walkthrough`; wiped at its next run\n');
+  // Chat histories, tokens and logs live here: the owner's alone, like every state directory.
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  writeFileSync(join(dir, MARKER), 'made by `bkv walkthrough`; wiped at its next run\n', { mode: 0o600 });
 }
 
 const secs = (ms: number) => `${(ms / 1000).toFixed(1)} s`;
@@ -162,7 +163,7 @@ export const command: Command = {
       });
       say(`[setup] provisioned ${report.replicas.length} SoftHSM2 tokens (${report.replicas.map((r) => r.name).join(', ')}) and ran the key ceremony  (${secs(provMs)})`);
       const [svc, startMs] = await timed(async () => {
-        const started = await startServices({ stateDir, ...(kind === 'fleet' ? { fleet: { wan, faults: true } } : {}), onLine: (who, line) => appendFileSync(logFile, `${who} | ${line}\n`) });
+        const started = await startServices({ stateDir, ...(kind === 'fleet' ? { fleet: { wan, faults: true } } : {}), onLine: (who, line) => appendFileSync(logFile, `${who} | ${line}\n`, { mode: 0o600 }) });
         services = started;
         // The story starts once the fleet has a leader and every replica is up.
         const st = started.fleet ? await waitFor(started.fleet, (x) => !!x.leader && x.replicas.every((r) => r.healthy), 30_000) : undefined;
@@ -234,7 +235,7 @@ export const command: Command = {
 
       // ---- 3. A new phone restores with the password ----
       const newPhoneOut = join(stateDir, 'devices', 'alice-new-phone', 'chats');
-      mkdirSync(join(stateDir, 'devices', 'alice-new-phone'), { recursive: true });
+      mkdirSync(join(stateDir, 'devices', 'alice-new-phone'), { recursive: true, mode: 0o700 });
       const newPhone = device(alice.token, ALICE);
       const [restored, restoreMs] = await timed(async () => {
         const k = await newPhone.recover(alicePassword);
@@ -251,7 +252,7 @@ export const command: Command = {
       // ---- 4. A data center goes dark in the middle of a restore (fleet only) ----
       if (fleet) {
         const tabletOut = join(stateDir, 'devices', 'alice-tablet', 'chats');
-        mkdirSync(join(stateDir, 'devices', 'alice-tablet'), { recursive: true });
+        mkdirSync(join(stateDir, 'devices', 'alice-tablet'), { recursive: true, mode: 0o700 });
         // The moment KE2 reaches the device, the attempt it cost is committed on a majority (rule 1).
         // Then the leader's data center goes dark: its replica crashes, and with it the recovery
         // session the device was about to finish. The app tries again, as it would after any outage.
@@ -377,7 +378,7 @@ export const command: Command = {
       const bobChats = join(stateDir, 'devices', 'bob-phone', 'chats');
       makeChats(bobChats, 'bob', 2);
       const bobOut = join(stateDir, 'devices', 'bob-new-phone', 'chats');
-      mkdirSync(join(stateDir, 'devices', 'bob-new-phone'), { recursive: true });
+      mkdirSync(join(stateDir, 'devices', 'bob-new-phone'), { recursive: true, mode: 0o700 });
       const [bobResult, bobMs] = await timed(async () => {
         const k = generateBackupKey();
         const c = await createBackup({ input: bobChats, key: k, mode: 'key64', cloud, account: 'bob' });

@@ -1,7 +1,8 @@
 // `bkv account create|list|revoke` as a user runs it (child process), and its tokens at a live ChatD.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { accountsPath, tokenHash } from '../../chatd/accounts.ts';
 import { startChatd } from '../../chatd/server.ts';
@@ -45,6 +46,38 @@ describe('bkv account', () => {
     expect(list.stdout).toContain('active');
     expect(list.stdout).toContain(tokenHash(token).slice(0, 12));
     expect(list.stdout + list.stderr).not.toContain(token.slice(5));
+  });
+
+  it('create --out F writes only the token to a new 0600 file and refuses an existing F before creating the account', () => {
+    const state = tempState();
+    try {
+      const out = join(state.dir, 'my.token');
+      // umask 000: the 0600 must be bkv's doing, not the shell's default.
+      const r = spawnSync('/bin/sh', ['-c', 'umask 000; exec "$0" "$@"', process.execPath, bkv, 'account', 'create', '--phone', '+15557654321', '--state', state.dir, '--out', out], { encoding: 'utf8' });
+      expect(r.status).toBe(0);
+      expect(r.stdout).toBe('');
+      const token = readFileSync(out, 'utf8').trim();
+      expect(readFileSync(out, 'utf8')).toMatch(/^bkvt_[A-Za-z0-9_-]{43}\n$/);
+      expect(statSync(out).mode & 0o777).toBe(0o600);
+      expect(r.stderr).toContain(out);
+      expect(r.stderr).not.toContain(token.slice(5, 20));
+      expect(readFileSync(accountsPath(state.dir), 'utf8')).toContain(tokenHash(token));
+
+      const before = readFileSync(accountsPath(state.dir), 'utf8');
+      const again = run('account', 'create', '--phone', '+15550009999', '--state', state.dir, '--out', out);
+      expect(again.status).toBe(1);
+      expect(again.stderr).toContain('[OUT_EXISTS]');
+      expect(readFileSync(out, 'utf8').trim()).toBe(token);
+      // The account was not made either: its token would have been shown nowhere.
+      expect(readFileSync(accountsPath(state.dir), 'utf8')).toBe(before);
+      const other = join(state.dir, 'other.token');
+      const badPhone = run('account', 'create', '--phone', '555', '--state', state.dir, '--out', other);
+      expect(badPhone.stderr).toContain('[BAD_PHONE]');
+      expect(existsSync(other)).toBe(false);
+      expect(readFileSync(accountsPath(state.dir), 'utf8')).toBe(before);
+    } finally {
+      state.cleanup();
+    }
   });
 
   it('refuses bad input with typed errors and leaves the store unchanged', async () => {

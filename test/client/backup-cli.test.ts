@@ -1,7 +1,8 @@
 // The `bkv backup` command line is the subject here, so these run the real CLI in a child process.
 import { describe, expect, it } from 'vitest';
 import { spawn } from 'node:child_process';
-import { mkdir, readdir, readFile, truncate, writeFile } from 'node:fs/promises';
+import { closeSync, openSync } from 'node:fs';
+import { mkdir, readdir, readFile, stat, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { generateBackupKey, parseKey64 } from '../../client/key64.ts';
@@ -13,9 +14,11 @@ import { expectNoTrace, makeChatFolder, snapshot, withTemp } from './fixtures.ts
 
 const bkv = fileURLToPath(new URL('../../bin/bkv.js', import.meta.url));
 
-function run(args: string[], opts: { cwd: string; stdin?: string }): Promise<{ status: number | null; stdout: string; stderr: string }> {
+// `umask` runs bkv under that umask (through sh), to show a mode bkv sets does not depend on it.
+function run(args: string[], opts: { cwd: string; stdin?: string; umask?: string }): Promise<{ status: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [bkv, ...args], { cwd: opts.cwd, stdio: ['pipe', 'pipe', 'pipe'] });
+    const [cmd, argv] = opts.umask === undefined ? [process.execPath, [bkv, ...args]] : ['/bin/sh', ['-c', `umask ${opts.umask}; exec "$0" "$@"`, process.execPath, bkv, ...args]];
+    const child = spawn(cmd, argv, { cwd: opts.cwd, stdio: ['pipe', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d) => (stdout += d));
@@ -26,19 +29,21 @@ function run(args: string[], opts: { cwd: string; stdin?: string }): Promise<{ s
   });
 }
 
-const KEY_LINE = /^ {4}([0-9a-f]{4}(?: [0-9a-f]{4}){3})$/gm;
+// stdout carries the key and nothing else, so `> key.txt` is a file --key64-file reads back.
+const KEY_ONLY = /^[0-9a-f]{4}(?: [0-9a-f]{4}){15}\n$/;
 
 function keyFrom(stdout: string): string {
-  const lines = [...stdout.matchAll(KEY_LINE)].map((m) => m[1]);
-  expect(lines).toHaveLength(4);
-  return lines.join(' ');
+  expect(stdout).toMatch(KEY_ONLY);
+  return stdout.trim();
 }
 
 async function createIn(dir: string, input: string, extra: string[] = []) {
   const r = await run(['backup', 'create', '--in', input, '--key64', '--state', 'st', ...extra], { cwd: dir });
-  expect(r.stderr).toBe('');
   expect(r.status).toBe(0);
-  return { ...r, key: keyFrom(r.stdout) };
+  const key = keyFrom(r.stdout);
+  expect(r.stderr).toContain('Backup written');
+  expect(r.stderr).not.toContain(key.slice(0, 14));
+  return { ...r, key };
 }
 
 // XOR, not overwrite: writing a fixed value is a no-op when the byte already holds it (1 run in 256).
@@ -52,9 +57,8 @@ describe('bkv backup (CLI)', () => {
   it('round-trips a folder: key printed once on stdout, never stored; key from argv, file and stdin', async () => {
     await withTemp(async (dir) => {
       await makeChatFolder(join(dir, 'chat'));
-      const { stdout, key } = await createIn(dir, 'chat');
-      expect(stdout).toContain(join('st', 'cloud', 'default.bkv'));
-      expect(stdout.split(key.slice(0, 19)).length).toBe(2); // shown exactly once
+      const { stderr, key } = await createIn(dir, 'chat');
+      expect(stderr).toContain(join('st', 'cloud', 'default.bkv'));
       // Neither K nor its hex is anywhere in the state dir (the cloud folder included).
       const k = Buffer.from(parseKey64(key));
       const blob = await readFile(join(dir, 'st', 'cloud', 'default.bkv'));
@@ -80,7 +84,7 @@ describe('bkv backup (CLI)', () => {
       await writeFile(join(dir, 'msgstore.db'), Buffer.alloc(300_000, 7));
       const r = await run(['backup', 'create', '--in', 'msgstore.db', '--key64', '--cloud', 'drive', '--account', 'alice@example.com', '--progress'], { cwd: dir });
       expect(r.status).toBe(0);
-      expect(r.stderr).toMatch(/encrypt: 293\.0 KiB \/ 293\.0 KiB \(100%\)\n$/);
+      expect(r.stderr).toMatch(/encrypt: 293\.0 KiB \/ 293\.0 KiB \(100%\)\nBackup written/);
       expect(await readdir(join(dir, 'drive'))).toEqual(['alice@example.com.bkv']);
       const back = await run(['backup', 'restore', '--key64', keyFrom(r.stdout), '--cloud', 'drive', '--account', 'alice@example.com', '--out', 'out'], { cwd: dir });
       expect(back.status).toBe(0);
@@ -151,15 +155,79 @@ describe('bkv backup (CLI)', () => {
     });
   });
 
+  it('create --key64 > key.txt holds only the key: restore --key64-file key.txt takes it back', async () => {
+    await withTemp(async (dir) => {
+      await makeChatFolder(join(dir, 'chat'));
+      const fd = openSync(join(dir, 'key.txt'), 'w');
+      const r = await new Promise<{ status: number | null; stderr: string }>((resolve, reject) => {
+        const child = spawn(process.execPath, [bkv, 'backup', 'create', '--in', 'chat', '--key64', '--state', 'st'], { cwd: dir, stdio: ['ignore', fd, 'pipe'] });
+        let stderr = '';
+        child.stderr!.on('data', (d) => (stderr += d));
+        child.on('error', reject);
+        child.on('close', (status) => resolve({ status, stderr }));
+      });
+      closeSync(fd);
+      expect(r.status).toBe(0);
+      expect(r.stderr).toContain('shown only this once');
+      const back = await run(['backup', 'restore', '--key64-file', 'key.txt', '--state', 'st', '--out', 'out'], { cwd: dir });
+      expect(back.stderr).toBe('');
+      expect(back.status).toBe(0);
+      expect(await snapshot(join(dir, 'out'))).toEqual(await snapshot(join(dir, 'chat')));
+    });
+  });
+
+  it('--key64-out F writes the key to a new 0600 file, never to stdout, and refuses an existing F before uploading', async () => {
+    await withTemp(async (dir) => {
+      await makeChatFolder(join(dir, 'chat'));
+      const r = await run(['backup', 'create', '--in', 'chat', '--key64-out', 'k.txt', '--state', 'st'], { cwd: dir, umask: '000' });
+      expect(r.status).toBe(0);
+      expect(r.stdout).toBe('');
+      const key = keyFrom(await readFile(join(dir, 'k.txt'), 'utf8'));
+      expect(r.stderr).toContain("k.txt");
+      expect(r.stderr).not.toContain(key.slice(0, 14));
+      expect((await stat(join(dir, 'k.txt'))).mode & 0o777).toBe(0o600);
+      const before = await readFile(join(dir, 'st', 'cloud', 'default.bkv'));
+
+      const again = await run(['backup', 'create', '--in', 'chat', '--key64', '--key64-out', 'k.txt', '--state', 'st'], { cwd: dir });
+      expect(again.status).toBe(1);
+      expect(again.stderr).toContain('[OUT_EXISTS]');
+      expect(again.stdout).toBe('');
+      expect(await readFile(join(dir, 'k.txt'), 'utf8')).toBe(`${key}\n`);
+      expect((await readFile(join(dir, 'st', 'cloud', 'default.bkv'))).equals(before)).toBe(true);
+
+      const noDir = await run(['backup', 'create', '--in', 'chat', '--key64-out', join('missing', 'k.txt'), '--state', 'st'], { cwd: dir });
+      expect(noDir.status).toBe(1);
+      expect(noDir.stderr).toContain('[OUT_UNWRITABLE]');
+      // A failed upload leaves no empty key file that looks like a saved key.
+      const badIn = await run(['backup', 'create', '--in', 'nothing-here', '--key64-out', 'k2.txt', '--state', 'st'], { cwd: dir });
+      expect(badIn.status).toBe(1);
+      expect(await readdir(dir)).not.toContain('k2.txt');
+      expect((await readFile(join(dir, 'st', 'cloud', 'default.bkv'))).equals(before)).toBe(true);
+
+      const back = await run(['backup', 'restore', '--key64-file', 'k.txt', '--state', 'st', '--out', 'out'], { cwd: dir });
+      expect(back.status).toBe(0);
+    });
+  });
+
   it('--help tells the truth: every documented flag is accepted and every accepted flag is documented', async () => {
     await withTemp(async (dir) => {
       for (const s of subcommands) {
         const r = await run(['backup', s.name, '--help'], { cwd: dir });
         expect(r.status).toBe(0);
         const documented = new Set([...r.stdout.matchAll(/^ {2}(--[a-z0-9-]+)/gm)].map((m) => m[1]));
-        const accepted = new Set(Object.keys(s.flags).map((f) => `--${f}`).concat(['--state', '--cloud', '--account', '--progress']));
+        const accepted = new Set(Object.keys(s.flags).map((f) => `--${f}`).concat(['--state', ...s.common.map((c) => `--${c}`)]));
         expect(documented).toEqual(accepted);
       }
+      // The cloud folder and progress belong to the commands that move a backup; the vault-only ones
+      // neither take nor list them.
+      expect(subcommands.find((s) => s.name === 'status')!.common).toEqual(['cloud', 'account']);
+      for (const name of ['enable-password', 'change-password', 'disable']) {
+        expect(subcommands.find((s) => s.name === name)!.common, name).toEqual([]);
+        const r = await run(['backup', name, '--cloud', 'x', '--yes'], { cwd: dir });
+        expect(r.status, name).toBe(2);
+        expect(r.stderr, name).toContain("'--cloud'");
+      }
+      for (const name of ['create', 'restore']) expect(subcommands.find((s) => s.name === name)!.common, name).toEqual(['cloud', 'account', 'progress']);
       const top = await run(['backup', '--help'], { cwd: dir });
       for (const s of subcommands) expect(top.stdout).toContain(`  ${s.name} `);
       expect(command.help).toBe(top.stdout.trimEnd());

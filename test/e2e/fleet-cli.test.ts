@@ -3,7 +3,7 @@
 // serve.json / vault-keys.json, a fault, and `bkv fleet down`.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, lstatSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -106,6 +106,27 @@ describe('bkv fleet up / status', () => {
     r = await cliProcess(['fleet', 'fault', 'crash', 'nowhere', '--state', stateDir]);
     expect(r.status).toBe(2);
     expect(r.err).toContain("no replica 'nowhere'");
+    // Crashing it again does nothing, and says so rather than claiming a crash.
+    r = await cliProcess(['fleet', 'fault', 'crash', follower, '--state', stateDir]);
+    expect(r.status, r.err).toBe(0);
+    expect(r.out).toContain(`${follower} was already down`);
+    expect(r.out).not.toContain(`crashed ${follower}`);
+    // The disk copy's path is printed, and it is there.
+    r = await cliProcess(['fleet', 'fault', 'snapshot-disk', follower, '--state', stateDir]);
+    expect(r.status, r.err).toBe(0);
+    const copy = /aside to (\S+?)[;,]/.exec(r.out)?.[1];
+    expect(copy, r.out).toBeDefined();
+    expect(existsSync(copy!)).toBe(true);
+    expect(copy!.startsWith(stateDir)).toBe(true);
+    // The fleet's disks (LMDB makes its files 0664), the copy, peers and records: the owner's alone.
+    const open: string[] = [];
+    const walk = (p: string) => {
+      const st = lstatSync(p);
+      if (st.mode & 0o077) open.push(`${p} ${(st.mode & 0o777).toString(8)}`);
+      if (st.isDirectory()) for (const n of readdirSync(p)) walk(join(p, n));
+    };
+    walk(stateDir);
+    expect(open).toEqual([]);
 
     r = await cliProcess(['fleet', 'down', '--state', stateDir]);
     expect(r.status, r.err).toBe(0);

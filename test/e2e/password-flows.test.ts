@@ -1,9 +1,10 @@
 // Every password flow through the real `bkv backup` command code, over real sockets:
 // device (CLI) -> ChatD process -> vault process -> SoftHSM2 token + LMDB.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { cli, closedPort, makeChats, startRig, treeDigest, writeSecret, type Rig } from './fixture.ts';
+import { BKV, cli, closedPort, makeChats, startRig, treeDigest, writeSecret, type Rig } from './fixture.ts';
 
 let rig: Rig;
 beforeAll(async () => {
@@ -90,10 +91,18 @@ describe('password backups end to end (CLI -> ChatD -> vault -> SoftHSM2)', () =
     expect(r.out).toContain('+15551110001: password backup enabled, 10 of 10 attempts left');
     expect(r.out).toContain('password mode');
 
-    // disable: restore then fails, status says none
+    // disable: without a terminal to confirm on, only with --yes; restore then fails, status says none
     r = await cli(['backup', 'disable', ...dev(alice)]);
+    expect(r.status).toBe(2);
+    expect(r.err).toContain('--yes');
+    expect((await statusJson(alice)).state).toBe('registered');
+    r = await cli(['backup', 'disable', '--yes', ...dev(alice)]);
     expect(r.status, r.err).toBe(0);
+    expect(r.out).toContain('erased the record and the key');
     expect((await statusJson(alice)).state).toBe('none');
+    r = await cli(['backup', 'disable', '--yes', ...dev(alice)]);
+    expect(r.status, r.err).toBe(0);
+    expect(r.out).toContain('nothing to erase');
     const out4 = join(rig.dir, 'new-phone-4');
     r = await cli(['backup', 'restore', '--out', out4, '--password-file', pw2, ...dev(alice)]);
     expect(r.status).toBe(1);
@@ -108,6 +117,43 @@ describe('password backups end to end (CLI -> ChatD -> vault -> SoftHSM2)', () =
       const text = readFileSync(p, 'utf8').trim();
       expect(rig.lines.join('\n')).not.toContain(text);
     }
+  });
+
+  it('disable on a terminal asks first: anything but "yes" erases nothing', async () => {
+    const erin = await rig.account('+15551110010');
+    const pw = writeSecret(rig.dir, 'pw-erin', 'erin password for the confirmation test');
+    let r = await cli(['backup', 'enable-password', '--password-file', pw, ...dev(erin)]);
+    expect(r.status, r.err).toBe(0);
+    // script(1) gives the CLI a pseudo-terminal as stdin; the answer is typed ahead into it.
+    const onTty = (answer: string) => {
+      const cmd = [process.execPath, BKV, 'backup', 'disable', ...dev(erin)].map((a) => `'${a}'`).join(' ');
+      return spawnSync('script', ['-qec', cmd, '/dev/null'], { input: answer, encoding: 'utf8', timeout: 60_000 });
+    };
+    const no = onTty('no\n');
+    expect(no.stdout).toContain('Type "yes"');
+    expect(no.stdout).toContain('not disabled');
+    expect(no.status).toBe(1);
+    expect((await statusJson(erin)).state).toBe('registered');
+    const yes = onTty('yes\n');
+    expect(yes.stdout).toContain('Password backup disabled');
+    expect(yes.status).toBe(0);
+    expect((await statusJson(erin)).state).toBe('none');
+  });
+
+  it('--limit out of the vault\'s range is a usage error naming it, before anything is sent', async () => {
+    const carol = await rig.account('+15551110009');
+    const pw = writeSecret(rig.dir, 'pw-carol', 'carol password for the limit test');
+    // A closed port for ChatD: anything sent would fail as CHATD_UNREACHABLE (exit 1), not exit 2.
+    const nowhere = ['--state', rig.stateDir, '--chatd', `http://127.0.0.1:${await closedPort()}`, '--token-file', carol.tokenFile, '--ksf', 'identity'];
+    for (const limit of ['2', '101', '0', 'ten', '2.5']) {
+      const r = await cli(['backup', 'enable-password', '--limit', limit, '--password-file', pw, ...nowhere]);
+      expect(r.status, limit).toBe(2);
+      expect(r.err, limit).toContain('3..100');
+      expect(r.err, limit).not.toContain('CHATD');
+    }
+    const r = await cli(['backup', 'enable-password', '--limit', '3', '--password-file', pw, ...dev(carol)]);
+    expect(r.status, r.err).toBe(0);
+    expect(await statusJson(carol)).toMatchObject({ state: 'registered', limit: 3 });
   });
 
   it('refuses a password in argv, saying why, and changes nothing', async () => {
@@ -150,8 +196,8 @@ describe('password backups end to end (CLI -> ChatD -> vault -> SoftHSM2)', () =
     expect(r.err).toContain('no password given');
 
     r = await cli(['backup', 'enable-password', '--password-file', pw, '--limit', '1', ...dev(carol)]);
-    expect(r.status).toBe(1);
-    expect(r.err).toContain('BAD_LIMIT');
+    expect(r.status).toBe(2);
+    expect(r.err).toContain('3..100');
     expect((await statusJson(carol)).state).toBe('none');
 
     r = await cli(['backup', 'status', '--state', join(rig.dir, 'nowhere'), '--token-file', carol.tokenFile]);

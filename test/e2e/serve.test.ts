@@ -3,7 +3,7 @@
 // the real `bkv` CLI in child processes too.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, lstatSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -20,8 +20,12 @@ interface Serve {
   exit: Promise<number | null>;
 }
 
-function startServe(stateDir: string): Promise<Serve> {
-  const child = spawn(process.execPath, [BKV, 'serve', '--state', stateDir], { stdio: ['ignore', 'pipe', 'pipe'] });
+// `umask`: serve (and so the vault and ChatD) runs under it, through sh.
+function startServe(stateDir: string, umask?: string): Promise<Serve> {
+  const args = [BKV, 'serve', '--state', stateDir];
+  const child = umask === undefined
+    ? spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] })
+    : spawn('/bin/sh', ['-c', `umask ${umask}; exec "$0" "$@"`, process.execPath, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   const stdout: string[] = [];
   const stderr: string[] = [];
   const exit = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
@@ -39,6 +43,19 @@ function startServe(stateDir: string): Promise<Serve> {
     });
     void exit.then((code) => reject(new Error(`bkv serve exited (${code}) before it was ready: ${stderr.slice(-5).join(' | ')}`)));
   });
+}
+
+/** Every path under root (root included) whose mode gives anything to group or others. */
+function openToOthers(root: string): string[] {
+  const bad: string[] = [];
+  const walk = (p: string) => {
+    const st = lstatSync(p);
+    if (st.isSymbolicLink()) return;
+    if (st.mode & 0o077) bad.push(`${p} ${(st.mode & 0o777).toString(8)}`);
+    if (st.isDirectory()) for (const n of readdirSync(p)) walk(join(p, n));
+  };
+  walk(root);
+  return bad;
 }
 
 async function gone(pid: number): Promise<boolean> {
@@ -60,7 +77,8 @@ afterAll(() => {
 
 describe('bkv serve', () => {
   it('provisions, serves the whole password flow to the real CLI, and stops both on Ctrl-C (SIGINT)', async () => {
-    const s = await startServe(stateDir);
+    // umask 000: whatever bkv writes must be private by its own choice of modes.
+    const s = await startServe(stateDir, '000');
     leftovers.push(s.child);
     expect(s.chatdUrl).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
     expect(s.vaultPid).toBeGreaterThan(0);
@@ -96,6 +114,10 @@ describe('bkv serve', () => {
     expect(treeDigest(join(dir, 'restored'))).toEqual(treeDigest(chats));
     r = await cliProcess(['backup', 'status', ...dev]);
     expect(r.out).toContain('password backup enabled, 10 of 10 attempts left');
+
+    // Everything bkv wrote (tokens, LMDB, fleet.json, pins, accounts, serve.json, keys, the cloud folder) is the owner's alone.
+    expect(existsSync(join(stateDir, 'cloud'))).toBe(true);
+    expect(openToOthers(stateDir)).toEqual([]);
 
     // A second serve on the same state would fork the vault's log: refused.
     const second = await cliProcess(['serve', '--state', stateDir]);

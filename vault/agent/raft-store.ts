@@ -5,7 +5,7 @@
 import { existsSync, mkdirSync } from 'node:fs';
 import type { Database, RootDatabase } from 'lmdb';
 import type { StoredItems } from '../firmware/storage.ts';
-import { StoreError, openDurableLmdb } from './store.ts';
+import { StoreError, makePrivate, openDurableLmdb } from './store.ts';
 
 const SNAPSHOT_KEY = 'snapshot';
 const HARD_STATE_KEY = 'hardState';
@@ -77,12 +77,13 @@ export class RaftStore {
    */
   async backup(dir: string): Promise<void> {
     if (existsSync(dir)) throw new StoreError('BACKUP_FAILED', 'backup target already exists');
-    mkdirSync(dir, { recursive: true });
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
     try {
       await this.root.backup(dir, false);
     } catch (e) {
       throw new StoreError('BACKUP_FAILED', `LMDB copy failed: ${(e as Error).message}`);
     }
+    makePrivate(dir);
   }
 
   /** Forget everything (a rolled-back disk the replica will re-replicate from its peers). */

@@ -1,7 +1,8 @@
 // The replica host's disk: one LMDB environment (lmdb-js, msgpackr values) holding sealed log entries
 // by index, the sealed snapshot and (for Raft, later) hard state. Everything in it is sealed by the
 // firmware's token: this module only moves bytes and waits for them to be durable.
-import { mkdirSync } from 'node:fs';
+import { chmodSync, mkdirSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
 import { open, type Database, type RootDatabase } from 'lmdb';
 import { BkvError } from '../../protocol/errors.ts';
 import type { StoredItems } from '../firmware/storage.ts';
@@ -11,8 +12,17 @@ export class StoreError extends BkvError {}
 const SNAPSHOT_KEY = 'snapshot';
 
 /** An LMDB environment with a `log` (by index) and a `meta` database, whose write promises mean "on disk". */
+/**
+ * The replica's disk is the owner's alone: lmdb-js creates its files 0664 and takes no mode, so they
+ * are narrowed after open; the 0700 directory already shuts others out in between.
+ */
+export function makePrivate(dir: string): void {
+  chmodSync(dir, 0o700);
+  for (const e of readdirSync(dir, { withFileTypes: true })) if (e.isFile()) chmodSync(join(dir, e.name), 0o600);
+}
+
 export function openDurableLmdb(dir: string): { root: RootDatabase; log: Database<Uint8Array, number>; meta: Database<unknown, string> } {
-  mkdirSync(dir, { recursive: true });
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
   let root: RootDatabase;
   try {
     // Durable commits: no noSync, and overlappingSync off so a write's promise means "on disk".
@@ -20,6 +30,7 @@ export function openDurableLmdb(dir: string): { root: RootDatabase; log: Databas
   } catch (e) {
     throw new StoreError('STORE_OPEN_FAILED', `cannot open LMDB at ${dir}: ${(e as Error).message}`);
   }
+  makePrivate(dir);
   return { root, log: root.openDB<Uint8Array, number>({ name: 'log', cache: false }), meta: root.openDB<unknown, string>({ name: 'meta', cache: false }) };
 }
 

@@ -63,11 +63,11 @@ export async function startProcessFleet(opts: StartFleetOptions): Promise<Fleet>
   const pins = resolvePeers(state, names[0]!, names.slice(1).map((n) => ({ name: n, address: { host: '127.0.0.1', port: 1 } }))).pins;
   for (const name of names) {
     const file = peersFile(name);
-    mkdirSync(join(file, '..'), { recursive: true });
+    mkdirSync(join(file, '..'), { recursive: true, mode: 0o700 });
     writeFileSync(file, JSON.stringify({
       version: 1,
       peers: Object.fromEntries(names.filter((n) => n !== name).map((n) => [n, { host: '127.0.0.1', port: peerPort.get(n), identityKey: Buffer.from(pins.get(n)!).toString('hex') }])),
-    }, null, 1));
+    }, null, 1), { mode: 0o600 });
   }
   const emit = emitter(opts);
   const running = new Map<string, Proc>();

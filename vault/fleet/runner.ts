@@ -178,7 +178,12 @@ export async function startRunner(state: FleetState, names: string[], hosts: Rep
       case 'heal': fleet.heal(); return {};
       case 'isolate': fleet.isolate(f.replica); return {};
       case 'block': fleet.blockLink(f.from, f.to); return {};
-      case 'crash': await fleet.crash(f.replica); return {};
+      case 'crash': {
+        // crash() of a replica that is down is a no-op; the operator is told, not shown a crash.
+        const wasRunning = hosts.isRunning(f.replica);
+        await fleet.crash(f.replica);
+        return wasRunning ? {} : { alreadyDown: true };
+      }
       case 'restart': await fleet.restart(f.replica, { disk: f.disk }); return {};
       case 'snapshotDisk': return { path: await fleet.snapshotDisk(f.replica) };
       case 'degrade': links().degrade(f.replica, { lossRate: rate(f.lossRate, 'lossRate'), extraDelayMs: rate(f.extraDelayMs, 'extraDelayMs', 600_000) }); return {};
