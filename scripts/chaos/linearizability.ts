@@ -232,14 +232,18 @@ function checkPartition<S, I, O>(model: Model<S, I, O>, partition: string, unsor
   let stateKey = model.key(state);
   let explored = 0;
   let outOfBudget = false;
+  // The deepest dead end, for the report. Its path is copied only from the lowest depth the stack
+  // has been popped to since the last copy: the part below did not change, and copying whole paths
+  // of a long history at every new record would be quadratic.
   let best = -1;
-  let bestPrefix: number[] = [];
+  const bestPath = new Int32Array(n);
+  let unchangedBelow = 0;
   let bestStuck: number[] = [];
 
   const verdict = (ok: boolean | 'unknown'): PartitionVerdict => {
     const v: PartitionVerdict = { partition, ok, ops: n, explored };
     if (ok !== true) {
-      v.linearized = bestPrefix;
+      v.linearized = [...bestPath.subarray(0, Math.max(best, 0))].map((i) => ops[i]!.id);
       v.stuckAt = bestStuck;
     }
     return v;
@@ -330,8 +334,9 @@ function checkPartition<S, I, O>(model: Model<S, I, O>, partition: string, unsor
 
     // Every candidate before the return at `bound` failed: it cannot be linearized from here.
     if (stack.length > best) {
+      for (let d = unchangedBelow; d < stack.length; d++) bestPath[d] = stack[d]!.op;
       best = stack.length;
-      bestPrefix = stack.map((f) => ops[f.op]!.id);
+      unchangedBelow = best;
       const stuck = opOf[bound]!;
       const pending: number[] = [];
       for (let p = next[HEAD]!; p !== bound; p = next[p]!) if (isCall[p] && opOf[p] !== stuck) pending.push(ops[opOf[p]!]!.id);
@@ -339,6 +344,7 @@ function checkPartition<S, I, O>(model: Model<S, I, O>, partition: string, unsor
     }
     const frame = stack.pop();
     if (!frame) return verdict(false);
+    unchangedBelow = Math.min(unchangedBelow, stack.length);
     frame.visit.closed = true;
     state = frame.state;
     stateKey = frame.key;
