@@ -29,7 +29,7 @@ const RULES: Record<string, Rule> = {
   'vault/replica/': { internal: ['vault/firmware/', 'vault/consensus/index.ts', 'protocol/', 'hsm-adapter/token.ts'], external: ['msgpackr'], pure: 'random' },
   'vault/agent/': { internal: ['vault/firmware/', 'protocol/', 'hsm-adapter/'] },
   'vault/sim/': { internal: ['vault/consensus/index.ts', 'vault/firmware/', 'vault/replica/', 'protocol/', 'hsm-adapter/token.ts'], external: ['msgpackr', '@noble/hashes', '@noble/curves', 'node:crypto'], pure: 'random' },
-  'vault/fleet/': { internal: ['protocol/', 'hsm-adapter/token.ts', 'hsm-adapter/pkcs11-token.ts', 'vault/replica/', 'vault/firmware/', 'vault/consensus/index.ts', 'vault/agent/', 'softhsm/state.ts'] },
+  'vault/fleet/': { internal: ['protocol/', 'hsm-adapter/token.ts', 'hsm-adapter/pkcs11-token.ts', 'hsm-adapter/faulty-token.ts', 'vault/replica/', 'vault/firmware/', 'vault/consensus/index.ts', 'vault/agent/', 'softhsm/state.ts'] },
   'vault/': { internal: ['protocol/', 'hsm-adapter/', 'softhsm/', 'vault/agent/', 'vault/firmware/'] },
 };
 

@@ -2,6 +2,12 @@
 // Lowe's memoisation, the shape Porcupine uses. The simulator's oracle sees the replicas' state; a
 // live run only sees what clients were told and when, so this is the check that needs no inside view.
 // Pure: the caller records the history, this only judges it.
+//
+// Ops whose outcome is unknown (a timeout, a crash) are what make such searches blow up, as each
+// may take effect at any later point or never. Three things keep them in check here, each exact:
+// they are tried only after every completed candidate; of several with equal inputs only the
+// earliest-called open one is; and a configuration is dropped when one that differs only in having
+// linearized fewer of them already failed.
 
 export interface Model<S, I, O> {
   init(): S;
@@ -9,7 +15,8 @@ export interface Model<S, I, O> {
    *  operation's outcome is unknown (it may have taken effect, with any output): return the state after it took effect.
    *  Returning `state` itself for a step that changes nothing spares the search a key() call. */
   step(state: S, input: I, output: O | undefined): S | null;
-  /** Canonical string of a state, for the memo cache (equal states -> equal strings). */
+  /** Canonical string of a state, for the memo cache (equal states -> equal strings). States that no
+   *  sequence of ops can tell apart may share a string; states that some can must not. */
   key(state: S): string;
 }
 
@@ -119,7 +126,6 @@ function checkPartition<S, I, O>(model: Model<S, I, O>, partition: string, unsor
   // Completed ops and unknown ones are kept apart. Completed ops must all be linearized, in the list
   // of calls and returns Porcupine walks; unknown ones may be linearized any time after their call, or
   // never, so they sit in a list of their own that is only tried once the completed candidates are.
-
   const events: { time: number; rank: number; op: number; call: boolean }[] = [];
   for (let i = 0; i < n; i++) {
     const op = ops[i]!;

@@ -74,7 +74,7 @@ export function recordModel(opts: { resetOnSuccess?: boolean } = {}): Model<Reco
     }
     if (s.locked || s.used >= s.limit) {
       if (out && out.r !== 'locked') return null;
-      return { ...s, locked: true };
+      return s.locked ? s : { ...s, locked: true };
     }
     if (out && out.r !== 'ke2') return null;
     return { ...s, used: s.used + 1, sessions: remember(s.ver, s.pw) };

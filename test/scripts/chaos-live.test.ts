@@ -4,24 +4,13 @@
 // and keep every password out of what it writes. Flag errors exit 2 before anything starts.
 // (A clean one-minute run is CI's own step: .ci/run.)
 import { describe, expect, it } from 'vitest';
-import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { countColour, decodePng } from '../helpers/png.ts';
+import { countColour } from '../helpers/png.ts';
+import { runBkv, screenshot } from '../helpers/bkv-cli.ts';
 
-const bkv = fileURLToPath(new URL('../../bin/bkv.js', import.meta.url));
-
-function run(...args: string[]): Promise<{ status: number | null; stdout: string; stderr: string }> {
-  const p = spawn(process.execPath, [bkv, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let stdout = '', stderr = '';
-  p.stdout.on('data', (b: Buffer) => { stdout += b.toString(); });
-  p.stderr.on('data', (b: Buffer) => { stderr += b.toString(); });
-  return new Promise((resolve) => p.once('exit', (status) => resolve({ status, stdout, stderr })));
-}
-
-const chromium = spawnSync('sh', ['-c', 'command -v chromium'], { encoding: 'utf8' }).stdout.trim();
+const run = runBkv;
 
 describe('bkv chaos live', () => {
   it('refuses bad flags with exit 2 and a reason, before provisioning anything', async () => {
@@ -75,13 +64,8 @@ describe('bkv chaos live', () => {
       expect(html).toMatch(/FAILED: \d+ violations?</);
       expect(html).toMatch(/<a href="#violation-1"><line[^>]*class="violation"/);
       expect(html).not.toMatch(/<script|https?:\/\//);
-      if (!chromium) {
-        console.log('skipped the headless screenshot: chromium is not installed (scripts/setup.sh --test installs it)');
-        return;
-      }
-      const png = join(dir, 'index.png');
-      execFileSync(chromium, ['--headless', '--no-sandbox', '--disable-gpu', '--hide-scrollbars', '--window-size=1280,900', `--screenshot=${png}`, `file://${join(dir, 'index.html')}`], { stdio: 'ignore', timeout: 60_000 });
-      const shot = decodePng(readFileSync(png));
+      const shot = screenshot(join(dir, 'index.html'));
+      if (!shot) return;
       // Rendered: the violation's red line, a leader's green lane, the KE2 bars.
       expect(countColour(shot, '#d50000')).toBeGreaterThan(150);
       expect(countColour(shot, '#2e8b57')).toBeGreaterThan(2000);

@@ -2,36 +2,13 @@
 // shrinks and prints a replay command that fails again (and passes without the shrunk faults), and
 // flag errors with exit 2.
 import { describe, expect, it } from 'vitest';
-import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
-import { execFileSync, spawnSync } from 'node:child_process';
-import { countColour, decodePng } from '../helpers/png.ts';
+import { countColour } from '../helpers/png.ts';
+import { runBkv, screenshot } from '../helpers/bkv-cli.ts';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 
-const bkv = fileURLToPath(new URL('../../bin/bkv.js', import.meta.url));
-
-function run(...args: string[]): Promise<{ status: number | null; stdout: string; stderr: string }> {
-  const p = spawn(process.execPath, [bkv, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let stdout = '', stderr = '';
-  p.stdout.on('data', (b: Buffer) => { stdout += b.toString(); });
-  p.stderr.on('data', (b: Buffer) => { stderr += b.toString(); });
-  return new Promise((resolve) => p.once('exit', (status) => resolve({ status, stdout, stderr })));
-}
-
-const chromium = spawnSync('sh', ['-c', 'command -v chromium'], { encoding: 'utf8' }).stdout.trim();
-
-/** The page as headless Chromium draws it, or undefined (and a stated skip) where there is no Chromium. */
-function screenshot(page: string) {
-  if (!chromium) {
-    console.log('skipped the headless screenshot: chromium is not installed (scripts/setup.sh --test installs it)');
-    return undefined;
-  }
-  const png = page.replace(/\.html$/, '.png');
-  execFileSync(chromium, ['--headless', '--no-sandbox', '--disable-gpu', '--hide-scrollbars', '--window-size=1280,900', `--screenshot=${png}`, `file://${page}`], { stdio: 'ignore', timeout: 60_000 });
-  return decodePng(readFileSync(png));
-}
+const run = runBkv;
 
 describe('bkv chaos sim', () => {
   it('runs a campaign: every seed holds, one JSON summary on stdout, progress on stderr', async () => {
