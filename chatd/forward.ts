@@ -4,6 +4,7 @@
 import http from 'node:http';
 import {
   MAX_RELAY_BODY,
+  REGION_HEADER,
   RELAY_PATH,
   decodeRelayReply,
   encodeRelayRequest,
@@ -47,14 +48,15 @@ export class VaultForwarder {
     this.relayKey = opts.relayKey;
   }
 
-  async forward(user: string, body: Uint8Array): Promise<Uint8Array> {
+  /** `region`: the device's routing hint (already checked), passed on for the fleet front to honour. */
+  async forward(user: string, body: Uint8Array, region?: string): Promise<Uint8Array> {
     let envelope: Uint8Array;
     try {
       envelope = encodeRelayRequest({ user, body });
     } catch (e) {
       throw new ChatdReplyError('BAD_REQUEST', (e as Error).message);
     }
-    const { status, bytes } = await this.post(envelope);
+    const { status, bytes } = await this.post(envelope, region);
     let reply: RelayReply;
     try {
       reply = decodeRelayReply(bytes);
@@ -80,7 +82,7 @@ export class VaultForwarder {
     this.agent.destroy();
   }
 
-  private post(envelope: Uint8Array): Promise<{ status: number; bytes: Uint8Array }> {
+  private post(envelope: Uint8Array, region?: string): Promise<{ status: number; bytes: Uint8Array }> {
     return new Promise((resolve, reject) => {
       let settled = false;
       // The first reason we gave up wins over whatever socket error the teardown then reports.
@@ -104,6 +106,7 @@ export class VaultForwarder {
           'content-type': 'application/msgpack',
           'content-length': envelope.length,
           ...(this.relayKey === undefined ? {} : { authorization: bearer(this.relayKey) }),
+          ...(region === undefined ? {} : { [REGION_HEADER]: region }),
         },
       });
       this.live.set(req, kill);

@@ -5,7 +5,7 @@
 import http from 'node:http';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer, type WebSocket, type RawData } from 'ws';
-import { MAX_RELAY_BODY } from '../protocol/relay.ts';
+import { MAX_RELAY_BODY, REGION_HEADER, isRegionHint } from '../protocol/relay.ts';
 import {
   CHATD_HEALTH_PATH,
   CHATD_HTTP_PATH,
@@ -170,10 +170,12 @@ export async function startChatd(opts: ChatdOptions): Promise<Chatd> {
       const acct = await authenticate(bearer(req.headers.authorization));
       entry.acct = acct.tag;
       admit(byAccount, acct.user, 'account');
+      const hint = req.headers[REGION_HEADER];
+      if (hint !== undefined && !isRegionHint(hint)) throw new ChatdReplyError('BAD_REQUEST', `${REGION_HEADER} must be a replica name`);
       const body = await readBody(req, limits.maxBodyBytes);
       bodyRead = true;
       entry.inBytes = body.length;
-      const reply = await track(forwarder.forward(acct.user, body));
+      const reply = await track(forwarder.forward(acct.user, body, hint));
       entry.status = 200;
       entry.outBytes = reply.length;
       res.writeHead(200, {

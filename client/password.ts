@@ -73,9 +73,11 @@ export interface PasswordOptions {
    */
   onReply?: (reply: VaultReply) => void | Promise<void>;
   /**
-   * Resending a frame the relay did not answer is always safe: a byte-identical copy gets the
-   * original's reply (or a refusal), never a second charge. `retryable` says which send errors are
-   * worth it (the transport's "unavailable" and timeouts); default none.
+   * Resending a frame the relay did not answer is safe: a byte-identical copy gets the original's
+   * reply (or a refusal) from the leader that holds the session. A RecoverStart's Hello that reaches
+   * a new leader instead is a KE1 it never saw and is charged again (docs/session.md): a fault may
+   * cost an honest device an attempt, never gain anyone a guess. `retryable` says which send errors
+   * are worth it (the transport's "unavailable" and timeouts); default none.
    */
   retry?: { attempts: number; delayMs: number; retryable(e: unknown): boolean };
 }

@@ -16,7 +16,7 @@ import {
   type ChatdErrorBody,
   type ChatdErrorCode,
 } from '../protocol/device-frames.ts';
-import { MAX_RELAY_BODY } from '../protocol/relay.ts';
+import { MAX_RELAY_BODY, REGION_HEADER, isRegionHint } from '../protocol/relay.ts';
 
 /** Every failure of a request through ChatD. `status` is ChatD's HTTP status when it sent one. */
 export class ChatdTransportError extends BkvError {
@@ -116,12 +116,15 @@ export interface ChatdClientOptions {
   token: string;
   /** Per request, ours on top of ChatD's own vault timeout. Default 20 s. */
   timeoutMs?: number;
+  /** The device's data center (a replica name): a routing hint ChatD passes to the fleet. */
+  region?: string;
 }
 
 export class ChatdClient {
   readonly url: URL;
   private readonly token: string;
   private readonly timeoutMs: number;
+  private readonly region: string | undefined;
   // Idle pooled sockets go after 2 s, inside ChatD's keep-alive timeout (see chatd/forward.ts).
   private readonly agent = new http.Agent({ keepAlive: true, timeout: 2000 });
 
@@ -137,6 +140,8 @@ export class ChatdClient {
     }
     this.token = opts.token;
     this.timeoutMs = opts.timeoutMs ?? 20_000;
+    if (opts.region !== undefined && !isRegionHint(opts.region)) throw new InputError('region must be a replica name (letters, digits, . _ -; at most 64)', 'BAD_REGION');
+    this.region = opts.region;
   }
 
   /** One vault message over HTTP; resolves with the vault's reply bytes. */
@@ -159,6 +164,7 @@ export class ChatdClient {
           authorization: `Bearer ${this.token}`,
           'content-type': 'application/octet-stream',
           'content-length': body.length,
+          ...(this.region === undefined ? {} : { [REGION_HEADER]: this.region }),
         },
       });
       const timer = setTimeout(() => {

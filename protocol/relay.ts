@@ -10,6 +10,16 @@ export const MAX_RELAY_BODY = 16 * 1024;
 /** The vault's HTTP route for relayed requests (POST, body = encodeRelayRequest). */
 export const RELAY_PATH = '/v1/relay';
 
+/**
+ * A routing hint a device may give (its data center: a replica name), carried by ChatD to the fleet
+ * front, which lets the request enter there. Only a hint: it changes where, never what.
+ */
+export const REGION_HEADER = 'x-bkv-region';
+const REGION_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+export function isRegionHint(v: unknown): v is string {
+  return typeof v === 'string' && REGION_RE.test(v);
+}
+
 export interface RelayRequest {
   v: typeof RELAY_VERSION;
   /** Account identity as ChatD authenticated it (e.g. the phone number). */

@@ -328,6 +328,14 @@ export async function fetchFleetStatus(op: OperatorEndpoint, pid?: number): Prom
 const ROLES = new Set(['leader', 'follower', 'candidate', 'preCandidate', 'rejoining', 'down']);
 
 /** Validates the fleet's status reply (a list of replicas, or `{ replicas }`): a typed error, never a guess. */
+/** A replica's counters, numbers and flags only (anything else in them is dropped). */
+function statsOf(v: unknown): Record<string, number | boolean> | undefined {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) return undefined;
+  const out: Record<string, number | boolean> = {};
+  for (const [k, x] of Object.entries(v)) if (typeof x === 'number' || typeof x === 'boolean') out[k] = x;
+  return out;
+}
+
 export function parseFleetStatus(raw: unknown, pid?: number): FleetStatus {
   const obj = (Array.isArray(raw) ? { replicas: raw } : raw) as Record<string, unknown> | null;
   const list = obj?.replicas;
@@ -348,6 +356,7 @@ export function parseFleetStatus(raw: unknown, pid?: number): FleetStatus {
       healthy: r.healthy === true,
       reason: typeof r.reason === 'string' ? r.reason : '',
       leader: typeof r.leader === 'string' && r.leader ? r.leader : null,
+      ...(statsOf(r.stats) ? { stats: statsOf(r.stats) } : {}),
     };
   });
   // Two replicas may both say they lead (an old one not yet stepped down): the higher term wins.

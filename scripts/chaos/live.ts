@@ -216,12 +216,12 @@ export async function runLive(o: LiveOptions): Promise<LiveRun> {
     // A copy of a request is a request of its own whose answer nobody reads: Jepsen's info. Only an
     // attempt's copy could change the record (a second charge, were copies not free); the others are
     // refused or answered as the original.
-    const duplicated = (u: (typeof users)[number], proc: string) => {
+    const duplicated = (u: (typeof users)[number], proc: string, why: 'COPY_UNREAD' | 'RESENT' = 'COPY_UNREAD') => {
       const cur = current.get(proc);
       if (cur?.input.f === 'attempt' && cur.ret === null && cur.gaveUp === undefined) {
         const copy = begin(u, proc, { f: 'attempt' });
         current.set(proc, cur);
-        end(copy, 'info', undefined, 'COPY_UNREAD');
+        end(copy, 'info', undefined, why);
       }
     };
     /** One device: its own ChatD connection (or the malicious ChatD's hop), kept for its operations. */
@@ -232,15 +232,27 @@ export async function runLive(o: LiveOptions): Promise<LiveRun> {
         const pick = evilHooks(u.phone, () => duplicated(u, proc));
         send = (b) => evil!.deviceSend(u.phone, pick)(b);
       } else {
-        const c = new ChatdClient({ url: chatd!.url, token: u.token, timeoutMs: 20_000 });
+        // Devices in every data center: each enters the fleet at its own region's replica.
+        const c = new ChatdClient({ url: chatd!.url, token: u.token, timeoutMs: 20_000, region: names[(users.indexOf(u) + sends.size) % names.length] });
         clients.push(c);
         const plain: Send = (b) => c.request(b);
-        // A device that resends: sometimes the same frame twice at once (the copy must be free).
+        // A device that resends: sometimes the same frame twice at once (a copy that may be charged).
         send = async (b) => {
           if (workRng.float() < 0.05) { duplicated(u, proc); void plain(b).catch(() => undefined); }
           return plain(b);
         };
       }
+      // A device that retries (PasswordOptions.retry) sends the very same frame again. While the
+      // session lives at one leader that copy is free, but a copy that reaches a new leader is a KE1
+      // it never saw and is charged again (docs/session.md): each resend of an attempt is an info
+      // copy, a charge that may have landed.
+      const inner = send;
+      let last: Uint8Array | undefined;
+      send = (b) => {
+        if (last && Buffer.compare(last, b) === 0) duplicated(u, proc, 'RESENT');
+        last = b;
+        return inner(b);
+      };
       sends.set(proc, send);
       return send;
     };
@@ -249,7 +261,7 @@ export async function runLive(o: LiveOptions): Promise<LiveRun> {
       opts: {
         user: u.phone, serverPublicKey: new Uint8Array(Buffer.from(keys[DEFAULT_SUITE], 'hex')), sessionKey: new Uint8Array(Buffer.from(keys.session, 'hex')),
         suite: DEFAULT_SUITE, ksf: identityKsf, onReply,
-        // An election or a partition elsewhere: the same frame again (free for a copy), as PasswordDevice does.
+        // An election or a partition elsewhere: the same frame again, as PasswordDevice does.
         retry: { attempts: 3, delayMs: 200, retryable: (e) => e instanceof VaultUnavailableError || e instanceof ChatdRateLimitError || (e instanceof ChatdTimeoutError && e.status === 504) },
       },
     });

@@ -272,14 +272,15 @@ export class PasswordDevice {
 
   constructor(
     id: DeviceIdentity,
-    extra: { wrapSend?: (s: Send) => Send; onSessionKey?: (k: Uint8Array) => void; onReply?: PasswordOptions['onReply']; timeoutMs?: number } = {},
+    extra: { wrapSend?: (s: Send) => Send; onSessionKey?: (k: Uint8Array) => void; onReply?: PasswordOptions['onReply']; timeoutMs?: number; region?: string } = {},
   ) {
     this.id = id;
-    this.client = new ChatdClient({ url: id.chatdUrl, token: id.token, timeoutMs: extra.timeoutMs });
+    this.client = new ChatdClient({ url: id.chatdUrl, token: id.token, timeoutMs: extra.timeoutMs, region: extra.region });
     const base: Send = (b) => this.client.request(b);
     this.send = extra.wrapSend ? extra.wrapSend(base) : base;
     this.opts = { user: id.user, serverPublicKey: id.serverPublicKey, sessionKey: id.sessionKey, suite: id.suite, ksf: id.ksf, onSessionKey: extra.onSessionKey, onReply: extra.onReply,
-      // An election or a partition elsewhere: resend the same frame (free for a copy) a few times.
+      // An election or a partition elsewhere: resend the same frame a few times (free at the leader
+      // holding the session; a RecoverStart that reaches a new leader is charged again).
       retry: { attempts: 4, delayMs: 250, retryable: (e) => e instanceof VaultUnavailableError || e instanceof ChatdRateLimitError || (e instanceof ChatdTimeoutError && e.status === 504) } };
   }
 

@@ -89,6 +89,29 @@ async function withRetries<T>(f: () => Promise<T>, tries = 40): Promise<{ value:
 }
 
 describe('password recovery through ChatD against the fleet', () => {
+  it('a device in a data center enters the fleet there: ChatD carries its region hint to the front', async () => {
+    const s = await waitFor((x) => !!x.leader && x.replicas.every((r) => r.healthy));
+    const follower = s.replicas.find((r) => r.name !== s.leader)!.name;
+    const forwarded = (st: FleetStatus, n: string) => Number(st.replicas.find((r) => r.name === n)!.stats?.forwardedOut ?? 0);
+    const before = forwarded(s, follower);
+    const phone = '+15556660009';
+    const { token } = await new AccountStore(join(dir, 'state')).create(phone);
+    const id = {
+      chatdUrl: services.chatd.url, token, user: phone, suite: DEFAULT_SUITE, ksf: identityKsf,
+      serverPublicKey: new Uint8Array(Buffer.from(fleet.keys[DEFAULT_SUITE], 'hex')), sessionKey: new Uint8Array(Buffer.from(fleet.keys.session, 'hex')),
+    };
+    const there = new PasswordDevice(id, { region: follower });
+    // Reads are served where they enter (a read barrier); a registration must reach the leader.
+    expect((await there.enable('the password of a device in that data center')).state).toBe('registered');
+    there.close();
+    // The follower took the registration's requests and passed them to the leader: it was the entry.
+    expect(forwarded(await fleet.status(), follower) - before).toBeGreaterThanOrEqual(1);
+    // A hint that is not a replica name is refused by ChatD (400), and by the device before sending.
+    const res = await fetch(new URL('/v1/vault', services.chatd.url), { method: 'POST', headers: { authorization: `Bearer ${token}`, 'x-bkv-region': '../etc', 'content-type': 'application/octet-stream' }, body: new Uint8Array(8) });
+    expect(res.status).toBe(400);
+    expect(() => new PasswordDevice(id, { region: 'a b' })).toThrow(/region must be a replica name/);
+  });
+
   it('recovers K with a follower crashed, then with the leader crashed between KE2 and KE3; the attempt count stays exact', async () => {
     // The children's logs (codes and names only, never secrets) say what the fleet did when this fails.
     onTestFailed(() => void process.stderr.write(`fleet ${fleet.running ? 'running' : 'EXITED'}; fleet/ChatD log tail:\n${lines.slice(-40).join('\n')}\n`));

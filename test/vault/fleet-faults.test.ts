@@ -128,6 +128,36 @@ describe('fleet under faults', () => {
     await restartIfDown();
   });
 
+  it('a Hello resent to a new leader is a KE1 it never saw: charged again (so a live history counts every resend as a possible charge)', async () => {
+    const user = 'resent-hello';
+    const leader = await fx.stableLeader();
+    const entry = fx.fleet.replicas.find((r) => r !== leader)!;
+    await enablePassword(fx.send(user, entry), fx.opts(user), PW, K, 5);
+    const op = await createOpaque({ suite: 'ristretto255-SHA512', ksf: identityKsf });
+    const device = new DeviceSession(fastX25519(), user, fx.opts(user).sessionKey, (n) => new Uint8Array(randomBytes(n)));
+    const hello = device.hello(encodeDeviceMessage({ t: 'RecoverStart', suite: 'ristretto255-SHA512', ke1: op.clientStartLogin(new TextEncoder().encode(PW)).ke1 }));
+    // The Welcome is lost on the way; while the session lives, a copy is answered from memory for free.
+    const welcome = await fx.send(user, entry)(hello);
+    expect(Buffer.from(await fx.send(user, entry)(hello)).equals(Buffer.from(welcome))).toBe(true);
+    expect((await statusOf(user, entry)).attemptsLeft).toBe(4);
+    // Then the leader dies, and the device resends the same bytes: the new leader never saw them.
+    await fx.fleet.crash(leader);
+    const again = await fx.waitFor('a Welcome for the resent Hello', async () => {
+      try {
+        const b = await fx.send(user, entry)(hello);
+        return decodeSessionFrame(b).kind === 'refused' ? undefined : b;
+      } catch (e) {
+        if (e instanceof RelayFailure) return undefined;
+        throw e;
+      }
+    });
+    const r = decodeVaultReply(device.openWelcome(again));
+    expect(r.t).toBe('KE2');
+    expect(Buffer.from(again).equals(Buffer.from(welcome))).toBe(false);
+    expect((await statusOf(user, entry)).attemptsLeft).toBe(3);
+    await restartIfDown();
+  });
+
   it('a minority partition: the majority side keeps serving, the cut-off replica does not answer', async () => {
     const leader = await fx.stableLeader();
     const [f1, f2] = fx.fleet.replicas.filter((r) => r !== leader) as [string, string];
@@ -166,7 +196,7 @@ describe('fleet under faults', () => {
       expect('failed' in ke || ke.t === 'Error').toBe(true);
       const newLeader = await fx.stableLeader(others);
       expect(newLeader).not.toBe(leader);
-      // A device resends what a replica could not place while the new term settles (free for a copy).
+      // A device resends what a replica could not place while the new term settles.
       const retrying = fx.deviceOpts('majority');
       expect(Buffer.from(await recoverK(fx.send('majority', others[0]), retrying, PW)).equals(Buffer.from(K))).toBe(true);
     } finally {

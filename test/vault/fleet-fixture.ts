@@ -12,7 +12,7 @@ export interface FleetFixture {
   fleet: Fleet;
   send(user: string, at?: string): Send;
   opts(user: string): PasswordOptions;
-  /** opts() as a real device runs: it resends a frame the fleet could not place yet (5xx), free for a copy. */
+  /** opts() as a real device runs: it resends a frame the fleet could not place yet (5xx). */
   deviceOpts(user: string): PasswordOptions;
   waitFor<T>(what: string, f: () => Promise<T | undefined | false>, timeoutMs?: number): Promise<T>;
   /** The leader once one is elected and every listed replica agrees on it. */

@@ -2,7 +2,7 @@
 // away and a leader on the majority side, correct-password recoveries through the fleet front
 // (no region hint, as a ChatD without one) succeed, and none ends with a lower counter or a lock.
 // The front keeps a session's KE3 on the replica its KE1 entered at and routes to a replica that
-// knows a live leader; the device resends an unanswered frame (free for a copy).
+// knows a live leader; the device resends an unanswered frame (free while the leader holding its session lives).
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { enablePassword, recoverK, status } from '../../client/password.ts';
 import { startFleetFixture, type FleetFixture } from './fleet-fixture.ts';

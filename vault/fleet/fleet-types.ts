@@ -96,7 +96,7 @@ export interface Fleet {
  * FLEET_FAULT_PATH (JSON FleetFault -> {ok:true} or 400 {code, message}); both need the operator key.
  */
 /** Header naming the replica (its name/region) a relayed request should enter the fleet at. */
-export const REGION_HEADER = 'x-bkv-region';
+export { REGION_HEADER } from '../../protocol/relay.ts';
 export const FLEET_STATUS_PATH = '/v1/fleet/status';
 export const FLEET_FAULT_PATH = '/v1/fleet/fault';
 

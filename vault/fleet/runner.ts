@@ -8,13 +8,13 @@ import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { BkvError, InputError } from '../../protocol/errors.ts';
-import { RELAY_PATH } from '../../protocol/relay.ts';
+import { REGION_HEADER, RELAY_PATH } from '../../protocol/relay.ts';
 import type { FleetState } from '../../softhsm/state.ts';
 import { refuseUnauthorizedRelay, sendBody, serveRelay } from '../agent/http.ts';
 import { replicaDbDir } from '../agent/replica.ts';
 import type { Outcome } from '../replica/core.ts';
 import { startOperatorListener } from './admin-routes.ts';
-import { REGION_HEADER, type Fleet, type FleetEvent, type FleetFault, type ReplicaControl, type ReplicaStatus, type StartFleetOptions } from './fleet-types.ts';
+import { type Fleet, type FleetEvent, type FleetFault, type ReplicaControl, type ReplicaStatus, type StartFleetOptions } from './fleet-types.ts';
 import type { LocalStatus } from './replica.ts';
 import { EntryRouter } from './router.ts';
 
