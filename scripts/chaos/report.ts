@@ -2,7 +2,9 @@
 // a timeline (a lane per replica: role and term, crashes, pauses, forks, partitions as bands, faults
 // as marks; a lane per user: operations as bars from invoke to completion coloured by outcome, and the
 // attempts left over time), violations marked on it and linked to the operations around them, a
-// latency histogram, throughput over time, the settings and the verdict.
+// latency histogram by outcome and HDR percentiles per operation (latency.ts), throughput over
+// time, the settings and the verdict.
+import { latencyByOp, type LatencyRow } from './latency.ts';
 import type { HistoryOp, RunHistory, VaultRunSettings } from './workload.ts';
 
 export interface RunReport {
@@ -188,6 +190,27 @@ function histogram(ops: HistoryOp[]): string {
   return out.join('\n');
 }
 
+const OP_COLOUR: Record<string, string> = { register: '#6a1b9a', attempt: '#1565c0', outcome: '#ef8c00', recover: '#2e8b57', status: '#607d8b', delete: '#c62828' };
+
+/** HDR percentiles per kind of operation (latency.ts), as a table and a percentile curve. */
+function latencyTable(rows: LatencyRow[]): string {
+  if (rows.length === 0) return '';
+  const f = (ms: number) => (ms >= 100 ? ms.toFixed(0) : ms >= 10 ? ms.toFixed(1) : ms.toFixed(2));
+  const body = rows.map((r) => `<tr><td><span class="key" style="background:${OP_COLOUR[r.op] ?? '#000'}"></span>${esc(r.op)}</td><td>${r.count}</td><td>${f(r.p50)}</td><td>${f(r.p90)}</td><td>${f(r.p99)}</td><td>${f(r.p999)}</td><td>${f(r.max)}</td></tr>`).join('');
+  // x: the number of nines (90% at 1, 99% at 2, ...); y: log ms. The curve's last point is the max.
+  const W = 560, H = 180, L = 40, nines = (p: number) => Math.min(4.5, -Math.log10(Math.max(1e-6, 1 - p / 100)));
+  const all = rows.flatMap((r) => r.curve.map(([, ms]) => Math.max(0.01, ms)));
+  const lo = Math.floor(Math.log10(Math.min(...all))), hi = Math.max(lo + 1, Math.ceil(Math.log10(Math.max(...all))));
+  const x = (p: number) => L + ((W - L - 10) * nines(p)) / 4.5;
+  const y = (ms: number) => H - ((H - 10) * (Math.log10(Math.max(0.01, ms)) - lo)) / (hi - lo);
+  const out = [`<svg width="${W}" height="${H + 30}" class="percentiles">`];
+  for (let d = lo; d <= hi; d++) out.push(`<line x1="${L}" x2="${W - 10}" y1="${y(10 ** d)}" y2="${y(10 ** d)}" stroke="#eceff1"/><text x="2" y="${y(10 ** d) + 3}" class="axis">${10 ** d >= 1 ? 10 ** d : (10 ** d).toFixed(-d)} ms</text>`);
+  for (const [p, label] of [[0, '0%'], [90, '90%'], [99, '99%'], [99.9, '99.9%'], [99.99, '99.99%']] as const) out.push(`<text x="${x(p) - 8}" y="${H + 14}" class="axis">${label}</text>`);
+  for (const r of rows) out.push(`<polyline points="${r.curve.map(([p, ms]) => `${x(p).toFixed(1)},${y(ms).toFixed(1)}`).join(' ')}" fill="none" stroke="${OP_COLOUR[r.op] ?? '#000'}" stroke-width="1.5"><title>${esc(r.op)}</title></polyline>`);
+  out.push(`<text x="${L}" y="${H + 27}" class="axis">latency at each percentile (HDR histogram, 3 significant digits), log scale</text></svg>`);
+  return `<table class="latency"><tr><th>operation</th><th>completed</th><th>p50 ms</th><th>p90</th><th>p99</th><th>p99.9</th><th>max</th></tr>${body}</table>${out.join('')}`;
+}
+
 function throughput(h: RunHistory): string {
   // About 200 points whatever the run's length (250 ms for a simulator seed).
   const bucket = Math.max(250, Math.ceil(h.end / 200 / 250) * 250);
@@ -240,6 +263,8 @@ ${timeline(r)}
 <h2>Violations</h2>
 ${r.violations.length ? `<table><tr><th>#</th><th>what</th><th>operations around it</th></tr>${rows}</table>` : '<p>None.</p>'}
 <div class="charts"><div><h2>Latency</h2>${histogram(h.ops)}</div><div><h2>Throughput</h2>${throughput(h)}</div></div>
+<h2>Latency percentiles</h2>
+${latencyTable(latencyByOp(h.ops))}
 <h2>Operations (${h.ops.length}${shown.length < h.ops.length ? `; the first ${MAX_TABLE_OPS} and those around violations shown, all in history.jsonl` : ''})</h2>
 <table><tr><th>op</th><th>user</th><th>what</th><th>invoked (ms)</th><th>completed (ms)</th><th>outcome</th></tr>
 ${opRows}

@@ -9,6 +9,7 @@ import { parseFlags, UsageError, wantsHelp, type Command } from '../cli.ts';
 import { FAULTS, describeSettings, judgeSeed, replayCommand, runSeeds, shrink, type Fault, type SeedVerdict, type Shrunk, type SimJob } from '../chaos/campaign.ts';
 import { MUTATION_CASES } from '../chaos/mutations.ts';
 import { renderRunReport, simSettingsText } from '../chaos/report.ts';
+import { latencyByOp } from '../chaos/latency.ts';
 import { runLive, type LiveRun, type LiveTransport } from '../chaos/live.ts';
 import { checkLiveRun, liveRunFromReport, liveRunHistory, type LiveVerdict } from '../chaos/live-check.ts';
 import { MUTATIONS, type Mutation } from '../../vault/replica/core.ts';
@@ -464,12 +465,9 @@ async function live(argv: string[]): Promise<number> {
     const k = `${x.input.f} ${x.type === 'ok' ? x.output!.r : x.type}`;
     counts[k] = (counts[k] ?? 0) + 1;
   }
-  // Latency of what completed, per operation kind (ms): p50, p99, max.
-  const latency: Record<string, { count: number; p50: number; p99: number; max: number }> = {};
-  for (const kind of ['register', 'attempt', 'outcome', 'status', 'delete']) {
-    const ms = run.ops.filter((x) => x.input.f === kind && x.type === 'ok').map((x) => x.ret! - x.call).sort((a, b) => a - b);
-    if (ms.length) latency[kind] = { count: ms.length, p50: ms[Math.floor(ms.length * 0.5)]!, p99: ms[Math.min(ms.length - 1, Math.floor(ms.length * 0.99))]!, max: ms.at(-1)! };
-  }
+  // Latency of what completed, per operation kind (ms, HDR percentiles; the page also plots them).
+  const latency = Object.fromEntries(latencyByOp(run.ops.filter((x) => x.type === 'ok').map((x) => ({ op: x.input.f, start: x.call, end: x.ret })))
+    .map(({ op, curve: _, ...row }) => [op, row]));
   const base = {
     mode: 'live', settings: run.settings, seconds: Math.round(run.durationMs / 1000), operations: run.ops.length,
     faults: run.notes.filter((n) => !['heal', 'converged', 'heal (faults stop)'].includes(n.line) && !n.line.startsWith('refused')).length,

@@ -45,6 +45,12 @@ describe('bkv chaos live', () => {
       const failedChecks = s.checks.filter((c) => !c.ok).map((c) => c.name);
       expect(failedChecks.some((n) => n === 'linearizable' || n.startsWith('guess budget'))).toBe(true);
       expect(s.violations.join('\n')).toMatch(/not linearizable|more than its limit/);
+      // HDR percentiles per kind of operation, in the summary and on the page.
+      const lat = (JSON.parse(r.stdout) as { latency: Record<string, { count: number; p50: number; p99: number; max: number }> }).latency;
+      expect(lat.attempt!.count).toBeGreaterThan(20);
+      expect(lat.attempt!.p50).toBeGreaterThan(0);
+      expect(lat.attempt!.p50).toBeLessThanOrEqual(lat.attempt!.p99);
+      expect(lat.attempt!.p99).toBeLessThanOrEqual(lat.attempt!.max);
       // Progress went to stderr, one document to stdout.
       expect(r.stdout.trim().split('\n')).toHaveLength(1);
       expect(r.stderr).toMatch(/checking +\d+ operations/);
@@ -64,6 +70,8 @@ describe('bkv chaos live', () => {
       expect(html).toMatch(/FAILED: \d+ violations?</);
       expect(html).toMatch(/<a href="#violation-1"><line[^>]*class="violation"/);
       expect(html).not.toMatch(/<script|https?:\/\//);
+      expect(html).toMatch(/<table class="latency">.*<td><span class="key"[^>]*><\/span>attempt<\/td><td>\d+<\/td>/s);
+      expect(html).toMatch(/<svg[^>]*class="percentiles">.*<polyline points="[\d., ]+"/s);
       const shot = screenshot(join(dir, 'index.html'));
       if (!shot) return;
       // Rendered: the violation's red line, a leader's green lane, the KE2 bars.
