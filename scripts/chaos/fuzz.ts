@@ -17,7 +17,7 @@ import { decodeConfChange, encodeConfChange, decodeEntry as decodeRaftEntry, dec
 import { decodeEntry } from '../../vault/firmware/entries.ts';
 import { VaultState } from '../../vault/firmware/state.ts';
 import { decodePeer } from '../../vault/replica/peer-wire.ts';
-import { decodeProcessLine, encodeProcessMessage } from '../../vault/fleet/process-protocol.ts';
+import { decodeProcessLine, decodeReplicaControl, encodeProcessMessage, encodeReplicaControl } from '../../vault/fleet/process-protocol.ts';
 import { parseHostPort } from '../../vault/fleet/process-config.ts';
 import { parseWanConfigText } from '../../vault/fleet/wan.ts';
 import { encryptBackup, parseHeader } from '../../client/backup-format.ts';
@@ -83,6 +83,11 @@ export async function fuzzTargets(): Promise<FuzzTarget[]> {
       name: 'process-line',
       corpus: [text(encodeProcessMessage({ t: 'leader', term: 3 }).trimEnd()), text(encodeProcessMessage({ t: 'health', healthy: false, code: 'TAMPERED', reason: 'disk' }).trimEnd())],
       run: str(decodeProcessLine),
+    },
+    {
+      name: 'replica-control',
+      corpus: [text(encodeReplicaControl({ t: 'token', failureRate: 0.05, latencyRate: 0.5, latencyMs: [1, 200] })), text(encodeReplicaControl({ t: 'clock', rate: 0.5, offsetMs: -30_000 }))],
+      run: str(decodeReplicaControl),
     },
     { name: 'backup-header', corpus: [header, new Uint8Array(Buffer.concat([Buffer.from(header), Buffer.alloc(40, 9)]))], run: (b) => parseHeader(Buffer.from(b)) },
     { name: 'key64', corpus: [text('1234 5678 9012 3456 7890 1234 5678 9012 3456 7890 1234 5678 9012 3456 7890 1234')], run: str(parseKey64) },

@@ -119,7 +119,7 @@ export interface LiveRun {
 }
 
 const THREAD_FAULTS = ['crash', 'crash-leader', 'kill-fleet', 'restart', 'rollback', 'blank', 'partition', 'bridge', 'ring', 'isolate', 'one-way', 'slow', 'lossy', 'token', 'clock'];
-const PROCESS_FAULTS = ['crash', 'crash-leader', 'kill-fleet', 'restart', 'rollback', 'blank'];
+const PROCESS_FAULTS = ['crash', 'crash-leader', 'kill-fleet', 'restart', 'rollback', 'blank', 'token', 'clock'];
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -540,10 +540,17 @@ export async function runLive(o: LiveOptions): Promise<LiveRun> {
       if (menu.includes('clock')) await fleet.fault({ op: 'clock', replica: n, rate: 1, offsetMs: 0 }).catch(() => undefined);
     }
     for (const n of [...down]) { await fleet.fault({ op: 'restart', replica: n }).catch(() => undefined); down.delete(n); }
-    // A replica that died on its own (an unhealthy token, a refused disk) is restarted as an operator would.
+    // A replica that died on its own (a refused disk), or stopped itself on a token error (the core
+    // fails stop: it cannot know what a failed seal or anchor left behind), is restarted as an
+    // operator would.
     const st = await fleet.status().catch(() => undefined);
     for (const r of st?.replicas ?? []) {
       if (r.role === 'down') await fleet.fault({ op: 'restart', replica: r.name }).catch(() => undefined);
+      else if (!r.healthy && r.reason !== 'REJOINING') {
+        note(`operator restart ${r.name} (stopped itself: ${r.reason.split(':')[0]})`);
+        await fleet.fault({ op: 'crash', replica: r.name }).catch(() => undefined);
+        await fleet.fault({ op: 'restart', replica: r.name }).catch(() => undefined);
+      }
     }
     const convergeMs = (o.convergeSeconds ?? 60) * 1000;
     let convergedAt: number | null = null;

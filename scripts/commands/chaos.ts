@@ -97,7 +97,8 @@ received, the counter never going down, K only to its owner, convergence and tim
                      still differs between runs
   --transport T      thread (default): replicas are worker threads through the WAN model;
                      process or tcp: each replica its own OS process over TCP on loopback (crash,
-                     kill -9, restart and disk faults only: the network there is the real one)
+                     kill -9, restart, disk, token and clock faults; no network faults: the network
+                     there is the real one)
   --wan MODEL        threads only: default (five data centers), none, or a WAN file (default none)
   --replicas N       replicas (3..7, default 5)
   --users N          users with an owner, and as many attack-only users (1..20, default 3)
@@ -376,10 +377,15 @@ async function sim(argv: string[]): Promise<number> {
   return bad.length === 0 ? 0 : 1;
 }
 
+/** The nemesis' faults in a live run's notes: not the heal, convergence, refusals or an operator's restart. */
+function faultCount(run: LiveRun): number {
+  return run.notes.filter((n) => !['heal', 'converged', 'heal (faults stop)'].includes(n.line) && !n.line.startsWith('refused') && !n.line.startsWith('operator ')).length;
+}
+
 /** The page of a live run (`--report`, and again after `--recheck`). */
 function liveReportPage(run: LiveRun, verdict: LiveVerdict, rerun: string): string {
   const st = run.settings;
-  const faults = run.notes.filter((n) => !['heal', 'converged', 'heal (faults stop)'].includes(n.line) && !n.line.startsWith('refused')).length;
+  const faults = faultCount(run);
   return renderRunReport({
     title: `bkv chaos live: seed ${st.seed}, ${st.minutes} min, ${st.transport}${st.mutation ? `, mutation ${st.mutation}` : ''}${st.maliciousChatd ? ', malicious ChatD' : ''}`,
     seed: st.seed, settingsText: `${st.replicas} replicas as ${st.transport === 'thread' ? 'worker threads' : 'processes over TCP'}, WAN ${st.wan}, ${st.users} users with owners and ${st.attackOnlyUsers} attack-only, ${st.attackersPerUser} attackers each, limit ${st.limit}; faults: ${st.faults.join(', ')}.`,
@@ -470,7 +476,7 @@ async function live(argv: string[]): Promise<number> {
     .map(({ op, curve: _, ...row }) => [op, row]));
   const base = {
     mode: 'live', settings: run.settings, seconds: Math.round(run.durationMs / 1000), operations: run.ops.length,
-    faults: run.notes.filter((n) => !['heal', 'converged', 'heal (faults stop)'].includes(n.line) && !n.line.startsWith('refused')).length,
+    faults: faultCount(run),
     recoverySeconds: run.convergedAt === null ? null : (run.convergedAt - run.healedAt) / 1000,
     firstSuccessAfterHealSeconds: run.firstOkAfterHeal === null ? null : (run.firstOkAfterHeal - run.healedAt) / 1000,
     outcomes: counts, latency, rerun,

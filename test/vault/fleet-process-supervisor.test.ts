@@ -77,4 +77,36 @@ describe('process fleet (supervisor)', () => {
     }, 30_000);
     expect(Buffer.from(await recoverK(send('bob', leader.name), opts, 'pw')).equals(Buffer.from(k))).toBe(true);
   });
+
+  it('reaches into a replica process for token and clock faults, with the operator key only', async () => {
+    const post = (body: unknown, key = operatorKey) => fetch(fleet.operatorUrl! + FLEET_FAULT_PATH, { method: 'POST', body: JSON.stringify(body), headers: { authorization: `Bearer ${key}` } });
+    const leader = await stable();
+    // Every token call of the leader fails: it cannot anchor or seal, and the others take over.
+    expect((await post({ op: 'token', replica: leader.name, failureRate: 1, latencyRate: 0 })).status).toBe(200);
+    const keys = fleet.akePublicKeys();
+    const opts: PasswordOptions = { user: 'bob', ksf: identityKsf, serverPublicKey: new Uint8Array(Buffer.from(keys['ristretto255-SHA512']!, 'hex')), sessionKey: new Uint8Array(Buffer.from(keys.session!, 'hex')) };
+    // The first request that needs the token finds it failing: the leader stops serving and says why.
+    await recoverK(send('bob', leader.name), opts, 'nope').catch(() => undefined);
+    const next = await waitFor('another leader', async () => {
+      const st = await fleet.status();
+      const l = st.find((s) => s.role === 'leader' && s.name !== leader.name && s.term > leader.term);
+      const old = st.find((s) => s.name === leader.name)!;
+      return l && !old.healthy && /^TOKEN_\w+: .*\(injected\)$/.test(old.reason) ? l : undefined;
+    }, 30_000);
+    expect((await post({ op: 'token', replica: leader.name, failureRate: 0, latencyRate: 0 })).status).toBe(200);
+    await fleet.crash(leader.name);
+    await fleet.restart(leader.name);
+    // A leader whose clock runs at a tenth of true time sends heartbeats ten times too seldom: the
+    // followers time out and elect another.
+    const slow = await stable();
+    expect((await post({ op: 'clock', replica: slow.name, rate: 0.1, offsetMs: 0 })).status).toBe(200);
+    await waitFor('a leader elected past the slow clock', async () => (await fleet.status()).some((s) => s.role === 'leader' && s.name !== slow.name && s.term > slow.term), 30_000);
+    expect((await post({ op: 'clock', replica: slow.name, rate: 1, offsetMs: 0 })).status).toBe(200);
+    const follower = slow.name;
+    // Bad values are refused before anything reaches a replica.
+    expect((await post({ op: 'token', replica: follower, failureRate: 2 })).status).toBe(400);
+    expect((await post({ op: 'clock', replica: follower, rate: 1, offsetMs: 0 }, relayKey)).status).toBe(401);
+    const back = await stable();
+    expect(Buffer.from(await recoverK(send('bob', back.name), opts, 'pw')).equals(Buffer.from(new Uint8Array(32).fill(9)))).toBe(true);
+  });
 });

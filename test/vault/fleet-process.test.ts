@@ -10,7 +10,8 @@ import { join } from 'node:path';
 import { enablePassword, recoverK, status, PasswordError, type PasswordOptions } from '../../client/password.ts';
 import { identityKsf } from '../../protocol/opaque/index.ts';
 import { KeyLabels } from '../../hsm-adapter/token.ts';
-import { parseHostPort, parsePeerFlag, parsePeersFile, resolvePeers } from '../../vault/fleet/process-config.ts';
+import { REPLICA_CONTROL_PATH, parseHostPort, parsePeerFlag, parsePeersFile, resolvePeers } from '../../vault/fleet/process-config.ts';
+import { hopSecret } from '../../protocol/hop-secret.ts';
 import { provisionTestFleet, type TestFleet } from '../helpers/fleet.ts';
 import { ReplicaProc, freePorts, stableLeader, waitFor } from './fleet-process-harness.ts';
 
@@ -104,6 +105,10 @@ describe('replicas as processes over TCP', () => {
       expect((e as PasswordError).code).toBe('WRONG_PASSWORD');
       expect((e as PasswordError).attemptsLeft).toBe(left);
     }
+    // Started without --faults: no door for token or clock faults, whatever key is shown.
+    const noFaults = await fetch(follower.relayUrl + REPLICA_CONTROL_PATH, { method: 'POST', body: '{"v":1,"t":"clock","rate":1,"offsetMs":0}', headers: { authorization: `Bearer ${hopSecret(tf.stateDir, 'operator')}` } });
+    expect(noFaults.status).toBe(404);
+    expect(await noFaults.json()).toMatchObject({ code: 'FAULTS_OFF' });
     // The follower did not serve on its own: it forwarded to the leader, over authenticated TCP.
     const fs = (await follower.status())!;
     expect(fs.role).toBe('follower');
@@ -135,8 +140,18 @@ describe('replicas as processes over TCP', () => {
       peers: Object.fromEntries(survivors.map((p) => [p.name, { host: '127.0.0.1', port: peerPort[p.name], identityKey: p.values.get('REPLICA_IDENTITY_KEY') }])),
     }));
     const startedAt = Date.now();
-    const back = await start(dead.name, [], peersFile);
+    const back = await start(dead.name, ['--faults'], peersFile);
     const readyMs = Date.now() - startedAt;
+    // With --faults it takes control bodies, with the operator key only, and checks them.
+    const control = (body: string, key: string) => fetch(back.relayUrl + REPLICA_CONTROL_PATH, { method: 'POST', body, headers: { authorization: `Bearer ${key}` } });
+    const operator = hopSecret(tf.stateDir, 'operator');
+    expect((await control('{"v":1,"t":"clock","rate":1,"offsetMs":0}', back.relayKey)).status).toBe(401);
+    for (const bad of ['{"v":1,"t":"clock","rate":0,"offsetMs":0}', '{"v":2,"t":"clock","rate":1,"offsetMs":0}', '{"v":1,"t":"token","failureRate":0.5}', 'nope']) {
+      const r = await control(bad, operator);
+      expect(r.status, bad).toBe(400);
+      expect(await r.json()).toMatchObject({ code: 'BAD_PROCESS_MESSAGE' });
+    }
+    expect((await control('{"v":1,"t":"token","failureRate":0,"latencyRate":0,"latencyMs":[1,2]}', operator)).status).toBe(200);
     const leaderNow = second.leader;
     const caught = await waitFor('the restarted replica to catch up', async () => {
       const [b, l] = await Promise.all([back.status(), leaderNow.status()]);

@@ -111,9 +111,9 @@ export type FleetFault =
   | { op: 'snapshotDisk'; replica: string }
   /** A slow or lossy data center: everything the replica sends or receives (threads only). */
   | { op: 'degrade'; replica: string; lossRate?: number; extraDelayMs?: number }
-  /** The replica's token fails or stalls calls at these rates through the fault-injecting token (0 clears; threads only). */
+  /** The replica's token fails or stalls calls at these rates through the fault-injecting token (0 clears). */
   | { op: 'token'; replica: string; failureRate?: number; latencyRate?: number; latencyMs?: [number, number] }
-  /** The replica's host clock runs at `rate` (1 = true time) and jumps by `offsetMs` (threads only). */
+  /** The replica's host clock runs at `rate` (1 = true time) and jumps by `offsetMs`. */
   | { op: 'clock'; replica: string; rate?: number; offsetMs?: number };
 
 /** What a host changes inside a running replica for the token and clock faults. */

@@ -22,6 +22,8 @@ export class ProcessConfigError extends BkvError {}
 
 /** GET on a replica process's HTTP front: that one replica's status (JSON ReplicaProcessStatus). */
 export const REPLICA_STATUS_PATH = '/v1/replica/status';
+/** POST, operator key: the token and clock faults of a replica process started with --faults. */
+export const REPLICA_CONTROL_PATH = '/v1/replica/control';
 
 export interface PeerSpec {
   name: string;

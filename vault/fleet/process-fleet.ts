@@ -4,7 +4,8 @@
 // no token and no key: it picks ports, starts the processes (reading their typed stdout lines,
 // process-protocol.ts), asks a replica's own relay endpoint, gathers statuses, and kills (SIGKILL) or
 // restarts processes. Network faults belong to the real network here (namespaces, firewall rules):
-// the runner refuses them with FAULT_UNSUPPORTED.
+// the runner refuses them with FAULT_UNSUPPORTED. Token and clock faults (with --faults) reach into a
+// replica through its own control endpoint, which takes the operator key.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { createServer as createNetServer, type AddressInfo, type Server as NetServer } from 'node:net';
@@ -14,9 +15,9 @@ import { fileURLToPath } from 'node:url';
 import { RELAY_PATH, decodeRelayReply, encodeRelayRequest } from '../../protocol/relay.ts';
 import { finalizeModule } from '../../hsm-adapter/pkcs11-token.ts';
 import { activateSoftHsmConf, loadState } from '../../softhsm/state.ts';
-import type { Fleet, StartFleetOptions } from './fleet-types.ts';
-import { REPLICA_STATUS_PATH, resolvePeers } from './process-config.ts';
-import { decodeProcessLine, type ProcessMessage } from './process-protocol.ts';
+import type { Fleet, ReplicaControl, StartFleetOptions } from './fleet-types.ts';
+import { REPLICA_CONTROL_PATH, REPLICA_STATUS_PATH, resolvePeers } from './process-config.ts';
+import { decodeProcessLine, encodeReplicaControl, type ProcessMessage } from './process-protocol.ts';
 import type { ReplicaProcessStatus } from './replica-process.ts';
 import { FleetError, emitter, fleetNames, startRunner, type ReplicaHosts } from './runner.ts';
 import { bearer, hopSecret } from '../../protocol/hop-secret.ts';
@@ -75,6 +76,8 @@ export async function startProcessFleet(opts: StartFleetOptions): Promise<Fleet>
   const children = new Set<ChildProcess>();
   // The replica processes' own relay listeners take the state's relay key (they read it themselves).
   const relayHeaders = { authorization: bearer(hopSecret(state.stateDir, 'relay')) };
+  const faults = opts.faultEndpoint === true;
+  const operatorHeaders: Record<string, string> = faults ? { authorization: bearer(hopSecret(state.stateDir, 'operator')), 'content-type': 'application/json' } : {};
   let closing = false;
 
   const launch = (name: string): Promise<Record<string, string>> => {
@@ -83,6 +86,7 @@ export async function startProcessFleet(opts: StartFleetOptions): Promise<Fleet>
       '--peers', peersFile(name),
       '--relay-port', String(relayPort.get(name)), '--election-ms', String(electionMs), '--exit-with-stdin',
       ...(opts.policy?.requestTtlMs === undefined ? [] : ['--request-ttl-ms', String(opts.policy.requestTtlMs)]),
+      ...(faults ? ['--faults'] : []),
     ];
     const child = spawn(process.execPath, args, { cwd: ROOT, stdio: ['pipe', 'pipe', 'pipe'] });
     children.add(child);
@@ -148,6 +152,15 @@ export async function startProcessFleet(opts: StartFleetOptions): Promise<Fleet>
         return undefined;
       }
     },
+    ...(faults ? {
+      async control(name: string, c: ReplicaControl) {
+        const p = running.get(name);
+        if (!p) throw new FleetError('REPLICA_DOWN', `replica ${name} is not running`);
+        const r = await fetch(p.relayUrl + REPLICA_CONTROL_PATH, { method: 'POST', body: encodeReplicaControl(c), headers: operatorHeaders, signal: AbortSignal.timeout(5_000) })
+          .catch(() => { throw new FleetError('REPLICA_DOWN', `replica ${name} did not answer its control request`); });
+        if (!r.ok) throw new FleetError('FAULT_REFUSED', `replica ${name} refused the control request (${r.status})`);
+      },
+    } : {}),
     async kill(name) {
       const p = running.get(name);
       if (!p) return;

@@ -1,7 +1,10 @@
 // What a replica process tells its supervisor on stdout, written here and read here only: one line
 // per message, `BKV1 <json>`, version in the prefix. Logs stay free text on stderr and carry no
 // protocol. The ready message comes once, when the replica serves; events follow as they happen.
+// The other way, the supervisor's control of a running replica (the token and clock faults) is a
+// small JSON body POSTed to the replica's own listener, encoded and checked here too.
 import { InputError } from '../../protocol/errors.ts';
+import type { ReplicaControl } from './fleet-types.ts';
 
 export const PROCESS_PROTOCOL_PREFIX = 'BKV1 ';
 
@@ -45,4 +48,33 @@ export function decodeProcessLine(line: string): ProcessMessage | undefined {
     case 'rejoined': if (nat(v.index)) return { t: 'rejoined', index: v.index }; break;
   }
   throw new ProcessProtocolError(`bad process message ${JSON.stringify(String(v.t)).slice(0, 40)}`);
+}
+
+/** Body of POST REPLICA_CONTROL_PATH (the supervisor to a replica process started with --faults). */
+export function encodeReplicaControl(c: ReplicaControl): string {
+  return JSON.stringify({ v: 1, ...c });
+}
+
+const rate = (v: unknown, hi: number): v is number => typeof v === 'number' && v >= 0 && v <= hi;
+
+/** A control body, checked field by field (the runner checked the fault; this is the process's own door). */
+export function decodeReplicaControl(text: string): ReplicaControl {
+  let v: Record<string, unknown>;
+  try {
+    v = JSON.parse(text) as Record<string, unknown>;
+  } catch {
+    throw new ProcessProtocolError('control body is not JSON');
+  }
+  if (typeof v !== 'object' || v === null || v.v !== 1) throw new ProcessProtocolError('control body is not version 1');
+  if (v.t === 'token') {
+    const ms = v.latencyMs;
+    if (rate(v.failureRate, 1) && rate(v.latencyRate, 1) && Array.isArray(ms) && ms.length === 2 && rate(ms[0], 10_000) && rate(ms[1], 10_000) && ms[0] <= ms[1]) {
+      return { t: 'token', failureRate: v.failureRate, latencyRate: v.latencyRate, latencyMs: [ms[0], ms[1]] };
+    }
+  } else if (v.t === 'clock') {
+    if (typeof v.rate === 'number' && v.rate >= 0.1 && v.rate <= 10 && typeof v.offsetMs === 'number' && Math.abs(v.offsetMs) <= 86_400_000) {
+      return { t: 'clock', rate: v.rate, offsetMs: v.offsetMs };
+    }
+  }
+  throw new ProcessProtocolError(`bad control body ${JSON.stringify(String(v.t)).slice(0, 40)}`);
 }

@@ -13,12 +13,16 @@
 // Exit 2 on bad flags or a configuration the manifest refuses, 1 when it cannot start.
 // Whether it votes at once is decided from its disk and its token anchor, never by a flag: an intact
 // disk votes at once, a rolled-back or blank one re-replicates first (docs/fleet.md, "Anchored
-// acknowledgements"). --exit-with-stdin: stop when stdin closes (the supervisor died).
+// acknowledgements"). --exit-with-stdin: stop when stdin closes (the supervisor died). --faults: the
+// token goes through the fault-injecting wrapper (rates 0) and POST REPLICA_CONTROL_PATH, with the
+// operator key, sets its rates and the replica's clock (the live nemesis' token and clock faults).
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
+import { FaultyToken, type FaultPlan } from '../../hsm-adapter/faulty-token.ts';
 import { finalizeModule, openToken, type Pkcs11Token } from '../../hsm-adapter/pkcs11-token.ts';
+import type { Token } from '../../hsm-adapter/token.ts';
 import { isBkvError } from '../../protocol/errors.ts';
 import { RELAY_PATH } from '../../protocol/relay.ts';
 import { pinnedKeys } from '../firmware/gate.ts';
@@ -26,17 +30,17 @@ import { activateSoftHsmConf, loadState } from '../../softhsm/state.ts';
 import { replicaDbDir } from '../agent/replica.ts';
 import type { ReplicaStatus } from './fleet-types.ts';
 import {
-  ProcessConfigError, REPLICA_STATUS_PATH, fleetIdOf, parseHostPort, parsePeerFlag, parsePeersFile, resolvePeers, type PeerSpec,
+  ProcessConfigError, REPLICA_CONTROL_PATH, REPLICA_STATUS_PATH, fleetIdOf, parseHostPort, parsePeerFlag, parsePeersFile, resolvePeers, type PeerSpec,
 } from './process-config.ts';
 import { FleetReplica } from './replica.ts';
 import { TcpTransport } from './transport-tcp.ts';
-import { refuseUnauthorizedRelay, sendBody, serveRelay } from '../agent/http.ts';
-import { encodeProcessMessage, type ProcessMessage } from './process-protocol.ts';
-import { hopSecret } from '../../protocol/hop-secret.ts';
+import { readBody, refuseUnauthorizedRelay, sendBody, serveRelay } from '../agent/http.ts';
+import { decodeReplicaControl, encodeProcessMessage, type ProcessMessage } from './process-protocol.ts';
+import { bearerMatches, hopSecret } from '../../protocol/hop-secret.ts';
 
 const USAGE = `usage: vault/fleet/replica-process.ts --replica NAME [--state DIR] [--listen HOST:PORT]
        (--peer NAME=HOST:PORT ... | --peers FILE) [--relay-host H] [--relay-port P] [--election-ms MS]
-       [--request-ttl-ms MS] [--exit-with-stdin] [--quiet]`;
+       [--request-ttl-ms MS] [--exit-with-stdin] [--faults] [--quiet]`;
 
 /** What GET REPLICA_STATUS_PATH answers: the fleet's ReplicaStatus for this one replica, plus the keys it serves. */
 export interface ReplicaProcessStatus extends ReplicaStatus {
@@ -53,6 +57,7 @@ interface Config {
   requestTtlMs?: number;
   quiet: boolean;
   exitWithStdin: boolean;
+  faults: boolean;
 }
 
 function parse(argv: string[]): Config | 'help' {
@@ -71,6 +76,7 @@ function parse(argv: string[]): Config | 'help' {
         'election-ms': { type: 'string', default: '1000' },
         'request-ttl-ms': { type: 'string' },
         'exit-with-stdin': { type: 'boolean', default: false },
+        faults: { type: 'boolean', default: false },
         quiet: { type: 'boolean', default: false },
         help: { type: 'boolean', default: false },
       },
@@ -97,6 +103,7 @@ function parse(argv: string[]): Config | 'help' {
     requestTtlMs: v['request-ttl-ms'] === undefined ? undefined : int(v['request-ttl-ms'], 'request-ttl-ms', 100, 600_000),
     quiet: v.quiet!,
     exitWithStdin: v['exit-with-stdin']!,
+    faults: v.faults!,
   };
 }
 
@@ -149,8 +156,12 @@ export async function main(argv: string[]): Promise<number> {
       throw e;
     }
     token = await withTokenRetry(() => openToken({ modulePath: state.modulePath, token: info!.tokenLabel, pin: state.pinFor(info!.tokenLabel), sealScheme: state.sealSchemeFor(info!.tokenLabel) }), log);
+    // Read at every call, as in a worker: a control body changes the rates of the running wrapper.
+    // A pulled token is left out (it would stay pulled; the crash fault is the restart).
+    const plan: FaultPlan = { seed: process.pid ^ c.name.length, failureRate: 0, latencyRate: 0, faults: ['CKR_DEVICE_ERROR', 'CKR_SESSION_HANDLE_INVALID'], stickyRemoval: false };
+    const used: Token = c.faults ? new FaultyToken(token, plan) : token;
     transport = await TcpTransport.start({
-      fleetId: fleetIdOf(state), self: c.name, token, pins: peers.pins,
+      fleetId: fleetIdOf(state), self: c.name, token: used, pins: peers.pins,
       listen: c.listen, peers: peers.addresses,
       backoff: { initialMs: 50, maxMs: Math.max(200, Math.min(2_000, c.electionMs)) },
       onEvent: (e) => {
@@ -164,7 +175,7 @@ export async function main(argv: string[]): Promise<number> {
     let readySent = false;
     const tell = (m: ProcessMessage) => { if (readySent) process.stdout.write(encodeProcessMessage(m)); else held.push(m); };
     replica = await FleetReplica.open({
-      name: c.name, voters: peers.voters, token, dbDir: replicaDbDir(state.stateDir, c.name), transport,
+      name: c.name, voters: peers.voters, token: used, dbDir: replicaDbDir(state.stateDir, c.name), transport,
       policy: c.requestTtlMs === undefined ? undefined : { requestTtlMs: c.requestTtlMs }, tickMs,
       log,
       onEvent: (e) => tell(e.kind === 'leader' ? { t: 'leader', term: e.term } : e.kind === 'rejoined' ? { t: 'rejoined', index: e.index } : { t: 'health', healthy: e.healthy, code: e.code, reason: e.reason }),
@@ -173,7 +184,8 @@ export async function main(argv: string[]): Promise<number> {
     for (const [s, k] of Object.entries(pinnedKeys(replica.firmware))) akeKeys[s] = k;
     const r = replica;
     const relayKey = hopSecret(state.stateDir, 'relay');
-    server = createServer((req, res) => { void serve(r, akeKeys, relayKey, req, res).catch(() => sendBody(res, 500, 'application/json', JSON.stringify({ code: 'INTERNAL' }))); });
+    const control = c.faults ? { operatorKey: hopSecret(state.stateDir, 'operator'), plan } : undefined;
+    server = createServer((req, res) => { void serve(r, akeKeys, relayKey, control, req, res).catch(() => sendBody(res, 500, 'application/json', JSON.stringify({ code: 'INTERNAL' }))); });
     server.keepAliveTimeout = 5_000;
     const srv = server;
     await new Promise<void>((resolve, reject) => {
@@ -227,7 +239,24 @@ async function withTokenRetry<T>(f: () => T, log: (line: string) => void): Promi
   }
 }
 
-async function serve(replica: FleetReplica, akeKeys: Record<string, string>, relayKey: string, req: IncomingMessage, res: ServerResponse): Promise<void> {
+async function serve(
+  replica: FleetReplica, akeKeys: Record<string, string>, relayKey: string, control: { operatorKey: string; plan: FaultPlan } | undefined,
+  req: IncomingMessage, res: ServerResponse,
+): Promise<void> {
+  // Faults need the operator key, not the relay key ChatD holds: a relay may not slow a token.
+  if (req.url === REPLICA_CONTROL_PATH && req.method === 'POST') {
+    if (!control) return sendBody(res, 404, 'application/json', JSON.stringify({ code: 'FAULTS_OFF', message: 'this replica was started without --faults' }));
+    if (!bearerMatches(req.headers.authorization, control.operatorKey)) return sendBody(res, 401, 'application/json', JSON.stringify({ code: 'UNAUTHORIZED', message: 'control needs the operator key' }));
+    let c;
+    try {
+      c = decodeReplicaControl(Buffer.from(await readBody(req, 4096)).toString('utf8'));
+    } catch (e) {
+      return sendBody(res, 400, 'application/json', JSON.stringify({ code: (e as { code?: string }).code ?? 'BAD_REQUEST', message: (e as Error).message }));
+    }
+    if (c.t === 'token') Object.assign(control.plan, { failureRate: c.failureRate, latencyRate: c.latencyRate, latencyMs: c.latencyMs });
+    else replica.setClock(c.rate, c.offsetMs);
+    return sendBody(res, 200, 'application/json', JSON.stringify({ ok: true }));
+  }
   // Status included: only the supervisor, which holds the relay key, talks to a replica process.
   if (refuseUnauthorizedRelay(req, res, relayKey)) return;
   if (req.url === REPLICA_STATUS_PATH && req.method === 'GET') {

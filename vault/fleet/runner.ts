@@ -169,7 +169,7 @@ export async function startRunner(state: FleetState, names: string[], hosts: Rep
       return v;
     };
     const control = async (name: string, c: ReplicaControl): Promise<void> => {
-      if (!hosts.control) throw new FleetError('FAULT_UNSUPPORTED', 'token and clock faults need replicas this host can reach into (worker threads)');
+      if (!hosts.control) throw new FleetError('FAULT_UNSUPPORTED', 'token and clock faults need replicas this host can reach into (worker threads, or replica processes with faults on)');
       if (!hosts.isRunning(name)) throw new FleetError('REPLICA_DOWN', `replica ${name} is not running`);
       await hosts.control(name, c);
     };
