@@ -7,12 +7,21 @@ import type { AddressInfo } from 'node:net';
 import { bearerMatches } from '../../protocol/hop-secret.ts';
 import { BkvError } from '../../protocol/errors.ts';
 import { readBody, sendBody } from '../agent/http.ts';
-import { FLEET_FAULT_PATH, FLEET_STATUS_PATH, type FleetFault, type ReplicaStatus } from './fleet-types.ts';
+import { ACTOR_HEADER, FLEET_FAULT_PATH, FLEET_STATUS_PATH, type FleetFault, type FleetStatusReport } from './fleet-types.ts';
 
 export interface AdminRoutes {
-  status(): Promise<ReplicaStatus[]>;
-  /** Present only when the fault endpoint is enabled; resolves to extra fields of the {ok:true} answer. */
-  fault?: (f: FleetFault) => Promise<unknown>;
+  status(): Promise<FleetStatusReport>;
+  /** Present only when the fault endpoint is enabled; resolves to extra fields of the {ok:true} answer. `by`: who asked. */
+  fault?: (f: FleetFault, by: string) => Promise<unknown>;
+  /** A fault request refused before it reached `fault` (faults off, not JSON): logged all the same. */
+  refused?: (f: { op: 'unknown' }, by: string, code: string) => void;
+}
+
+/** Who asked, as the client names itself: printable ASCII, at most 120 characters, for the audit line. */
+export function actorOf(req: IncomingMessage): string {
+  const h = req.headers[ACTOR_HEADER];
+  const v = (typeof h === 'string' ? h : '').replace(/[^\x20-\x7e]/g, '').trim().slice(0, 120);
+  return `operator key${v ? ` (${v})` : ''}`;
 }
 
 /** The operator listener on 127.0.0.1; `key` is the operator key every request must present. */
@@ -45,6 +54,7 @@ async function serveAdminRoute(req: IncomingMessage, res: ServerResponse, routes
     return true;
   }
   if (req.url === FLEET_FAULT_PATH && req.method === 'POST' && !routes.fault) {
+    routes.refused?.({ op: 'unknown' }, actorOf(req), 'FAULTS_OFF');
     sendBody(res, 403, 'application/json', JSON.stringify({ code: 'FAULTS_OFF', message: 'fault injection is off: start the fleet with `bkv fleet up --faults`' }));
     return true;
   }
@@ -54,11 +64,12 @@ async function serveAdminRoute(req: IncomingMessage, res: ServerResponse, routes
     f = JSON.parse(Buffer.from(await readBody(req, 64 * 1024)).toString('utf8')) as FleetFault;
     if (typeof f !== 'object' || f === null || typeof f.op !== 'string') throw new Error('no op');
   } catch {
+    routes.refused?.({ op: 'unknown' }, actorOf(req), 'BAD_FAULT');
     sendBody(res, 400, 'application/json', JSON.stringify({ code: 'BAD_FAULT', message: 'body must be JSON {op, ...}' }));
     return true;
   }
   try {
-    sendBody(res, 200, 'application/json', JSON.stringify({ ok: true, ...(await routes.fault(f) as object) }));
+    sendBody(res, 200, 'application/json', JSON.stringify({ ok: true, ...(await routes.fault(f, actorOf(req)) as object) }));
   } catch (e) {
     sendBody(res, 400, 'application/json', JSON.stringify({ code: e instanceof BkvError ? e.code : 'FAULT_FAILED', message: e instanceof BkvError ? e.message : 'fault failed' }));
   }

@@ -167,7 +167,7 @@ export async function main(argv: string[]): Promise<number> {
       name: c.name, voters: peers.voters, token, dbDir: replicaDbDir(state.stateDir, c.name), transport,
       policy: c.requestTtlMs === undefined ? undefined : { requestTtlMs: c.requestTtlMs }, tickMs,
       log,
-      onEvent: (e) => tell(e.kind === 'leader' ? { t: 'leader', term: e.term } : e.kind === 'rejoined' ? { t: 'rejoined', index: e.index } : { t: 'health', healthy: e.healthy, code: e.code, reason: e.reason }),
+      onEvent: (e) => tell(e.kind === 'leader' ? { t: 'leader', term: e.term } : e.kind === 'role' ? { t: 'role', role: e.role, term: e.term, leader: e.leader } : e.kind === 'rejoined' ? { t: 'rejoined', index: e.index } : { t: 'health', healthy: e.healthy, code: e.code, reason: e.reason }),
     });
     const akeKeys: Record<string, string> = {};
     for (const [s, k] of Object.entries(pinnedKeys(replica.firmware))) akeKeys[s] = k;
@@ -236,7 +236,7 @@ async function serve(replica: FleetReplica, akeKeys: Record<string, string>, rel
       name: s.name, region: s.name, role: s.role, term: s.term, commitIndex: s.commitIndex, appliedIndex: s.appliedIndex,
       // The leader's commit index is the leader's to report; a lone follower cannot know its lag.
       lag: s.role === 'leader' ? 0 : -1,
-      healthy: s.healthy, reason: s.reason, leader: s.leader, lastIndex: s.lastIndex, digest: s.digest, stats: s.stats, akePublicKeys: akeKeys,
+      healthy: s.healthy, reason: s.reason, leader: s.leader, lastIndex: s.lastIndex, digest: s.digest, stats: s.stats, heardMsAgo: s.heardMsAgo, akePublicKeys: akeKeys,
     };
     return sendBody(res, 200, 'application/json', JSON.stringify(body));
   }

@@ -50,7 +50,7 @@ export type FromWorker =
   | { t: 'status'; id: number; status: import('./replica.ts').LocalStatus }
   | { t: 'backup'; id: number; ok: boolean; code?: string }
   | { t: 'control'; id: number; ok: boolean }
-  | { t: 'event'; e: { kind: 'leader'; term: number } | { kind: 'health'; healthy: boolean; code: string; reason: string } | { kind: 'rejoined'; index: number } | { kind: 'log'; line: string } }
+  | { t: 'event'; e: import('./replica.ts').ReplicaEvent | { kind: 'log'; line: string } }
   | { t: 'closed' };
 
 const d = workerData as ReplicaWorkerData & { __entry: string };

@@ -35,8 +35,15 @@ export interface FleetReplicaOptions {
   /** How long a replica waits for a leader to appear before answering NO_LEADER. */
   leaderWaitMs?: number;
   log?: (line: string) => void;
-  onEvent?: (e: { kind: 'leader'; term: number } | { kind: 'health'; healthy: boolean; code: string; reason: string } | { kind: 'rejoined'; index: number }) => void;
+  onEvent?: (e: ReplicaEvent) => void;
 }
+
+/** What a replica host passes up, as it happens. */
+export type ReplicaEvent =
+  | { kind: 'leader'; term: number }
+  | { kind: 'role'; role: ReplicaRole; term: number; leader: string | null }
+  | { kind: 'health'; healthy: boolean; code: string; reason: string }
+  | { kind: 'rejoined'; index: number };
 
 export interface LocalStatus {
   name: string;
@@ -49,6 +56,8 @@ export interface LocalStatus {
   reason: string;
   leader: string | null;
   digest: string;
+  /** Milliseconds since an authenticated message last came from each peer (absent: never). */
+  heardMsAgo: Record<string, number>;
   stats: Record<string, number | boolean>;
 }
 
@@ -192,6 +201,7 @@ export class FleetReplica {
         }
         case 'health': this.o.onEvent?.({ kind: 'health', healthy: o.healthy, code: o.code, reason: o.reason }); break;
         case 'leader': this.o.onEvent?.({ kind: 'leader', term: o.term }); break;
+        case 'role': this.o.onEvent?.({ kind: 'role', role: o.role, term: o.term, leader: o.leader }); break;
         case 'rejoined': this.say(`rejoined at ${o.index}`); this.o.onEvent?.({ kind: 'rejoined', index: o.index }); break;
         case 'log': this.say(o.line); break;
         case 'resume': this.step({ kind: 'resume', now: this.now() }); break;

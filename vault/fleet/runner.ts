@@ -14,7 +14,8 @@ import { refuseUnauthorizedRelay, sendBody, serveRelay } from '../agent/http.ts'
 import { replicaDbDir } from '../agent/replica.ts';
 import type { Outcome } from '../replica/core.ts';
 import { startOperatorListener } from './admin-routes.ts';
-import { type Fleet, type FleetEvent, type FleetFault, type ReplicaControl, type ReplicaStatus, type StartFleetOptions } from './fleet-types.ts';
+import { type ActiveFault, type Fleet, type FleetEvent, type FleetFault, type FleetStatusReport, type ReplicaControl, type ReplicaStatus, type StartFleetOptions } from './fleet-types.ts';
+import { fleetView } from './fleet-view.ts';
 import type { LocalStatus } from './replica.ts';
 import { EntryRouter } from './router.ts';
 
@@ -37,6 +38,8 @@ export interface ReplicaHosts {
   links?: {
     partition(groups: string[][]): void; heal(): void; isolate(name: string): void; block(from: string, to: string): void;
     degrade(name: string, opts: { lossRate?: number; extraDelayMs?: number }): void;
+    blocked(from: string, to: string): boolean;
+    degradation(name: string): { lossRate: number; extraDelayMs: number };
   };
   /** Token and clock faults inside a running replica, where the host can reach in (threads); else refused. */
   control?(name: string, c: ReplicaControl): Promise<void>;
@@ -84,24 +87,69 @@ export async function startRunner(state: FleetState, names: string[], hosts: Rep
   };
   const router = new EntryRouter(names, (n) => hosts.isRunning(n), async () => [...(await statuses()).values()]);
   const leaderOf = (st: Map<string, LocalStatus>) => [...st.values()].filter((s) => s.role === 'leader').sort((a, b) => b.term - a.term)[0];
+  const electionMs = opts.electionTimeoutMs ?? 1000;
+  // The operator's faults still in force, in the order asked: what `fleet status` lists.
+  let active: ActiveFault[] = [];
+  const report = async (): Promise<FleetStatusReport> => {
+    const st = await statuses();
+    const l = hosts.links;
+    const view = fleetView({
+      names, reports: st, running: (n) => hosts.isRunning(n), electionMs,
+      links: l ? { blocked: (a, b) => l.blocked(a, b), lossRate: (n) => l.degradation(n).lossRate } : undefined,
+    });
+    const leaderCommit = leaderOf(st)?.commitIndex;
+    const replicas = names.map((n): ReplicaStatus => {
+      const s = st.get(n);
+      const v = view.verdicts.get(n)!;
+      const verdict = { serves: v.serves, servesNot: v.servesNot, reachesLeader: v.reachesLeader, reachable: v.reachable };
+      if (!s) return { name: n, region: n, role: 'down', term: 0, commitIndex: 0, appliedIndex: 0, lag: -1, healthy: false, reason: hosts.isRunning(n) ? 'NOT_RESPONDING' : 'CRASHED', leader: null, ...verdict };
+      return {
+        name: n, region: n, role: s.role, term: s.term, commitIndex: s.commitIndex, appliedIndex: s.appliedIndex,
+        lag: leaderCommit === undefined ? -1 : Math.max(0, leaderCommit - s.appliedIndex), healthy: s.healthy, reason: s.reason, leader: s.leader,
+        lastIndex: s.lastIndex, digest: s.digest, stats: s.stats, heardMsAgo: s.heardMsAgo, ...verdict,
+      };
+    });
+    return { replicas, faults: active.map((f) => ({ ...f, replicas: [...f.replicas] })), leader: view.leader, electionMs };
+  };
+  const noteFault = (f: FleetFault, by: string): void => {
+    const since = new Date().toISOString();
+    const add = (replicas: string[], what: string) => active.push({ op: f.op, replicas, what, since, by });
+    const drop = (op: FleetFault['op'], replica: string) => { active = active.filter((a) => !(a.op === op && a.replicas[0] === replica)); };
+    switch (f.op) {
+      case 'partition': add(f.groups.flat(), f.groups.map((g) => `{${g.join(', ')}}`).join(' | ')); break;
+      case 'isolate': add([f.replica], `${f.replica} cut off from every replica`); break;
+      case 'block': add([f.from, f.to], `${f.from} -> ${f.to} cut (one way)`); break;
+      case 'heal': active = active.filter((a) => !['partition', 'isolate', 'block', 'degrade'].includes(a.op)); break;
+      case 'crash': drop('crash', f.replica); add([f.replica], `${f.replica} crashed`); break;
+      case 'restart': drop('crash', f.replica); break;
+      case 'degrade': {
+        drop('degrade', f.replica);
+        const loss = f.lossRate ?? 0, delay = f.extraDelayMs ?? 0;
+        if (loss > 0 || delay > 0) add([f.replica], `${f.replica} slow or lossy: ${Math.round(loss * 100)} % loss, +${delay} ms`);
+        break;
+      }
+      case 'token': {
+        drop('token', f.replica);
+        const fail = f.failureRate ?? 0, slow = f.latencyRate ?? 0;
+        if (fail > 0 || slow > 0) add([f.replica], `${f.replica}'s token fails ${Math.round(fail * 100)} % of calls, stalls ${Math.round(slow * 100)} %`);
+        break;
+      }
+      case 'clock': {
+        drop('clock', f.replica);
+        const rate = f.rate ?? 1, off = f.offsetMs ?? 0;
+        if (rate !== 1 || off !== 0) add([f.replica], `${f.replica}'s clock runs at ${rate}x${off ? `, jumped ${off} ms` : ''}`);
+        break;
+      }
+      case 'snapshotDisk': break;
+    }
+  };
 
   const fleet: Fleet = {
     url: '',
     replicas: [...names],
     akePublicKeys: () => ({ ...akeKeys }),
-    async status(): Promise<ReplicaStatus[]> {
-      const st = await statuses();
-      const leaderCommit = leaderOf(st)?.commitIndex;
-      return names.map((n) => {
-        const s = st.get(n);
-        if (!s) return { name: n, region: n, role: 'down', term: 0, commitIndex: 0, appliedIndex: 0, lag: -1, healthy: false, reason: hosts.isRunning(n) ? 'NOT_RESPONDING' : 'CRASHED', leader: null };
-        return {
-          name: n, region: n, role: s.role, term: s.term, commitIndex: s.commitIndex, appliedIndex: s.appliedIndex,
-          lag: leaderCommit === undefined ? -1 : Math.max(0, leaderCommit - s.appliedIndex), healthy: s.healthy, reason: s.reason, leader: s.leader,
-          lastIndex: s.lastIndex, digest: s.digest, stats: s.stats,
-        };
-      });
-    },
+    async status(): Promise<ReplicaStatus[]> { return (await report()).replicas; },
+    faults: () => active.map((f) => ({ ...f, replicas: [...f.replicas] })),
     async leader() { return leaderOf(await statuses())?.name; },
     partition(groups) {
       for (const g of groups) for (const n of g) known(n);
@@ -151,7 +199,20 @@ export async function startRunner(state: FleetState, names: string[], hosts: Rep
     },
   };
 
-  const handleFault = async (f: FleetFault): Promise<unknown> => {
+  // Every fault request is logged (FleetEvent 'fault': who, what, done or refused) and, once done,
+  // kept in the list of faults in force.
+  const handleFault = async (f: FleetFault, by: string): Promise<unknown> => {
+    try {
+      const answer = await applyFault(f);
+      noteFault(f, by);
+      emit({ kind: 'fault', by, fault: f, ok: true });
+      return answer;
+    } catch (e) {
+      emit({ kind: 'fault', by, fault: f, ok: false, code: e instanceof BkvError ? e.code : 'FAULT_FAILED' });
+      throw e;
+    }
+  };
+  const applyFault = async (f: FleetFault): Promise<unknown> => {
     const str = (v: unknown, what: string): string => {
       if (typeof v !== 'string') throw new InputError(`${what} must be a replica name`, 'BAD_FAULT');
       return v;
@@ -230,7 +291,7 @@ export async function startRunner(state: FleetState, names: string[], hosts: Rep
   }
   fleet.url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
   if (opts.operatorKey !== undefined) {
-    const op = await startOperatorListener({ status: () => fleet.status(), fault: opts.faultEndpoint ? handleFault : undefined }, opts.operatorKey);
+    const op = await startOperatorListener({ status: report, fault: opts.faultEndpoint ? handleFault : undefined, refused: (f, by, code) => emit({ kind: 'fault', by, fault: f, ok: false, code }) }, opts.operatorKey);
     fleet.operatorUrl = op.url;
     operator = op;
   }

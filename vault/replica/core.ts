@@ -89,6 +89,8 @@ export type CoreOutput =
   | { kind: 'reply'; rid: number; outcome: Outcome }
   | { kind: 'health'; healthy: boolean; code: string; reason: string }
   | { kind: 'leader'; term: number }
+  /** The role or the leader this replica follows changed (an operator's audit line, not a rule). */
+  | { kind: 'role'; role: ReplicaRole; term: number; leader: string | null }
   | { kind: 'rejoined'; index: number }
   | { kind: 'log'; line: string }
   /** Step `resume` once the outputs before this one are under way. */
@@ -214,6 +216,11 @@ export class ReplicaCore {
 
   // --- requests
   private soft: SoftState = { leader: null, role: 'follower', term: 0 };
+  /**
+   * When an authenticated message last came from each peer (this core's clock): what this replica
+   * itself observes of the network, whatever the host claims about its links (fleet status).
+   */
+  private readonly lastHeard = new Map<string, number>();
   private health = { healthy: true, code: '', reason: '' };
   private parked: Req[] = [];
   private readonly waiting = new Map<number, Req>();
@@ -259,13 +266,15 @@ export class ReplicaCore {
     return `ROLLED_BACK: ${what} at ${this.floor}; re-replicating, ${votes} until the fleet's commit passes ${this.floor} (waiting for a replica that holds it)`;
   }
 
-  status(): { role: ReplicaRole; term: number; commitIndex: number; lastIndex: number; appliedIndex: number; healthy: boolean; reason: string; leader: string | null; digest: string } {
+  status(): { role: ReplicaRole; term: number; commitIndex: number; lastIndex: number; appliedIndex: number; healthy: boolean; reason: string; leader: string | null; digest: string; heardMsAgo: Record<string, number> } {
     const n = this.node;
     const role: ReplicaRole = !n ? 'down' : this.rejoining ? 'rejoining' : n.softState().role;
     const h = this.health;
+    const heardMsAgo: Record<string, number> = {};
+    for (const [peer, at] of this.lastHeard) heardMsAgo[peer] = Math.max(0, this.now - at);
     return {
       role, term: n?.currentTerm ?? 0, commitIndex: n?.commitIndex ?? 0, lastIndex: n?.lastIndex ?? 0, appliedIndex: this.applied,
-      healthy: h.healthy, leader: n?.leader ?? null, digest: this.firmware.digest(),
+      healthy: h.healthy, leader: n?.leader ?? null, digest: this.firmware.digest(), heardMsAgo,
       reason: !h.healthy ? `${h.code}: ${h.reason}` : this.rejoining && this.diskNote ? `${this.diskNote}; ${this.rejoinReason}` : this.rejoinReason,
     };
   }
@@ -564,6 +573,7 @@ export class ReplicaCore {
       this.stats.badPeer++;
       return;
     }
+    this.lastHeard.set(from, this.now);
     switch (m.kind) {
       case 'raft': {
         let rm: Message;
@@ -955,6 +965,7 @@ export class ReplicaCore {
       this.say(`leader in term ${s.term}`);
       this.out.push({ kind: 'leader', term: s.term });
     }
+    if (s.role !== prev.role || s.leader !== prev.leader) this.out.push({ kind: 'role', role: s.role, term: s.term, leader: s.leader });
   }
 
   private runCompaction(): void {
