@@ -45,7 +45,8 @@ keys, computed from the tokens), so \`bkv backup ... --state DIR\` works against
   --state DIR       state directory (default .bkv)
   --port N          ChatD's port (default 0: any free port)
   --fleet-port N    the fleet front's port, where ChatD sends relayed requests (default 0)
-  --quiet           do not pass the children's logs through to stderr
+  --quiet           do not pass the children's logs through to stderr (the fleet's audit lines, JSON
+                    with "event": fault requests and role changes, still pass; also in DIR/fleet-audit.jsonl)
 
 Ctrl-C or SIGTERM (or \`bkv fleet down\`) stops ChatD, then the fleet, and exits 0. If either dies on
 its own the other is stopped: exit ${FLEET_EXIT.fleetDied} when the fleet died, ${FLEET_EXIT.chatdDied} when ChatD died; 1 when they could not start.`;
@@ -185,7 +186,8 @@ async function up(argv: string[]): Promise<number> {
       chatdPort,
       vaultPort: fleetPort,
       fleet: { replicas, wan, faults: values.faults === true, ...(transport === 'tcp' ? { transport } : {}) },
-      onLine: values.quiet ? undefined : (who, line) => process.stderr.write(`${who === 'vault' ? 'fleet' : who} | ${line}\n`),
+      // The fleet's audit lines (JSON: fault requests, role changes) pass even with --quiet.
+      onLine: (who, line) => { if (!values.quiet || (who === 'vault' && line.startsWith('{"at":'))) process.stderr.write(`${who === 'vault' ? 'fleet' : who} | ${line}\n`); },
     }),
     async record(services) {
       const fleet = services.fleet!;
