@@ -6,6 +6,7 @@ import http from 'node:http';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer, type WebSocket, type RawData } from 'ws';
 import { MAX_RELAY_BODY, REGION_HEADER, isRegionHint } from '../protocol/relay.ts';
+import { listenError } from '../protocol/errors.ts';
 import {
   CHATD_HEALTH_PATH,
   CHATD_HTTP_PATH,
@@ -461,9 +462,10 @@ export async function startChatd(opts: ChatdOptions): Promise<Chatd> {
 
   const host = opts.host ?? '127.0.0.1';
   await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
+    const onError = (e: unknown) => reject(listenError(e, host, opts.port ?? 0));
+    server.once('error', onError);
     server.listen(opts.port ?? 0, host, () => {
-      server.off('error', reject);
+      server.off('error', onError);
       resolve();
     });
   });

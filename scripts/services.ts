@@ -85,6 +85,8 @@ interface SpawnSpec<R> {
   env?: NodeJS.ProcessEnv;
   onLine?: LineSink;
   timeoutMs: number;
+  /** Aborted (Ctrl-C while starting): the child is stopped and the start rejects with INTERRUPTED. */
+  signal?: AbortSignal;
   /** Fed each stdout line until it returns a value: the service is then ready. */
   ready(line: string): R | undefined;
 }
@@ -140,6 +142,15 @@ async function spawnService<R>(spec: SpawnSpec<R>): Promise<{ service: ChildServ
       reject(new ServiceError(`${spec.who.toUpperCase()}_START_FAILED`, `${spec.who === 'vault' ? 'the vault' : 'ChatD'} ${why}${tail ? `: ${tail}` : ''}`));
     };
     const timer = setTimeout(() => fail(`was not ready within ${spec.timeoutMs} ms`), spec.timeoutMs);
+    const interrupted = () => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      void service.stop(5000).then(() => reject(new ServiceError('INTERRUPTED', `${spec.who === 'vault' ? 'the vault' : 'ChatD'} was stopped while starting`)));
+    };
+    if (spec.signal?.aborted) interrupted();
+    spec.signal?.addEventListener('abort', interrupted, { once: true });
+    void exited.then(() => spec.signal?.removeEventListener('abort', interrupted));
     const out = createInterface({ input: child.stdout! });
     out.on('line', (line) => {
       if (settled) {
@@ -169,6 +180,7 @@ export interface StartVaultOptions {
   db?: string;
   onLine?: LineSink;
   timeoutMs?: number;
+  signal?: AbortSignal;
 }
 
 /**
@@ -181,7 +193,7 @@ export async function startVault(o: StartVaultOptions): Promise<VaultService> {
   if (o.replica) args.push('--replica', o.replica);
   if (o.db) args.push('--db', resolve(o.db));
   const { service, ready } = await spawnService({
-    who: 'vault', entry: VAULT_MAIN, args, onLine: o.onLine, timeoutMs: o.timeoutMs ?? 60_000, ready: readyLines(['VAULT_URL']),
+    who: 'vault', entry: VAULT_MAIN, args, onLine: o.onLine, timeoutMs: o.timeoutMs ?? 60_000, signal: o.signal, ready: readyLines(['VAULT_URL']),
   });
   const url = ready.values.VAULT_URL!;
   return Object.assign(service, { url, port: Number(new URL(url).port), keys: ready.keys }) as VaultService;
@@ -205,6 +217,7 @@ export interface FleetServiceOptions {
   faults?: boolean;
   onLine?: LineSink;
   timeoutMs?: number;
+  signal?: AbortSignal;
 }
 
 export type { ActiveFault, FleetFault, ReplicaStatus };
@@ -246,7 +259,7 @@ export async function startFleetService(o: FleetServiceOptions): Promise<FleetSe
   if (o.transport !== undefined) args.push('--transport', o.transport);
   if (o.faults) args.push('--faults');
   const { service, ready } = await spawnService({
-    who: 'vault', entry: FLEET_MAIN, args, onLine: o.onLine, timeoutMs: o.timeoutMs ?? 120_000, ready: readyLines(['FLEET_URL', 'OPERATOR_URL']),
+    who: 'vault', entry: FLEET_MAIN, args, onLine: o.onLine, timeoutMs: o.timeoutMs ?? 120_000, signal: o.signal, ready: readyLines(['FLEET_URL', 'OPERATOR_URL']),
   });
   const pid = service.pid;
   const fleetUrl = ready.values.FLEET_URL!;
@@ -433,6 +446,7 @@ export interface StartChatdOptions {
   extraArgs?: string[];
   onLine?: LineSink;
   timeoutMs?: number;
+  signal?: AbortSignal;
 }
 
 export async function startChatdService(o: StartChatdOptions): Promise<ChatdService> {
@@ -443,6 +457,7 @@ export async function startChatdService(o: StartChatdOptions): Promise<ChatdServ
     args,
     onLine: o.onLine,
     timeoutMs: o.timeoutMs ?? 60_000,
+    signal: o.signal,
     ready: (line) => (/^http:\/\/[^\s]+$/.test(line.trim()) ? line.trim() : undefined),
   });
   return Object.assign(service, { url: ready, port: Number(new URL(ready).port) }) as ChatdService;
@@ -467,15 +482,17 @@ export interface StartServicesOptions {
   vaultPort?: number;
   chatdArgs?: string[];
   onLine?: LineSink;
+  /** Ctrl-C while starting: whatever started is stopped and the start rejects with INTERRUPTED. */
+  signal?: AbortSignal;
 }
 
 /** The vault (or the fleet), then ChatD pointed at it. If ChatD fails to start, the vault is stopped again. */
 export async function startServices(o: StartServicesOptions): Promise<Services> {
-  const fleet = o.fleet ? await startFleetService({ stateDir: o.stateDir, port: o.vaultPort, onLine: o.onLine, replicas: o.fleet.replicas, wan: o.fleet.wan, transport: o.fleet.transport, faults: o.fleet.faults }) : undefined;
-  const vault: VaultService = fleet ?? (await startVault({ stateDir: o.stateDir, port: o.vaultPort, onLine: o.onLine }));
+  const fleet = o.fleet ? await startFleetService({ stateDir: o.stateDir, port: o.vaultPort, onLine: o.onLine, replicas: o.fleet.replicas, wan: o.fleet.wan, transport: o.fleet.transport, faults: o.fleet.faults, signal: o.signal }) : undefined;
+  const vault: VaultService = fleet ?? (await startVault({ stateDir: o.stateDir, port: o.vaultPort, onLine: o.onLine, signal: o.signal }));
   let chatd: ChatdService;
   try {
-    chatd = await startChatdService({ stateDir: o.stateDir, vaultUrl: vault.url, port: o.chatdPort, extraArgs: o.chatdArgs, onLine: o.onLine });
+    chatd = await startChatdService({ stateDir: o.stateDir, vaultUrl: vault.url, port: o.chatdPort, extraArgs: o.chatdArgs, onLine: o.onLine, signal: o.signal });
   } catch (e) {
     await vault.stop();
     throw e;

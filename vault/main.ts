@@ -73,7 +73,7 @@ export async function main(argv: string[]): Promise<number> {
     finalizeModule();
     return 0;
   } catch (e) {
-    process.stderr.write(`vault: ${isBkvError(e) ? `${e.code}: ${e.message}` : 'failed to start'}\n`);
+    process.stderr.write(`vault: ${isBkvError(e) ? (e.message.startsWith(e.code) ? e.message : `${e.code}: ${e.message}`) : 'failed to start'}\n`);
     await replica?.close().catch(() => undefined);
     try {
       token?.close();

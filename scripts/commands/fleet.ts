@@ -48,7 +48,10 @@ keys, computed from the tokens), so \`bkv backup ... --state DIR\` works against
   --quiet           do not pass the children's logs through to stderr (the fleet's audit lines, JSON
                     with "event": fault requests and role changes, still pass; also in DIR/fleet-audit.jsonl)
 
-Ctrl-C or SIGTERM (or \`bkv fleet down\`) stops ChatD, then the fleet, and exits 0. If either dies on
+A port asked for that is taken: EADDRINUSE 127.0.0.1:N, exit 1, before anything is provisioned or
+started. Ctrl-C or SIGTERM at any stage exits 0 with nothing left running: while provisioning, once
+the key ceremony is done; while starting, at once; once serving (or \`bkv fleet down\`), ChatD is
+stopped, then the fleet. If either dies on
 its own the other is stopped: exit ${FLEET_EXIT.fleetDied} when the fleet died, ${FLEET_EXIT.chatdDied} when ChatD died; 1 when they could not start.`;
 
 const statusHelp = `usage: bkv fleet status [--state DIR] [--json] [--watch]
@@ -181,8 +184,10 @@ async function up(argv: string[]): Promise<number> {
   let status: FleetStatus | undefined;
   return supervise({
     prog: 'bkv fleet', vaultName: 'the fleet', stateDir, replicas: provisioned ?? replicas, exits: { vaultDied: FLEET_EXIT.fleetDied, chatdDied: FLEET_EXIT.chatdDied },
-    start: () => startServices({
+    ports: [{ flag: '--port', port: chatdPort }, { flag: '--fleet-port', port: fleetPort }],
+    start: (signal) => startServices({
       stateDir,
+      signal,
       chatdPort,
       vaultPort: fleetPort,
       fleet: { replicas, wan, faults: values.faults === true, ...(transport === 'tcp' ? { transport } : {}) },

@@ -23,7 +23,10 @@ devices pin (they never learn them through ChatD). \`bkv backup ... --state DIR\
   --vault-port N    the vault's port (default 0)
   --quiet           do not pass the children's logs through to stderr
 
-Ctrl-C or SIGTERM stops ChatD, then the vault, and exits 0. If either process dies on its own the
+A port asked for that is taken: EADDRINUSE 127.0.0.1:N, exit 1, before anything is provisioned or
+started. Ctrl-C or SIGTERM at any stage exits 0 with nothing left running: while provisioning, once
+the key ceremony is done; while starting, at once; once serving, ChatD is stopped, then the vault.
+If either process dies on its own the
 other is stopped: exit ${SERVE_EXIT.vaultDied} when the vault died, ${SERVE_EXIT.chatdDied} when ChatD died; 1 when they could not start.
 The children run in their own process group; if serve itself is killed outright (SIGKILL) they keep
 running, and the next serve on DIR refuses to start beside that vault (SERVE_ORPHAN) and names its pid.`;
@@ -52,8 +55,9 @@ export const command: Command = {
 
     return supervise({
       prog: 'bkv serve', vaultName: 'the vault', stateDir, exits: SERVE_EXIT,
-      start: () => startServices({
-        stateDir, chatdPort, vaultPort,
+      ports: [{ flag: '--port', port: chatdPort }, { flag: '--vault-port', port: vaultPort }],
+      start: (signal) => startServices({
+        stateDir, chatdPort, vaultPort, signal,
         onLine: values.quiet ? undefined : (who, line) => process.stderr.write(`${who} | ${line}\n`),
       }),
       record: async (services) => ({ chatdUrl: services.chatd.url, vaultUrl: services.vault.url, vaultPid: services.vault.pid, chatdPid: services.chatd.pid }),

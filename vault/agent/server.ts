@@ -2,12 +2,12 @@
 // (protocol/relay.ts) to the firmware and its reply back. An unhealthy replica answers 503 with the
 // typed code (TAMPERED, ROLLBACK_DETECTED, ...). Logs name the route, status and code only: never a
 // body, never a user's message.
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { BkvError } from '../../protocol/errors.ts';
 import { RELAY_PATH } from '../../protocol/relay.ts';
 import type { Replica } from './replica.ts';
-import { refuseUnauthorizedRelay, serveRelay } from './http.ts';
+import { createFront, listenFront, refuseUnauthorizedRelay, relayRefusal, serveRelay, type FrontLimits } from './http.ts';
 
 export const HEALTH_PATH = '/v1/health';
 
@@ -17,19 +17,15 @@ export interface VaultServer {
   close(): Promise<void>;
 }
 
-export async function startVaultServer(replica: Replica, opts: { host?: string; port?: number; log?: (line: string) => void; relayKey?: string } = {}): Promise<VaultServer> {
+export async function startVaultServer(replica: Replica, opts: { host?: string; port?: number; log?: (line: string) => void; relayKey?: string; limits?: Partial<FrontLimits> } = {}): Promise<VaultServer> {
   const say = opts.log ?? (() => undefined);
-  const server = createServer((req, res) => {
+  const server = createFront((req, res) => {
     void serve(replica, req, res, opts.relayKey).then(
       (r) => say(`${req.method} ${req.url} ${r.status}${r.code ? ` ${r.code}` : ''}`),
       () => say(`${req.method} ${req.url} failed`),
     );
-  });
-  server.keepAliveTimeout = 5_000;
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(opts.port ?? 0, opts.host ?? '127.0.0.1', () => resolve());
-  });
+  }, relayRefusal, opts.limits);
+  await listenFront(server, opts.port ?? 0, opts.host ?? '127.0.0.1');
   const addr = server.address() as AddressInfo;
   return {
     url: `http://127.0.0.1:${addr.port}`,

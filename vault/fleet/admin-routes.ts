@@ -2,11 +2,11 @@
 // when enabled, fault injection (POST JSON FleetFault). It listens apart from the relay front (which
 // carries device traffic only), and every request must carry the operator key (protocol/hop-secret.ts):
 // other local users reach neither the status nor the faults.
-import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { bearerMatches } from '../../protocol/hop-secret.ts';
 import { BkvError } from '../../protocol/errors.ts';
-import { readBody, sendBody } from '../agent/http.ts';
+import { createFront, jsonRefusal, listenFront, readBody, sendBody } from '../agent/http.ts';
 import { ACTOR_HEADER, FLEET_FAULT_PATH, FLEET_STATUS_PATH, type FleetFault, type FleetStatusReport } from './fleet-types.ts';
 
 export interface AdminRoutes {
@@ -26,18 +26,15 @@ export function actorOf(req: IncomingMessage): string {
 
 /** The operator listener on 127.0.0.1; `key` is the operator key every request must present. */
 export async function startOperatorListener(routes: AdminRoutes, key: string, port = 0): Promise<{ url: string; close(): Promise<void> }> {
-  const server = createServer((req, res) => {
+  const server = createFront((req, res) => {
     void (async () => {
       if (!bearerMatches(req.headers.authorization, key)) {
         return sendBody(res, 401, 'application/json', JSON.stringify({ code: 'UNAUTHORIZED', message: 'operator routes need the operator key (<state>/operator.key)' }));
       }
       if (!(await serveAdminRoute(req, res, routes))) sendBody(res, 404, 'application/json', JSON.stringify({ code: 'NOT_FOUND' }));
     })().catch(() => sendBody(res, 500, 'application/json', JSON.stringify({ code: 'INTERNAL' })));
-  });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(port, '127.0.0.1', () => resolve());
-  });
+  }, jsonRefusal, { maxConnections: 64 });
+  await listenFront(server, port);
   return {
     url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
     close: () => new Promise<void>((resolve) => {

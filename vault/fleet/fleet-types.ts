@@ -99,6 +99,8 @@ export interface StartFleetOptions {
   relayKey?: string;
   /** Runs the operator listener (status, faults) apart from the relay front, for requests carrying this key. */
   operatorKey?: string;
+  /** The relay front's request timeout and connection cap (default vault/agent/http.ts FRONT_LIMITS). */
+  frontLimits?: { requestTimeoutMs?: number; headersTimeoutMs?: number; maxConnections?: number };
   /** Enables POST /v1/fleet/fault on the operator listener (`bkv fleet up --faults`). Default false. */
   faultEndpoint?: boolean;
   onEvent?(e: FleetEvent): void;

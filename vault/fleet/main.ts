@@ -117,7 +117,7 @@ export async function main(argv: string[]): Promise<number> {
     await f.close();
     return 0;
   } catch (e) {
-    process.stderr.write(`fleet: ${isBkvError(e) ? `${e.code}: ${e.message}` : (e as { code?: string }).code === 'NO_LEADER' ? 'NO_LEADER: no leader elected within 30 s' : 'failed to start'}\n`);
+    process.stderr.write(`fleet: ${isBkvError(e) ? (e.message.startsWith(e.code) ? e.message : `${e.code}: ${e.message}`) : (e as { code?: string }).code === 'NO_LEADER' ? 'NO_LEADER: no leader elected within 30 s' : 'failed to start'}\n`);
     await fleet?.close().catch(() => undefined);
     return 1;
   } finally {

@@ -14,7 +14,7 @@
 // Whether it votes at once is decided from its disk and its token anchor, never by a flag: an intact
 // disk votes at once, a rolled-back or blank one re-replicates first (docs/fleet.md, "Anchored
 // acknowledgements"). --exit-with-stdin: stop when stdin closes (the supervisor died).
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
@@ -30,7 +30,7 @@ import {
 } from './process-config.ts';
 import { FleetReplica } from './replica.ts';
 import { TcpTransport } from './transport-tcp.ts';
-import { refuseUnauthorizedRelay, sendBody, serveRelay } from '../agent/http.ts';
+import { createFront, listenFront, refuseUnauthorizedRelay, relayRefusal, sendBody, serveRelay } from '../agent/http.ts';
 import { encodeProcessMessage, type ProcessMessage } from './process-protocol.ts';
 import { hopSecret } from '../../protocol/hop-secret.ts';
 
@@ -173,13 +173,9 @@ export async function main(argv: string[]): Promise<number> {
     for (const [s, k] of Object.entries(pinnedKeys(replica.firmware))) akeKeys[s] = k;
     const r = replica;
     const relayKey = hopSecret(state.stateDir, 'relay');
-    server = createServer((req, res) => { void serve(r, akeKeys, relayKey, req, res).catch(() => sendBody(res, 500, 'application/json', JSON.stringify({ code: 'INTERNAL' }))); });
-    server.keepAliveTimeout = 5_000;
+    server = createFront((req, res) => { void serve(r, akeKeys, relayKey, req, res).catch(() => sendBody(res, 500, 'application/json', JSON.stringify({ code: 'INTERNAL' }))); }, relayRefusal);
     const srv = server;
-    await new Promise<void>((resolve, reject) => {
-      srv.once('error', reject);
-      srv.listen(c.relay.port, c.relay.host, () => { srv.off('error', reject); resolve(); });
-    });
+    await listenFront(srv, c.relay.port, c.relay.host);
     const relay = srv.address() as AddressInfo;
     const urlHost = relay.family === 'IPv6' ? `[${relay.address}]` : relay.address;
     const peerAddr = transport.address;

@@ -4,13 +4,12 @@
 // ReplicaHosts implementation only starts, stops, asks and copies replicas (fleet.ts for threads,
 // process-fleet.ts for processes). Types: fleet-types.ts. Design: docs/fleet.md.
 import { cpSync, rmSync } from 'node:fs';
-import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { BkvError, InputError } from '../../protocol/errors.ts';
 import { REGION_HEADER, RELAY_PATH } from '../../protocol/relay.ts';
 import type { FleetState } from '../../softhsm/state.ts';
-import { refuseUnauthorizedRelay, sendBody, serveRelay } from '../agent/http.ts';
+import { createFront, listenFront, refuseUnauthorizedRelay, relayRefusal, sendBody, serveRelay } from '../agent/http.ts';
 import { replicaDbDir } from '../agent/replica.ts';
 import type { Outcome } from '../replica/core.ts';
 import { startOperatorListener } from './admin-routes.ts';
@@ -266,7 +265,7 @@ export async function startRunner(state: FleetState, names: string[], hosts: Rep
     }
   };
 
-  const server = createServer((req, res) => {
+  const server = createFront((req, res) => {
     void (async () => {
       if (refuseUnauthorizedRelay(req, res, opts.relayKey)) return;
       if (req.url !== RELAY_PATH || req.method !== 'POST') return sendBody(res, 404, 'application/json', JSON.stringify({ code: 'NOT_FOUND' }));
@@ -277,13 +276,9 @@ export async function startRunner(state: FleetState, names: string[], hosts: Rep
         return hosts.request(name, user, body);
       });
     })().catch(() => sendBody(res, 500, 'application/json', JSON.stringify({ code: 'INTERNAL' })));
-  });
-  server.keepAliveTimeout = 5_000;
+  }, relayRefusal, opts.frontLimits);
   try {
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(opts.port ?? 0, '127.0.0.1', () => resolve());
-    });
+    await listenFront(server, opts.port ?? 0);
   } catch (e) {
     router.close();
     await hosts.close();
