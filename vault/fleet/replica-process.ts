@@ -173,7 +173,8 @@ export async function main(argv: string[]): Promise<number> {
     for (const [s, k] of Object.entries(pinnedKeys(replica.firmware))) akeKeys[s] = k;
     const r = replica;
     const relayKey = hopSecret(state.stateDir, 'relay');
-    server = createFront((req, res) => { void serve(r, akeKeys, relayKey, req, res).catch(() => sendBody(res, 500, 'application/json', JSON.stringify({ code: 'INTERNAL' }))); }, relayRefusal);
+    // Only this replica's supervisor talks here, through fetch's unbounded pool: a cap far above its load.
+    server = createFront((req, res) => { void serve(r, akeKeys, relayKey, req, res).catch(() => sendBody(res, 500, 'application/json', JSON.stringify({ code: 'INTERNAL' }))); }, relayRefusal, { maxConnections: 4096 });
     const srv = server;
     await listenFront(srv, c.relay.port, c.relay.host);
     const relay = srv.address() as AddressInfo;
