@@ -24,7 +24,7 @@ import {
 /** Exit codes beyond cli.ts's 0/1/2, as `bkv serve`: which child died on its own. */
 export const FLEET_EXIT = { fleetDied: 3, chatdDied: 4 } as const;
 
-const upHelp = `usage: bkv fleet up [--replicas N] [--wan default|none|FILE] [--transport ports|tcp] [--faults] [--state DIR] [--port N] [--fleet-port N] [--quiet]
+const upHelp = `usage: bkv fleet up [--replicas N] [--wan default|none|FILE] [--transport ports|tcp] [--faults] [--state DIR] [--port N] [--fleet-port N] [--quiet] [--json]
 
 Starts the vault as a fleet of replicas, one per data center, each a worker thread on its own
 SoftHSM2 token, agreeing by Raft on every record change (above all the attempt counter), plus ChatD
@@ -45,6 +45,9 @@ keys, computed from the tokens), so \`bkv backup ... --state DIR\` works against
   --state DIR       state directory (default .bkv)
   --port N          ChatD's port (default 0: any free port)
   --fleet-port N    the fleet front's port, where ChatD sends relayed requests (default 0)
+  --json            once ready, one JSON line on stdout instead of the lines for people: {"event":
+                    "ready", "chatdUrl", "fleetUrl", "operatorUrl", "replicas", "leader", ...}; a
+                    failure as {"error": {"code", "message", "hint"}} on stderr
   --quiet           do not pass the children's logs through to stderr (the fleet's audit lines, JSON
                     with "event": fault requests and role changes, still pass; also in DIR/fleet-audit.jsonl)
 
@@ -148,6 +151,7 @@ async function up(argv: string[]): Promise<number> {
     'fleet-port': { type: 'string' },
     quiet: { type: 'boolean' },
     faults: { type: 'boolean' },
+    json: { type: 'boolean' },
   });
   const stateDir = values.state ?? '.bkv';
   const chatdPort = port('port', values.port);
@@ -208,6 +212,13 @@ async function up(argv: string[]): Promise<number> {
     announce(services) {
       const fleet = services.fleet!;
       const paths = servePaths(stateDir);
+      if (values.json) {
+        console.log(JSON.stringify({
+          event: 'ready', mode: 'fleet', chatdUrl: services.chatd.url, fleetUrl: fleet.url, operatorUrl: fleet.operator.url, replicas: running, leader: status?.leader ?? null,
+          transport, wan, pid: process.pid, fleetPid: fleet.pid, chatdPid: services.chatd.pid, serveRecord: paths.serve, vaultKeys: paths.vaultKeys,
+        }));
+        return;
+      }
       console.log(`bkv fleet: ${running.length || replicas || provisioned || 5} replicas${running.length ? ` (${running.join(', ')})` : ''} ${transport === 'tcp' ? `as processes over TCP (supervisor pid ${fleet.pid})` : `in one process (pid ${fleet.pid}), WAN model ${wan}`}, at ${fleet.url}`);
       console.log(`bkv fleet: ChatD (pid ${services.chatd.pid}) at ${services.chatd.url}`);
       console.log(`CHATD_URL=${services.chatd.url}`);

@@ -9,7 +9,7 @@ import { supervise } from '../supervisor.ts';
 /** Exit codes beyond cli.ts's 0/1/2: which child died on its own. */
 export const SERVE_EXIT = { vaultDied: 3, chatdDied: 4 } as const;
 
-const help = `usage: bkv serve [--state DIR] [--port N] [--vault-port N] [--quiet]
+const help = `usage: bkv serve [--state DIR] [--port N] [--vault-port N] [--quiet] [--json]
 
 Starts the vault (replica of the fleet in DIR, on its SoftHSM2 token) and ChatD (the relay devices
 talk to) as two processes on loopback, provisioning DIR first if it holds no complete fleet.
@@ -22,6 +22,8 @@ devices pin (they never learn them through ChatD). \`bkv backup ... --state DIR\
   --port N          ChatD's port (default 0: any free port)
   --vault-port N    the vault's port (default 0)
   --quiet           do not pass the children's logs through to stderr
+  --json            once both serve, one JSON line on stdout instead of the lines above: {"event":
+                    "ready", "chatdUrl", "vaultUrl", "pid", ...}; a failure as {"error": {...}} on stderr
 
 A port asked for that is taken: EADDRINUSE 127.0.0.1:N, exit 1, before anything is provisioned or
 started. Ctrl-C or SIGTERM at any stage exits 0 with nothing left running: while provisioning, once
@@ -48,6 +50,7 @@ export const command: Command = {
       port: { type: 'string' },
       'vault-port': { type: 'string' },
       quiet: { type: 'boolean' },
+      json: { type: 'boolean' },
     });
     const stateDir = values.state ?? '.bkv';
     const chatdPort = port('port', values.port);
@@ -63,6 +66,10 @@ export const command: Command = {
       record: async (services) => ({ chatdUrl: services.chatd.url, vaultUrl: services.vault.url, vaultPid: services.vault.pid, chatdPid: services.chatd.pid }),
       announce(services) {
         const paths = servePaths(stateDir);
+        if (values.json) {
+          console.log(JSON.stringify({ event: 'ready', mode: 'vault', chatdUrl: services.chatd.url, vaultUrl: services.vault.url, pid: process.pid, vaultPid: services.vault.pid, chatdPid: services.chatd.pid, serveRecord: paths.serve, vaultKeys: paths.vaultKeys }));
+          return;
+        }
         console.log(`bkv serve: vault (pid ${services.vault.pid}) at ${services.vault.url}`);
         console.log(`bkv serve: ChatD (pid ${services.chatd.pid}) at ${services.chatd.url}`);
         console.log(`CHATD_URL=${services.chatd.url}`);

@@ -54,13 +54,16 @@ async function fault(...args: string[]): Promise<string> {
 
 describe('bkv fleet status under partitions', () => {
   it('says which replicas serve and why the others do not, lists the faults, and logs who did what', async () => {
-    up = spawn(process.execPath, [BKV, 'fleet', 'up', '--state', stateDir, '--replicas', '3', '--wan', 'none', '--faults', '--quiet'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    up = spawn(process.execPath, [BKV, 'fleet', 'up', '--state', stateDir, '--replicas', '3', '--wan', 'none', '--faults', '--quiet', '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
     const child = up;
     createInterface({ input: child.stderr! }).on('line', (l) => upErr.push(l));
-    await new Promise<void>((resolve, reject) => {
-      createInterface({ input: child.stdout! }).on('line', (l) => { if (l.startsWith('FLEET_URL=')) resolve(); });
+    // --json: the ready line is the only line on stdout, JSON.
+    const ready = await new Promise<Record<string, unknown>>((resolve, reject) => {
+      createInterface({ input: child.stdout! }).on('line', (l) => resolve(JSON.parse(l) as Record<string, unknown>));
       child.once('exit', (c) => reject(new Error(`bkv fleet up exited (${c}): ${upErr.slice(-5).join(' | ')}`)));
     });
+    expect(ready).toMatchObject({ event: 'ready', mode: 'fleet', replicas: ['us-east', 'us-west', 'eu-west'], pid: child.pid, transport: 'ports', wan: 'none' });
+    expect(JSON.parse(readFileSync(join(stateDir, 'serve.json'), 'utf8'))).toMatchObject({ chatdUrl: ready.chatdUrl, vaultUrl: ready.fleetUrl, operatorUrl: ready.operatorUrl });
 
     const s0 = await until((x) => !!x.leader && x.replicas.every((r) => r.serves));
     expect(s0.faults).toEqual([]);

@@ -52,6 +52,13 @@ describe('busy ports', () => {
     }, 20_000);
   }
 
+  it('with --json the failure is one JSON object on stderr: code, message, hint', async () => {
+    const r = await cliProcess(['serve', '--state', join(dir, 'json'), '--port', String(port), '--json']);
+    expect(r.status, r.err).toBe(1);
+    expect(r.out).toBe('');
+    expect(JSON.parse(r.err)).toEqual({ error: { code: 'EADDRINUSE', message: expect.stringContaining(`EADDRINUSE 127.0.0.1:${port}`), hint: 'choose another port, or 0 for any free one' } });
+  });
+
   it('the same two ports for ChatD and the fleet are refused before anything starts', async () => {
     const r = await cliProcess(['fleet', 'up', '--state', join(dir, 'twice'), '--port', '47999', '--fleet-port', '47999']);
     expect(r.status, r.err).toBe(1);
@@ -69,6 +76,28 @@ describe('busy ports', () => {
     expect(r.err).toContain(`chatd: EADDRINUSE 127.0.0.1:${port}: the port is in use`);
     expect(r.err).not.toMatch(/\n\s+at /);
   });
+});
+
+describe('bkv serve --json', () => {
+  it('prints one JSON ready line, and a SIGTERM then stops both (exit 0)', async () => {
+    const state = join(dir, 'serve-json');
+    const s = spawn(process.execPath, [BKV, 'serve', '--state', state, '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let err = '';
+    s.stderr.on('data', (d) => (err += d));
+    const exit = new Promise<number | null>((r) => s.once('exit', (c) => r(c)));
+    const line = await new Promise<string>((resolve, reject) => {
+      let out = '';
+      s.stdout.on('data', (d) => { out += d; if (out.includes('\n')) resolve(out); });
+      void exit.then((c) => reject(new Error(`serve exited ${c}: ${err}`)));
+    });
+    expect(line.trim().split('\n')).toHaveLength(1);
+    const ready = JSON.parse(line) as Record<string, unknown>;
+    expect(ready).toMatchObject({ event: 'ready', mode: 'vault', pid: s.pid, serveRecord: join(state, 'serve.json') });
+    expect(JSON.parse(readFileSync(join(state, 'serve.json'), 'utf8'))).toMatchObject({ chatdUrl: ready.chatdUrl, vaultUrl: ready.vaultUrl });
+    s.kill('SIGTERM');
+    const code = await exit;
+    expect(code, err).toBe(0);
+  }, 60_000);
 });
 
 describe('Ctrl-C while starting', () => {
