@@ -7,10 +7,12 @@ import type { AddressInfo } from 'node:net';
 import { bearerMatches } from '../../protocol/hop-secret.ts';
 import { BkvError } from '../../protocol/errors.ts';
 import { createFront, jsonRefusal, listenFront, readBody, sendBody } from '../agent/http.ts';
-import { ACTOR_HEADER, FLEET_FAULT_PATH, FLEET_STATUS_PATH, type FleetFault, type FleetStatusReport } from './fleet-types.ts';
+import { ACTOR_HEADER, FLEET_FAULT_PATH, FLEET_STATUS_PATH, METRICS_PATH, type FleetFault, type FleetStatusReport } from './fleet-types.ts';
 
 export interface AdminRoutes {
   status(): Promise<FleetStatusReport>;
+  /** GET /metrics: the Prometheus text (vault/agent/metrics.ts). */
+  metrics?: () => Promise<{ type: string; text: string }>;
   /** Present only when the fault endpoint is enabled; resolves to extra fields of the {ok:true} answer. `by`: who asked. */
   fault?: (f: FleetFault, by: string) => Promise<unknown>;
   /** A fault request refused before it reached `fault` (faults off, not JSON): logged all the same. */
@@ -46,6 +48,11 @@ export async function startOperatorListener(routes: AdminRoutes, key: string, po
 
 /** Answers the request if it is an operator route and returns true; false leaves it to the caller. */
 async function serveAdminRoute(req: IncomingMessage, res: ServerResponse, routes: AdminRoutes): Promise<boolean> {
+  if (req.url === METRICS_PATH && req.method === 'GET' && routes.metrics) {
+    const m = await routes.metrics();
+    sendBody(res, 200, m.type, m.text);
+    return true;
+  }
   if (req.url === FLEET_STATUS_PATH && req.method === 'GET') {
     sendBody(res, 200, 'application/json', JSON.stringify(await routes.status()));
     return true;

@@ -145,6 +145,8 @@ export interface Fleet {
 export { REGION_HEADER } from '../../protocol/relay.ts';
 export const FLEET_STATUS_PATH = '/v1/fleet/status';
 export const FLEET_FAULT_PATH = '/v1/fleet/fault';
+/** Prometheus metrics, on the operator listener (with the operator key), as on the vault and ChatD. */
+export const METRICS_PATH = '/metrics';
 
 /** Body of POST /v1/fleet/fault (JSON). */
 export type FleetFault =

@@ -20,6 +20,7 @@ import { decodeProcessLine, type ProcessMessage } from './process-protocol.ts';
 import type { ReplicaProcessStatus } from './replica-process.ts';
 import { FleetError, emitter, fleetNames, startRunner, type ReplicaHosts } from './runner.ts';
 import { bearer, hopSecret } from '../../protocol/hop-secret.ts';
+import { emptyReplicaMetrics } from '../../protocol/metrics-wire.ts';
 
 /** The process fleet's errors are the fleet's (one class, one set of codes). */
 export { FleetError as ProcessFleetError } from './runner.ts';
@@ -144,7 +145,7 @@ export async function startProcessFleet(opts: StartFleetOptions): Promise<Fleet>
       try {
         const res = await fetch(p.relayUrl + REPLICA_STATUS_PATH, { headers: relayHeaders, signal: AbortSignal.timeout(2_000) });
         const s = (await res.json()) as ReplicaProcessStatus;
-        return { name: s.name, role: s.role, term: s.term, commitIndex: s.commitIndex, lastIndex: s.lastIndex ?? 0, appliedIndex: s.appliedIndex, healthy: s.healthy, reason: s.reason, leader: s.leader, digest: s.digest ?? '', heardMsAgo: s.heardMsAgo ?? {}, stats: s.stats ?? {} };
+        return { name: s.name, role: s.role, term: s.term, commitIndex: s.commitIndex, lastIndex: s.lastIndex ?? 0, appliedIndex: s.appliedIndex, healthy: s.healthy, reason: s.reason, leader: s.leader, digest: s.digest ?? '', heardMsAgo: s.heardMsAgo ?? {}, stats: s.stats ?? {}, metrics: s.metrics ?? emptyReplicaMetrics() };
       } catch {
         return undefined;
       }

@@ -24,6 +24,8 @@ import { RELAY_PATH } from '../../protocol/relay.ts';
 import { pinnedKeys } from '../firmware/gate.ts';
 import { activateSoftHsmConf, loadState } from '../../softhsm/state.ts';
 import { replicaDbDir } from '../agent/replica.ts';
+import { MeteredToken } from '../agent/metered-token.ts';
+import type { ReplicaMetrics } from '../../protocol/metrics-wire.ts';
 import type { ReplicaStatus } from './fleet-types.ts';
 import {
   ProcessConfigError, REPLICA_STATUS_PATH, fleetIdOf, parseHostPort, parsePeerFlag, parsePeersFile, resolvePeers, type PeerSpec,
@@ -41,6 +43,7 @@ const USAGE = `usage: vault/fleet/replica-process.ts --replica NAME [--state DIR
 /** What GET REPLICA_STATUS_PATH answers: the fleet's ReplicaStatus for this one replica, plus the keys it serves. */
 export interface ReplicaProcessStatus extends ReplicaStatus {
   akePublicKeys: Record<string, string>;
+  metrics?: ReplicaMetrics;
 }
 
 interface Config {
@@ -163,8 +166,9 @@ export async function main(argv: string[]): Promise<number> {
     const held: ProcessMessage[] = [];
     let readySent = false;
     const tell = (m: ProcessMessage) => { if (readySent) process.stdout.write(encodeProcessMessage(m)); else held.push(m); };
+    const metered = new MeteredToken(token);
     replica = await FleetReplica.open({
-      name: c.name, voters: peers.voters, token, dbDir: replicaDbDir(state.stateDir, c.name), transport,
+      name: c.name, voters: peers.voters, token: metered, tokenReport: () => metered.report(), dbDir: replicaDbDir(state.stateDir, c.name), transport,
       policy: c.requestTtlMs === undefined ? undefined : { requestTtlMs: c.requestTtlMs }, tickMs,
       log,
       onEvent: (e) => tell(e.kind === 'leader' ? { t: 'leader', term: e.term } : e.kind === 'role' ? { t: 'role', role: e.role, term: e.term, leader: e.leader } : e.kind === 'rejoined' ? { t: 'rejoined', index: e.index } : { t: 'health', healthy: e.healthy, code: e.code, reason: e.reason }),
@@ -233,7 +237,7 @@ async function serve(replica: FleetReplica, akeKeys: Record<string, string>, rel
       name: s.name, region: s.name, role: s.role, term: s.term, commitIndex: s.commitIndex, appliedIndex: s.appliedIndex,
       // The leader's commit index is the leader's to report; a lone follower cannot know its lag.
       lag: s.role === 'leader' ? 0 : -1,
-      healthy: s.healthy, reason: s.reason, leader: s.leader, lastIndex: s.lastIndex, digest: s.digest, stats: s.stats, heardMsAgo: s.heardMsAgo, akePublicKeys: akeKeys,
+      healthy: s.healthy, reason: s.reason, leader: s.leader, lastIndex: s.lastIndex, digest: s.digest, stats: s.stats, heardMsAgo: s.heardMsAgo, metrics: s.metrics, akePublicKeys: akeKeys,
     };
     return sendBody(res, 200, 'application/json', JSON.stringify(body));
   }

@@ -19,6 +19,7 @@ import type { SessionGate } from '../firmware/gate.ts';
 import { MUTATIONS, ReplicaCore, type CoreInput, type CoreOutput, type Mutation, type Outcome, type StoredDisk } from '../replica/core.ts';
 import type { ReplicaRole } from './fleet-types.ts';
 import type { PeerTransport } from './transport.ts';
+import type { ReplicaMetrics } from '../../protocol/metrics-wire.ts';
 
 export type { Outcome } from '../replica/core.ts';
 
@@ -36,6 +37,8 @@ export interface FleetReplicaOptions {
   leaderWaitMs?: number;
   log?: (line: string) => void;
   onEvent?: (e: ReplicaEvent) => void;
+  /** The token's call metrics (vault/agent/metered-token.ts), when the host meters it. */
+  tokenReport?: () => ReplicaMetrics['token'];
 }
 
 /** What a replica host passes up, as it happens. */
@@ -59,6 +62,8 @@ export interface LocalStatus {
   /** Milliseconds since an authenticated message last came from each peer (absent: never). */
   heardMsAgo: Record<string, number>;
   stats: Record<string, number | boolean>;
+  /** Counters and latency buckets for /metrics (protocol/metrics-wire.ts). */
+  metrics: ReplicaMetrics;
 }
 
 function transportStats(t: PeerTransport): Record<string, number> {
@@ -88,6 +93,7 @@ export class FleetReplica {
   private timer?: NodeJS.Timeout;
   private closed = false;
   readonly io = { persistMs: 0, steps: 0 };
+  private readonly snapshots = { count: 0, lastBytes: 0, totalBytes: 0 };
   /** The host's clock, which a hostile host may run fast, slow or jump (the `clock` fault). */
   private clock = { realAt: Date.now(), at: Date.now(), rate: 1 };
 
@@ -150,7 +156,10 @@ export class FleetReplica {
   }
 
   status(): LocalStatus {
-    return { name: this.o.name, ...this.core.status(), stats: { ...this.core.stats, ...this.io, ...transportStats(this.o.transport) } };
+    return {
+      name: this.o.name, ...this.core.status(), stats: { ...this.core.stats, ...this.io, ...transportStats(this.o.transport) },
+      metrics: { ...this.core.metrics(), token: this.o.tokenReport?.() ?? {}, snapshots: { ...this.snapshots } },
+    };
   }
 
   /** A device request that reached this replica (from the fleet's HTTP front). */
@@ -190,7 +199,12 @@ export class FleetReplica {
           });
           break;
         }
-        case 'compact': this.onDisk(() => this.store.compact(o.index, o.snapshot)); break;
+        case 'compact':
+          this.snapshots.count++;
+          this.snapshots.lastBytes = o.snapshot.length;
+          this.snapshots.totalBytes += o.snapshot.length;
+          this.onDisk(() => this.store.compact(o.index, o.snapshot));
+          break;
         case 'wipe': this.onDisk(() => this.store.wipe()); break;
         case 'send': this.o.transport.send(o.to, o.bytes); break;
         case 'reply': {

@@ -15,6 +15,8 @@ import type { Outcome } from '../replica/core.ts';
 import { startOperatorListener } from './admin-routes.ts';
 import { type ActiveFault, type Fleet, type FleetEvent, type FleetFault, type FleetStatusReport, type ReplicaControl, type ReplicaStatus, type StartFleetOptions } from './fleet-types.ts';
 import { fleetView } from './fleet-view.ts';
+import { VaultMetrics } from '../agent/metrics.ts';
+import { HEALTH_PATH } from '../agent/server.ts';
 import type { LocalStatus } from './replica.ts';
 import { EntryRouter } from './router.ts';
 
@@ -55,12 +57,24 @@ export function fleetNames(state: FleetState, opts: StartFleetOptions): string[]
   return names;
 }
 
-export function emitter(opts: StartFleetOptions): (e: FleetEvent) => void {
-  return (e) => { try { opts.onEvent?.(e); } catch { /* an observer must not break the fleet */ } };
+/** The event sink hosts and the runner share: the caller's onEvent, and the runner's own observers. */
+export type Emit = ((e: FleetEvent) => void) & { also(f: (e: FleetEvent) => void): void };
+
+export function emitter(opts: StartFleetOptions): Emit {
+  const observers: ((e: FleetEvent) => void)[] = [];
+  const emit = ((e: FleetEvent) => {
+    for (const f of [opts.onEvent, ...observers]) {
+      try { f?.(e); } catch { /* an observer must not break the fleet */ }
+    }
+  }) as Emit;
+  emit.also = (f) => { observers.push(f); };
+  return emit;
 }
 
 /** Starts every replica on `hosts`, then the front; on a failed start, stops what started. */
-export async function startRunner(state: FleetState, names: string[], hosts: ReplicaHosts, opts: StartFleetOptions, emit: (e: FleetEvent) => void): Promise<Fleet> {
+export async function startRunner(state: FleetState, names: string[], hosts: ReplicaHosts, opts: StartFleetOptions, emit: Emit): Promise<Fleet> {
+  const metrics = new VaultMetrics();
+  emit.also((e) => { if (e.kind === 'leader') metrics.leaderChange(e.replica); });
   let akeKeys: Record<string, string> = {};
   try {
     for (const keys of await Promise.all(names.map((n) => hosts.start(n)))) akeKeys = keys;
@@ -267,13 +281,21 @@ export async function startRunner(state: FleetState, names: string[], hosts: Rep
 
   const server = createFront((req, res) => {
     void (async () => {
+      // As the single vault's: whether the fleet serves (a leader in contact with a quorum), no key needed.
+      if (req.url === HEALTH_PATH && req.method === 'GET') {
+        const r = await report();
+        const serving = r.replicas.filter((x) => x.serves).length;
+        return sendBody(res, r.leader ? 200 : 503, 'application/json', JSON.stringify({ healthy: r.leader !== null, leader: r.leader, serving, replicas: r.replicas.length, quorum: Math.floor(r.replicas.length / 2) + 1 }));
+      }
       if (refuseUnauthorizedRelay(req, res, opts.relayKey)) return;
       if (req.url !== RELAY_PATH || req.method !== 'POST') return sendBody(res, 404, 'application/json', JSON.stringify({ code: 'NOT_FOUND' }));
       const hint = req.headers[REGION_HEADER];
       await serveRelay(req, res, 'vault fleet', async (user, body) => {
+        const t0 = performance.now();
         const name = router.pick(body, typeof hint === 'string' ? hint : undefined);
-        if (!name) return { ok: false, code: 'NO_REPLICA' };
-        return hosts.request(name, user, body);
+        const o: Outcome = name ? await hosts.request(name, user, body) : { ok: false, code: 'NO_REPLICA' };
+        metrics.request(body, o.ok, o.ok ? undefined : o.code, (performance.now() - t0) / 1000);
+        return o;
       });
     })().catch(() => sendBody(res, 500, 'application/json', JSON.stringify({ code: 'INTERNAL' })));
   }, relayRefusal, opts.frontLimits);
@@ -286,7 +308,12 @@ export async function startRunner(state: FleetState, names: string[], hosts: Rep
   }
   fleet.url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
   if (opts.operatorKey !== undefined) {
-    const op = await startOperatorListener({ status: report, fault: opts.faultEndpoint ? handleFault : undefined, refused: (f, by, code) => emit({ kind: 'fault', by, fault: f, ok: false, code }) }, opts.operatorKey);
+    const scrape = async (): Promise<{ type: string; text: string }> => {
+      const st = await statuses();
+      for (const [n, s] of st) if (s.metrics) metrics.absorb(n, s.metrics);
+      return { type: metrics.contentType, text: await metrics.text() };
+    };
+    const op = await startOperatorListener({ status: report, metrics: scrape, fault: opts.faultEndpoint ? handleFault : undefined, refused: (f, by, code) => emit({ kind: 'fault', by, fault: f, ok: false, code }) }, opts.operatorKey);
     fleet.operatorUrl = op.url;
     operator = op;
   }

@@ -24,6 +24,7 @@ import type { Token } from '../../hsm-adapter/token.ts';
 import { BkvError } from '../../protocol/errors.ts';
 import type { Opaque } from '../../protocol/opaque/index.ts';
 import type { WireSuite } from '../../protocol/wire.ts';
+import { emptyBuckets, observeInto, type ReplicaMetrics } from '../../protocol/metrics-wire.ts';
 import {
   RaftNode, bootstrapStorage, decodeEntry, decodeHardState, decodeMessage, decodeSnapshot, emptyStorage,
   encodeEntry, encodeHardState, encodeMessage, encodeSnapshot,
@@ -224,7 +225,9 @@ export class ReplicaCore {
   private health = { healthy: true, code: '', reason: '' };
   private parked: Req[] = [];
   private readonly waiting = new Map<number, Req>();
-  private readonly proposals = new Map<number, { term: number; tag: number }>();
+  private readonly proposals = new Map<number, { term: number; tag: number; at: number }>();
+  /** Leader side: append-to-apply time of this instance's own proposals (metrics; never a decision). */
+  private readonly commitBuckets = emptyBuckets();
   private readonly reads = new Map<string, { index: number; body: Uint8Array; req: Req }>();
   private readonly forwarded = new Map<number, { to: string; req: Req; expires: number }>();
   private readSeq = 0;
@@ -264,6 +267,11 @@ export class ReplicaCore {
     const what = this.refusedFor === 'TAMPERED' ? 'disk refused (TAMPERED)' : 'disk below its anchor';
     const votes = this.floorTerm === undefined ? 'not voting' : `voting only for a replica that holds ${this.floor}`;
     return `ROLLED_BACK: ${what} at ${this.floor}; re-replicating, ${votes} until the fleet's commit passes ${this.floor} (waiting for a replica that holds it)`;
+  }
+
+  /** This core's part of the replica's metrics report (commit latency, applied effects). */
+  metrics(): Pick<ReplicaMetrics, 'commit' | 'effects'> {
+    return { commit: structuredClone(this.commitBuckets), effects: { ...this.gate.effects } };
   }
 
   status(): { role: ReplicaRole; term: number; commitIndex: number; lastIndex: number; appliedIndex: number; healthy: boolean; reason: string; leader: string | null; digest: string; heardMsAgo: Record<string, number> } {
@@ -749,7 +757,7 @@ export class ReplicaCore {
     // Refused before it reached the log: nothing can commit from it, so the request may be tried
     // again on the new leader. (Lost later means "appended, outcome unknown": NOT_LEADER.)
     if (!r || !r.ok) { this.runFw({ kind: 'proposalFailed', tag, code: NOT_APPENDED }); return; }
-    this.proposals.set(r.index, { term: r.term, tag });
+    this.proposals.set(r.index, { term: r.term, tag, at: this.now });
   }
 
   // ---------------------------------------------------------------- the Ready loop
@@ -902,6 +910,7 @@ export class ReplicaCore {
         this.proposals.delete(e.index);
         // Another term's entry took the index: our proposal is gone (an Attempt that did commit elsewhere stays charged).
         if (p.term !== e.term) this.runFw({ kind: 'proposalFailed', tag: p.tag, code: 'NOT_LEADER' });
+        else observeInto(this.commitBuckets, Math.max(0, this.now - p.at) / 1000);
       }
     }
     for (const rs of rd.readStates) {
