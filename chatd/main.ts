@@ -87,6 +87,7 @@ async function main(argv: string[]): Promise<number> {
     stateDir,
     // The vault in the same state directory demands it; read (or made) where the vault reads it.
     relayKey: hopSecret(stateDir, 'relay'),
+    metricsKey: hopSecret(stateDir, 'metrics'),
     limits,
   });
   process.stdout.write(chatd.url + '\n');

@@ -7,6 +7,11 @@ import type { Duplex } from 'node:stream';
 import { WebSocketServer, type WebSocket, type RawData } from 'ws';
 import { MAX_RELAY_BODY, REGION_HEADER, isRegionHint } from '../protocol/relay.ts';
 import { listenError } from '../protocol/errors.ts';
+import { bearerMatches } from '../protocol/hop-secret.ts';
+import { ChatdMetrics } from './metrics.ts';
+
+/** Prometheus metrics, with the metrics key (docs/chatd.md). */
+export const CHATD_METRICS_PATH = '/metrics';
 import {
   CHATD_HEALTH_PATH,
   CHATD_HTTP_PATH,
@@ -73,6 +78,8 @@ export interface ChatdOptions {
   vaultUrl: string;
   /** The relay key the vault demands on the ChatD -> vault hop (protocol/hop-secret.ts). */
   relayKey?: string;
+  /** GET /metrics answers only requests carrying this key (the metrics key, <state>/metrics.key); unset: no /metrics. */
+  metricsKey?: string;
   /** Holds chatd/accounts.json (see accounts.ts). */
   stateDir: string;
   limits?: Partial<ChatdLimits>;
@@ -104,8 +111,10 @@ export async function startChatd(opts: ChatdOptions): Promise<Chatd> {
   const sockets = new Set<WsSession>();
   let closing = false;
 
+  const metrics = new ChatdMetrics();
   const emit = (e: Omit<ChatdLogEntry, 't'>) => {
     try {
+      metrics.observe(e);
       log({ t: new Date().toISOString(), ...e });
     } catch {
       // a failing logger must not take a request down with it
@@ -185,6 +194,14 @@ export async function startChatd(opts: ChatdOptions): Promise<Chatd> {
     };
     let bodyRead = false;
     try {
+      if (path === CHATD_METRICS_PATH && req.method === 'GET' && opts.metricsKey !== undefined) {
+        if (!bearerMatches(req.headers.authorization, opts.metricsKey)) throw new ChatdReplyError('UNAUTHORIZED', 'metrics need the metrics key (<state>/metrics.key)');
+        const text = Buffer.from(await metrics.text());
+        entry.status = 200;
+        entry.outBytes = text.length;
+        res.writeHead(200, { 'content-type': metrics.contentType, 'content-length': text.length }).end(text);
+        return;
+      }
       if (path === CHATD_HEALTH_PATH && req.method === 'GET') {
         entry.status = 200;
         entry.outBytes = 2;
@@ -532,7 +549,7 @@ function clientAddress(a: string | undefined): string {
 
 // Logs name routes ChatD serves; whatever else a client sent is not echoed into the log.
 function knownRoute(path: string): string {
-  return path === CHATD_HTTP_PATH || path === CHATD_WS_PATH || path === CHATD_HEALTH_PATH ? path : 'other';
+  return path === CHATD_HTTP_PATH || path === CHATD_WS_PATH || path === CHATD_HEALTH_PATH || path === CHATD_METRICS_PATH ? path : 'other';
 }
 
 function asReplyError(e: unknown): ChatdReplyError {

@@ -7,9 +7,10 @@ import { bearer } from '../../protocol/hop-secret.ts';
 import { startFleetFixture, type FleetFixture } from './fleet-fixture.ts';
 
 const KEY = 'operator-key-for-the-metrics-test-0123456789';
+const SCRAPE = 'metrics-key-for-the-metrics-test-9876543210';
 const USER = 'metrics-user-carol';
 let fx: FleetFixture;
-beforeAll(async () => { fx = await startFleetFixture(3, { operatorKey: KEY }); });
+beforeAll(async () => { fx = await startFleetFixture(3, { operatorKey: KEY, metricsKey: SCRAPE, faultEndpoint: true }); });
 afterAll(async () => { await fx?.close(); });
 
 /** The value of one sample line (`name{labels} value`), summed over the series matching every label given. */
@@ -66,6 +67,11 @@ describe('fleet metrics', () => {
     expect(sample(text, 'bkv_token_call_duration_seconds_count', { replica: leader, op: 'seal' })).toBeGreaterThan(0);
     expect(sample(text, 'bkv_token_call_errors_total', { replica: leader, op: 'seal' })).toBe(0);
     expect(text).toContain('# TYPE bkv_snapshot_bytes gauge');
+
+    // The metrics key reads /metrics, and nothing else of the operator listener: no status, no fault.
+    expect((await fetch(url, { headers: { authorization: bearer(SCRAPE) } })).status).toBe(200);
+    expect((await fetch(`${fx.fleet.operatorUrl}/v1/fleet/status`, { headers: { authorization: bearer(SCRAPE) } })).status).toBe(401);
+    expect((await fetch(`${fx.fleet.operatorUrl}/v1/fleet/fault`, { method: 'POST', body: JSON.stringify({ op: 'heal' }), headers: { authorization: bearer(SCRAPE) } })).status).toBe(401);
 
     // A second scrape adds only what happened since: nothing, here.
     const again = await (await fetch(url, { headers: { authorization: bearer(KEY) } })).text();

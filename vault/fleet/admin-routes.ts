@@ -26,11 +26,15 @@ export function actorOf(req: IncomingMessage): string {
   return `operator key${v ? ` (${v})` : ''}`;
 }
 
-/** The operator listener on 127.0.0.1; `key` is the operator key every request must present. */
-export async function startOperatorListener(routes: AdminRoutes, key: string, port = 0): Promise<{ url: string; close(): Promise<void> }> {
+/**
+ * The operator listener on 127.0.0.1; `key` is the operator key every request must present, except
+ * that GET /metrics also takes `metricsKey` (a scraper needs no power over the fleet).
+ */
+export async function startOperatorListener(routes: AdminRoutes, key: string, port = 0, metricsKey?: string): Promise<{ url: string; close(): Promise<void> }> {
   const server = createFront((req, res) => {
     void (async () => {
-      if (!bearerMatches(req.headers.authorization, key)) {
+      const scrape = req.url === METRICS_PATH && req.method === 'GET' && metricsKey !== undefined && bearerMatches(req.headers.authorization, metricsKey);
+      if (!scrape && !bearerMatches(req.headers.authorization, key)) {
         return sendBody(res, 401, 'application/json', JSON.stringify({ code: 'UNAUTHORIZED', message: 'operator routes need the operator key (<state>/operator.key)' }));
       }
       if (!(await serveAdminRoute(req, res, routes))) sendBody(res, 404, 'application/json', JSON.stringify({ code: 'NOT_FOUND' }));

@@ -101,6 +101,8 @@ export interface StartFleetOptions {
   operatorKey?: string;
   /** The relay front's request timeout and connection cap (default vault/agent/http.ts FRONT_LIMITS). */
   frontLimits?: { requestTimeoutMs?: number; headersTimeoutMs?: number; maxConnections?: number };
+  /** GET /metrics on the operator listener also takes this key (the metrics key: reading only). */
+  metricsKey?: string;
   /** Enables POST /v1/fleet/fault on the operator listener (`bkv fleet up --faults`). Default false. */
   faultEndpoint?: boolean;
   onEvent?(e: FleetEvent): void;

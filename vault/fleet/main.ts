@@ -89,7 +89,7 @@ export async function main(argv: string[]): Promise<number> {
     }
     fleet = await (tcp ? startProcessFleet : startFleet)({
       stateDir: flags.state!, replicas, wan, seed, electionTimeoutMs: electionMs, port, faultEndpoint: flags.faults === true,
-      relayKey: hopSecret(state.stateDir, 'relay'), operatorKey: hopSecret(state.stateDir, 'operator'),
+      relayKey: hopSecret(state.stateDir, 'relay'), operatorKey: hopSecret(state.stateDir, 'operator'), metricsKey: hopSecret(state.stateDir, 'metrics'),
       onEvent: (e) => {
         if (e.kind === 'role') audit({ event: 'role', replica: e.replica, role: e.role, term: e.term, leader: e.leader, by: 'raft' });
         else if (e.kind === 'fault') audit({ event: 'fault', op: e.fault.op, fault: e.fault, ok: e.ok, ...(e.code ? { code: e.code } : {}), by: e.by });

@@ -313,7 +313,7 @@ export async function startRunner(state: FleetState, names: string[], hosts: Rep
       for (const [n, s] of st) if (s.metrics) metrics.absorb(n, s.metrics);
       return { type: metrics.contentType, text: await metrics.text() };
     };
-    const op = await startOperatorListener({ status: report, metrics: scrape, fault: opts.faultEndpoint ? handleFault : undefined, refused: (f, by, code) => emit({ kind: 'fault', by, fault: f, ok: false, code }) }, opts.operatorKey);
+    const op = await startOperatorListener({ status: report, metrics: scrape, fault: opts.faultEndpoint ? handleFault : undefined, refused: (f, by, code) => emit({ kind: 'fault', by, fault: f, ok: false, code }) }, opts.operatorKey, 0, opts.metricsKey);
     fleet.operatorUrl = op.url;
     operator = op;
   }
