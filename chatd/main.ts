@@ -17,6 +17,8 @@ const HELP = `usage: chatd/main.ts --vault-url URL [options]
   --account-rate R       per-account requests per second (default ${DEFAULT_LIMITS.perAccount.perSecond})
   --address-burst N      per-address bucket size (default ${DEFAULT_LIMITS.perAddress.burst})
   --address-rate R       per-address requests per second (default ${DEFAULT_LIMITS.perAddress.perSecond})
+  --unauth-burst N       per-address bucket of requests that fail authentication (default ${DEFAULT_LIMITS.perUnauthenticated.burst})
+  --unauth-rate R        its refill per second (default ${DEFAULT_LIMITS.perUnauthenticated.perSecond})
   --vault-timeout-ms MS  how long to wait for the vault (default ${DEFAULT_LIMITS.vaultTimeoutMs})`;
 
 function num(name: string, v: string | undefined, fallback: number, integer = false): number {
@@ -43,6 +45,8 @@ async function main(argv: string[]): Promise<number> {
         'account-rate': { type: 'string' },
         'address-burst': { type: 'string' },
         'address-rate': { type: 'string' },
+        'unauth-burst': { type: 'string' },
+        'unauth-rate': { type: 'string' },
         'vault-timeout-ms': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
@@ -69,6 +73,10 @@ async function main(argv: string[]): Promise<number> {
       burst: num('address-burst', values['address-burst'], DEFAULT_LIMITS.perAddress.burst),
       perSecond: num('address-rate', values['address-rate'], DEFAULT_LIMITS.perAddress.perSecond),
     },
+    perUnauthenticated: {
+      burst: num('unauth-burst', values['unauth-burst'], DEFAULT_LIMITS.perUnauthenticated.burst),
+      perSecond: num('unauth-rate', values['unauth-rate'], DEFAULT_LIMITS.perUnauthenticated.perSecond),
+    },
     vaultTimeoutMs: num('vault-timeout-ms', values['vault-timeout-ms'], DEFAULT_LIMITS.vaultTimeoutMs),
   };
   const stateDir = values.state ?? process.env.BKV_STATE_DIR ?? '.bkv';
@@ -79,6 +87,7 @@ async function main(argv: string[]): Promise<number> {
     stateDir,
     // The vault in the same state directory demands it; read (or made) where the vault reads it.
     relayKey: hopSecret(stateDir, 'relay'),
+    metricsKey: hopSecret(stateDir, 'metrics'),
     limits,
   });
   process.stdout.write(chatd.url + '\n');

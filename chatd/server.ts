@@ -6,6 +6,12 @@ import http from 'node:http';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer, type WebSocket, type RawData } from 'ws';
 import { MAX_RELAY_BODY, REGION_HEADER, isRegionHint } from '../protocol/relay.ts';
+import { listenError } from '../protocol/errors.ts';
+import { bearerMatches } from '../protocol/hop-secret.ts';
+import { ChatdMetrics } from './metrics.ts';
+
+/** Prometheus metrics, with the metrics key (docs/chatd.md). */
+export const CHATD_METRICS_PATH = '/metrics';
 import {
   CHATD_HEALTH_PATH,
   CHATD_HTTP_PATH,
@@ -14,6 +20,7 @@ import {
   FrameError,
   FrameKind,
   MAX_TOKEN_BYTES,
+  chatdError,
   decodeFrame,
   encodeErrorBody,
   encodeFrame,
@@ -27,8 +34,14 @@ import { stderrLog, type ChatdLog, type ChatdLogEntry } from './log.ts';
 export interface ChatdLimits {
   /** Requests per authenticated account. */
   perAccount: BucketLimit;
-  /** Requests (and WebSocket upgrades) per client address, authenticated or not. */
+  /** Authenticated requests (and WebSocket upgrades that carry a valid token) per client address. */
   perAddress: BucketLimit;
+  /**
+   * Requests that fail authentication (no token, an unknown or revoked one; token-less WebSocket
+   * upgrades; failed AUTH frames) per client address: their own bucket, so a flood of them cannot
+   * spend the one valid devices at that address draw from.
+   */
+  perUnauthenticated: BucketLimit;
   /** Largest device message accepted; at most MAX_RELAY_BODY. */
   maxBodyBytes: number;
   /** How long ChatD waits for the vault before answering VAULT_TIMEOUT. */
@@ -47,6 +60,7 @@ export const DEFAULT_LIMITS: ChatdLimits = {
   perAccount: { burst: 50, perSecond: 20 },
   // Generous: on loopback every device shares one address.
   perAddress: { burst: 1000, perSecond: 500 },
+  perUnauthenticated: { burst: 200, perSecond: 50 },
   maxBodyBytes: MAX_RELAY_BODY,
   vaultTimeoutMs: 10_000,
   maxInFlightPerSocket: 32,
@@ -64,6 +78,8 @@ export interface ChatdOptions {
   vaultUrl: string;
   /** The relay key the vault demands on the ChatD -> vault hop (protocol/hop-secret.ts). */
   relayKey?: string;
+  /** GET /metrics answers only requests carrying this key (the metrics key, <state>/metrics.key); unset: no /metrics. */
+  metricsKey?: string;
   /** Holds chatd/accounts.json (see accounts.ts). */
   stateDir: string;
   limits?: Partial<ChatdLimits>;
@@ -90,12 +106,15 @@ export async function startChatd(opts: ChatdOptions): Promise<Chatd> {
   const forwarder = new VaultForwarder({ vaultUrl: opts.vaultUrl, timeoutMs: limits.vaultTimeoutMs, relayKey: opts.relayKey });
   const byAccount = new RateLimiter(limits.perAccount, now);
   const byAddress = new RateLimiter(limits.perAddress, now);
+  const byUnauthenticated = new RateLimiter(limits.perUnauthenticated, now);
   const inflight = new Set<Promise<unknown>>();
   const sockets = new Set<WsSession>();
   let closing = false;
 
+  const metrics = new ChatdMetrics();
   const emit = (e: Omit<ChatdLogEntry, 't'>) => {
     try {
+      metrics.observe(e);
       log({ t: new Date().toISOString(), ...e });
     } catch {
       // a failing logger must not take a request down with it
@@ -134,6 +153,24 @@ export async function startChatd(opts: ChatdOptions): Promise<Chatd> {
     if (!v.ok) throw new ChatdReplyError('RATE_LIMITED', `rate limit for this ${what} exceeded`, { retryAfterMs: v.retryAfterMs });
   }
 
+  /**
+   * Authenticates, charging the address's bucket by the outcome: a valid token spends perAddress, a
+   * failure spends perUnauthenticated (429 once that is empty, 401 before). Tokens are 256-bit random,
+   * so guessing is hopeless at any rate; what the split protects is the valid devices' share of an
+   * address (on loopback every device has the same one) from a flood of failures.
+   */
+  async function authenticateAt(addr: string, token: string | undefined): Promise<AuthenticatedAccount> {
+    let acct: AuthenticatedAccount;
+    try {
+      acct = await authenticate(token);
+    } catch (e) {
+      if (e instanceof ChatdReplyError && e.code === 'UNAUTHORIZED') admit(byUnauthenticated, addr, 'address (requests that fail authentication)');
+      throw e;
+    }
+    admit(byAddress, addr, 'address');
+    return acct;
+  }
+
   function track<T>(p: Promise<T>): Promise<T> {
     inflight.add(p);
     const drop = () => inflight.delete(p);
@@ -157,6 +194,14 @@ export async function startChatd(opts: ChatdOptions): Promise<Chatd> {
     };
     let bodyRead = false;
     try {
+      if (path === CHATD_METRICS_PATH && req.method === 'GET' && opts.metricsKey !== undefined) {
+        if (!bearerMatches(req.headers.authorization, opts.metricsKey)) throw new ChatdReplyError('UNAUTHORIZED', 'metrics need the metrics key (<state>/metrics.key)');
+        const text = Buffer.from(await metrics.text());
+        entry.status = 200;
+        entry.outBytes = text.length;
+        res.writeHead(200, { 'content-type': metrics.contentType, 'content-length': text.length }).end(text);
+        return;
+      }
       if (path === CHATD_HEALTH_PATH && req.method === 'GET') {
         entry.status = 200;
         entry.outBytes = 2;
@@ -166,8 +211,7 @@ export async function startChatd(opts: ChatdOptions): Promise<Chatd> {
       if (path !== CHATD_HTTP_PATH) throw new ChatdReplyError('NOT_FOUND', 'no such route');
       if (req.method !== 'POST') throw new ChatdReplyError('METHOD_NOT_ALLOWED', `${CHATD_HTTP_PATH} takes POST`);
       if (closing) throw new ChatdReplyError('UNAVAILABLE', 'ChatD is shutting down');
-      admit(byAddress, entry.addr!, 'address');
-      const acct = await authenticate(bearer(req.headers.authorization));
+      const acct = await authenticateAt(entry.addr!, bearer(req.headers.authorization));
       entry.acct = acct.tag;
       admit(byAccount, acct.user, 'account');
       const hint = req.headers[REGION_HEADER];
@@ -228,11 +272,13 @@ export async function startChatd(opts: ChatdOptions): Promise<Chatd> {
     try {
       if (path !== CHATD_WS_PATH) throw new ChatdReplyError('NOT_FOUND', 'no such route');
       if (closing) throw new ChatdReplyError('UNAVAILABLE', 'ChatD is shutting down');
-      admit(byAddress, addr, 'address');
       let acct: AuthenticatedAccount | undefined;
       if (req.headers.authorization !== undefined) {
-        acct = await authenticate(bearer(req.headers.authorization));
+        acct = await authenticateAt(addr, bearer(req.headers.authorization));
         entry.acct = acct.tag;
+      } else {
+        // Not authenticated yet (its AUTH frame comes later): the unauthenticated bucket pays.
+        admit(byUnauthenticated, addr, 'address (requests that fail authentication)');
       }
       wss.handleUpgrade(req, socket, head, (ws) => {
         entry.status = 101;
@@ -330,7 +376,7 @@ export async function startChatd(opts: ChatdOptions): Promise<Chatd> {
       const t0 = now();
       try {
         if (payload.length > MAX_TOKEN_BYTES) throw new ChatdReplyError('UNAUTHORIZED', 'missing or invalid account token');
-        this.acct = await authenticate(new TextDecoder().decode(payload));
+        this.acct = await authenticateAt(this.addr, new TextDecoder().decode(payload));
         if (this.authTimer) clearTimeout(this.authTimer);
         emit({ event: 'request', via: 'ws', addr: this.addr, acct: this.acct.tag, route: 'ws:auth', status: 200, ms: round(now() - t0) });
         this.send(FrameKind.Ready, 0, new Uint8Array());
@@ -405,23 +451,38 @@ export async function startChatd(opts: ChatdOptions): Promise<Chatd> {
 
   // ---- server ---------------------------------------------------------------------------------------
 
-  const server = http.createServer({ requestTimeout: limits.requestTimeoutMs, headersTimeout: Math.min(limits.requestTimeoutMs, 10_000) });
+  // Node checks these timeouts only every connectionsCheckingInterval (30 s by default, which cut
+  // slow requests anywhere from 15 to 45 s): check often enough that the cut comes at the stated time.
+  const headersMs = Math.min(limits.requestTimeoutMs, 10_000);
+  const server = http.createServer({
+    requestTimeout: limits.requestTimeoutMs, headersTimeout: headersMs,
+    connectionsCheckingInterval: Math.max(20, Math.min(250, Math.floor(headersMs / 20))),
+  });
   server.on('request', (req, res) => {
     handleHttp(req, res).catch(() => res.destroy());
   });
   server.on('upgrade', (req, socket: Duplex, head: Buffer) => {
     handleUpgrade(req, socket, head).catch(() => socket.destroy());
   });
-  server.on('clientError', (_e, socket) => {
-    if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
-    else socket.destroy();
+  server.on('clientError', (e, socket) => {
+    if (!socket.writable) return void socket.destroy();
+    // A slow client (headers or body not in within the timeouts) gets 408; anything else Node's
+    // parser refused, 400. Both as ChatD's JSON error body, then the connection is closed.
+    const timedOut = (e as NodeJS.ErrnoException).code === 'ERR_HTTP_REQUEST_TIMEOUT';
+    const err = timedOut
+      ? chatdError('REQUEST_TIMEOUT', `the request did not arrive in time (headers within ${headersMs} ms, the whole request within ${limits.requestTimeoutMs} ms)`)
+      : chatdError('BAD_REQUEST', 'malformed HTTP request');
+    const payload = Buffer.from(encodeErrorBody(err));
+    emit({ event: 'request', via: 'http', addr: clientAddress((socket as { remoteAddress?: string }).remoteAddress), route: 'other', status: err.status, code: err.code, inBytes: 0, outBytes: payload.length });
+    socket.end(Buffer.concat([Buffer.from(`HTTP/1.1 ${err.status} ${timedOut ? 'Request Timeout' : 'Bad Request'}\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: ${payload.length}\r\n\r\n`), payload]));
   });
 
   const host = opts.host ?? '127.0.0.1';
   await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
+    const onError = (e: unknown) => reject(listenError(e, host, opts.port ?? 0));
+    server.once('error', onError);
     server.listen(opts.port ?? 0, host, () => {
-      server.off('error', reject);
+      server.off('error', onError);
       resolve();
     });
   });
@@ -488,7 +549,7 @@ function clientAddress(a: string | undefined): string {
 
 // Logs name routes ChatD serves; whatever else a client sent is not echoed into the log.
 function knownRoute(path: string): string {
-  return path === CHATD_HTTP_PATH || path === CHATD_WS_PATH || path === CHATD_HEALTH_PATH ? path : 'other';
+  return path === CHATD_HTTP_PATH || path === CHATD_WS_PATH || path === CHATD_HEALTH_PATH || path === CHATD_METRICS_PATH ? path : 'other';
 }
 
 function asReplyError(e: unknown): ChatdReplyError {

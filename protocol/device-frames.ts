@@ -49,6 +49,8 @@ export const CHATD_ERROR_STATUS = {
   UNAUTHORIZED: 401,
   NOT_FOUND: 404,
   METHOD_NOT_ALLOWED: 405,
+  /** The whole HTTP request (headers and body) did not arrive within ChatD's request timeout. */
+  REQUEST_TIMEOUT: 408,
   BODY_TOO_LARGE: 413,
   /** The vault answered with a typed error (see `vaultCode`). */
   VAULT_REJECTED: 422,

@@ -1,5 +1,7 @@
-// The shared secrets of the two local hops that are not device traffic: ChatD -> vault (the relay key)
-// and operator -> fleet (the operator key). Each is 32 random bytes in a 0600 file in the state
+// The shared secrets of the local hops that are not device traffic: ChatD -> vault (the relay key),
+// operator -> fleet (the operator key: status and faults) and scraper -> /metrics of the vault, the
+// fleet and ChatD (the metrics key: reading metrics only, so ChatD, which is not trusted, can hold
+// it without being able to inject a fault). Each is 32 random bytes in a 0600 file in the state
 // directory, made by whoever needs it first; anyone who can read the state directory is already
 // the vault's host, so the file system is the boundary. Sent as `authorization: Bearer <hex>`.
 import { randomBytes, timingSafeEqual } from 'node:crypto';
@@ -7,7 +9,7 @@ import { chmodSync, mkdirSync, openSync, readFileSync, writeSync, closeSync } fr
 import { join } from 'node:path';
 import { InputError } from './errors.ts';
 
-export type HopSecretName = 'relay' | 'operator';
+export type HopSecretName = 'relay' | 'operator' | 'metrics';
 
 export function hopSecretPath(stateDir: string, name: HopSecretName): string {
   return join(stateDir, `${name}.key`);

@@ -50,6 +50,7 @@ export async function main(argv: string[]): Promise<number> {
   try {
     return await command.run(rest);
   } catch (e) {
-    return reportError(e);
+    // With --json anywhere on the line, the failure is JSON on stderr too (code, message, hint).
+    return reportError(e, rest.includes('--json'));
   }
 }

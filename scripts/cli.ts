@@ -33,16 +33,50 @@ export function wantsHelp(argv: string[]): boolean {
   return argv.includes('--help') || argv.includes('-h');
 }
 
-/** Exit codes: 0 ok, 1 failure reported by bkv, 2 usage error, 70 internal bug. */
-export function reportError(e: unknown): number {
+/** What to do about an error, by its code, for `--json` output (the message already says what happened). */
+const HINTS: Record<string, string> = {
+  USAGE: 'see the command\'s --help',
+  EADDRINUSE: 'choose another port, or 0 for any free one',
+  EACCES: 'choose a port above 1023',
+  PORT_TWICE: 'give each listener its own port',
+  FLEET_NOT_RUNNING: 'start one with `bkv fleet up --state DIR`',
+  FAULTS_OFF: 'restart the fleet with `bkv fleet up --faults`',
+  SERVE_RUNNING: 'use the running one, or stop it first (`bkv fleet down`, or Ctrl-C in its terminal)',
+  SERVE_ORPHAN: 'stop the vault process named in the message first',
+  CHATD_UNREACHABLE: 'start `bkv serve` or `bkv fleet up` on the state directory, or pass --chatd URL',
+  VAULT_UNAVAILABLE: 'try again once the vault (or a quorum of the fleet) is back: `bkv fleet status` says why it does not serve',
+  VAULT_KEY_UNKNOWN: 'run `bkv fleet up` (or `bkv serve`) on the state directory once',
+  VAULT_KEY_MISMATCH: 'vault-keys.json is from another vault: point --state at the right directory; no attempt was spent',
+  WRONG_PASSWORD: 'check the password; the message says how many attempts are left',
+  LOCKED: 'none: the vault erased the key, this backup cannot be restored',
+  NOT_REGISTERED: 'enable a password backup first: `bkv backup enable-password`',
+  UNAUTHORIZED: 'check the account token (--token-file or BKV_ACCOUNT_TOKEN)',
+  KSF_MISMATCH: 'pass the --ksf the message names; no attempt was spent',
+  BAD_VAULT_REPLY: 'the reply was altered on the way; nothing was accepted: try again, and suspect the relay if it repeats',
+  BACKUP_WRONG_KEY: 'use the key (or password) this backup was made under',
+  OUTCOME_UNKNOWN: 'one attempt was spent; `bkv backup status` says how many are left',
+  NO_TOKEN: 'pass --token-file F or set BKV_ACCOUNT_TOKEN (`bkv account create` makes one)',
+  ALREADY_ENABLED: 'use `bkv backup change-password`, or `bkv backup disable` first',
+  RATE_LIMITED: 'wait a moment and try again',
+};
+
+/** One line (or, with `json`, one JSON object `{error: {code, message, hint}}`) on stderr per failure. */
+function errorOut(json: boolean, code: string, message: string, human: string): void {
+  if (json) console.error(JSON.stringify({ error: { code, message, ...(HINTS[code] ? { hint: HINTS[code] } : {}) } }));
+  else console.error(human);
+}
+
+/** Exit codes: 0 ok, 1 failure reported by bkv, 2 usage error, 70 internal bug. `json`: errors as JSON (`--json`). */
+export function reportError(e: unknown, json = false): number {
   if (e instanceof UsageError) {
-    console.error(`bkv: ${e.message} (see --help)`);
+    errorOut(json, e.code, e.message, `bkv: ${e.message} (see --help)`);
     return 2;
   }
   if (e instanceof BkvError) {
-    console.error(`bkv: ${e.message} [${e.code}]`);
+    errorOut(json, e.code, e.message, `bkv: ${e.message} [${e.code}]`);
     return 1;
   }
-  console.error(`bkv: internal error: ${(e as Error)?.stack ?? String(e)}`);
+  // An internal bug: the stack is for a developer, and says nothing secret (errors never carry secrets).
+  errorOut(json, 'INTERNAL', (e as Error)?.message ?? String(e), `bkv: internal error: ${(e as Error)?.stack ?? String(e)}`);
   return 70;
 }

@@ -13,7 +13,8 @@ import { fileURLToPath } from 'node:url';
 import { BkvError } from '../protocol/errors.ts';
 import { PINNED_KEYS, type PinnedKeyName } from '../protocol/wire.ts';
 import { bearer, hopSecret } from '../protocol/hop-secret.ts';
-import { FLEET_FAULT_PATH, FLEET_STATUS_PATH, type FleetFault, type ReplicaStatus } from '../vault/fleet/fleet-types.ts';
+import { userInfo } from 'node:os';
+import { ACTOR_HEADER, FLEET_FAULT_PATH, FLEET_STATUS_PATH, type ActiveFault, type FleetFault, type ReplicaStatus } from '../vault/fleet/fleet-types.ts';
 
 export class ServiceError extends BkvError {}
 
@@ -84,6 +85,8 @@ interface SpawnSpec<R> {
   env?: NodeJS.ProcessEnv;
   onLine?: LineSink;
   timeoutMs: number;
+  /** Aborted (Ctrl-C while starting): the child is stopped and the start rejects with INTERRUPTED. */
+  signal?: AbortSignal;
   /** Fed each stdout line until it returns a value: the service is then ready. */
   ready(line: string): R | undefined;
 }
@@ -139,6 +142,15 @@ async function spawnService<R>(spec: SpawnSpec<R>): Promise<{ service: ChildServ
       reject(new ServiceError(`${spec.who.toUpperCase()}_START_FAILED`, `${spec.who === 'vault' ? 'the vault' : 'ChatD'} ${why}${tail ? `: ${tail}` : ''}`));
     };
     const timer = setTimeout(() => fail(`was not ready within ${spec.timeoutMs} ms`), spec.timeoutMs);
+    const interrupted = () => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      void service.stop(5000).then(() => reject(new ServiceError('INTERRUPTED', `${spec.who === 'vault' ? 'the vault' : 'ChatD'} was stopped while starting`)));
+    };
+    if (spec.signal?.aborted) interrupted();
+    spec.signal?.addEventListener('abort', interrupted, { once: true });
+    void exited.then(() => spec.signal?.removeEventListener('abort', interrupted));
     const out = createInterface({ input: child.stdout! });
     out.on('line', (line) => {
       if (settled) {
@@ -168,6 +180,7 @@ export interface StartVaultOptions {
   db?: string;
   onLine?: LineSink;
   timeoutMs?: number;
+  signal?: AbortSignal;
 }
 
 /**
@@ -180,7 +193,7 @@ export async function startVault(o: StartVaultOptions): Promise<VaultService> {
   if (o.replica) args.push('--replica', o.replica);
   if (o.db) args.push('--db', resolve(o.db));
   const { service, ready } = await spawnService({
-    who: 'vault', entry: VAULT_MAIN, args, onLine: o.onLine, timeoutMs: o.timeoutMs ?? 60_000, ready: readyLines(['VAULT_URL']),
+    who: 'vault', entry: VAULT_MAIN, args, onLine: o.onLine, timeoutMs: o.timeoutMs ?? 60_000, signal: o.signal, ready: readyLines(['VAULT_URL']),
   });
   const url = ready.values.VAULT_URL!;
   return Object.assign(service, { url, port: Number(new URL(url).port), keys: ready.keys }) as VaultService;
@@ -204,9 +217,10 @@ export interface FleetServiceOptions {
   faults?: boolean;
   onLine?: LineSink;
   timeoutMs?: number;
+  signal?: AbortSignal;
 }
 
-export type { FleetFault, ReplicaStatus };
+export type { ActiveFault, FleetFault, ReplicaStatus };
 
 /** Where the fleet's operator listener is and the key it wants (<state>/operator.key). */
 export interface OperatorEndpoint {
@@ -216,8 +230,10 @@ export interface OperatorEndpoint {
 
 export interface FleetStatus {
   replicas: ReplicaStatus[];
-  /** The leader (highest-term healthy replica that says it leads), or null (election, no quorum). */
+  /** The leader serving the fleet (in contact with a quorum), or null (election, no quorum). */
   leader: string | null;
+  /** The operator's faults still in force (partitions, isolation, one-way blocks, slow links, crashes...). */
+  faults: ActiveFault[];
   /** The fleet process's CPU time so far (user + system, all threads), ms; null where /proc is absent. */
   cpuMs: number | null;
   pid: number | null;
@@ -243,7 +259,7 @@ export async function startFleetService(o: FleetServiceOptions): Promise<FleetSe
   if (o.transport !== undefined) args.push('--transport', o.transport);
   if (o.faults) args.push('--faults');
   const { service, ready } = await spawnService({
-    who: 'vault', entry: FLEET_MAIN, args, onLine: o.onLine, timeoutMs: o.timeoutMs ?? 120_000, ready: readyLines(['FLEET_URL', 'OPERATOR_URL']),
+    who: 'vault', entry: FLEET_MAIN, args, onLine: o.onLine, timeoutMs: o.timeoutMs ?? 120_000, signal: o.signal, ready: readyLines(['FLEET_URL', 'OPERATOR_URL']),
   });
   const pid = service.pid;
   const fleetUrl = ready.values.FLEET_URL!;
@@ -293,7 +309,7 @@ async function fleetRequest(op: OperatorEndpoint, path: string, init: { method: 
   try {
     res = await fetch(new URL(path, base), {
       method: init.method,
-      headers: { authorization: bearer(op.key), ...(init.body === undefined ? {} : { 'content-type': 'application/json' }) },
+      headers: { authorization: bearer(op.key), [ACTOR_HEADER]: actorName(), ...(init.body === undefined ? {} : { 'content-type': 'application/json' }) },
       body: init.body === undefined ? undefined : JSON.stringify(init.body),
       signal: AbortSignal.timeout(timeoutMs),
     });
@@ -318,6 +334,18 @@ async function fleetRequest(op: OperatorEndpoint, path: string, init: { method: 
   return json;
 }
 
+
+/** How this process names itself to the fleet's audit trail: the OS user, the pid, the bkv command. */
+export function actorName(): string {
+  let user = 'unknown';
+  try {
+    user = userInfo().username;
+  } catch {
+    // no passwd entry (a container's uid): the pid still tells
+  }
+  const cmd = process.argv.slice(2).filter((a) => /^[a-z][a-z-]*$/.test(a)).slice(0, 3).join(' ');
+  return `${user} pid ${process.pid}${cmd ? ` (bkv ${cmd})` : ''}`;
+}
 
 /** Reads the fleet's status; `pid` (the fleet process) adds its CPU time from /proc. */
 export async function fetchFleetStatus(op: OperatorEndpoint, pid?: number): Promise<FleetStatus> {
@@ -357,12 +385,30 @@ export function parseFleetStatus(raw: unknown, pid?: number): FleetStatus {
       reason: typeof r.reason === 'string' ? r.reason : '',
       leader: typeof r.leader === 'string' && r.leader ? r.leader : null,
       ...(statsOf(r.stats) ? { stats: statsOf(r.stats) } : {}),
+      ...(statsOf(r.heardMsAgo) ? { heardMsAgo: statsOf(r.heardMsAgo) as Record<string, number> } : {}),
+      ...(typeof r.serves === 'boolean' ? { serves: r.serves, servesNot: typeof r.servesNot === 'string' ? r.servesNot : '' } : {}),
+      ...(r.reachesLeader === null || typeof r.reachesLeader === 'boolean' ? { reachesLeader: r.reachesLeader } : {}),
+      ...(r.reachable === null || typeof r.reachable === 'number' ? { reachable: r.reachable } : {}),
     };
   });
-  // Two replicas may both say they lead (an old one not yet stepped down): the higher term wins.
-  const leaders = replicas.filter((r) => r.role === 'leader' && r.healthy).sort((a, b) => b.term - a.term);
+  const faults = Array.isArray(obj?.faults) ? (obj.faults as unknown[]).map((f, i): ActiveFault => {
+    const x = f as Record<string, unknown> | null;
+    if (typeof x !== 'object' || x === null || typeof x.op !== 'string' || typeof x.what !== 'string') throw bad(`fault ${i} has no op or description`);
+    return {
+      op: x.op as ActiveFault['op'], what: x.what, since: typeof x.since === 'string' ? x.since : '', by: typeof x.by === 'string' ? x.by : '',
+      replicas: Array.isArray(x.replicas) ? x.replicas.filter((n): n is string => typeof n === 'string') : [],
+    };
+  }) : [];
+  let leader: string | null;
+  if (obj && 'leader' in obj && !Array.isArray(raw)) {
+    if (obj.leader !== null && !(typeof obj.leader === 'string' && replicas.some((r) => r.name === obj.leader))) throw bad('the leader is not one of the replicas');
+    leader = obj.leader as string | null;
+  } else {
+    // An older fleet's bare list: two replicas may both say they lead (an old one not yet stepped down), the higher term wins.
+    leader = replicas.filter((r) => r.role === 'leader' && r.healthy).sort((a, b) => b.term - a.term)[0]?.name ?? null;
+  }
   const fleetPid = typeof obj?.pid === 'number' ? obj.pid : pid ?? null;
-  return { replicas, leader: leaders[0]?.name ?? null, cpuMs: fleetPid === null ? null : processCpuMs(fleetPid), pid: fleetPid };
+  return { replicas, leader, faults, cpuMs: fleetPid === null ? null : processCpuMs(fleetPid), pid: fleetPid };
 }
 
 export async function postFleetFault(op: OperatorEndpoint, f: FleetFault): Promise<unknown> {
@@ -400,6 +446,7 @@ export interface StartChatdOptions {
   extraArgs?: string[];
   onLine?: LineSink;
   timeoutMs?: number;
+  signal?: AbortSignal;
 }
 
 export async function startChatdService(o: StartChatdOptions): Promise<ChatdService> {
@@ -410,6 +457,7 @@ export async function startChatdService(o: StartChatdOptions): Promise<ChatdServ
     args,
     onLine: o.onLine,
     timeoutMs: o.timeoutMs ?? 60_000,
+    signal: o.signal,
     ready: (line) => (/^http:\/\/[^\s]+$/.test(line.trim()) ? line.trim() : undefined),
   });
   return Object.assign(service, { url: ready, port: Number(new URL(ready).port) }) as ChatdService;
@@ -434,15 +482,17 @@ export interface StartServicesOptions {
   vaultPort?: number;
   chatdArgs?: string[];
   onLine?: LineSink;
+  /** Ctrl-C while starting: whatever started is stopped and the start rejects with INTERRUPTED. */
+  signal?: AbortSignal;
 }
 
 /** The vault (or the fleet), then ChatD pointed at it. If ChatD fails to start, the vault is stopped again. */
 export async function startServices(o: StartServicesOptions): Promise<Services> {
-  const fleet = o.fleet ? await startFleetService({ stateDir: o.stateDir, port: o.vaultPort, onLine: o.onLine, replicas: o.fleet.replicas, wan: o.fleet.wan, transport: o.fleet.transport, faults: o.fleet.faults }) : undefined;
-  const vault: VaultService = fleet ?? (await startVault({ stateDir: o.stateDir, port: o.vaultPort, onLine: o.onLine }));
+  const fleet = o.fleet ? await startFleetService({ stateDir: o.stateDir, port: o.vaultPort, onLine: o.onLine, replicas: o.fleet.replicas, wan: o.fleet.wan, transport: o.fleet.transport, faults: o.fleet.faults, signal: o.signal }) : undefined;
+  const vault: VaultService = fleet ?? (await startVault({ stateDir: o.stateDir, port: o.vaultPort, onLine: o.onLine, signal: o.signal }));
   let chatd: ChatdService;
   try {
-    chatd = await startChatdService({ stateDir: o.stateDir, vaultUrl: vault.url, port: o.chatdPort, extraArgs: o.chatdArgs, onLine: o.onLine });
+    chatd = await startChatdService({ stateDir: o.stateDir, vaultUrl: vault.url, port: o.chatdPort, extraArgs: o.chatdArgs, onLine: o.onLine, signal: o.signal });
   } catch (e) {
     await vault.stop();
     throw e;

@@ -12,6 +12,7 @@ import { pinnedKeys } from './firmware/gate.ts';
 import { activateSoftHsmConf, loadState } from '../softhsm/state.ts';
 import { Replica, replicaDbDir } from './agent/replica.ts';
 import { startVaultServer } from './agent/server.ts';
+import { MeteredToken } from './agent/metered-token.ts';
 import { hopSecret } from '../protocol/hop-secret.ts';
 
 const USAGE = 'usage: vault/main.ts [--state DIR] [--replica NAME] [--port N] [--db DIR]';
@@ -55,9 +56,12 @@ export async function main(argv: string[]): Promise<number> {
       process.stderr.write(`no replica named ${JSON.stringify(flags.replica)} in ${state.stateDir} (have: ${state.replicas.map((r) => r.name).join(', ')})\n`);
       return 2;
     }
-    token = openToken({ modulePath: state.modulePath, token: info.tokenLabel, pin: state.pinFor(info.tokenLabel), sealScheme: state.sealSchemeFor(info.tokenLabel) });
+    const metered = new MeteredToken(openToken({ modulePath: state.modulePath, token: info.tokenLabel, pin: state.pinFor(info.tokenLabel), sealScheme: state.sealSchemeFor(info.tokenLabel) }));
+    token = metered;
     replica = await Replica.open({ replicaId: info.name, token, dbDir: flags.db ?? replicaDbDir(state.stateDir, info.name), log });
-    const server = await startVaultServer(replica, { port, log, relayKey: hopSecret(state.stateDir, 'relay') });
+    const server = await startVaultServer(replica, {
+      port, log, relayKey: hopSecret(state.stateDir, 'relay'), metricsKey: hopSecret(state.stateDir, 'metrics'), tokenReport: () => metered.report(),
+    });
     process.stdout.write(`VAULT_URL=${server.url}\n`);
     for (const [s, hex] of Object.entries(pinnedKeys(replica.firmware))) process.stdout.write(`VAULT_AKE_PUBLIC_KEY_${s.replace(/[^A-Za-z0-9]/g, '_')}=${hex}\n`);
     if (!replica.health.healthy) log(`serving 503 ${replica.health.code}`);
@@ -73,7 +77,7 @@ export async function main(argv: string[]): Promise<number> {
     finalizeModule();
     return 0;
   } catch (e) {
-    process.stderr.write(`vault: ${isBkvError(e) ? `${e.code}: ${e.message}` : 'failed to start'}\n`);
+    process.stderr.write(`vault: ${isBkvError(e) ? (e.message.startsWith(e.code) ? e.message : `${e.code}: ${e.message}`) : 'failed to start'}\n`);
     await replica?.close().catch(() => undefined);
     try {
       token?.close();

@@ -81,7 +81,7 @@ export async function fuzzTargets(): Promise<FuzzTarget[]> {
     { name: 'firmware-state-snapshot', corpus: pick('firmware-state-snapshot'), run: (b) => VaultState.decode(b) },
     {
       name: 'process-line',
-      corpus: [text(encodeProcessMessage({ t: 'leader', term: 3 }).trimEnd()), text(encodeProcessMessage({ t: 'health', healthy: false, code: 'TAMPERED', reason: 'disk' }).trimEnd())],
+      corpus: [text(encodeProcessMessage({ t: 'leader', term: 3 }).trimEnd()), text(encodeProcessMessage({ t: 'health', healthy: false, code: 'TAMPERED', reason: 'disk' }).trimEnd()), text(encodeProcessMessage({ t: 'role', role: 'follower', term: 4, leader: 'us-east' }).trimEnd())],
       run: str(decodeProcessLine),
     },
     {

@@ -12,10 +12,16 @@
 // Passwords come from a file, from standard input, or from a prompt without echo; never from argv.
 import { existsSync, readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import type { ParseArgsConfig } from 'node:util';
 import { UsageError } from '../cli.ts';
 import type { BackupContext, BackupSubcommand, CreateProtection, FlagValues, RestoreProtection } from './backup.ts';
+import type { CreateBackupResult } from '../../client/backup.ts';
+
+/** What `backup create --json` reports of an upload (both protections; here, where backup.ts imports from, not the other way). */
+export function uploaded(ctx: BackupContext, r: CreateBackupResult): Record<string, unknown> {
+  return { object: resolve(ctx.cloud.dir, r.object), account: ctx.account, files: r.files, bytes: r.plaintextBytes, encryptedBytes: r.backupBytes };
+}
 import { AccountIndex } from '../../chatd/accounts.ts';
 import { readBackupInfo } from '../../client/backup.ts';
 import { generateBackupKey } from '../../client/key64.ts';
@@ -441,9 +447,10 @@ export const passwordCreate: CreateProtection = {
       key,
       async afterUpload(r) {
         key.fill(0);
-        process.stdout.write(
+        ctx.out(
           `Backup written: ${join(ctx.cloud.dir, r.object)} (${r.files} file${r.files === 1 ? '' : 's'}, ${human(r.plaintextBytes)}; ${human(r.backupBytes)} encrypted), ` +
             'protected by your password backup.\n',
+          { mode: 'password', ...uploaded(ctx, r) },
         );
       },
     };
@@ -501,8 +508,11 @@ const enable: BackupSubcommand = {
     return withDevice(values, ctx, async (d) => {
       const pw = await readPassword({ file: values['password-file'] as string | undefined, flag: '--password-file', label: 'New password', confirm: true });
       const s = await d.enable(pw, limit);
-      console.log(`Password backup enabled for ${d.id.user}: the vault keeps the backup key behind your password; ${s.limit} wrong passwords lock it for good.`);
-      console.log('Next: bkv backup create --in DIR --password-file F');
+      ctx.out(
+        `Password backup enabled for ${d.id.user}: the vault keeps the backup key behind your password; ${s.limit} wrong passwords lock it for good.\n` +
+          'Next: bkv backup create --in DIR --password-file F\n',
+        { user: d.id.user, ...s },
+      );
       return 0;
     });
   },
@@ -535,7 +545,7 @@ const change: BackupSubcommand = {
       const oldPw = await readPassword({ file: values['old-password-file'] as string | undefined, flag: '--old-password-file', label: 'Current password' });
       const newPw = await readPassword({ file: values['password-file'] as string | undefined, flag: '--password-file', label: 'New password', confirm: true });
       const s = await d.change(oldPw, newPw);
-      console.log(`Password changed for ${d.id.user}: the old password no longer restores the backup; ${s.attemptsLeft} of ${s.limit} attempts left.`);
+      ctx.out(`Password changed for ${d.id.user}: the old password no longer restores the backup; ${s.attemptsLeft} of ${s.limit} attempts left.\n`, { user: d.id.user, ...s });
       return 0;
     });
   },
@@ -572,7 +582,7 @@ const disable: BackupSubcommand = {
     return withDevice(values, ctx, async (d) => {
       const s = await d.status();
       if (s.state === 'none') {
-        console.log(`No password backup is enabled for ${d.id.user}: nothing to erase.`);
+        ctx.out(`No password backup is enabled for ${d.id.user}: nothing to erase.\n`, { user: d.id.user, erased: false, state: 'none' });
         return 0;
       }
       if (values['yes'] !== true) {
@@ -584,7 +594,7 @@ const disable: BackupSubcommand = {
         }
       }
       await d.disable();
-      console.log(`Password backup disabled for ${d.id.user}: the vault erased the record and the key; backups made under it can no longer be restored.`);
+      ctx.out(`Password backup disabled for ${d.id.user}: the vault erased the record and the key; backups made under it can no longer be restored.\n`, { user: d.id.user, erased: true, state: 'none' });
       return 0;
     });
   },
@@ -594,9 +604,9 @@ const status: BackupSubcommand = {
   name: 'status',
   common: ['cloud', 'account'],
   summary: 'show the vault\'s record for this account (enabled, attempts left, locked) and the cloud backup',
-  usage: ['  --json            print as JSON', ...deviceUsage].join('\n'),
+  usage: deviceUsage.join('\n'),
   help: 'Asks the vault (through ChatD) for this account\'s record state and attempts left; reads the cloud folder\'s backup header (no key needed).',
-  flags: { json: { type: 'boolean' }, ...deviceFlags },
+  flags: { ...deviceFlags },
   async run(values, ctx) {
     return withDevice(values, ctx, async (d) => {
       const s = await d.status();

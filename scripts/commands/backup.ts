@@ -14,7 +14,7 @@ import { formatKey64, generateBackupKey, parseKey64 } from '../../client/key64.t
 import { openSecretOut } from '../secret-out.ts';
 import { BackupError, Key64Error } from '../../client/errors.ts';
 import type { BackupMode } from '../../client/backup-format.ts';
-import { passwordCreate, passwordRestore, passwordSubcommands } from './backup-password.ts';
+import { passwordCreate, passwordRestore, passwordSubcommands, uploaded } from './backup-password.ts';
 
 type Options = NonNullable<ParseArgsConfig['options']>;
 export type FlagValues = Record<string, string | boolean | (string | boolean)[] | undefined>;
@@ -25,6 +25,10 @@ export interface BackupContext {
   cloud: CloudFolder;
   account: string;
   progress: ProgressReporter;
+  /** `--json`: the result as one JSON object on stdout (errors as JSON on stderr, scripts/cli.ts). */
+  json: boolean;
+  /** The result: `human` as it is, or with --json `{ok: true, ...data}` on one line. */
+  out(human: string, data: Record<string, unknown>): void;
 }
 
 export interface BackupSubcommand {
@@ -62,6 +66,7 @@ export interface RestoreProtection {
 
 const baseFlags = {
   state: { type: 'string' },
+  json: { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
 } as const satisfies Options;
 
@@ -77,7 +82,7 @@ const commonHelp: Record<CommonFlag, string> = {
   account: `  --account NAME    whose backup: the object <cloud>/<NAME>.bkv (default '${DEFAULT_ACCOUNT}')`,
   progress: '  --progress        report bytes done/total on stderr even when it is not a terminal',
 };
-const stateHelp = '  --state DIR       state directory (default .bkv)';
+const stateHelp = '  --state DIR       state directory (default .bkv)\n  --json            the result as one JSON object on stdout ({"ok": true, ...}); a failure as\n                    {"error": {"code", "message", "hint"}} on stderr';
 
 // ---- progress ---------------------------------------------------------------------------------
 
@@ -186,9 +191,17 @@ export const key64Create: CreateProtection = {
         const written = `Backup written: ${join(ctx.cloud.dir, r.object)} (${r.files} file${r.files === 1 ? '' : 's'}, ${human(r.plaintextBytes)}; ${human(r.backupBytes)} encrypted).`;
         const text = `${formatKey64(key)}\n`;
         key.fill(0);
+        const data = { mode: 'key64', ...uploaded(ctx, r) };
         if (out) {
           out.commit(text);
           process.stderr.write(`${written}\nIts 64-digit key is in ${out.path} (mode 0600), and nowhere else: bkv does not store it, and without it this backup cannot be restored. Keep that file safe, or write the key down and delete it.\n`);
+          if (ctx.json) ctx.out('', { ...data, key64File: out.path });
+          return;
+        }
+        if (ctx.json) {
+          // The key is the result asked for: printed once, on stdout, as with plain --key64.
+          process.stderr.write(`${written}\nIts 64-digit key is the "key64" field on stdout, shown only this once: bkv does not store it, and without it this backup cannot be restored.\n`);
+          ctx.out('', { ...data, key64: text.trim() });
           return;
         }
         // The advice before the key, so on a terminal it reads top to bottom; stdout gets only the key.
@@ -308,7 +321,9 @@ const restore: BackupSubcommand = {
       throw e;
     }
     ctx.progress.finish();
-    process.stdout.write(`Restored ${r.files} file${r.files === 1 ? '' : 's'} (${human(r.plaintextBytes)}) from ${r.object} into ${resolve(values['out'])}.\n`);
+    ctx.out(`Restored ${r.files} file${r.files === 1 ? '' : 's'} (${human(r.plaintextBytes)}) from ${r.object} into ${resolve(values['out'])}.\n`, {
+      object: resolve(ctx.cloud.dir, r.object), files: r.files, bytes: r.plaintextBytes, out: resolve(values['out']),
+    });
     return 0;
   },
 };
@@ -368,11 +383,17 @@ export const command: Command = {
     const { values } = parseRedacted(rest, { ...baseFlags, ...Object.fromEntries(sub.common.map((c) => [c, commonFlags[c]])), ...sub.flags });
     const stateDir = typeof values['state'] === 'string' ? values['state'] : '.bkv';
     const cloudDir = typeof values['cloud'] === 'string' ? values['cloud'] : join(stateDir, 'cloud');
+    const json = values['json'] === true;
     const ctx: BackupContext = {
       stateDir,
       cloud: new CloudFolder(cloudDir),
       account: typeof values['account'] === 'string' ? values['account'] : DEFAULT_ACCOUNT,
-      progress: makeProgress(values['progress'] === true || Boolean(process.stderr.isTTY)),
+      progress: makeProgress(values['progress'] === true || (!json && Boolean(process.stderr.isTTY))),
+      json,
+      out(text, data) {
+        if (json) process.stdout.write(`${JSON.stringify({ ok: true, ...data })}\n`);
+        else process.stdout.write(text);
+      },
     };
     try {
       return await sub.run(values as FlagValues, ctx);

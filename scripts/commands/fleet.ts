@@ -24,7 +24,7 @@ import {
 /** Exit codes beyond cli.ts's 0/1/2, as `bkv serve`: which child died on its own. */
 export const FLEET_EXIT = { fleetDied: 3, chatdDied: 4 } as const;
 
-const upHelp = `usage: bkv fleet up [--replicas N] [--wan default|none|FILE] [--transport ports|tcp] [--faults] [--state DIR] [--port N] [--fleet-port N] [--quiet]
+const upHelp = `usage: bkv fleet up [--replicas N] [--wan default|none|FILE] [--transport ports|tcp] [--faults] [--state DIR] [--port N] [--fleet-port N] [--quiet] [--json]
 
 Starts the vault as a fleet of replicas, one per data center, each a worker thread on its own
 SoftHSM2 token, agreeing by Raft on every record change (above all the attempt counter), plus ChatD
@@ -45,16 +45,30 @@ keys, computed from the tokens), so \`bkv backup ... --state DIR\` works against
   --state DIR       state directory (default .bkv)
   --port N          ChatD's port (default 0: any free port)
   --fleet-port N    the fleet front's port, where ChatD sends relayed requests (default 0)
-  --quiet           do not pass the children's logs through to stderr
+  --json            once ready, one JSON line on stdout instead of the lines for people: {"event":
+                    "ready", "chatdUrl", "fleetUrl", "operatorUrl", "replicas", "leader", ...}; a
+                    failure as {"error": {"code", "message", "hint"}} on stderr
+  --quiet           do not pass the children's logs through to stderr (the fleet's audit lines, JSON
+                    with "event": fault requests and role changes, still pass; also in DIR/fleet-audit.jsonl)
 
-Ctrl-C or SIGTERM (or \`bkv fleet down\`) stops ChatD, then the fleet, and exits 0. If either dies on
+A port asked for that is taken: EADDRINUSE 127.0.0.1:N, exit 1, before anything is provisioned or
+started. Ctrl-C or SIGTERM at any stage exits 0 with nothing left running: while provisioning, once
+the key ceremony is done; while starting, at once; once serving (or \`bkv fleet down\`), ChatD is
+stopped, then the fleet. If either dies on
 its own the other is stopped: exit ${FLEET_EXIT.fleetDied} when the fleet died, ${FLEET_EXIT.chatdDied} when ChatD died; 1 when they could not start.`;
 
 const statusHelp = `usage: bkv fleet status [--state DIR] [--json] [--watch]
 
 Each replica's data center, role (leader, follower, candidate, down...), Raft term, commit index,
-applied index, lag behind the leader's commit index (entries), health (and why not), and the leader,
-as the running fleet (\`bkv fleet up --state DIR\`) reports them.
+applied index, lag behind the leader's commit index (entries) and health (its own disk and token),
+then the fleet's view of it: whether it is in two-way contact with the leader (leader?), how many
+running replicas it has links with against the quorum (quorum?; threads only, '-' over TCP), and
+whether a device request entering there is served now; for each replica that does not serve, why
+(CRASHED, NO_QUORUM, NO_LEADER, CANNOT_REACH_LEADER, STALE_LEADER, ROLLED_BACK...). Then the
+faults in force (partitions, isolation, one-way blocks, slow links, token and clock faults,
+crashes: since when and who asked) and the leader, as the running fleet (\`bkv fleet up --state
+DIR\`) reports them. Every fault request and role change is also a JSON line in
+DIR/fleet-audit.jsonl.
 
   --state DIR   state directory of the running fleet (default .bkv)
   --json        machine-readable: one JSON object (with --watch: one per line, every second)
@@ -137,6 +151,7 @@ async function up(argv: string[]): Promise<number> {
     'fleet-port': { type: 'string' },
     quiet: { type: 'boolean' },
     faults: { type: 'boolean' },
+    json: { type: 'boolean' },
   });
   const stateDir = values.state ?? '.bkv';
   const chatdPort = port('port', values.port);
@@ -173,12 +188,15 @@ async function up(argv: string[]): Promise<number> {
   let status: FleetStatus | undefined;
   return supervise({
     prog: 'bkv fleet', vaultName: 'the fleet', stateDir, replicas: provisioned ?? replicas, exits: { vaultDied: FLEET_EXIT.fleetDied, chatdDied: FLEET_EXIT.chatdDied },
-    start: () => startServices({
+    ports: [{ flag: '--port', port: chatdPort }, { flag: '--fleet-port', port: fleetPort }],
+    start: (signal) => startServices({
       stateDir,
+      signal,
       chatdPort,
       vaultPort: fleetPort,
       fleet: { replicas, wan, faults: values.faults === true, ...(transport === 'tcp' ? { transport } : {}) },
-      onLine: values.quiet ? undefined : (who, line) => process.stderr.write(`${who === 'vault' ? 'fleet' : who} | ${line}\n`),
+      // The fleet's audit lines (JSON: fault requests, role changes) pass even with --quiet.
+      onLine: (who, line) => { if (!values.quiet || (who === 'vault' && line.startsWith('{"at":'))) process.stderr.write(`${who === 'vault' ? 'fleet' : who} | ${line}\n`); },
     }),
     async record(services) {
       const fleet = services.fleet!;
@@ -194,6 +212,13 @@ async function up(argv: string[]): Promise<number> {
     announce(services) {
       const fleet = services.fleet!;
       const paths = servePaths(stateDir);
+      if (values.json) {
+        console.log(JSON.stringify({
+          event: 'ready', mode: 'fleet', chatdUrl: services.chatd.url, fleetUrl: fleet.url, operatorUrl: fleet.operator.url, replicas: running, leader: status?.leader ?? null,
+          transport, wan, pid: process.pid, fleetPid: fleet.pid, chatdPid: services.chatd.pid, serveRecord: paths.serve, vaultKeys: paths.vaultKeys,
+        }));
+        return;
+      }
       console.log(`bkv fleet: ${running.length || replicas || provisioned || 5} replicas${running.length ? ` (${running.join(', ')})` : ''} ${transport === 'tcp' ? `as processes over TCP (supervisor pid ${fleet.pid})` : `in one process (pid ${fleet.pid}), WAN model ${wan}`}, at ${fleet.url}`);
       console.log(`bkv fleet: ChatD (pid ${services.chatd.pid}) at ${services.chatd.url}`);
       console.log(`CHATD_URL=${services.chatd.url}`);
@@ -208,9 +233,22 @@ async function up(argv: string[]): Promise<number> {
 
 const dash = (n: number) => (Number.isFinite(n) ? String(n) : '-');
 
-/** The status as a table: one line per replica, then the leader. */
+/** A table: the header, then the rows, columns padded (numeric ones to the right). */
+function table(head: string[], rows: string[][], right: ReadonlySet<number> = new Set()): string[] {
+  const widths = head.map((h, c) => Math.max(h.length, ...rows.map((row) => row[c]!.length)));
+  const line = (cells: string[]) => cells.map((c, i) => (right.has(i) ? c.padStart(widths[i]!) : c.padEnd(widths[i]!))).join('  ').trimEnd();
+  return [line(head), ...rows.map(line)];
+}
+
+/**
+ * The status: a line per replica (its own view: role, indexes, health; and the fleet's: whether it
+ * reaches the leader and a quorum, whether it serves), why each one that does not serve does not,
+ * the faults in force, and the leader.
+ */
 export function formatStatus(s: FleetStatus): string[] {
-  const head = ['replica', 'region', 'role', 'term', 'commit', 'applied', 'lag', 'health'];
+  const n = s.replicas.length;
+  const majority = Math.floor(n / 2) + 1;
+  const yes = (b: boolean | null | undefined) => (b === true ? 'yes' : b === false ? 'NO' : '-');
   const rows = s.replicas.map((r) => [
     `${r.name === s.leader ? '*' : ' '} ${r.name}`,
     r.region,
@@ -220,19 +258,29 @@ export function formatStatus(s: FleetStatus): string[] {
     dash(r.appliedIndex),
     r.lag < 0 ? '?' : dash(r.lag),
     // A re-replicating replica is up but holds less than it promised: its reason says why, first.
-    !r.healthy ? `DOWN${r.reason ? ` (${r.reason})` : ''}` : r.role === 'rejoining' ? r.reason || 'ROLLED_BACK' : r.reason ? `ok (${r.reason})` : 'ok',
+    !r.healthy ? 'DOWN' : r.role === 'rejoining' ? 'ROLLED_BACK' : 'ok',
+    yes(r.reachesLeader),
+    r.reachable === null || r.reachable === undefined ? '-' : `${r.reachable}/${n}${r.reachable < majority ? ' NO' : ''}`,
+    r.serves === undefined ? '?' : r.serves ? 'yes' : 'NO',
   ]);
-  const widths = head.map((h, c) => Math.max(h.length, ...rows.map((row) => row[c]!.length)));
-  const line = (cells: string[]) => cells.map((c, i) => (i >= 3 && i <= 6 ? c.padStart(widths[i]!) : c.padEnd(widths[i]!))).join('  ').trimEnd();
-  // Voting replicas: healthy and not re-replicating (a rolled-back one serves and votes for nothing).
-  const up = s.replicas.filter((r) => r.healthy && r.role !== 'rejoining' && r.role !== 'down').length;
-  const majority = Math.floor(s.replicas.length / 2) + 1;
-  return [
-    line(head.map((h, i) => (i === 0 ? `  ${h}` : h))),
-    ...rows.map(line),
+  const head = ['  replica', 'region', 'role', 'term', 'commit', 'applied', 'lag', 'health', 'leader?', 'quorum?', 'serves'];
+  const out = table(head, rows, new Set([3, 4, 5, 6]));
+  const why = s.replicas.filter((r) => r.serves !== true).map((r) => `  ${r.name}: ${r.servesNot || r.reason || (r.healthy ? 'unknown' : 'DOWN')}`);
+  if (why.length) out.push('', 'not serving:', ...why);
+  const notes = s.replicas.filter((r) => r.serves === true && r.reason).map((r) => `  ${r.name}: ${r.reason}`);
+  if (notes.length) out.push('', 'notes:', ...notes);
+  if (s.faults.length) {
+    out.push('', 'faults in force:');
+    const since = (iso: string) => (iso.length >= 19 ? `${iso.slice(11, 19)} UTC` : iso || '?');
+    out.push(...table(['  fault', 'what', 'since', 'by'], s.faults.map((f) => [`  ${f.op}`, f.what, since(f.since), f.by])));
+  }
+  const serving = s.replicas.filter((r) => r.serves === true).length;
+  const leader = s.replicas.find((r) => r.name === s.leader);
+  out.push(
     '',
-    `leader: ${s.leader ?? 'none (election under way, or no quorum)'}; ${up} of ${s.replicas.length} replicas voting, quorum ${majority}${up < majority ? ': NO QUORUM, the fleet serves nothing' : ''}`,
-  ];
+    `leader: ${leader ? `${leader.name} (term ${leader.term})` : 'none'}; ${serving} of ${n} replicas serve, quorum ${majority}${serving === 0 ? ': the fleet serves nothing' : ''}`,
+  );
+  return out;
 }
 
 function statusJson(s: FleetStatus, r: ServeRecord): unknown {
@@ -240,6 +288,7 @@ function statusJson(s: FleetStatus, r: ServeRecord): unknown {
     at: new Date().toISOString(),
     leader: s.leader,
     replicas: s.replicas,
+    faults: s.faults,
     fleet: { url: r.vaultUrl, pid: s.pid, cpuMs: s.cpuMs, wan: r.wan ?? null },
     chatdUrl: r.chatdUrl,
   };

@@ -9,7 +9,7 @@ import { supervise } from '../supervisor.ts';
 /** Exit codes beyond cli.ts's 0/1/2: which child died on its own. */
 export const SERVE_EXIT = { vaultDied: 3, chatdDied: 4 } as const;
 
-const help = `usage: bkv serve [--state DIR] [--port N] [--vault-port N] [--quiet]
+const help = `usage: bkv serve [--state DIR] [--port N] [--vault-port N] [--quiet] [--json]
 
 Starts the vault (replica of the fleet in DIR, on its SoftHSM2 token) and ChatD (the relay devices
 talk to) as two processes on loopback, provisioning DIR first if it holds no complete fleet.
@@ -22,8 +22,13 @@ devices pin (they never learn them through ChatD). \`bkv backup ... --state DIR\
   --port N          ChatD's port (default 0: any free port)
   --vault-port N    the vault's port (default 0)
   --quiet           do not pass the children's logs through to stderr
+  --json            once both serve, one JSON line on stdout instead of the lines above: {"event":
+                    "ready", "chatdUrl", "vaultUrl", "pid", ...}; a failure as {"error": {...}} on stderr
 
-Ctrl-C or SIGTERM stops ChatD, then the vault, and exits 0. If either process dies on its own the
+A port asked for that is taken: EADDRINUSE 127.0.0.1:N, exit 1, before anything is provisioned or
+started. Ctrl-C or SIGTERM at any stage exits 0 with nothing left running: while provisioning, once
+the key ceremony is done; while starting, at once; once serving, ChatD is stopped, then the vault.
+If either process dies on its own the
 other is stopped: exit ${SERVE_EXIT.vaultDied} when the vault died, ${SERVE_EXIT.chatdDied} when ChatD died; 1 when they could not start.
 The children run in their own process group; if serve itself is killed outright (SIGKILL) they keep
 running, and the next serve on DIR refuses to start beside that vault (SERVE_ORPHAN) and names its pid.`;
@@ -45,6 +50,7 @@ export const command: Command = {
       port: { type: 'string' },
       'vault-port': { type: 'string' },
       quiet: { type: 'boolean' },
+      json: { type: 'boolean' },
     });
     const stateDir = values.state ?? '.bkv';
     const chatdPort = port('port', values.port);
@@ -52,13 +58,18 @@ export const command: Command = {
 
     return supervise({
       prog: 'bkv serve', vaultName: 'the vault', stateDir, exits: SERVE_EXIT,
-      start: () => startServices({
-        stateDir, chatdPort, vaultPort,
+      ports: [{ flag: '--port', port: chatdPort }, { flag: '--vault-port', port: vaultPort }],
+      start: (signal) => startServices({
+        stateDir, chatdPort, vaultPort, signal,
         onLine: values.quiet ? undefined : (who, line) => process.stderr.write(`${who} | ${line}\n`),
       }),
       record: async (services) => ({ chatdUrl: services.chatd.url, vaultUrl: services.vault.url, vaultPid: services.vault.pid, chatdPid: services.chatd.pid }),
       announce(services) {
         const paths = servePaths(stateDir);
+        if (values.json) {
+          console.log(JSON.stringify({ event: 'ready', mode: 'vault', chatdUrl: services.chatd.url, vaultUrl: services.vault.url, pid: process.pid, vaultPid: services.vault.pid, chatdPid: services.chatd.pid, serveRecord: paths.serve, vaultKeys: paths.vaultKeys }));
+          return;
+        }
         console.log(`bkv serve: vault (pid ${services.vault.pid}) at ${services.vault.url}`);
         console.log(`bkv serve: ChatD (pid ${services.chatd.pid}) at ${services.chatd.url}`);
         console.log(`CHATD_URL=${services.chatd.url}`);

@@ -1,6 +1,7 @@
 // ChatD over real loopback sockets, between the device transport (client/transport.ts) and a stand-in
 // vault that decodes and records every relay envelope it receives.
 import { afterEach, describe, expect, it } from 'vitest';
+import net from 'node:net';
 import { WebSocket } from 'ws';
 import { MAX_RELAY_BODY, encodeRelayReply } from '../../protocol/relay.ts';
 import {
@@ -267,22 +268,78 @@ describe('ChatD rate limits', () => {
     await s.close();
   });
 
-  it('limits a client address across accounts, before authentication', async () => {
-    const rig = await boot({ perAddress: { burst: 4, perSecond: 1 } }, { fakeClock: true });
+  it('limits a client address across accounts; failed authentications spend their own bucket, not the valid devices\'', async () => {
+    const rig = await boot({ perAddress: { burst: 4, perSecond: 1 }, perUnauthenticated: { burst: 2, perSecond: 1 } }, { fakeClock: true });
     await client(rig, rig.alice).request(randomBody(10));
     await client(rig, rig.bob).request(randomBody(10));
-    // Failed authentications spend the address's tokens too: guessing tokens is rate-limited.
-    const guess = await post(rig.chatd.url, { authorization: 'Bearer bkvt_' + 'B'.repeat(43) }, randomBody(10));
-    expect(guess.status).toBe(401);
+    // Guesses are limited by their own bucket: two 401s, then 429, token or not.
+    for (const headers of [{ authorization: 'Bearer bkvt_' + 'B'.repeat(43) }, {}] as Record<string, string>[]) {
+      expect((await post(rig.chatd.url, headers, randomBody(10))).status).toBe(401);
+    }
+    for (const headers of [{ authorization: 'Bearer bkvt_' + 'D'.repeat(43) }, {}] as Record<string, string>[]) {
+      const r = await post(rig.chatd.url, headers, randomBody(10));
+      expect(r.status).toBe(429);
+      expect(decodeErrorBody(r.body)).toMatchObject({ code: 'RATE_LIMITED', retryAfterMs: 1000 });
+    }
+    // ...which left the address's valid devices their whole share: two more, then the address is spent.
     await client(rig, rig.alice).request(randomBody(10));
-    for (const token of [rig.alice, rig.bob, 'bkvt_' + 'C'.repeat(43)]) {
+    await client(rig, rig.bob).request(randomBody(10));
+    for (const token of [rig.alice, rig.bob]) {
       const e = await client(rig, token).request(randomBody(10)).catch((x: unknown) => x);
       expect(e).toBeInstanceOf(ChatdRateLimitError);
       expect((e as ChatdRateLimitError).retryAfterMs).toBe(1000);
     }
-    // The WebSocket upgrade is refused too.
+    // The WebSocket upgrade is refused too: with a valid token (the address's bucket), and token-less (the failures' bucket).
     await expect(client(rig, rig.bob).openSession()).rejects.toBeInstanceOf(ChatdRateLimitError);
-    expect(rig.vault.received).toHaveLength(3);
+    await expect(client(rig, rig.bob).openSession({ authInFirstFrame: true })).rejects.toBeInstanceOf(ChatdRateLimitError);
+    expect(rig.vault.received).toHaveLength(4);
+  });
+
+  it('a flood of token-less and wrong-token requests does not 429 a valid device at the same address (defaults)', async () => {
+    const rig = await boot({}, { fakeClock: true });
+    const flood = [...Array(1500).keys()].map((i) => post(rig.chatd.url, i % 2 ? {} : { authorization: 'Bearer bkvt_' + 'Z'.repeat(43) }, randomBody(10)));
+    const statuses = (await Promise.all(flood)).map((r) => r.status);
+    expect(statuses.filter((x) => x === 401)).toHaveLength(200); // the failures' burst
+    expect(statuses.filter((x) => x === 429)).toHaveLength(1300);
+    // The clock has not moved: before the split, the flood had spent the address's 1,000 tokens too.
+    const c = client(rig, rig.alice);
+    for (let i = 0; i < 20; i++) await c.request(randomBody(10));
+    const s = await client(rig, rig.bob).openSession();
+    await s.request(randomBody(10));
+    await s.close();
+    expect(rig.vault.received).toHaveLength(21);
+  });
+});
+
+describe('ChatD slow clients', () => {
+  it('cuts a request whose headers or body do not arrive in time with 408 at the stated time, forwarding nothing', async () => {
+    const requestTimeoutMs = 800;
+    const rig = await boot({ requestTimeoutMs });
+    const { port } = new URL(rig.chatd.url);
+    const slow = (first: string) => new Promise<{ ms: number; head: string; body: string }>((resolve, reject) => {
+      const t0 = performance.now();
+      const sock = net.connect(Number(port), '127.0.0.1', () => sock.write(first));
+      let got = '';
+      sock.on('data', (d) => { got += d.toString(); });
+      sock.on('error', reject);
+      sock.on('close', () => {
+        const [head, body] = got.split('\r\n\r\n');
+        resolve({ ms: performance.now() - t0, head: head ?? '', body: body ?? '' });
+      });
+    });
+    const [headers, body] = await Promise.all([
+      slow(`POST ${CHATD_HTTP_PATH} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${rig.alice}\r\n`),
+      slow(`POST ${CHATD_HTTP_PATH} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${rig.alice}\r\ncontent-length: 100\r\n\r\nab`),
+    ]);
+    for (const r of [headers, body]) {
+      expect(r.head.split('\r\n')[0]).toBe('HTTP/1.1 408 Request Timeout');
+      expect(decodeErrorBody(new TextEncoder().encode(r.body))).toMatchObject({ code: 'REQUEST_TIMEOUT', status: 408 });
+      // Checked every 40 ms here (a twentieth of the timeout): at the time, not up to 30 s later.
+      expect(r.ms).toBeGreaterThanOrEqual(requestTimeoutMs - 5);
+      expect(r.ms).toBeLessThan(requestTimeoutMs + 400);
+    }
+    expect(rig.vault.received).toHaveLength(0);
+    expect(rig.logs.entries.filter((e) => e.code === 'REQUEST_TIMEOUT')).toHaveLength(2);
   });
 });
 

@@ -209,13 +209,50 @@ describe('bkv backup (CLI)', () => {
     });
   });
 
+  it('--json: the result is one JSON object on stdout, a failure one JSON object on stderr (code, message, hint)', async () => {
+    await withTemp(async (dir) => {
+      await makeChatFolder(join(dir, 'chat'));
+      const c = await run(['backup', 'create', '--in', 'chat', '--key64', '--state', 'st', '--json'], { cwd: dir });
+      expect(c.status, c.stderr).toBe(0);
+      expect(c.stdout.trim().split('\n')).toHaveLength(1);
+      const made = JSON.parse(c.stdout) as Record<string, unknown>;
+      expect(made).toMatchObject({ ok: true, mode: 'key64', account: 'default', object: join(dir, 'st', 'cloud', 'default.bkv') });
+      expect(made.files).toBeGreaterThan(0);
+      expect(made.encryptedBytes).toBeGreaterThan(made.bytes as number);
+      const key = made.key64 as string;
+      expect(`${key}\n`).toMatch(KEY_ONLY);
+      expect(c.stderr).not.toContain(key.slice(0, 14));
+      await writeFile(join(dir, 'key.txt'), `${key}\n`, { mode: 0o600 });
+
+      const r = await run(['backup', 'restore', '--key64-file', 'key.txt', '--state', 'st', '--out', 'out', '--json'], { cwd: dir });
+      expect(r.status, r.stderr).toBe(0);
+      expect(JSON.parse(r.stdout)).toMatchObject({ ok: true, object: made.object, files: made.files, bytes: made.bytes, out: join(dir, 'out') });
+      expect(await snapshot(join(dir, 'out'))).toEqual(await snapshot(join(dir, 'chat')));
+
+      // Failures: stdout empty, stderr one JSON line; the wrong key is not echoed.
+      const other = key.replace(/^./, (ch) => (ch === '0' ? '1' : '0'));
+      const w = await run(['backup', 'restore', '--key64', other, '--state', 'st', '--out', 'out2', '--json'], { cwd: dir });
+      expect(w.status).toBe(1);
+      expect(w.stdout).toBe('');
+      expect(w.stderr.trim().split('\n')).toHaveLength(1);
+      const err = JSON.parse(w.stderr) as { error: { code: string; message: string; hint?: string } };
+      expect(err.error.code).toBe('BACKUP_WRONG_KEY');
+      expect(err.error.message.length).toBeGreaterThan(10);
+      expect(err.error.hint).toMatch(/key/);
+      for (const k of [key, other]) expect(w.stderr).not.toContain(k.slice(0, 9));
+      const u = await run(['backup', 'create', '--in', 'chat', '--state', 'st', '--json'], { cwd: dir });
+      expect(u.status).toBe(2);
+      expect(JSON.parse(u.stderr)).toMatchObject({ error: { code: 'USAGE', hint: "see the command's --help" } });
+    });
+  });
+
   it('--help tells the truth: every documented flag is accepted and every accepted flag is documented', async () => {
     await withTemp(async (dir) => {
       for (const s of subcommands) {
         const r = await run(['backup', s.name, '--help'], { cwd: dir });
         expect(r.status).toBe(0);
         const documented = new Set([...r.stdout.matchAll(/^ {2}(--[a-z0-9-]+)/gm)].map((m) => m[1]));
-        const accepted = new Set(Object.keys(s.flags).map((f) => `--${f}`).concat(['--state', ...s.common.map((c) => `--${c}`)]));
+        const accepted = new Set(Object.keys(s.flags).map((f) => `--${f}`).concat(['--state', '--json', ...s.common.map((c) => `--${c}`)]));
         expect(documented).toEqual(accepted);
       }
       // The cloud folder and progress belong to the commands that move a backup; the vault-only ones

@@ -119,6 +119,35 @@ describe('password backups end to end (CLI -> ChatD -> vault -> SoftHSM2)', () =
     }
   });
 
+  it('--json: each password command answers one JSON object; a wrong password is a JSON error with the attempts left, never the password', async () => {
+    const carol = await rig.account('+15551110077');
+    const pwText = 'carol json password, long enough';
+    const pw = writeSecret(rig.dir, 'pw-carol', pwText);
+    const bad = writeSecret(rig.dir, 'pw-carol-bad', 'not carol password at all');
+    const chats = join(rig.dir, 'carol-chats');
+    makeChats(chats);
+    const json = async (args: string[], code = 0) => {
+      const r = await cli([...args, '--json', ...dev(carol)]);
+      expect(r.status, r.err).toBe(code);
+      for (const secret of [pwText, 'not carol password']) expect(r.out + r.err).not.toContain(secret);
+      return { out: r.out.trim() ? JSON.parse(r.out) as Record<string, unknown> : undefined, err: r.err.trim() ? JSON.parse(r.err) as { error: Record<string, string> } : undefined };
+    };
+    expect((await json(['backup', 'enable-password', '--password-file', pw])).out).toMatchObject({ ok: true, user: '+15551110077', state: 'registered', attemptsLeft: 10, limit: 10 });
+    const made = (await json(['backup', 'create', '--in', chats, '--password-file', pw])).out!;
+    expect(made).toMatchObject({ ok: true, mode: 'password', account: 'default' });
+    expect(made.key64).toBeUndefined();
+    const wrong = await json(['backup', 'restore', '--out', join(rig.dir, 'carol-out-bad'), '--password-file', bad], 1);
+    expect(wrong.out).toBeUndefined();
+    expect(wrong.err!.error).toMatchObject({ code: 'WRONG_PASSWORD' });
+    expect(wrong.err!.error.message).toMatch(/9 attempts left/);
+    expect(wrong.err!.error.hint).toMatch(/attempts/);
+    expect((await json(['backup', 'restore', '--out', join(rig.dir, 'carol-out'), '--password-file', pw])).out).toMatchObject({ ok: true, files: made.files, bytes: made.bytes });
+    expect(treeDigest(join(rig.dir, 'carol-out'))).toEqual(treeDigest(chats));
+    expect((await json(['backup', 'change-password', '--old-password-file', pw, '--password-file', pw])).out).toMatchObject({ ok: true, attemptsLeft: 10 });
+    expect((await json(['backup', 'disable', '--yes'])).out).toMatchObject({ ok: true, erased: true });
+    expect((await json(['backup', 'disable', '--yes'])).out).toMatchObject({ ok: true, erased: false });
+  });
+
   it('disable on a terminal asks first: anything but "yes" erases nothing', async () => {
     const erin = await rig.account('+15551110010');
     const pw = writeSecret(rig.dir, 'pw-erin', 'erin password for the confirmation test');

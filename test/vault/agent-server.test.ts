@@ -4,6 +4,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
+import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -119,6 +120,54 @@ describe('an unhealthy replica', () => {
         const h = await fetch(server.url + '/v1/health');
         expect(h.status).toBe(503);
         expect(await h.json()).toMatchObject({ healthy: false, code: 'ROLLBACK_DETECTED' });
+      } finally {
+        await server.close();
+        await r.close();
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+});
+
+describe('the vault front\'s limits', () => {
+  it('cuts a slow client with 408 at its request timeout and closes connections past its cap at once', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'bkv-front-limits-'));
+    try {
+      const info = fleet.replicas[1]!;
+      const token = fleet.openToken(info.tokenLabel);
+      const r = await Replica.open({ replicaId: info.name, token, dbDir: join(dir, 'db'), tickMs: 0 });
+      const server = await startVaultServer(r, { relayKey: hopSecret(fleet.stateDir, 'relay'), limits: { requestTimeoutMs: 600, maxConnections: 3 } });
+      const { port } = new URL(server.url);
+      const open = (first: string) => {
+        const t0 = performance.now();
+        const sock = connect(Number(port), '127.0.0.1', () => sock.write(first));
+        const chunks: Buffer[] = [];
+        sock.on('data', (d: Buffer) => { chunks.push(d); });
+        sock.on('error', () => undefined);
+        return { sock, closed: new Promise<{ ms: number; got: string; body: Uint8Array }>((res) => sock.on('close', () => {
+          const all = Buffer.concat(chunks);
+          const at = all.indexOf('\r\n\r\n');
+          res({ ms: performance.now() - t0, got: all.toString('latin1'), body: new Uint8Array(at < 0 ? [] : all.subarray(at + 4)) });
+        })) };
+      };
+      try {
+        // Three slow requests fill the cap; a fourth connection is closed at once, unanswered.
+        const auth = bearer(hopSecret(fleet.stateDir, 'relay'));
+        const slow = [0, 1, 2].map(() => open(`POST ${RELAY_PATH} HTTP/1.1\r\nhost: x\r\nauthorization: ${auth}\r\ncontent-length: 50\r\n\r\nab`));
+        await new Promise((res) => setTimeout(res, 100));
+        const extra = await open(`GET /v1/health HTTP/1.1\r\nhost: x\r\n\r\n`).closed;
+        expect(extra.got).toBe('');
+        expect(extra.ms).toBeLessThan(300);
+        for (const s of await Promise.all(slow.map((x) => x.closed))) {
+          expect(s.got.split('\r\n')[0]).toBe('HTTP/1.1 408 Request Timeout');
+          expect(decodeRelayReply(s.body)).toMatchObject({ ok: false, code: 'REQUEST_TIMEOUT' });
+          expect(s.ms).toBeGreaterThanOrEqual(590);
+          expect(s.ms).toBeLessThan(1000);
+        }
+        // Freed: the front answers again (this replica's token anchor is ahead of its fresh disk: 503, typed).
+        expect(await (await fetch(server.url + '/v1/health')).json()).toHaveProperty('healthy');
       } finally {
         await server.close();
         await r.close();

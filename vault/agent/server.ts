@@ -2,12 +2,18 @@
 // (protocol/relay.ts) to the firmware and its reply back. An unhealthy replica answers 503 with the
 // typed code (TAMPERED, ROLLBACK_DETECTED, ...). Logs name the route, status and code only: never a
 // body, never a user's message.
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { BkvError } from '../../protocol/errors.ts';
 import { RELAY_PATH } from '../../protocol/relay.ts';
 import type { Replica } from './replica.ts';
-import { refuseUnauthorizedRelay, serveRelay } from './http.ts';
+import { createFront, listenFront, refuseUnauthorizedRelay, relayRefusal, serveRelay, type FrontLimits } from './http.ts';
+import { VaultMetrics } from './metrics.ts';
+import { bearerMatches } from '../../protocol/hop-secret.ts';
+import { emptyReplicaMetrics, type ReplicaMetrics } from '../../protocol/metrics-wire.ts';
+
+/** Prometheus metrics (with the metrics key), as on the fleet's operator listener and ChatD. */
+export const METRICS_PATH = '/metrics';
 
 export const HEALTH_PATH = '/v1/health';
 
@@ -17,19 +23,28 @@ export interface VaultServer {
   close(): Promise<void>;
 }
 
-export async function startVaultServer(replica: Replica, opts: { host?: string; port?: number; log?: (line: string) => void; relayKey?: string } = {}): Promise<VaultServer> {
+export async function startVaultServer(replica: Replica, opts: {
+  host?: string; port?: number; log?: (line: string) => void; relayKey?: string; limits?: Partial<FrontLimits>;
+  /** GET /metrics with this key (the metrics key, <state>/metrics.key); unset: no /metrics. */
+  metricsKey?: string;
+  /** The token's call metrics, when the token is metered (vault/agent/metered-token.ts). */
+  tokenReport?: () => ReplicaMetrics['token'];
+} = {}): Promise<VaultServer> {
   const say = opts.log ?? (() => undefined);
-  const server = createServer((req, res) => {
-    void serve(replica, req, res, opts.relayKey).then(
+  const metrics = new VaultMetrics();
+  const name = replica.firmware.replicaId;
+  const scrape = async () => {
+    // One replica on a solo log: no Raft commit to time; the record effects and the token's calls.
+    metrics.absorb(name, { ...emptyReplicaMetrics(), effects: { ...replica.firmware.effects }, token: opts.tokenReport?.() ?? {} });
+    return { type: metrics.contentType, text: await metrics.text() };
+  };
+  const server = createFront((req, res) => {
+    void serve(replica, req, res, opts.relayKey, metrics, opts.metricsKey === undefined ? undefined : { key: opts.metricsKey, scrape }).then(
       (r) => say(`${req.method} ${req.url} ${r.status}${r.code ? ` ${r.code}` : ''}`),
       () => say(`${req.method} ${req.url} failed`),
     );
-  });
-  server.keepAliveTimeout = 5_000;
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(opts.port ?? 0, opts.host ?? '127.0.0.1', () => resolve());
-  });
+  }, relayRefusal, opts.limits);
+  await listenFront(server, opts.port ?? 0, opts.host ?? '127.0.0.1');
   const addr = server.address() as AddressInfo;
   return {
     url: `http://127.0.0.1:${addr.port}`,
@@ -42,21 +57,34 @@ export async function startVaultServer(replica: Replica, opts: { host?: string; 
   };
 }
 
-async function serve(replica: Replica, req: IncomingMessage, res: ServerResponse, relayKey: string | undefined): Promise<{ status: number; code?: string }> {
+async function serve(
+  replica: Replica, req: IncomingMessage, res: ServerResponse, relayKey: string | undefined, metrics: VaultMetrics,
+  metricsRoute: { key: string; scrape(): Promise<{ type: string; text: string }> } | undefined,
+): Promise<{ status: number; code?: string }> {
   if (req.url === HEALTH_PATH && req.method === 'GET') {
     const h = replica.health;
     return send(res, h.healthy ? 200 : 503, 'application/json', JSON.stringify({ healthy: h.healthy, code: h.code ?? null, index: replica.firmware.appliedIndex }));
+  }
+  if (req.url === METRICS_PATH && req.method === 'GET' && metricsRoute) {
+    // The metrics key, not the relay key: ChatD relays but does not read the vault's metrics.
+    if (!bearerMatches(req.headers.authorization, metricsRoute.key)) return send(res, 401, 'application/json', JSON.stringify({ code: 'UNAUTHORIZED', message: 'metrics need the metrics key (<state>/metrics.key)' }), 'UNAUTHORIZED');
+    const m = await metricsRoute.scrape();
+    return send(res, 200, m.type, m.text);
   }
   if (refuseUnauthorizedRelay(req, res, relayKey)) return { status: 401, code: 'UNAUTHORIZED' };
   if (req.url !== RELAY_PATH || req.method !== 'POST') {
     return send(res, 404, 'application/json', JSON.stringify({ code: 'NOT_FOUND' }), 'NOT_FOUND');
   }
   return serveRelay(req, res, 'vault replica', async (user, body) => {
+    const t0 = performance.now();
+    let o: { ok: true; body: Uint8Array } | { ok: false; code: string };
     try {
-      return { ok: true, body: await replica.handle(user, body) };
+      o = { ok: true, body: await replica.handle(user, body) };
     } catch (e) {
-      return { ok: false, code: e instanceof BkvError ? e.code : 'UNAVAILABLE' };
+      o = { ok: false, code: e instanceof BkvError ? e.code : 'UNAVAILABLE' };
     }
+    metrics.request(body, o.ok, o.ok ? undefined : o.code, (performance.now() - t0) / 1000);
+    return o;
   });
 }
 

@@ -216,6 +216,12 @@ export class Firmware {
   }
 
   /** SHA-256 of the canonical state: equal on every replica that applied the same entries. */
+  /**
+   * Committed entries this instance applied, by their effect on a record (charged = an attempt
+   * charged, lockout = a record locked just now), for /metrics: counts only, no user.
+   */
+  readonly effects: Record<string, number> = {};
+
   digest(): string {
     return this.state.digest();
   }
@@ -459,6 +465,8 @@ export class Firmware {
     // Records mutate in place: remember which sealed K was there, to see whether it just left.
     const kBefore = this.state.get(entry.user)?.kSealed ?? null;
     const effect = this.state.apply(index, entry);
+    this.effects[effect.kind] = (this.effects[effect.kind] ?? 0) + 1;
+    if (effect.kind === 'locked' && effect.justNow) this.effects.lockout = (this.effects.lockout ?? 0) + 1;
     if (kBefore && this.state.get(entry.user)?.kSealed !== kBefore) this.eraseSinceSnapshot = true;
     this.sinceSnapshot++;
 

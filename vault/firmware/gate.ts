@@ -113,6 +113,10 @@ export class SessionGate {
   digest(): string {
     return this.inner.digest();
   }
+  /** Applied entries by effect (Firmware.effects), for /metrics. */
+  get effects(): Readonly<Record<string, number>> {
+    return this.inner.effects;
+  }
   inspect(user: string) {
     return this.inner.inspect(user);
   }

@@ -29,7 +29,45 @@ export interface ReplicaStatus {
   digest?: string;
   /** Counters for tests and benchmarks (Readies, flushes, anchors, forwarded requests...). */
   stats?: Record<string, number | boolean>;
+  /** Milliseconds since this replica last had an authenticated message from each peer (absent: never). */
+  heardMsAgo?: Record<string, number>;
+  /**
+   * Whether a device request entering the fleet here is served now (fleet-view.ts): healthy is only
+   * "this replica is fine"; this is "this replica, its leader and a quorum are fine and connected".
+   */
+  serves?: boolean;
+  /** Why it does not serve ('' when it does): CRASHED, NO_LEADER, NO_QUORUM, CANNOT_REACH_LEADER, STALE_LEADER, a health reason... */
+  servesNot?: string;
+  /** Two-way contact with the fleet's leader (links and what both heard lately); null when there is no leader. */
+  reachesLeader?: boolean | null;
+  /** Running replicas, itself included, this one has two-way links with; null where the host cannot tell (TCP). */
+  reachable?: number | null;
 }
+
+/** A fault the operator injected that is still in force (crashed, partitioned, slow...), for fleet status. */
+export interface ActiveFault {
+  op: FleetFault['op'];
+  /** The replicas it touches. */
+  replicas: string[];
+  /** In words, e.g. "{us-east, us-west} | {eu-west, ap-southeast, sa-east}". */
+  what: string;
+  since: string;
+  /** Who asked, as the operator's client named itself (x-bkv-actor); the key it presented is the operator key. */
+  by: string;
+}
+
+/** GET FLEET_STATUS_PATH: the replicas, the faults in force, the leader serving the fleet. */
+export interface FleetStatusReport {
+  replicas: ReplicaStatus[];
+  faults: ActiveFault[];
+  /** The leader that holds a quorum (fleet-view.ts), or null. */
+  leader: string | null;
+  /** The fleet's Raft election timeout: contact older than this counts as lost. */
+  electionMs: number;
+}
+
+/** Header an operator client names itself in (user, pid, command), logged with every fault it asks for. */
+export const ACTOR_HEADER = 'x-bkv-actor';
 
 export type FleetEvent =
   | { kind: 'started'; replica: string }
@@ -37,6 +75,10 @@ export type FleetEvent =
   | { kind: 'health'; replica: string; healthy: boolean; code: string; reason: string }
   | { kind: 'rejoined'; replica: string; index: number }
   | { kind: 'crashed'; replica: string }
+  /** The replica's Raft role or the leader it follows changed. */
+  | { kind: 'role'; replica: string; role: ReplicaRole; term: number; leader: string | null }
+  /** An operator's fault request, done (ok) or refused (code): the audit trail of who did what. */
+  | { kind: 'fault'; by: string; fault: FleetFault | { op: 'unknown' }; ok: boolean; code?: string }
   | { kind: 'log'; replica: string; line: string };
 
 export interface StartFleetOptions {
@@ -57,6 +99,10 @@ export interface StartFleetOptions {
   relayKey?: string;
   /** Runs the operator listener (status, faults) apart from the relay front, for requests carrying this key. */
   operatorKey?: string;
+  /** The relay front's request timeout and connection cap (default vault/agent/http.ts FRONT_LIMITS). */
+  frontLimits?: { requestTimeoutMs?: number; headersTimeoutMs?: number; maxConnections?: number };
+  /** GET /metrics on the operator listener also takes this key (the metrics key: reading only). */
+  metricsKey?: string;
   /** Enables POST /v1/fleet/fault on the operator listener (`bkv fleet up --faults`). Default false. */
   faultEndpoint?: boolean;
   onEvent?(e: FleetEvent): void;
@@ -71,6 +117,8 @@ export interface Fleet {
   /** Suite -> hex AKE public key (what devices pin; same on every replica). */
   akePublicKeys(): Record<string, string>;
   status(): Promise<ReplicaStatus[]>;
+  /** The operator's faults still in force. */
+  faults(): ActiveFault[];
   leader(): Promise<string | undefined>;
   /** Symmetric partition: replicas in different groups cannot talk; replicas in no group keep their links. */
   partition(groups: string[][]): void;
@@ -92,13 +140,15 @@ export interface Fleet {
 
 /**
  * The HTTP server at Fleet.url serves POST RELAY_PATH (device requests) only. The operator listener at
- * Fleet.operatorUrl serves GET FLEET_STATUS_PATH (JSON ReplicaStatus[]) and, with faultEndpoint, POST
+ * Fleet.operatorUrl serves GET FLEET_STATUS_PATH (JSON FleetStatusReport) and, with faultEndpoint, POST
  * FLEET_FAULT_PATH (JSON FleetFault -> {ok:true} or 400 {code, message}); both need the operator key.
  */
 /** Header naming the replica (its name/region) a relayed request should enter the fleet at. */
 export { REGION_HEADER } from '../../protocol/relay.ts';
 export const FLEET_STATUS_PATH = '/v1/fleet/status';
 export const FLEET_FAULT_PATH = '/v1/fleet/fault';
+/** Prometheus metrics, on the operator listener (with the operator key), as on the vault and ChatD. */
+export const METRICS_PATH = '/metrics';
 
 /** Body of POST /v1/fleet/fault (JSON). */
 export type FleetFault =

@@ -72,6 +72,7 @@ export async function startFleet(opts: StartFleetOptions): Promise<Fleet> {
           case 'event':
             if (m.e.kind === 'log') emit({ kind: 'log', replica: name, line: m.e.line });
             else if (m.e.kind === 'leader') emit({ kind: 'leader', replica: name, term: m.e.term });
+            else if (m.e.kind === 'role') emit({ kind: 'role', replica: name, role: m.e.role, term: m.e.term, leader: m.e.leader });
             else if (m.e.kind === 'health') emit({ kind: 'health', replica: name, healthy: m.e.healthy, code: m.e.code, reason: m.e.reason });
             else emit({ kind: 'rejoined', replica: name, index: m.e.index });
             return;

@@ -6,6 +6,8 @@
 //   OPERATOR_URL=http://127.0.0.1:PORT         (GET /v1/fleet/status; with --faults POST /v1/fleet/fault; the operator key)
 //   VAULT_AKE_PUBLIC_KEY_<suite>=<hex>         (the key devices pin; same on every replica)
 // Exits 0 on SIGTERM/SIGINT after a clean shutdown; 2 on bad flags; 1 when it cannot start.
+import { closeSync, fchmodSync, openSync, writeSync } from 'node:fs';
+import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { hopSecret } from '../../protocol/hop-secret.ts';
 import { parseArgs } from 'node:util';
@@ -64,8 +66,19 @@ export async function main(argv: string[]): Promise<number> {
   const log = (line: string) => { if (!flags.quiet) process.stderr.write(`[fleet] ${line}\n`); };
 
   let fleet: Fleet | undefined;
+  let auditFd: number | undefined;
   try {
     const state = loadState(flags.state!);
+    // The audit trail: every fault request (who asked, what, done or refused) and every role change,
+    // one JSON line each, on stderr (even with --quiet) and appended to <state>/fleet-audit.jsonl.
+    auditFd = openSync(join(state.stateDir, AUDIT_FILE), 'a', 0o600);
+    fchmodSync(auditFd, 0o600);
+    const fd = auditFd;
+    const audit = (line: Record<string, unknown>) => {
+      const text = JSON.stringify({ at: new Date().toISOString(), ...line }).slice(0, 4000);
+      process.stderr.write(`${text}\n`);
+      try { writeSync(fd, `${text}\n`); } catch { /* a full disk must not stop the fleet; stderr has it */ }
+    };
     let replicas: string[] | undefined;
     if (count !== undefined) {
       if (count > state.replicas.length) {
@@ -76,9 +89,12 @@ export async function main(argv: string[]): Promise<number> {
     }
     fleet = await (tcp ? startProcessFleet : startFleet)({
       stateDir: flags.state!, replicas, wan, seed, electionTimeoutMs: electionMs, port, faultEndpoint: flags.faults === true,
-      relayKey: hopSecret(state.stateDir, 'relay'), operatorKey: hopSecret(state.stateDir, 'operator'),
+      relayKey: hopSecret(state.stateDir, 'relay'), operatorKey: hopSecret(state.stateDir, 'operator'), metricsKey: hopSecret(state.stateDir, 'metrics'),
       onEvent: (e) => {
-        if (e.kind === 'log') log(`${e.replica}: ${e.line}`);
+        if (e.kind === 'role') audit({ event: 'role', replica: e.replica, role: e.role, term: e.term, leader: e.leader, by: 'raft' });
+        else if (e.kind === 'fault') audit({ event: 'fault', op: e.fault.op, fault: e.fault, ok: e.ok, ...(e.code ? { code: e.code } : {}), by: e.by });
+        else if (e.kind === 'crashed') audit({ event: 'crashed', replica: e.replica });
+        else if (e.kind === 'log') log(`${e.replica}: ${e.line}`);
         else if (e.kind === 'leader') log(`${e.replica} leads term ${e.term}`);
         else if (e.kind === 'health') log(`${e.replica} ${e.healthy ? 'healthy' : `UNHEALTHY ${e.code}`}`);
         else log(`${e.replica} ${e.kind}`);
@@ -101,11 +117,16 @@ export async function main(argv: string[]): Promise<number> {
     await f.close();
     return 0;
   } catch (e) {
-    process.stderr.write(`fleet: ${isBkvError(e) ? `${e.code}: ${e.message}` : (e as { code?: string }).code === 'NO_LEADER' ? 'NO_LEADER: no leader elected within 30 s' : 'failed to start'}\n`);
+    process.stderr.write(`fleet: ${isBkvError(e) ? (e.message.startsWith(e.code) ? e.message : `${e.code}: ${e.message}`) : (e as { code?: string }).code === 'NO_LEADER' ? 'NO_LEADER: no leader elected within 30 s' : 'failed to start'}\n`);
     await fleet?.close().catch(() => undefined);
     return 1;
+  } finally {
+    if (auditFd !== undefined) closeSync(auditFd);
   }
 }
+
+/** The fleet's audit trail in the state directory (JSON lines; docs/fleet.md, "Status and audit"). */
+export const AUDIT_FILE = 'fleet-audit.jsonl';
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
   process.exitCode = await main(process.argv.slice(2));

@@ -21,6 +21,7 @@ import { decodeProcessLine, encodeReplicaControl, type ProcessMessage } from './
 import type { ReplicaProcessStatus } from './replica-process.ts';
 import { FleetError, emitter, fleetNames, startRunner, type ReplicaHosts } from './runner.ts';
 import { bearer, hopSecret } from '../../protocol/hop-secret.ts';
+import { emptyReplicaMetrics } from '../../protocol/metrics-wire.ts';
 
 /** The process fleet's errors are the fleet's (one class, one set of codes). */
 export { FleetError as ProcessFleetError } from './runner.ts';
@@ -114,6 +115,7 @@ export async function startProcessFleet(opts: StartFleetOptions): Promise<Fleet>
             resolve(msg.akeKeys);
             return;
           case 'leader': emit({ kind: 'leader', replica: name, term: msg.term }); return;
+          case 'role': emit({ kind: 'role', replica: name, role: msg.role, term: msg.term, leader: msg.leader }); return;
           case 'rejoined': emit({ kind: 'rejoined', replica: name, index: msg.index }); return;
           case 'health': emit({ kind: 'health', replica: name, healthy: msg.healthy, code: msg.code, reason: msg.reason }); return;
         }
@@ -147,7 +149,7 @@ export async function startProcessFleet(opts: StartFleetOptions): Promise<Fleet>
       try {
         const res = await fetch(p.relayUrl + REPLICA_STATUS_PATH, { headers: relayHeaders, signal: AbortSignal.timeout(2_000) });
         const s = (await res.json()) as ReplicaProcessStatus;
-        return { name: s.name, role: s.role, term: s.term, commitIndex: s.commitIndex, lastIndex: s.lastIndex ?? 0, appliedIndex: s.appliedIndex, healthy: s.healthy, reason: s.reason, leader: s.leader, digest: s.digest ?? '', stats: s.stats ?? {} };
+        return { name: s.name, role: s.role, term: s.term, commitIndex: s.commitIndex, lastIndex: s.lastIndex ?? 0, appliedIndex: s.appliedIndex, healthy: s.healthy, reason: s.reason, leader: s.leader, digest: s.digest ?? '', heardMsAgo: s.heardMsAgo ?? {}, stats: s.stats ?? {}, metrics: s.metrics ?? emptyReplicaMetrics() };
       } catch {
         return undefined;
       }

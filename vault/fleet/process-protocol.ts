@@ -4,13 +4,16 @@
 // The other way, the supervisor's control of a running replica (the token and clock faults) is a
 // small JSON body POSTed to the replica's own listener, encoded and checked here too.
 import { InputError } from '../../protocol/errors.ts';
-import type { ReplicaControl } from './fleet-types.ts';
+import type { ReplicaControl, ReplicaRole } from './fleet-types.ts';
+
+const ROLES: readonly string[] = ['leader', 'follower', 'candidate', 'preCandidate', 'rejoining', 'down'] satisfies readonly ReplicaRole[];
 
 export const PROCESS_PROTOCOL_PREFIX = 'BKV1 ';
 
 export type ProcessMessage =
   | { t: 'ready'; name: string; peerAddr: string; relayUrl: string; identityKey: string; akeKeys: Record<string, string> }
   | { t: 'leader'; term: number }
+  | { t: 'role'; role: ReplicaRole; term: number; leader: string | null }
   | { t: 'health'; healthy: boolean; code: string; reason: string }
   | { t: 'rejoined'; index: number };
 
@@ -44,6 +47,9 @@ export function decodeProcessLine(line: string): ProcessMessage | undefined {
       return { t: 'ready', name: v.name, peerAddr: v.peerAddr, relayUrl: v.relayUrl, identityKey: v.identityKey, akeKeys: keys as Record<string, string> };
     }
     case 'leader': if (nat(v.term)) return { t: 'leader', term: v.term }; break;
+    case 'role':
+      if (typeof v.role === 'string' && ROLES.includes(v.role) && nat(v.term) && (v.leader === null || str(v.leader))) return { t: 'role', role: v.role as ReplicaRole, term: v.term, leader: v.leader };
+      break;
     case 'health': if (typeof v.healthy === 'boolean' && str(v.code) && str(v.reason)) return { t: 'health', healthy: v.healthy, code: v.code, reason: v.reason }; break;
     case 'rejoined': if (nat(v.index)) return { t: 'rejoined', index: v.index }; break;
   }

@@ -16,7 +16,7 @@
 // acknowledgements"). --exit-with-stdin: stop when stdin closes (the supervisor died). --faults: the
 // token goes through the fault-injecting wrapper (rates 0) and POST REPLICA_CONTROL_PATH, with the
 // operator key, sets its rates and the replica's clock (the live nemesis' token and clock faults).
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
@@ -28,13 +28,15 @@ import { RELAY_PATH } from '../../protocol/relay.ts';
 import { pinnedKeys } from '../firmware/gate.ts';
 import { activateSoftHsmConf, loadState } from '../../softhsm/state.ts';
 import { replicaDbDir } from '../agent/replica.ts';
+import { MeteredToken } from '../agent/metered-token.ts';
+import type { ReplicaMetrics } from '../../protocol/metrics-wire.ts';
 import type { ReplicaStatus } from './fleet-types.ts';
 import {
   ProcessConfigError, REPLICA_CONTROL_PATH, REPLICA_STATUS_PATH, fleetIdOf, parseHostPort, parsePeerFlag, parsePeersFile, resolvePeers, type PeerSpec,
 } from './process-config.ts';
 import { FleetReplica } from './replica.ts';
 import { TcpTransport } from './transport-tcp.ts';
-import { readBody, refuseUnauthorizedRelay, sendBody, serveRelay } from '../agent/http.ts';
+import { createFront, listenFront, readBody, refuseUnauthorizedRelay, relayRefusal, sendBody, serveRelay } from '../agent/http.ts';
 import { decodeReplicaControl, encodeProcessMessage, type ProcessMessage } from './process-protocol.ts';
 import { bearerMatches, hopSecret } from '../../protocol/hop-secret.ts';
 
@@ -45,6 +47,7 @@ const USAGE = `usage: vault/fleet/replica-process.ts --replica NAME [--state DIR
 /** What GET REPLICA_STATUS_PATH answers: the fleet's ReplicaStatus for this one replica, plus the keys it serves. */
 export interface ReplicaProcessStatus extends ReplicaStatus {
   akePublicKeys: Record<string, string>;
+  metrics?: ReplicaMetrics;
 }
 
 interface Config {
@@ -174,24 +177,22 @@ export async function main(argv: string[]): Promise<number> {
     const held: ProcessMessage[] = [];
     let readySent = false;
     const tell = (m: ProcessMessage) => { if (readySent) process.stdout.write(encodeProcessMessage(m)); else held.push(m); };
+    const metered = new MeteredToken(used);
     replica = await FleetReplica.open({
-      name: c.name, voters: peers.voters, token: used, dbDir: replicaDbDir(state.stateDir, c.name), transport,
+      name: c.name, voters: peers.voters, token: metered, tokenReport: () => metered.report(), dbDir: replicaDbDir(state.stateDir, c.name), transport,
       policy: c.requestTtlMs === undefined ? undefined : { requestTtlMs: c.requestTtlMs }, tickMs,
       log,
-      onEvent: (e) => tell(e.kind === 'leader' ? { t: 'leader', term: e.term } : e.kind === 'rejoined' ? { t: 'rejoined', index: e.index } : { t: 'health', healthy: e.healthy, code: e.code, reason: e.reason }),
+      onEvent: (e) => tell(e.kind === 'leader' ? { t: 'leader', term: e.term } : e.kind === 'role' ? { t: 'role', role: e.role, term: e.term, leader: e.leader } : e.kind === 'rejoined' ? { t: 'rejoined', index: e.index } : { t: 'health', healthy: e.healthy, code: e.code, reason: e.reason }),
     });
     const akeKeys: Record<string, string> = {};
     for (const [s, k] of Object.entries(pinnedKeys(replica.firmware))) akeKeys[s] = k;
     const r = replica;
     const relayKey = hopSecret(state.stateDir, 'relay');
     const control = c.faults ? { operatorKey: hopSecret(state.stateDir, 'operator'), plan } : undefined;
-    server = createServer((req, res) => { void serve(r, akeKeys, relayKey, control, req, res).catch(() => sendBody(res, 500, 'application/json', JSON.stringify({ code: 'INTERNAL' }))); });
-    server.keepAliveTimeout = 5_000;
+    // Only this replica's supervisor talks here, through fetch's unbounded pool: a cap far above its load.
+    server = createFront((req, res) => { void serve(r, akeKeys, relayKey, control, req, res).catch(() => sendBody(res, 500, 'application/json', JSON.stringify({ code: 'INTERNAL' }))); }, relayRefusal, { maxConnections: 4096 });
     const srv = server;
-    await new Promise<void>((resolve, reject) => {
-      srv.once('error', reject);
-      srv.listen(c.relay.port, c.relay.host, () => { srv.off('error', reject); resolve(); });
-    });
+    await listenFront(srv, c.relay.port, c.relay.host);
     const relay = srv.address() as AddressInfo;
     const urlHost = relay.family === 'IPv6' ? `[${relay.address}]` : relay.address;
     const peerAddr = transport.address;
@@ -265,7 +266,7 @@ async function serve(
       name: s.name, region: s.name, role: s.role, term: s.term, commitIndex: s.commitIndex, appliedIndex: s.appliedIndex,
       // The leader's commit index is the leader's to report; a lone follower cannot know its lag.
       lag: s.role === 'leader' ? 0 : -1,
-      healthy: s.healthy, reason: s.reason, leader: s.leader, lastIndex: s.lastIndex, digest: s.digest, stats: s.stats, akePublicKeys: akeKeys,
+      healthy: s.healthy, reason: s.reason, leader: s.leader, lastIndex: s.lastIndex, digest: s.digest, stats: s.stats, heardMsAgo: s.heardMsAgo, metrics: s.metrics, akePublicKeys: akeKeys,
     };
     return sendBody(res, 200, 'application/json', JSON.stringify(body));
   }

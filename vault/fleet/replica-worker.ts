@@ -5,6 +5,7 @@
 // messages, new ports after a peer restarts. Never K, a password or a key.
 import { parentPort, workerData, type MessagePort } from 'node:worker_threads';
 import { FaultyToken, type FaultPlan } from '../../hsm-adapter/faulty-token.ts';
+import { MeteredToken } from '../agent/metered-token.ts';
 import { openToken } from '../../hsm-adapter/pkcs11-token.ts';
 import type { SealScheme, Token } from '../../hsm-adapter/token.ts';
 import type { ReplicaControl } from './fleet-types.ts';
@@ -50,7 +51,7 @@ export type FromWorker =
   | { t: 'status'; id: number; status: import('./replica.ts').LocalStatus }
   | { t: 'backup'; id: number; ok: boolean; code?: string }
   | { t: 'control'; id: number; ok: boolean }
-  | { t: 'event'; e: { kind: 'leader'; term: number } | { kind: 'health'; healthy: boolean; code: string; reason: string } | { kind: 'rejoined'; index: number } | { kind: 'log'; line: string } }
+  | { t: 'event'; e: import('./replica.ts').ReplicaEvent | { kind: 'log'; line: string } }
   | { t: 'closed' };
 
 const d = workerData as ReplicaWorkerData & { __entry: string };
@@ -62,7 +63,8 @@ async function main(): Promise<void> {
   // Read at every call, so a control message changes the rates of the running wrapper. A pulled
   // token is left out: it would stay pulled for the rest of the run (a restart is the crash fault).
   const plan: FaultPlan = { seed: process.pid ^ d.name.length, failureRate: 0, latencyRate: 0, faults: ['CKR_DEVICE_ERROR', 'CKR_SESSION_HANDLE_INVALID'], stickyRemoval: false };
-  const token: Token = d.faults ? new FaultyToken(real, plan) : real;
+  // Metered outermost, so the failures the fault-injecting token injects count as token errors too.
+  const token = new MeteredToken(d.faults ? new FaultyToken(real, plan) : real);
   const ports = new PortTransport(d.endpoint);
   const transport = new SecureTransport(ports, {
     fleetId: d.fleetId, token, pins: new Map(Object.entries(d.pins).map(([k, v]) => [k, new Uint8Array(Buffer.from(v, 'hex'))])),
@@ -71,6 +73,7 @@ async function main(): Promise<void> {
     name: d.name, voters: d.voters, token, dbDir: d.dbDir, transport, policy: d.policy, tickMs: d.tickMs,
     log: (line) => post({ t: 'event', e: { kind: 'log', line } }),
     onEvent: (e) => post({ t: 'event', e }),
+    tokenReport: () => token.report(),
   });
   transport.dialAll();
   const akeKeys: Record<string, string> = {};

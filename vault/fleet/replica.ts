@@ -19,6 +19,7 @@ import type { SessionGate } from '../firmware/gate.ts';
 import { MUTATIONS, ReplicaCore, type CoreInput, type CoreOutput, type Mutation, type Outcome, type StoredDisk } from '../replica/core.ts';
 import type { ReplicaRole } from './fleet-types.ts';
 import type { PeerTransport } from './transport.ts';
+import type { ReplicaMetrics } from '../../protocol/metrics-wire.ts';
 
 export type { Outcome } from '../replica/core.ts';
 
@@ -35,8 +36,17 @@ export interface FleetReplicaOptions {
   /** How long a replica waits for a leader to appear before answering NO_LEADER. */
   leaderWaitMs?: number;
   log?: (line: string) => void;
-  onEvent?: (e: { kind: 'leader'; term: number } | { kind: 'health'; healthy: boolean; code: string; reason: string } | { kind: 'rejoined'; index: number }) => void;
+  onEvent?: (e: ReplicaEvent) => void;
+  /** The token's call metrics (vault/agent/metered-token.ts), when the host meters it. */
+  tokenReport?: () => ReplicaMetrics['token'];
 }
+
+/** What a replica host passes up, as it happens. */
+export type ReplicaEvent =
+  | { kind: 'leader'; term: number }
+  | { kind: 'role'; role: ReplicaRole; term: number; leader: string | null }
+  | { kind: 'health'; healthy: boolean; code: string; reason: string }
+  | { kind: 'rejoined'; index: number };
 
 export interface LocalStatus {
   name: string;
@@ -49,7 +59,11 @@ export interface LocalStatus {
   reason: string;
   leader: string | null;
   digest: string;
+  /** Milliseconds since an authenticated message last came from each peer (absent: never). */
+  heardMsAgo: Record<string, number>;
   stats: Record<string, number | boolean>;
+  /** Counters and latency buckets for /metrics (protocol/metrics-wire.ts). */
+  metrics: ReplicaMetrics;
 }
 
 function transportStats(t: PeerTransport): Record<string, number> {
@@ -79,6 +93,7 @@ export class FleetReplica {
   private timer?: NodeJS.Timeout;
   private closed = false;
   readonly io = { persistMs: 0, steps: 0 };
+  private readonly snapshots = { count: 0, lastBytes: 0, totalBytes: 0 };
   /** The host's clock, which a hostile host may run fast, slow or jump (the `clock` fault). */
   private clock = { realAt: Date.now(), at: Date.now(), rate: 1 };
 
@@ -141,7 +156,10 @@ export class FleetReplica {
   }
 
   status(): LocalStatus {
-    return { name: this.o.name, ...this.core.status(), stats: { ...this.core.stats, ...this.io, ...transportStats(this.o.transport) } };
+    return {
+      name: this.o.name, ...this.core.status(), stats: { ...this.core.stats, ...this.io, ...transportStats(this.o.transport) },
+      metrics: { ...this.core.metrics(), token: this.o.tokenReport?.() ?? {}, snapshots: { ...this.snapshots } },
+    };
   }
 
   /** A device request that reached this replica (from the fleet's HTTP front). */
@@ -181,7 +199,12 @@ export class FleetReplica {
           });
           break;
         }
-        case 'compact': this.onDisk(() => this.store.compact(o.index, o.snapshot)); break;
+        case 'compact':
+          this.snapshots.count++;
+          this.snapshots.lastBytes = o.snapshot.length;
+          this.snapshots.totalBytes += o.snapshot.length;
+          this.onDisk(() => this.store.compact(o.index, o.snapshot));
+          break;
         case 'wipe': this.onDisk(() => this.store.wipe()); break;
         case 'send': this.o.transport.send(o.to, o.bytes); break;
         case 'reply': {
@@ -192,6 +215,7 @@ export class FleetReplica {
         }
         case 'health': this.o.onEvent?.({ kind: 'health', healthy: o.healthy, code: o.code, reason: o.reason }); break;
         case 'leader': this.o.onEvent?.({ kind: 'leader', term: o.term }); break;
+        case 'role': this.o.onEvent?.({ kind: 'role', role: o.role, term: o.term, leader: o.leader }); break;
         case 'rejoined': this.say(`rejoined at ${o.index}`); this.o.onEvent?.({ kind: 'rejoined', index: o.index }); break;
         case 'log': this.say(o.line); break;
         case 'resume': this.step({ kind: 'resume', now: this.now() }); break;

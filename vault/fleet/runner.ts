@@ -4,17 +4,19 @@
 // ReplicaHosts implementation only starts, stops, asks and copies replicas (fleet.ts for threads,
 // process-fleet.ts for processes). Types: fleet-types.ts. Design: docs/fleet.md.
 import { cpSync, rmSync } from 'node:fs';
-import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { BkvError, InputError } from '../../protocol/errors.ts';
 import { REGION_HEADER, RELAY_PATH } from '../../protocol/relay.ts';
 import type { FleetState } from '../../softhsm/state.ts';
-import { refuseUnauthorizedRelay, sendBody, serveRelay } from '../agent/http.ts';
+import { createFront, listenFront, refuseUnauthorizedRelay, relayRefusal, sendBody, serveRelay } from '../agent/http.ts';
 import { replicaDbDir } from '../agent/replica.ts';
 import type { Outcome } from '../replica/core.ts';
 import { startOperatorListener } from './admin-routes.ts';
-import { type Fleet, type FleetEvent, type FleetFault, type ReplicaControl, type ReplicaStatus, type StartFleetOptions } from './fleet-types.ts';
+import { type ActiveFault, type Fleet, type FleetEvent, type FleetFault, type FleetStatusReport, type ReplicaControl, type ReplicaStatus, type StartFleetOptions } from './fleet-types.ts';
+import { fleetView } from './fleet-view.ts';
+import { VaultMetrics } from '../agent/metrics.ts';
+import { HEALTH_PATH } from '../agent/server.ts';
 import type { LocalStatus } from './replica.ts';
 import { EntryRouter } from './router.ts';
 
@@ -37,6 +39,8 @@ export interface ReplicaHosts {
   links?: {
     partition(groups: string[][]): void; heal(): void; isolate(name: string): void; block(from: string, to: string): void;
     degrade(name: string, opts: { lossRate?: number; extraDelayMs?: number }): void;
+    blocked(from: string, to: string): boolean;
+    degradation(name: string): { lossRate: number; extraDelayMs: number };
   };
   /** Token and clock faults inside a running replica, where the host can reach in (threads); else refused. */
   control?(name: string, c: ReplicaControl): Promise<void>;
@@ -53,12 +57,24 @@ export function fleetNames(state: FleetState, opts: StartFleetOptions): string[]
   return names;
 }
 
-export function emitter(opts: StartFleetOptions): (e: FleetEvent) => void {
-  return (e) => { try { opts.onEvent?.(e); } catch { /* an observer must not break the fleet */ } };
+/** The event sink hosts and the runner share: the caller's onEvent, and the runner's own observers. */
+export type Emit = ((e: FleetEvent) => void) & { also(f: (e: FleetEvent) => void): void };
+
+export function emitter(opts: StartFleetOptions): Emit {
+  const observers: ((e: FleetEvent) => void)[] = [];
+  const emit = ((e: FleetEvent) => {
+    for (const f of [opts.onEvent, ...observers]) {
+      try { f?.(e); } catch { /* an observer must not break the fleet */ }
+    }
+  }) as Emit;
+  emit.also = (f) => { observers.push(f); };
+  return emit;
 }
 
 /** Starts every replica on `hosts`, then the front; on a failed start, stops what started. */
-export async function startRunner(state: FleetState, names: string[], hosts: ReplicaHosts, opts: StartFleetOptions, emit: (e: FleetEvent) => void): Promise<Fleet> {
+export async function startRunner(state: FleetState, names: string[], hosts: ReplicaHosts, opts: StartFleetOptions, emit: Emit): Promise<Fleet> {
+  const metrics = new VaultMetrics();
+  emit.also((e) => { if (e.kind === 'leader') metrics.leaderChange(e.replica); });
   let akeKeys: Record<string, string> = {};
   try {
     for (const keys of await Promise.all(names.map((n) => hosts.start(n)))) akeKeys = keys;
@@ -84,24 +100,69 @@ export async function startRunner(state: FleetState, names: string[], hosts: Rep
   };
   const router = new EntryRouter(names, (n) => hosts.isRunning(n), async () => [...(await statuses()).values()]);
   const leaderOf = (st: Map<string, LocalStatus>) => [...st.values()].filter((s) => s.role === 'leader').sort((a, b) => b.term - a.term)[0];
+  const electionMs = opts.electionTimeoutMs ?? 1000;
+  // The operator's faults still in force, in the order asked: what `fleet status` lists.
+  let active: ActiveFault[] = [];
+  const report = async (): Promise<FleetStatusReport> => {
+    const st = await statuses();
+    const l = hosts.links;
+    const view = fleetView({
+      names, reports: st, running: (n) => hosts.isRunning(n), electionMs,
+      links: l ? { blocked: (a, b) => l.blocked(a, b), lossRate: (n) => l.degradation(n).lossRate } : undefined,
+    });
+    const leaderCommit = leaderOf(st)?.commitIndex;
+    const replicas = names.map((n): ReplicaStatus => {
+      const s = st.get(n);
+      const v = view.verdicts.get(n)!;
+      const verdict = { serves: v.serves, servesNot: v.servesNot, reachesLeader: v.reachesLeader, reachable: v.reachable };
+      if (!s) return { name: n, region: n, role: 'down', term: 0, commitIndex: 0, appliedIndex: 0, lag: -1, healthy: false, reason: hosts.isRunning(n) ? 'NOT_RESPONDING' : 'CRASHED', leader: null, ...verdict };
+      return {
+        name: n, region: n, role: s.role, term: s.term, commitIndex: s.commitIndex, appliedIndex: s.appliedIndex,
+        lag: leaderCommit === undefined ? -1 : Math.max(0, leaderCommit - s.appliedIndex), healthy: s.healthy, reason: s.reason, leader: s.leader,
+        lastIndex: s.lastIndex, digest: s.digest, stats: s.stats, heardMsAgo: s.heardMsAgo, ...verdict,
+      };
+    });
+    return { replicas, faults: active.map((f) => ({ ...f, replicas: [...f.replicas] })), leader: view.leader, electionMs };
+  };
+  const noteFault = (f: FleetFault, by: string): void => {
+    const since = new Date().toISOString();
+    const add = (replicas: string[], what: string) => active.push({ op: f.op, replicas, what, since, by });
+    const drop = (op: FleetFault['op'], replica: string) => { active = active.filter((a) => !(a.op === op && a.replicas[0] === replica)); };
+    switch (f.op) {
+      case 'partition': add(f.groups.flat(), f.groups.map((g) => `{${g.join(', ')}}`).join(' | ')); break;
+      case 'isolate': add([f.replica], `${f.replica} cut off from every replica`); break;
+      case 'block': add([f.from, f.to], `${f.from} -> ${f.to} cut (one way)`); break;
+      case 'heal': active = active.filter((a) => !['partition', 'isolate', 'block', 'degrade'].includes(a.op)); break;
+      case 'crash': drop('crash', f.replica); add([f.replica], `${f.replica} crashed`); break;
+      case 'restart': drop('crash', f.replica); break;
+      case 'degrade': {
+        drop('degrade', f.replica);
+        const loss = f.lossRate ?? 0, delay = f.extraDelayMs ?? 0;
+        if (loss > 0 || delay > 0) add([f.replica], `${f.replica} slow or lossy: ${Math.round(loss * 100)} % loss, +${delay} ms`);
+        break;
+      }
+      case 'token': {
+        drop('token', f.replica);
+        const fail = f.failureRate ?? 0, slow = f.latencyRate ?? 0;
+        if (fail > 0 || slow > 0) add([f.replica], `${f.replica}'s token fails ${Math.round(fail * 100)} % of calls, stalls ${Math.round(slow * 100)} %`);
+        break;
+      }
+      case 'clock': {
+        drop('clock', f.replica);
+        const rate = f.rate ?? 1, off = f.offsetMs ?? 0;
+        if (rate !== 1 || off !== 0) add([f.replica], `${f.replica}'s clock runs at ${rate}x${off ? `, jumped ${off} ms` : ''}`);
+        break;
+      }
+      case 'snapshotDisk': break;
+    }
+  };
 
   const fleet: Fleet = {
     url: '',
     replicas: [...names],
     akePublicKeys: () => ({ ...akeKeys }),
-    async status(): Promise<ReplicaStatus[]> {
-      const st = await statuses();
-      const leaderCommit = leaderOf(st)?.commitIndex;
-      return names.map((n) => {
-        const s = st.get(n);
-        if (!s) return { name: n, region: n, role: 'down', term: 0, commitIndex: 0, appliedIndex: 0, lag: -1, healthy: false, reason: hosts.isRunning(n) ? 'NOT_RESPONDING' : 'CRASHED', leader: null };
-        return {
-          name: n, region: n, role: s.role, term: s.term, commitIndex: s.commitIndex, appliedIndex: s.appliedIndex,
-          lag: leaderCommit === undefined ? -1 : Math.max(0, leaderCommit - s.appliedIndex), healthy: s.healthy, reason: s.reason, leader: s.leader,
-          lastIndex: s.lastIndex, digest: s.digest, stats: s.stats,
-        };
-      });
-    },
+    async status(): Promise<ReplicaStatus[]> { return (await report()).replicas; },
+    faults: () => active.map((f) => ({ ...f, replicas: [...f.replicas] })),
     async leader() { return leaderOf(await statuses())?.name; },
     partition(groups) {
       for (const g of groups) for (const n of g) known(n);
@@ -151,7 +212,20 @@ export async function startRunner(state: FleetState, names: string[], hosts: Rep
     },
   };
 
-  const handleFault = async (f: FleetFault): Promise<unknown> => {
+  // Every fault request is logged (FleetEvent 'fault': who, what, done or refused) and, once done,
+  // kept in the list of faults in force.
+  const handleFault = async (f: FleetFault, by: string): Promise<unknown> => {
+    try {
+      const answer = await applyFault(f);
+      noteFault(f, by);
+      emit({ kind: 'fault', by, fault: f, ok: true });
+      return answer;
+    } catch (e) {
+      emit({ kind: 'fault', by, fault: f, ok: false, code: e instanceof BkvError ? e.code : 'FAULT_FAILED' });
+      throw e;
+    }
+  };
+  const applyFault = async (f: FleetFault): Promise<unknown> => {
     const str = (v: unknown, what: string): string => {
       if (typeof v !== 'string') throw new InputError(`${what} must be a replica name`, 'BAD_FAULT');
       return v;
@@ -205,24 +279,28 @@ export async function startRunner(state: FleetState, names: string[], hosts: Rep
     }
   };
 
-  const server = createServer((req, res) => {
+  const server = createFront((req, res) => {
     void (async () => {
+      // As the single vault's: whether the fleet serves (a leader in contact with a quorum), no key needed.
+      if (req.url === HEALTH_PATH && req.method === 'GET') {
+        const r = await report();
+        const serving = r.replicas.filter((x) => x.serves).length;
+        return sendBody(res, r.leader ? 200 : 503, 'application/json', JSON.stringify({ healthy: r.leader !== null, leader: r.leader, serving, replicas: r.replicas.length, quorum: Math.floor(r.replicas.length / 2) + 1 }));
+      }
       if (refuseUnauthorizedRelay(req, res, opts.relayKey)) return;
       if (req.url !== RELAY_PATH || req.method !== 'POST') return sendBody(res, 404, 'application/json', JSON.stringify({ code: 'NOT_FOUND' }));
       const hint = req.headers[REGION_HEADER];
       await serveRelay(req, res, 'vault fleet', async (user, body) => {
+        const t0 = performance.now();
         const name = router.pick(body, typeof hint === 'string' ? hint : undefined);
-        if (!name) return { ok: false, code: 'NO_REPLICA' };
-        return hosts.request(name, user, body);
+        const o: Outcome = name ? await hosts.request(name, user, body) : { ok: false, code: 'NO_REPLICA' };
+        metrics.request(body, o.ok, o.ok ? undefined : o.code, (performance.now() - t0) / 1000);
+        return o;
       });
     })().catch(() => sendBody(res, 500, 'application/json', JSON.stringify({ code: 'INTERNAL' })));
-  });
-  server.keepAliveTimeout = 5_000;
+  }, relayRefusal, opts.frontLimits);
   try {
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(opts.port ?? 0, '127.0.0.1', () => resolve());
-    });
+    await listenFront(server, opts.port ?? 0);
   } catch (e) {
     router.close();
     await hosts.close();
@@ -230,7 +308,12 @@ export async function startRunner(state: FleetState, names: string[], hosts: Rep
   }
   fleet.url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
   if (opts.operatorKey !== undefined) {
-    const op = await startOperatorListener({ status: () => fleet.status(), fault: opts.faultEndpoint ? handleFault : undefined }, opts.operatorKey);
+    const scrape = async (): Promise<{ type: string; text: string }> => {
+      const st = await statuses();
+      for (const [n, s] of st) if (s.metrics) metrics.absorb(n, s.metrics);
+      return { type: metrics.contentType, text: await metrics.text() };
+    };
+    const op = await startOperatorListener({ status: report, metrics: scrape, fault: opts.faultEndpoint ? handleFault : undefined, refused: (f, by, code) => emit({ kind: 'fault', by, fault: f, ok: false, code }) }, opts.operatorKey, 0, opts.metricsKey);
     fleet.operatorUrl = op.url;
     operator = op;
   }

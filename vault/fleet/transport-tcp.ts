@@ -10,6 +10,7 @@
 // dialler's reconnect gives a fresh handshake. Nothing here throws for network conditions.
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import type { Token } from '../../hsm-adapter/token.ts';
+import { listenError } from '../../protocol/errors.ts';
 import { ChannelError, SecureChannel, type ChannelConfig } from './channel.ts';
 import {
   TransportError, cloneStats, countDrop, deliver, emptyStats,
@@ -146,9 +147,11 @@ export class TcpTransport implements PeerTransport {
   static async start(opts: TcpTransportOptions): Promise<TcpTransport> {
     const t = new TcpTransport(opts);
     await new Promise<void>((resolve, reject) => {
-      t.server.once('error', reject);
-      t.server.listen(opts.listen?.port ?? 0, opts.listen?.host ?? '127.0.0.1', () => {
-        t.server.off('error', reject);
+      const host = opts.listen?.host ?? '127.0.0.1', port = opts.listen?.port ?? 0;
+      const onError = (e: unknown) => reject(listenError(e, host, port));
+      t.server.once('error', onError);
+      t.server.listen(port, host, () => {
+        t.server.off('error', onError);
         resolve();
       });
     });

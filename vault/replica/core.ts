@@ -24,6 +24,7 @@ import type { Token } from '../../hsm-adapter/token.ts';
 import { BkvError } from '../../protocol/errors.ts';
 import type { Opaque } from '../../protocol/opaque/index.ts';
 import type { WireSuite } from '../../protocol/wire.ts';
+import { emptyBuckets, observeInto, type ReplicaMetrics } from '../../protocol/metrics-wire.ts';
 import {
   RaftNode, bootstrapStorage, decodeEntry, decodeHardState, decodeMessage, decodeSnapshot, emptyStorage,
   encodeEntry, encodeHardState, encodeMessage, encodeSnapshot,
@@ -89,6 +90,8 @@ export type CoreOutput =
   | { kind: 'reply'; rid: number; outcome: Outcome }
   | { kind: 'health'; healthy: boolean; code: string; reason: string }
   | { kind: 'leader'; term: number }
+  /** The role or the leader this replica follows changed (an operator's audit line, not a rule). */
+  | { kind: 'role'; role: ReplicaRole; term: number; leader: string | null }
   | { kind: 'rejoined'; index: number }
   | { kind: 'log'; line: string }
   /** Step `resume` once the outputs before this one are under way. */
@@ -214,10 +217,17 @@ export class ReplicaCore {
 
   // --- requests
   private soft: SoftState = { leader: null, role: 'follower', term: 0 };
+  /**
+   * When an authenticated message last came from each peer (this core's clock): what this replica
+   * itself observes of the network, whatever the host claims about its links (fleet status).
+   */
+  private readonly lastHeard = new Map<string, number>();
   private health = { healthy: true, code: '', reason: '' };
   private parked: Req[] = [];
   private readonly waiting = new Map<number, Req>();
-  private readonly proposals = new Map<number, { term: number; tag: number }>();
+  private readonly proposals = new Map<number, { term: number; tag: number; at: number }>();
+  /** Leader side: append-to-apply time of this instance's own proposals (metrics; never a decision). */
+  private readonly commitBuckets = emptyBuckets();
   private readonly reads = new Map<string, { index: number; body: Uint8Array; req: Req }>();
   private readonly forwarded = new Map<number, { to: string; req: Req; expires: number }>();
   private readSeq = 0;
@@ -259,13 +269,20 @@ export class ReplicaCore {
     return `ROLLED_BACK: ${what} at ${this.floor}; re-replicating, ${votes} until the fleet's commit passes ${this.floor} (waiting for a replica that holds it)`;
   }
 
-  status(): { role: ReplicaRole; term: number; commitIndex: number; lastIndex: number; appliedIndex: number; healthy: boolean; reason: string; leader: string | null; digest: string } {
+  /** This core's part of the replica's metrics report (commit latency, applied effects). */
+  metrics(): Pick<ReplicaMetrics, 'commit' | 'effects'> {
+    return { commit: structuredClone(this.commitBuckets), effects: { ...this.gate.effects } };
+  }
+
+  status(): { role: ReplicaRole; term: number; commitIndex: number; lastIndex: number; appliedIndex: number; healthy: boolean; reason: string; leader: string | null; digest: string; heardMsAgo: Record<string, number> } {
     const n = this.node;
     const role: ReplicaRole = !n ? 'down' : this.rejoining ? 'rejoining' : n.softState().role;
     const h = this.health;
+    const heardMsAgo: Record<string, number> = {};
+    for (const [peer, at] of this.lastHeard) heardMsAgo[peer] = Math.max(0, this.now - at);
     return {
       role, term: n?.currentTerm ?? 0, commitIndex: n?.commitIndex ?? 0, lastIndex: n?.lastIndex ?? 0, appliedIndex: this.applied,
-      healthy: h.healthy, leader: n?.leader ?? null, digest: this.firmware.digest(),
+      healthy: h.healthy, leader: n?.leader ?? null, digest: this.firmware.digest(), heardMsAgo,
       reason: !h.healthy ? `${h.code}: ${h.reason}` : this.rejoining && this.diskNote ? `${this.diskNote}; ${this.rejoinReason}` : this.rejoinReason,
     };
   }
@@ -564,6 +581,7 @@ export class ReplicaCore {
       this.stats.badPeer++;
       return;
     }
+    this.lastHeard.set(from, this.now);
     switch (m.kind) {
       case 'raft': {
         let rm: Message;
@@ -739,7 +757,7 @@ export class ReplicaCore {
     // Refused before it reached the log: nothing can commit from it, so the request may be tried
     // again on the new leader. (Lost later means "appended, outcome unknown": NOT_LEADER.)
     if (!r || !r.ok) { this.runFw({ kind: 'proposalFailed', tag, code: NOT_APPENDED }); return; }
-    this.proposals.set(r.index, { term: r.term, tag });
+    this.proposals.set(r.index, { term: r.term, tag, at: this.now });
   }
 
   // ---------------------------------------------------------------- the Ready loop
@@ -892,6 +910,7 @@ export class ReplicaCore {
         this.proposals.delete(e.index);
         // Another term's entry took the index: our proposal is gone (an Attempt that did commit elsewhere stays charged).
         if (p.term !== e.term) this.runFw({ kind: 'proposalFailed', tag: p.tag, code: 'NOT_LEADER' });
+        else observeInto(this.commitBuckets, Math.max(0, this.now - p.at) / 1000);
       }
     }
     for (const rs of rd.readStates) {
@@ -955,6 +974,7 @@ export class ReplicaCore {
       this.say(`leader in term ${s.term}`);
       this.out.push({ kind: 'leader', term: s.term });
     }
+    if (s.role !== prev.role || s.leader !== prev.leader) this.out.push({ kind: 'role', role: s.role, term: s.term, leader: s.leader });
   }
 
   private runCompaction(): void {

@@ -621,7 +621,7 @@ export class VaultCluster {
         case 'resume': this.step(r, { kind: 'resume', now: this.now }); break;
         case 'membership': this.lastMembership = o.ok ? 'ok' : o.code; break;
         case 'rejoined': r.lostData = false; break;
-        case 'leader': case 'log': break;
+        case 'leader': case 'role': case 'log': break;
       }
     }
   }
