@@ -99,6 +99,11 @@ export async function startRunner(state: FleetState, names: string[], hosts: Rep
     return out;
   };
   const router = new EntryRouter(names, (n) => hosts.isRunning(n), async () => [...(await statuses()).values()]);
+  emit.also((e) => {
+    if (e.kind === 'role') router.note(e.replica, { role: e.role, leader: e.leader });
+    else if (e.kind === 'health') router.note(e.replica, { healthy: e.healthy });
+    else if (e.kind === 'crashed') router.note(e.replica, { role: 'down', leader: null, healthy: false });
+  });
   const leaderOf = (st: Map<string, LocalStatus>) => [...st.values()].filter((s) => s.role === 'leader').sort((a, b) => b.term - a.term)[0];
   const electionMs = opts.electionTimeoutMs ?? 1000;
   // The operator's faults still in force, in the order asked: what `fleet status` lists.
