@@ -6,7 +6,8 @@
 import pkcs11 from 'pkcs11js';
 import { FLEET_AKE_AAD, KeyLabels, type SealScheme } from '../hsm-adapter/token.ts';
 import { TokenError, toTokenError } from '../hsm-adapter/errors.ts';
-import { loadModule } from '../hsm-adapter/module.ts';
+import { defaultModulePath, loadModule } from '../hsm-adapter/module.ts';
+import { parseTokenSpec } from '../hsm-adapter/uri.ts';
 import { openToken, mechanismName, requiredMechanisms, sealSchemeMechanisms, type Pkcs11Token } from '../hsm-adapter/pkcs11-token.ts';
 import { BkvError } from '../protocol/errors.ts';
 import { backendStatus, type BackendId } from '../protocol/opaque/index.ts';
@@ -282,7 +283,7 @@ export function doctorFleet(opts: FleetDoctorOptions): DoctorReport {
   const state = loadState(opts.stateDir);
   activateSoftHsmConf(state);
   const report = newReport('fleet', state.modulePath, state.stateDir);
-  report.library = libraryInfo(state.modulePath);
+  report.library = libraryInfo(state.modulePath, state.moduleArgs);
   const open: Pkcs11Token[] = [];
   try {
     for (const rep of state.replicas) {
@@ -291,7 +292,7 @@ export function doctorFleet(opts: FleetDoctorOptions): DoctorReport {
       const recorded = state.sealSchemeFor(rep.tokenLabel);
       const scheme = opts.sealScheme ?? recorded;
       const openWith = (sealScheme: SealScheme | 'auto') =>
-        openToken({ modulePath: state.modulePath, token: rep.tokenLabel, pin: state.pinFor(rep.tokenLabel), sealScheme, requireMechanisms: false });
+        openToken({ ...state.tokenOptions(rep.tokenLabel), sealScheme, requireMechanisms: false });
       const t = openFor(r, () => openWith(scheme));
       if (!t) continue;
       open.push(t);
@@ -343,20 +344,34 @@ export function doctorFleet(opts: FleetDoctorOptions): DoctorReport {
 }
 
 export interface TokenDoctorOptions {
-  modulePath: string;
+  /** Default: the URI's module-path, then BKV_PKCS11_MODULE, then SoftHSM2. */
+  modulePath?: string;
   token: string;
   pin?: string;
   moduleArgs?: string;
   sealScheme?: SealScheme | 'auto';
 }
 
+/**
+ * The module a token spec names: --module and a URI's module-path must agree (two different
+ * modules would mean the report describes another library than the one the token was opened in).
+ */
+export function tokenModulePath(token: string, modulePath?: string): string {
+  const fromUri = parseTokenSpec(token).modulePath;
+  if (modulePath !== undefined && fromUri !== undefined && modulePath !== fromUri) {
+    throw new TokenError('BAD_TOKEN_URI', `the URI's module-path (${fromUri}) differs from --module (${modulePath}); give one`, { operation: 'open' });
+  }
+  return modulePath ?? fromUri ?? defaultModulePath();
+}
+
 /** Doctor for one token of any PKCS#11 module: checks what exists, reports missing bkv objects. */
 export function doctorToken(opts: TokenDoctorOptions): DoctorReport {
-  const report = newReport('token', opts.modulePath);
-  report.library = libraryInfo(opts.modulePath, opts.moduleArgs);
+  const modulePath = tokenModulePath(opts.token, opts.modulePath);
+  const report = newReport('token', modulePath);
+  report.library = libraryInfo(modulePath, opts.moduleArgs);
   const r: TokenReport = { tokenLabel: opts.token, opened: false, checks: [] };
   report.tokens.push(r);
-  const t = openFor(r, () => openToken({ ...opts, requireMechanisms: false }));
+  const t = openFor(r, () => openToken({ ...opts, modulePath, requireMechanisms: false }));
   if (t) {
     try {
       r.tokenLabel = t.label;

@@ -26,6 +26,8 @@ export interface ProvisionOptions {
   /** Destroy an existing state directory's tokens, PINs and manifest and start over. */
   force?: boolean;
   modulePath?: string;
+  /** String for C_Initialize (NSS softoken's configdir=...); recorded in fleet.json for every later command. */
+  moduleArgs?: string;
   /** Seal scheme for the tokens (default 'auto': AES-GCM where offered). Recorded in fleet.json. */
   sealScheme?: SealScheme | 'auto';
   onProgress?: (message: string) => void;
@@ -122,6 +124,7 @@ export async function provision(opts: ProvisionOptions): Promise<ProvisionReport
   const count = opts.replicas ?? existing?.replicas.length ?? 5;
   const names = replicaNames(count);
   const modulePath = opts.modulePath ?? existing?.modulePath ?? defaultModulePath();
+  const moduleArgs = opts.moduleArgs ?? (opts.force ? undefined : existing?.moduleArgs);
 
   if (existing && !opts.force) {
     const had = existing.replicas.map((r) => r.name);
@@ -163,7 +166,7 @@ export async function provision(opts: ProvisionOptions): Promise<ProvisionReport
     did(`wrote the PIN file ${p.pins} (mode 0600)`);
   }
 
-  const mod = loadModule(modulePath);
+  const mod = loadModule(modulePath, moduleArgs);
   if (existing && !opts.force) {
     // The fleet was complete once: a token that is gone took fleet secrets no other token can give
     // up, so a fresh token in its place could never join. Say so before touching anything.
@@ -191,7 +194,7 @@ export async function provision(opts: ProvisionOptions): Promise<ProvisionReport
       if (opts.sealScheme && opts.sealScheme !== 'auto' && recorded.has(name) && recorded.get(name) !== opts.sealScheme) {
         throw new StateError('FLEET_MISMATCH', `token '${name}' was provisioned with seal scheme ${recorded.get(name)}; use --force to change it`);
       }
-      tokens.push(openToken({ modulePath, token: name, pin: pins.tokens[name].user, sealScheme }));
+      tokens.push(openToken({ modulePath, moduleArgs, token: name, pin: pins.tokens[name].user, sealScheme }));
     }
     const presence = tokens.map((t) => fleetSecretPresence(t));
     // Checked before any key is made, so a refusal changes nothing.
@@ -242,6 +245,7 @@ export async function provision(opts: ProvisionOptions): Promise<ProvisionReport
       version: 1,
       createdAt: existing && !opts.force ? existing.createdAt : new Date().toISOString(),
       modulePath,
+      ...(moduleArgs ? { moduleArgs } : {}),
       conf: relative(p.dir, p.conf),
       replicas,
       kcv: kcvs[0],

@@ -38,6 +38,11 @@ export interface FleetManifest {
   version: 1;
   createdAt: string;
   modulePath: string;
+  /**
+   * The string handed to C_Initialize (NSS softoken's configdir=..., vendor strings). Absent for
+   * modules that take none (SoftHSM2), so a manifest written before it existed reads the same.
+   */
+  moduleArgs?: string;
   /** Relative to the state directory. */
   conf: string;
   replicas: ManifestReplica[];
@@ -49,8 +54,12 @@ export interface FleetState {
   stateDir: string;
   confPath: string;
   modulePath: string;
+  /** Module arguments recorded at provisioning (undefined: none). */
+  moduleArgs: string | undefined;
   replicas: ReplicaInfo[];
   manifest: FleetManifest;
+  /** Everything openToken needs for this token: module, its arguments, PIN, seal scheme. */
+  tokenOptions(tokenLabel: string): { modulePath: string; moduleArgs?: string; token: string; pin: string; sealScheme: SealScheme };
   /** User PIN of a token: from the state's PIN file, else BKV_PIN. Never log it. */
   pinFor(tokenLabel: string): string;
   /** Seal scheme recorded for a token at provisioning. */
@@ -116,6 +125,7 @@ export function readManifest(path: string): FleetManifest | undefined {
   const ok =
     m?.version === 1 &&
     typeof m.modulePath === 'string' &&
+    (m.moduleArgs === undefined || typeof m.moduleArgs === 'string') &&
     Array.isArray(m.replicas) &&
     m.replicas.length > 0 &&
     m.replicas.every((r) => typeof r?.name === 'string' && typeof r.tokenLabel === 'string') &&
@@ -141,10 +151,21 @@ export function loadState(stateDir: string): FleetState {
   }
   const pins = readPinFile(p.pins);
   const schemes = new Map(manifest.replicas.map((r) => [r.tokenLabel, r.sealScheme ?? 'aes-256-gcm'] as const));
+  const moduleArgs = manifest.moduleArgs || undefined;
   return {
     stateDir: p.dir,
     confPath,
     modulePath: manifest.modulePath,
+    moduleArgs,
+    tokenOptions(tokenLabel: string) {
+      return {
+        modulePath: manifest.modulePath,
+        ...(moduleArgs !== undefined ? { moduleArgs } : {}),
+        token: tokenLabel,
+        pin: this.pinFor(tokenLabel),
+        sealScheme: this.sealSchemeFor(tokenLabel),
+      };
+    },
     replicas: manifest.replicas.map(({ name, tokenLabel }) => ({ name, tokenLabel })),
     manifest,
     pinFor(tokenLabel: string): string {

@@ -4,7 +4,7 @@ import { provision } from '../../softhsm/provision.ts';
 import { finalizeModule } from '../../hsm-adapter/module.ts';
 import type { SealScheme } from '../../hsm-adapter/token.ts';
 
-const help = `usage: bkv provision [--replicas N] [--state DIR] [--module PATH] [--seal-scheme S] [--force] [--json]
+const help = `usage: bkv provision [--replicas N] [--state DIR] [--module PATH] [--module-args S] [--seal-scheme S] [--force] [--json]
 
 Creates (or completes) a SoftHSM2 fleet in DIR (default .bkv/): softhsm2.conf with its own token
 directory, one token per replica labelled by data center (us-east, us-west, eu-west, ap-southeast,
@@ -17,6 +17,8 @@ Running it again on a complete fleet changes nothing. Nothing is destroyed witho
   --replicas N     number of replicas (default 5, or the existing fleet's size)
   --state DIR      state directory (default .bkv in the working directory)
   --module PATH    PKCS#11 module (default BKV_PKCS11_MODULE or ${'/usr/lib/softhsm/libsofthsm2.so'})
+  --module-args S  string handed to C_Initialize for modules that need one (NSS softoken:
+                   configdir=...); recorded in fleet.json, so serve, fleet up and doctor use it
   --seal-scheme S  auto (default) | aes-256-gcm | aes-256-cbc-hmac-sha256 (recorded in fleet.json)
   --force          destroy an existing fleet in DIR and provision a new one
   --json           print the report as JSON`;
@@ -30,6 +32,7 @@ export const command: Command = {
       replicas: { type: 'string' },
       state: { type: 'string' },
       module: { type: 'string' },
+      'module-args': { type: 'string' },
       force: { type: 'boolean' },
       json: { type: 'boolean' },
       'seal-scheme': { type: 'string' },
@@ -50,6 +53,7 @@ export const command: Command = {
         replicas,
         force: values.force === true,
         modulePath: values.module,
+        moduleArgs: values['module-args'],
         sealScheme: sealScheme as SealScheme | 'auto' | undefined,
         onProgress: json ? undefined : (m) => console.log(`  ${m}`),
       });

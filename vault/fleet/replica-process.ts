@@ -148,7 +148,7 @@ export async function main(argv: string[]): Promise<number> {
       }
       throw e;
     }
-    token = await withTokenRetry(() => openToken({ modulePath: state.modulePath, token: info!.tokenLabel, pin: state.pinFor(info!.tokenLabel), sealScheme: state.sealSchemeFor(info!.tokenLabel) }), log);
+    token = await withTokenRetry(() => openToken(state.tokenOptions(info!.tokenLabel)), log);
     transport = await TcpTransport.start({
       fleetId: fleetIdOf(state), self: c.name, token, pins: peers.pins,
       listen: c.listen, peers: peers.addresses,

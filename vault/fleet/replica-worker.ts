@@ -18,6 +18,8 @@ export interface ReplicaWorkerData {
   name: string;
   voters: string[];
   modulePath: string;
+  /** Module arguments from fleet.json; the module is already initialised with them in this process. */
+  moduleArgs?: string;
   tokenLabel: string;
   pin: string;
   sealScheme: SealScheme;
@@ -58,7 +60,7 @@ const port = parentPort!;
 const post = (m: FromWorker, transfer?: ArrayBuffer[]) => port.postMessage(m, transfer ?? []);
 
 async function main(): Promise<void> {
-  const real = openToken({ modulePath: d.modulePath, token: d.tokenLabel, pin: d.pin, sealScheme: d.sealScheme });
+  const real = openToken({ modulePath: d.modulePath, moduleArgs: d.moduleArgs, token: d.tokenLabel, pin: d.pin, sealScheme: d.sealScheme });
   // Read at every call, so a control message changes the rates of the running wrapper. A pulled
   // token is left out: it would stay pulled for the rest of the run (a restart is the crash fault).
   const plan: FaultPlan = { seed: process.pid ^ d.name.length, failureRate: 0, latencyRate: 0, faults: ['CKR_DEVICE_ERROR', 'CKR_SESSION_HANDLE_INVALID'], stickyRemoval: false };
