@@ -28,6 +28,11 @@ export interface OpenTokenOptions {
    * (doctor describes such tokens); the missing operations then fail when called.
    */
   requireMechanisms?: boolean;
+  /**
+   * true (default): the token signs for a fleet replica, so ECDSA is required. false: a single vault,
+   * which never signs; sign() then fails with MECHANISM_MISSING where the token has no ECDSA.
+   */
+  signs?: boolean;
 }
 
 const mechNames = new Map<number, string>();
@@ -45,8 +50,13 @@ export const sealSchemeMechanisms: Record<SealScheme, number[]> = {
   'aes-256-gcm': [pkcs11.CKM_AES_GCM],
   'aes-256-cbc-hmac-sha256': [pkcs11.CKM_AES_CBC_PAD, pkcs11.CKM_SHA256_HMAC],
 };
-/** Mechanisms the vault needs whatever the seal scheme: OPRF (HMAC-SHA-512), HKDF (HMAC-SHA-256), identity. */
-export const requiredMechanisms = [pkcs11.CKM_SHA256_HMAC, pkcs11.CKM_SHA512_HMAC, pkcs11.CKM_ECDSA];
+/** Mechanisms the vault needs whatever the seal scheme and role: OPRF (HMAC-SHA-512), HKDF (HMAC-SHA-256). */
+export const requiredMechanisms = [pkcs11.CKM_SHA256_HMAC, pkcs11.CKM_SHA512_HMAC];
+/**
+ * What a fleet replica needs to sign its consensus traffic: either will do (CKM_ECDSA over a host
+ * digest otherwise). A single vault never signs, so its token need offer neither.
+ */
+export const signingMechanisms = [pkcs11.CKM_ECDSA_SHA256, pkcs11.CKM_ECDSA];
 
 const GCM_IV = 12;
 const GCM_TAG = 16;
@@ -63,8 +73,15 @@ const dataAttrs = (): pkcs11.Template => [{ type: pkcs11.CKA_APPLICATION }, { ty
 const CBC_MAC_PREFIX = Buffer.from('bkv seal cbc-hmac-sha256 v1\0');
 
 function asBuffer(u: Uint8Array): Buffer {
+  if (u.length === 0) return EMPTY;
   return Buffer.isBuffer(u) ? u : Buffer.from(u.buffer, u.byteOffset, u.byteLength);
 }
+// An empty input as a zero-length view into real memory: a bare empty Buffer reaches the module as a
+// NULL pointer, which SoftHSM2 refuses (CKR_ARGUMENTS_BAD, leaving the operation active), while a
+// non-NULL pointer with length 0 is what every module takes in a one-part call. The one-part call
+// (C_Encrypt, C_Sign) is the portable one: NSS refuses C_EncryptFinal for AES-GCM after C_EncryptInit
+// (CKR_OPERATION_NOT_INITIALIZED) and leaves the session stuck with the operation active.
+const EMPTY = Buffer.alloc(16).subarray(8, 8);
 
 /** The MAC key that pairs with an AES key in the fallback scheme: `record-key` -> `record-mac-key`. */
 export function macKeyLabelFor(keyLabel: string): string {
@@ -144,7 +161,7 @@ export class Pkcs11Token implements Token {
   readonly missingMechanisms: string[];
   readonly sealScheme: SealScheme;
   /** Whether ECDSA hashes in the token (CKM_ECDSA_SHA256) or on the host (CKM_ECDSA over a digest). */
-  readonly ecdsaMechanism: 'CKM_ECDSA_SHA256' | 'CKM_ECDSA';
+  readonly ecdsaMechanism: 'CKM_ECDSA_SHA256' | 'CKM_ECDSA' | undefined;
   private readonly lib: pkcs11.PKCS11;
   private readonly pin: string;
   private session: Buffer;
@@ -170,6 +187,8 @@ export class Pkcs11Token implements Token {
     }
     this.mechanisms = new Set(mechs);
     const missing = requiredMechanisms.filter((m) => !this.mechanisms.has(m)).map(mechanismName);
+    const canSign = signingMechanisms.some((m) => this.mechanisms.has(m));
+    if (opts.signs !== false && !canSign) missing.push(signingMechanisms.map(mechanismName).join(' or '));
     const wanted = opts.sealScheme ?? 'auto';
     const has = (s: SealScheme) => sealSchemeMechanisms[s].every((m) => this.mechanisms.has(m));
     let scheme: SealScheme;
@@ -192,7 +211,7 @@ export class Pkcs11Token implements Token {
       });
     }
     this.sealScheme = scheme;
-    this.ecdsaMechanism = this.mechanisms.has(pkcs11.CKM_ECDSA_SHA256) ? 'CKM_ECDSA_SHA256' : 'CKM_ECDSA';
+    this.ecdsaMechanism = this.mechanisms.has(pkcs11.CKM_ECDSA_SHA256) ? 'CKM_ECDSA_SHA256' : canSign ? 'CKM_ECDSA' : undefined;
     this.session = this.openSession();
   }
 
@@ -370,11 +389,7 @@ export class Pkcs11Token implements Token {
           { mechanism: pkcs11.CKM_AES_GCM, parameter: { type: pkcs11.CK_PARAMS_AES_GCM_v240, iv, ivBits: GCM_IV * 8, aad: asBuffer(aad), tagBits: GCM_TAG * 8 } as pkcs11.GcmParams },
           key,
         );
-        // An empty input reaches the module as a NULL pointer, which SoftHSM2 rejects; the
-        // one-part final call produces the same output (just the tag) for an empty plaintext.
-        const ct = plaintext.length
-          ? this.lib.C_Encrypt(s, asBuffer(plaintext), out.subarray(GCM_IV))
-          : this.lib.C_EncryptFinal(s, out.subarray(GCM_IV));
+        const ct = this.lib.C_Encrypt(s, asBuffer(plaintext), out.subarray(GCM_IV));
         if (ct.length !== plaintext.length + GCM_TAG) throw new Error(`unexpected ciphertext length ${ct.length}`);
       } catch (e) {
         throw this.fail(e, 'seal');
@@ -426,7 +441,7 @@ export class Pkcs11Token implements Token {
       this.lib.C_GenerateRandom(s, iv);
       this.lib.C_EncryptInit(s, { mechanism: pkcs11.CKM_AES_CBC_PAD, parameter: iv }, key);
       const dst = out.subarray(CBC_IV, CBC_IV + ctLen);
-      const ct = plaintext.length ? this.lib.C_Encrypt(s, asBuffer(plaintext), dst) : this.lib.C_EncryptFinal(s, dst);
+      const ct = this.lib.C_Encrypt(s, asBuffer(plaintext), dst);
       if (ct.length !== ctLen) throw new Error(`unexpected ciphertext length ${ct.length}`);
       this.macInto(macKey, aad, out.subarray(0, CBC_IV + ctLen), out.subarray(CBC_IV + ctLen));
     } catch (e) {
@@ -485,13 +500,16 @@ export class Pkcs11Token implements Token {
     try {
       this.lib.C_SignInit(s, { mechanism: sha512 ? pkcs11.CKM_SHA512_HMAC : pkcs11.CKM_SHA256_HMAC }, key);
       const out = Buffer.allocUnsafe(sha512 ? 64 : 32);
-      return data.length ? this.lib.C_Sign(s, asBuffer(data), out) : this.lib.C_SignFinal(s, out);
+      return this.lib.C_Sign(s, asBuffer(data), out);
     } catch (e) {
       throw this.fail(e, 'hmac');
     }
   }
 
   sign(keyLabel: string, data: Uint8Array): Uint8Array {
+    if (this.ecdsaMechanism === undefined) {
+      throw new TokenError('MECHANISM_MISSING', `token '${this.label}' offers no ECDSA (${signingMechanisms.map(mechanismName).join(' or ')}): it cannot sign for a fleet`, { operation: 'sign', tokenLabel: this.label });
+    }
     const key = this.handle(keyLabel, pkcs11.CKO_PRIVATE_KEY);
     const s = this.sessionHandle;
     try {
@@ -691,8 +709,12 @@ export class Pkcs11Token implements Token {
 
   // After a successful C_DecryptInit, these are how tokens report a bad tag or padding (SoftHSM2
   // says CKR_GENERAL_ERROR for a GCM tag mismatch). Device and session failures stay what they are,
-  // so a sick token is never mistaken for tampering or the other way round.
+  // so a sick token is never mistaken for tampering or the other way round. Either way the next call
+  // gets a fresh session: whether a failed C_Decrypt ended the operation differs between modules
+  // (SoftHSM2 keeps it active after CKR_BUFFER_TOO_SMALL, as the standard says), and a session left
+  // holding it fails every later C_DecryptInit with CKR_OPERATION_ACTIVE.
   private decryptFailure(e: unknown): TokenError {
+    this.sessionBroken = true;
     const rv = ckrOf(e);
     if (rv === pkcs11.CKR_ENCRYPTED_DATA_INVALID || rv === pkcs11.CKR_ENCRYPTED_DATA_LEN_RANGE || rv === pkcs11.CKR_GENERAL_ERROR || rv === pkcs11.CKR_FUNCTION_FAILED) {
       return this.openFailed(ckrName(rv));

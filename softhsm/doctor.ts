@@ -8,7 +8,7 @@ import { FLEET_AKE_AAD, KeyLabels, type SealScheme } from '../hsm-adapter/token.
 import { TokenError, toTokenError } from '../hsm-adapter/errors.ts';
 import { defaultModulePath, loadModule } from '../hsm-adapter/module.ts';
 import { parseTokenSpec } from '../hsm-adapter/uri.ts';
-import { openToken, mechanismName, requiredMechanisms, sealSchemeMechanisms, type Pkcs11Token } from '../hsm-adapter/pkcs11-token.ts';
+import { openToken, mechanismName, requiredMechanisms, sealSchemeMechanisms, signingMechanisms, type Pkcs11Token } from '../hsm-adapter/pkcs11-token.ts';
 import { BkvError } from '../protocol/errors.ts';
 import { backendStatus, type BackendId } from '../protocol/opaque/index.ts';
 import { activateSoftHsmConf, loadState } from './state.ts';
@@ -78,7 +78,7 @@ function newReport(mode: DoctorReport['mode'], modulePath: string, stateDir?: st
   return { ok: false, mode, ...(stateDir ? { stateDir } : {}), modulePath, tokens: [], fleetChecks: [], opaqueBackend: o.report, problems: [], warnings: o.warnings };
 }
 
-const neededNames = [...new Set([...requiredMechanisms, ...Object.values(sealSchemeMechanisms).flat()])];
+const neededNames = [...new Set([...requiredMechanisms, ...Object.values(sealSchemeMechanisms).flat(), ...signingMechanisms])];
 
 function attempt(checks: Check[], name: string, f: () => string | undefined | void): boolean {
   try {
@@ -223,7 +223,7 @@ function describeInto(t: Pkcs11Token, r: TokenReport, forced: boolean): void {
       : hasGcm
         ? 'AES-CBC-PAD + HMAC-SHA-256 encrypt-then-MAC, as provisioned (the token also offers CKM_AES_GCM)'
         : 'token lacks CKM_AES_GCM: AES-CBC-PAD + HMAC-SHA-256 encrypt-then-MAC';
-  r.ecdsa = t.ecdsaMechanism === 'CKM_ECDSA' ? 'CKM_ECDSA over a host SHA-256 digest' : 'CKM_ECDSA_SHA256';
+  r.ecdsa = t.ecdsaMechanism === undefined ? 'none (fine for a single vault; a fleet replica must sign)' : t.ecdsaMechanism === 'CKM_ECDSA' ? 'CKM_ECDSA over a host SHA-256 digest' : 'CKM_ECDSA_SHA256';
   if (t.missingMechanisms.length) {
     r.checks.push({ name: 'mechanisms', status: 'fail', detail: `lacks ${t.missingMechanisms.join(', ')}` });
   } else {

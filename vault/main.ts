@@ -55,7 +55,7 @@ export async function main(argv: string[]): Promise<number> {
       process.stderr.write(`no replica named ${JSON.stringify(flags.replica)} in ${state.stateDir} (have: ${state.replicas.map((r) => r.name).join(', ')})\n`);
       return 2;
     }
-    token = openToken(state.tokenOptions(info.tokenLabel));
+    token = openToken({ ...state.tokenOptions(info.tokenLabel), signs: false });
     replica = await Replica.open({ replicaId: info.name, token, dbDir: flags.db ?? replicaDbDir(state.stateDir, info.name), log });
     const server = await startVaultServer(replica, { port, log, relayKey: hopSecret(state.stateDir, 'relay') });
     process.stdout.write(`VAULT_URL=${server.url}\n`);

@@ -95,6 +95,29 @@ describe('the adapter adapts to the token\'s mechanisms', () => {
     }
   });
 
+  it('without ECDSA a fleet replica is refused, naming it, while a single vault (signs: false) runs', () => {
+    withDisabled(['CKM_ECDSA']);
+    let err: unknown;
+    try {
+      open();
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(TokenError);
+    expect((err as TokenError).code).toBe('MECHANISM_MISSING');
+    expect((err as TokenError).message).toMatch(/CKM_ECDSA_SHA256 or CKM_ECDSA/);
+    const t = openToken({ modulePath: fleet.state.modulePath, token: 'us-east', pin: fleet.state.pinFor('us-east'), signs: false });
+    try {
+      expect(t.ecdsaMechanism).toBeUndefined();
+      const aad = Buffer.from('aad');
+      expect(Buffer.from(t.open(KeyLabels.recordKey, t.seal(KeyLabels.recordKey, Buffer.from('single'), aad), aad)).toString()).toBe('single');
+      expect(t.hmac(KeyLabels.oprfSeed, 'sha512', Buffer.from('x')).length).toBe(64);
+      expect(() => t.sign(KeyLabels.replicaIdentity, Buffer.from('x'))).toThrow(expect.objectContaining({ code: 'MECHANISM_MISSING' }));
+    } finally {
+      t.close();
+    }
+  });
+
   it('with every mechanism back, AES-GCM is chosen again', () => {
     withDisabled(['CKM_SHA512_HMAC']);
     finalizeModule();
