@@ -33,6 +33,8 @@ export interface OpenTokenOptions {
    * which never signs; sign() then fails with MECHANISM_MISSING where the token has no ECDSA.
    */
   signs?: boolean;
+  /** Where bkv's data values live in this token (default 'data-object'); recorded in fleet.json. */
+  dataStore?: DataStore;
 }
 
 const mechNames = new Map<number, string>();
@@ -69,6 +71,21 @@ const DATA_HEADER = 8;
 const MAX_DATA_GENERATIONS = 16;
 // A fresh template each call: pkcs11js fills the one it is given.
 const dataAttrs = (): pkcs11.Template => [{ type: pkcs11.CKA_APPLICATION }, { type: pkcs11.CKA_VALUE }];
+const keyIdAttrs = (): pkcs11.Template => [{ type: pkcs11.CKA_ID }];
+// The 'secret-key-id' store: CKA_ID of an inert key starts with this tag, then the generation.
+const KEY_ID_TAG = Buffer.from('bkv\x01');
+const KEY_ID_HEADER = KEY_ID_TAG.length + DATA_HEADER;
+
+/**
+ * Where a token keeps bkv's small values (the sealed fleet AKE seed, the rollback anchor, the vote).
+ * 'data-object': CKO_DATA token objects, CKA_VALUE (SoftHSM2 and most tokens). 'secret-key-id': for
+ * tokens that refuse CKO_DATA token objects (NSS softoken): a generic secret key that can do nothing
+ * (every usage flag false, sensitive, never extractable, not modifiable) whose CKA_ID holds the
+ * value. The host cannot read such a value where it could not read a data object (both are private
+ * token objects) and the same successor-first write protocol applies.
+ */
+export type DataStore = 'data-object' | 'secret-key-id';
+export const DATA_STORES: readonly DataStore[] = ['data-object', 'secret-key-id'];
 // Domain-separates the fallback's MAC input from any other HMAC made with the same key.
 const CBC_MAC_PREFIX = Buffer.from('bkv seal cbc-hmac-sha256 v1\0');
 
@@ -162,6 +179,11 @@ export class Pkcs11Token implements Token {
   readonly sealScheme: SealScheme;
   /** Whether ECDSA hashes in the token (CKM_ECDSA_SHA256) or on the host (CKM_ECDSA over a digest). */
   readonly ecdsaMechanism: 'CKM_ECDSA_SHA256' | 'CKM_ECDSA' | undefined;
+  /** Where this token keeps bkv's data values; set at open, or by useDataStore once probed. */
+  get dataStore(): DataStore {
+    return this.store;
+  }
+  private store: DataStore;
   private readonly lib: pkcs11.PKCS11;
   private readonly pin: string;
   private session: Buffer;
@@ -212,6 +234,10 @@ export class Pkcs11Token implements Token {
     }
     this.sealScheme = scheme;
     this.ecdsaMechanism = this.mechanisms.has(pkcs11.CKM_ECDSA_SHA256) ? 'CKM_ECDSA_SHA256' : canSign ? 'CKM_ECDSA' : undefined;
+    this.store = opts.dataStore ?? 'data-object';
+    if (!DATA_STORES.includes(this.store)) {
+      throw new TokenError('BAD_INPUT', `unknown data store '${String(this.store)}'`, { operation: 'open', tokenLabel: this.label });
+    }
     this.session = this.openSession();
   }
 
@@ -570,7 +596,7 @@ export class Pkcs11Token implements Token {
     const known = this.dataCache.get(label);
     if (known && !this.sessionBroken) {
       try {
-        const o = this.decodeData(label, known.handle, this.lib.C_GetAttributeValue(this.session, known.handle, dataAttrs()), 'readData');
+        const o = this.decodeData(label, known.handle, this.lib.C_GetAttributeValue(this.session, known.handle, this.storeAttrs()), 'readData');
         if (o.generation === known.generation) return o.value;
       } catch (e) {
         if (e instanceof TokenError) throw e;
@@ -613,17 +639,27 @@ export class Pkcs11Token implements Token {
     framed.set(value, DATA_HEADER);
     let handle: Buffer;
     try {
-      handle = this.lib.C_CreateObject(this.sessionHandle, [
-        { type: pkcs11.CKA_CLASS, value: pkcs11.CKO_DATA },
-        { type: pkcs11.CKA_TOKEN, value: true },
-        { type: pkcs11.CKA_PRIVATE, value: true },
-        { type: pkcs11.CKA_APPLICATION, value: DATA_APP_GENERATIONS },
-        { type: pkcs11.CKA_LABEL, value: label },
-        { type: pkcs11.CKA_VALUE, value: framed },
-      ]);
+      handle = this.store === 'data-object'
+        ? this.lib.C_CreateObject(this.sessionHandle, [
+            { type: pkcs11.CKA_CLASS, value: pkcs11.CKO_DATA },
+            { type: pkcs11.CKA_TOKEN, value: true },
+            { type: pkcs11.CKA_PRIVATE, value: true },
+            { type: pkcs11.CKA_APPLICATION, value: DATA_APP_GENERATIONS },
+            { type: pkcs11.CKA_LABEL, value: label },
+            { type: pkcs11.CKA_VALUE, value: framed },
+          ])
+        : this.lib.C_GenerateKey(this.sessionHandle, { mechanism: pkcs11.CKM_GENERIC_SECRET_KEY_GEN }, inertKeyTemplate(label, Buffer.concat([KEY_ID_TAG, framed])));
     } catch (e) {
       this.dataCache.delete(label);
       throw this.fail(e, 'writeData');
+    }
+    // NSS softoken answers a key generation whose label and CKA_ID equal an existing key's with that
+    // key's handle. The generation makes the CKA_ID new, but should a module ever hand back an old
+    // handle, destroying "the old objects" would destroy the only copy: stop instead.
+    if (old.some((o) => o.handle.equals(handle))) {
+      this.dataCache.delete(label);
+      this.sessionBroken = true;
+      throw new TokenError('DATA_CHANGED', `token '${this.label}': writing '${label}' returned an existing object; nothing was destroyed`, { operation: 'writeData', tokenLabel: this.label });
     }
     this.dataCache.set(label, { handle, generation });
     for (const o of old) {
@@ -640,7 +676,7 @@ export class Pkcs11Token implements Token {
     const s = this.sessionHandle;
     try {
       this.lib.C_FindObjectsInit(s, [
-        { type: pkcs11.CKA_CLASS, value: pkcs11.CKO_DATA },
+        { type: pkcs11.CKA_CLASS, value: this.store === 'data-object' ? pkcs11.CKO_DATA : pkcs11.CKO_SECRET_KEY },
         { type: pkcs11.CKA_LABEL, value: label },
       ]);
       try {
@@ -656,7 +692,7 @@ export class Pkcs11Token implements Token {
   private dataObject(label: string, handle: Buffer, operation: 'readData' | 'writeData'): { handle: Buffer; generation: number; value: Uint8Array } {
     let attrs: pkcs11.Attribute[];
     try {
-      attrs = this.lib.C_GetAttributeValue(this.sessionHandle, handle, dataAttrs());
+      attrs = this.lib.C_GetAttributeValue(this.sessionHandle, handle, this.storeAttrs());
     } catch (e) {
       throw this.fail(e, operation);
     }
@@ -669,6 +705,13 @@ export class Pkcs11Token implements Token {
    * generation 0 and its value is taken whole.
    */
   private decodeData(label: string, handle: Buffer, attrs: pkcs11.Attribute[], operation: 'readData' | 'writeData'): { handle: Buffer; generation: number; value: Uint8Array } {
+    if (this.store === 'secret-key-id') {
+      const id = attrs[0]!.value as Buffer;
+      if (id.length < KEY_ID_HEADER || !id.subarray(0, KEY_ID_TAG.length).equals(KEY_ID_TAG)) {
+        throw new TokenError('DATA_CORRUPT', `token '${this.label}': key '${label}' does not hold a bkv value in CKA_ID`, { operation, tokenLabel: this.label });
+      }
+      return { handle, generation: Number(id.readBigUInt64BE(KEY_ID_TAG.length)), value: Uint8Array.from(id.subarray(KEY_ID_HEADER)) };
+    }
     const app = Buffer.from(attrs[0]!.value as Buffer).toString('utf8');
     const raw = attrs[1]!.value as Buffer;
     if (app !== DATA_APP_GENERATIONS) return { handle, generation: 0, value: Uint8Array.from(raw) };
@@ -676,6 +719,57 @@ export class Pkcs11Token implements Token {
       throw new TokenError('DATA_CORRUPT', `token '${this.label}': data object '${label}' is shorter than its header`, { operation, tokenLabel: this.label });
     }
     return { handle, generation: Number(raw.readBigUInt64BE(0)), value: Uint8Array.from(raw.subarray(DATA_HEADER)) };
+  }
+
+  private storeAttrs(): pkcs11.Template {
+    return this.store === 'data-object' ? dataAttrs() : keyIdAttrs();
+  }
+
+  /** Switches the data store (provisioning, after probing the token). */
+  useDataStore(store: DataStore): void {
+    if (!DATA_STORES.includes(store)) throw new TokenError('BAD_INPUT', `unknown data store '${String(store)}'`, { operation: 'open', tokenLabel: this.label });
+    this.store = store;
+    this.dataCache.clear();
+  }
+
+  /** Whether a value with this label exists in the token's data store. */
+  hasData(label: string): boolean {
+    return this.findData(label, 'readData').length > 0;
+  }
+
+  /**
+   * Which data stores this token accepts, found by writing and destroying a probe of each (token
+   * objects, so this writes to the token: doctor and provisioning only). A refusal gives its CKR.
+   */
+  probeDataStores(): Record<DataStore, true | string> {
+    const s = this.sessionHandle;
+    const label = 'bkv-probe';
+    const attempt = (make: () => Buffer): true | string => {
+      let h: Buffer;
+      try {
+        h = make();
+      } catch (e) {
+        return ckrOf(e) !== undefined ? ckrName(ckrOf(e)!) : (e as Error).message;
+      }
+      try {
+        this.lib.C_DestroyObject(s, h);
+      } catch (e) {
+        throw this.fail(e, 'probe', 'removing a probe object');
+      }
+      return true;
+    };
+    return {
+      'data-object': attempt(() => this.lib.C_CreateObject(s, [
+        { type: pkcs11.CKA_CLASS, value: pkcs11.CKO_DATA },
+        { type: pkcs11.CKA_TOKEN, value: true },
+        { type: pkcs11.CKA_PRIVATE, value: true },
+        { type: pkcs11.CKA_LABEL, value: label },
+        { type: pkcs11.CKA_VALUE, value: Buffer.from('probe') },
+      ])),
+      'secret-key-id': this.mechanisms.has(pkcs11.CKM_GENERIC_SECRET_KEY_GEN)
+        ? attempt(() => this.lib.C_GenerateKey(s, { mechanism: pkcs11.CKM_GENERIC_SECRET_KEY_GEN }, inertKeyTemplate(label, Buffer.concat([KEY_ID_TAG, Buffer.alloc(DATA_HEADER + 96)]))))
+        : 'lacks CKM_GENERIC_SECRET_KEY_GEN',
+    };
   }
 
   random(length: number): Uint8Array {
@@ -729,6 +823,23 @@ export class Pkcs11Token implements Token {
       ckr: why.startsWith('CKR_') ? why : '',
     });
   }
+}
+
+/** A key that can do nothing, whose CKA_ID carries a value: the 'secret-key-id' data store. */
+function inertKeyTemplate(label: string, id: Buffer): pkcs11.Template {
+  return [
+    { type: pkcs11.CKA_CLASS, value: pkcs11.CKO_SECRET_KEY },
+    { type: pkcs11.CKA_KEY_TYPE, value: pkcs11.CKK_GENERIC_SECRET },
+    { type: pkcs11.CKA_TOKEN, value: true },
+    { type: pkcs11.CKA_PRIVATE, value: true },
+    { type: pkcs11.CKA_SENSITIVE, value: true },
+    { type: pkcs11.CKA_EXTRACTABLE, value: false },
+    { type: pkcs11.CKA_MODIFIABLE, value: false },
+    { type: pkcs11.CKA_VALUE_LEN, value: 16 },
+    { type: pkcs11.CKA_LABEL, value: label },
+    { type: pkcs11.CKA_ID, value: id },
+    ...[pkcs11.CKA_SIGN, pkcs11.CKA_VERIFY, pkcs11.CKA_ENCRYPT, pkcs11.CKA_DECRYPT, pkcs11.CKA_WRAP, pkcs11.CKA_UNWRAP, pkcs11.CKA_DERIVE].map((type) => ({ type, value: false })),
+  ];
 }
 
 /** Opens a token by label or PKCS#11 URI and logs in. */

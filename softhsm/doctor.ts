@@ -12,7 +12,8 @@ import { openToken, mechanismName, requiredMechanisms, sealSchemeMechanisms, sig
 import { BkvError } from '../protocol/errors.ts';
 import { backendStatus, type BackendId } from '../protocol/opaque/index.ts';
 import { activateSoftHsmConf, loadState } from './state.ts';
-import { fleetAkeKcv, identityFingerprint, oprfSeedKcv, secretKeyFlags } from './keys.ts';
+import { chooseDataStore, fleetAkeKcv, identityFingerprint, oprfSeedKcv, secretKeyFlags } from './keys.ts';
+import type { DataStore } from '../hsm-adapter/pkcs11-token.ts';
 
 export type CheckStatus = 'pass' | 'fail' | 'missing';
 export interface Check {
@@ -36,6 +37,8 @@ export interface TokenReport {
   sealScheme?: SealScheme;
   sealSchemeReason?: string;
   ecdsa?: string;
+  /** Where the anchor, vote and sealed AKE seed live in this token, why, and what that costs. */
+  dataStore?: { store?: DataStore; reason: string; cost?: string; probe: Record<DataStore, true | string> };
   checks: Check[];
   kcv?: { oprfSeed?: string; fleetAke?: string };
   identityFingerprint?: string;
@@ -116,7 +119,7 @@ function checkToken(t: Pkcs11Token, r: TokenReport, akeToken: Pkcs11Token = t): 
       t.findObject(KeyLabels.replicaIdentity, pkcs11.CKO_PRIVATE_KEY) !== undefined &&
       t.findObject(KeyLabels.replicaIdentity, pkcs11.CKO_PUBLIC_KEY) !== undefined,
     oprfSeed: t.findObject(KeyLabels.oprfSeed, pkcs11.CKO_SECRET_KEY) !== undefined,
-    fleetAke: t.findObject(KeyLabels.fleetAkeSealed, pkcs11.CKO_DATA) !== undefined,
+    fleetAke: t.hasData(KeyLabels.fleetAkeSealed),
   };
   const missing = (name: string, label: string) => c.push({ name, status: 'missing', detail: `no object labelled '${label}'` });
 
@@ -204,6 +207,38 @@ function checkToken(t: Pkcs11Token, r: TokenReport, akeToken: Pkcs11Token = t): 
       return `opens under this token's record key (${akeToken.sealScheme}); KCV ${r.kcv!.fleetAke}`;
     });
   }
+}
+
+/**
+ * Probes which data stores the token accepts (a probe object of each, made and destroyed) and checks
+ * the store in use. `recorded`: the store fleet.json records (fleet mode); without it (one token)
+ * the token is switched to the store bkv would choose, so existing bkv values are found.
+ */
+function dataStoreInto(t: Pkcs11Token, r: TokenReport, recorded?: DataStore): void {
+  let probe: Record<DataStore, true | string>;
+  try {
+    probe = t.probeDataStores();
+  } catch (e) {
+    r.checks.push({ name: 'data store', status: 'fail', detail: e instanceof BkvError ? `${e.message} [${e.code}]` : String(e) });
+    return;
+  }
+  const choice = chooseDataStore(probe);
+  r.dataStore = { ...(choice.store ? { store: choice.store, cost: choice.cost } : {}), reason: choice.reason, probe };
+  if (recorded !== undefined) {
+    r.dataStore.store = recorded;
+    if (probe[recorded] !== true) {
+      r.checks.push({ name: 'data store', status: 'fail', detail: `fleet.json records ${recorded}, which the token now refuses (${probe[recorded]})` });
+      return;
+    }
+    if (choice.store !== recorded) r.dataStore.reason = `as provisioned (bkv would choose ${choice.store ?? 'none'} now: ${choice.reason})`;
+  } else if (choice.store) {
+    t.useDataStore(choice.store);
+  }
+  if (!r.dataStore.store) {
+    r.checks.push({ name: 'data store', status: 'fail', detail: choice.reason });
+    return;
+  }
+  r.checks.push({ name: 'data store', status: 'pass', detail: `${r.dataStore.store}: ${r.dataStore.reason}` });
 }
 
 function describeInto(t: Pkcs11Token, r: TokenReport, forced: boolean): void {
@@ -304,6 +339,7 @@ export function doctorFleet(opts: FleetDoctorOptions): DoctorReport {
         open.push(akeToken);
       }
       describeInto(t, r, opts.sealScheme !== undefined && opts.sealScheme !== 'auto');
+      dataStoreInto(t, r, t.dataStore);
       checkToken(t, r, akeToken);
     }
     const fc = report.fleetChecks;
@@ -376,6 +412,7 @@ export function doctorToken(opts: TokenDoctorOptions): DoctorReport {
     try {
       r.tokenLabel = t.label;
       describeInto(t, r, opts.sealScheme !== undefined && opts.sealScheme !== 'auto');
+      dataStoreInto(t, r);
       checkToken(t, r);
     } finally {
       t.close();

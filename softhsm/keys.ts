@@ -4,7 +4,7 @@ import pkcs11 from 'pkcs11js';
 import { createHash } from 'node:crypto';
 import { FLEET_AKE_AAD, KeyLabels } from '../hsm-adapter/token.ts';
 import { toTokenError } from '../hsm-adapter/errors.ts';
-import type { Pkcs11Token } from '../hsm-adapter/pkcs11-token.ts';
+import type { DataStore, Pkcs11Token } from '../hsm-adapter/pkcs11-token.ts';
 
 /** DER OID of prime256v1 / secp256r1, as CKA_EC_PARAMS. */
 const P256_PARAMS = Buffer.from('06082a8648ce3d030107', 'hex');
@@ -107,7 +107,7 @@ export interface FleetSecretPresence {
 export function fleetSecretPresence(t: Pkcs11Token): FleetSecretPresence {
   return {
     oprfSeed: t.findObject(KeyLabels.oprfSeed, pkcs11.CKO_SECRET_KEY) !== undefined,
-    fleetAke: t.findObject(KeyLabels.fleetAkeSealed, pkcs11.CKO_DATA) !== undefined,
+    fleetAke: t.hasData(KeyLabels.fleetAkeSealed),
   };
 }
 
@@ -132,6 +132,8 @@ export function importFleetSecrets(t: Pkcs11Token, oprfSeed: Buffer, akeSeed: Bu
   }
   if (!have.fleetAke) {
     const sealed = Buffer.from(t.seal(KeyLabels.recordKey, akeSeed, FLEET_AKE_AAD));
+    // Another store goes through the adapter's own write; CKO_DATA stays as it always was written.
+    if (t.dataStore !== 'data-object') return t.writeData(KeyLabels.fleetAkeSealed, sealed);
     run(t, 'C_CreateObject', 'storing the sealed fleet AKE seed', () =>
       lib.C_CreateObject(s, [
         { type: pkcs11.CKA_CLASS, value: pkcs11.CKO_DATA },
@@ -180,4 +182,33 @@ export function secretKeyFlags(t: Pkcs11Token, label: string): { sensitive: bool
   );
   const b = (i: number) => attrs[i].value.length > 0 && attrs[i].value[0] !== 0;
   return { sensitive: b(0), extractable: b(1), token: b(2), alwaysSensitive: b(3) };
+}
+
+/** What each data store costs, for doctor and provision to say. */
+export const DATA_STORE_COSTS: Record<DataStore, string> = {
+  'data-object': 'CKO_DATA token objects (CKA_VALUE): nothing beyond the object per write',
+  'secret-key-id':
+    'the token refuses CKO_DATA token objects, so each value (sealed fleet AKE seed, rollback anchor, Raft vote) is an inert ' +
+    'generic secret key (every usage off, sensitive, not extractable) whose CKA_ID holds it: one key generation per anchor ' +
+    'or vote write instead of an object creation (NSS softoken ~15 ms), and these keys show in the token\'s key list',
+};
+
+export type DataStoreChoice = { store: DataStore; reason: string; cost: string } | { store: undefined; reason: string };
+
+/**
+ * Picks where the anchor, the vote and the sealed AKE seed live from what the token accepted. They
+ * must be in the token (the host can roll its disk back, not the token), so with neither store
+ * there is no safe choice and bkv refuses the token.
+ */
+export function chooseDataStore(probe: Record<DataStore, true | string>): DataStoreChoice {
+  if (probe['data-object'] === true) return { store: 'data-object', reason: 'the token keeps CKO_DATA token objects', cost: DATA_STORE_COSTS['data-object'] };
+  if (probe['secret-key-id'] === true) {
+    return { store: 'secret-key-id', reason: `the token refuses CKO_DATA token objects (${probe['data-object']})`, cost: DATA_STORE_COSTS['secret-key-id'] };
+  }
+  return {
+    store: undefined,
+    reason:
+      `the token refuses CKO_DATA token objects (${probe['data-object']}) and inert secret keys (${probe['secret-key-id']}): ` +
+      'the rollback anchor and the Raft vote must live in the token (a host copy could be rolled back), so bkv cannot run on it',
+  };
 }

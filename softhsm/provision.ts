@@ -15,7 +15,7 @@ import {
   type FleetManifest, type ManifestReplica, type PinFile,
 } from './state.ts';
 import {
-  ensurePerTokenKeys, fleetAkeKcv, fleetSecretPresence, identityFingerprint, importFleetSecrets, oprfSeedKcv,
+  chooseDataStore, ensurePerTokenKeys, fleetAkeKcv, fleetSecretPresence, identityFingerprint, importFleetSecrets, oprfSeedKcv,
   FLEET_AKE_SEED_BYTES, OPRF_SEED_BYTES, type FleetSecretPresence,
 } from './keys.ts';
 
@@ -189,13 +189,15 @@ export async function provision(opts: ProvisionOptions): Promise<ProvisionReport
   const tokens: Pkcs11Token[] = [];
   try {
     const recorded = new Map(existing && !opts.force ? existing.replicas.map((r) => [r.name, r.sealScheme] as const) : []);
+    const recordedStore = new Map(existing && !opts.force ? existing.replicas.map((r) => [r.name, r.dataStore ?? 'data-object'] as const) : []);
     for (const name of names) {
       const sealScheme = recorded.get(name) ?? opts.sealScheme ?? 'auto';
       if (opts.sealScheme && opts.sealScheme !== 'auto' && recorded.has(name) && recorded.get(name) !== opts.sealScheme) {
         throw new StateError('FLEET_MISMATCH', `token '${name}' was provisioned with seal scheme ${recorded.get(name)}; use --force to change it`);
       }
-      tokens.push(openToken({ modulePath, moduleArgs, token: name, pin: pins.tokens[name].user, sealScheme }));
+      tokens.push(openToken({ modulePath, moduleArgs, token: name, pin: pins.tokens[name].user, sealScheme, dataStore: recordedStore.get(name) }));
     }
+    for (const [i, t] of tokens.entries()) if (!recordedStore.has(names[i])) chooseStore(t, did);
     const presence = tokens.map((t) => fleetSecretPresence(t));
     // Checked before any key is made, so a refusal changes nothing.
     tokens.forEach((t, i) => {
@@ -240,6 +242,7 @@ export async function provision(opts: ProvisionOptions): Promise<ProvisionReport
       serial: t.describe().serial,
       sealScheme: t.sealScheme,
       identityFingerprint: identityFingerprint(t),
+      ...(t.dataStore !== 'data-object' ? { dataStore: t.dataStore } : {}),
     }));
     const manifest: FleetManifest = {
       version: 1,
@@ -273,6 +276,14 @@ export async function provision(opts: ProvisionOptions): Promise<ProvisionReport
   } finally {
     for (const t of tokens) t.close();
   }
+}
+
+/** Probes a token new to the fleet for where its data values can live, and switches it there. */
+export function chooseStore(t: Pkcs11Token, did: (a: string) => void): void {
+  const choice = chooseDataStore(t.probeDataStores());
+  if (!choice.store) throw new StateError('NO_DATA_STORE', `token '${t.label}': ${choice.reason}`);
+  t.useDataStore(choice.store);
+  if (choice.store !== 'data-object') did(`token '${t.label}': data values as ${choice.store} (${choice.reason}); cost: ${choice.cost}`);
 }
 
 function readManifestSafe(path: string, force?: boolean): FleetManifest | undefined {

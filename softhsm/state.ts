@@ -5,6 +5,7 @@ import { join, resolve } from 'node:path';
 import { BkvError } from '../protocol/errors.ts';
 import { initializedConf } from '../hsm-adapter/module.ts';
 import type { SealScheme } from '../hsm-adapter/token.ts';
+import type { DataStore } from '../hsm-adapter/pkcs11-token.ts';
 
 export class StateError extends BkvError {}
 
@@ -32,6 +33,8 @@ export interface ManifestReplica extends ReplicaInfo {
   sealScheme: SealScheme;
   /** SHA-256 prefix of the replica identity public key (not secret; lets peers pin it). */
   identityFingerprint: string;
+  /** Where the token keeps the anchor, vote and sealed AKE seed; absent: 'data-object' (CKO_DATA). */
+  dataStore?: DataStore;
 }
 
 export interface FleetManifest {
@@ -59,7 +62,7 @@ export interface FleetState {
   replicas: ReplicaInfo[];
   manifest: FleetManifest;
   /** Everything openToken needs for this token: module, its arguments, PIN, seal scheme. */
-  tokenOptions(tokenLabel: string): { modulePath: string; moduleArgs?: string; token: string; pin: string; sealScheme: SealScheme };
+  tokenOptions(tokenLabel: string): { modulePath: string; moduleArgs?: string; token: string; pin: string; sealScheme: SealScheme; dataStore?: DataStore };
   /** User PIN of a token: from the state's PIN file, else BKV_PIN. Never log it. */
   pinFor(tokenLabel: string): string;
   /** Seal scheme recorded for a token at provisioning. */
@@ -128,7 +131,7 @@ export function readManifest(path: string): FleetManifest | undefined {
     (m.moduleArgs === undefined || typeof m.moduleArgs === 'string') &&
     Array.isArray(m.replicas) &&
     m.replicas.length > 0 &&
-    m.replicas.every((r) => typeof r?.name === 'string' && typeof r.tokenLabel === 'string') &&
+    m.replicas.every((r) => typeof r?.name === 'string' && typeof r.tokenLabel === 'string' && (r.dataStore === undefined || r.dataStore === 'data-object' || r.dataStore === 'secret-key-id')) &&
     typeof m.kcv?.oprfSeed === 'string' &&
     typeof m.kcv?.fleetAke === 'string';
   if (!ok) throw new StateError('STATE_CORRUPT', `fleet manifest ${path} is incomplete or of an unknown version`);
@@ -152,6 +155,7 @@ export function loadState(stateDir: string): FleetState {
   const pins = readPinFile(p.pins);
   const schemes = new Map(manifest.replicas.map((r) => [r.tokenLabel, r.sealScheme ?? 'aes-256-gcm'] as const));
   const moduleArgs = manifest.moduleArgs || undefined;
+  const stores = new Map(manifest.replicas.map((r) => [r.tokenLabel, r.dataStore] as const));
   return {
     stateDir: p.dir,
     confPath,
@@ -164,6 +168,7 @@ export function loadState(stateDir: string): FleetState {
         token: tokenLabel,
         pin: this.pinFor(tokenLabel),
         sealScheme: this.sealSchemeFor(tokenLabel),
+        ...(stores.get(tokenLabel) ? { dataStore: stores.get(tokenLabel) } : {}),
       };
     },
     replicas: manifest.replicas.map(({ name, tokenLabel }) => ({ name, tokenLabel })),

@@ -55,6 +55,7 @@ function render(r: DoctorReport): string {
     out.push(`token ${t.tokenLabel}${t.name && t.name !== t.tokenLabel ? ` (${t.name})` : ''}  ${t.manufacturer} ${t.model}, serial ${t.serial}, ${t.mechanismCount} mechanisms`);
     out.push(`  seal     ${t.sealScheme} (${t.sealSchemeReason})`);
     out.push(`  ecdsa    ${t.ecdsa}`);
+    if (t.dataStore) out.push(`  data     ${t.dataStore.store ?? 'NONE'} (${t.dataStore.reason})${t.dataStore.cost && t.dataStore.store !== 'data-object' ? `; cost: ${t.dataStore.cost}` : ''}`);
     const needed = Object.entries(t.neededMechanisms ?? {});
     out.push(`  needs    ${needed.map(([m, ok]) => `${m}${ok ? '' : ' (MISSING)'}`).join(', ')}`);
     for (const c of t.checks) out.push(`  ${c.status.padEnd(7)}  ${c.name}${c.detail ? `: ${c.detail}` : ''}`);

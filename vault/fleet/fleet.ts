@@ -50,8 +50,7 @@ export async function startFleet(opts: StartFleetOptions): Promise<Fleet> {
   const spawn = (name: string, endpoint: PortEndpointInit, transfer: MessagePort[]): Promise<Record<string, string>> => {
     const info = state.replicas.find((r) => r.name === name)!;
     const data: ReplicaWorkerData & { __entry: string } = {
-      __entry: ENTRY_URL, name, voters: names, modulePath: state.modulePath, ...(state.moduleArgs !== undefined ? { moduleArgs: state.moduleArgs } : {}), tokenLabel: info.tokenLabel,
-      pin: state.pinFor(info.tokenLabel), sealScheme: state.sealSchemeFor(info.tokenLabel),
+      __entry: ENTRY_URL, name, voters: names, token: state.tokenOptions(info.tokenLabel),
       dbDir: replicaDbDir(state.stateDir, name), fleetId, pins, endpoint, policy: opts.policy, tickMs, faults: opts.faultEndpoint === true,
     };
     const worker = new Worker(WORKER_URL, { workerData: data, transferList: transfer });

@@ -5,8 +5,8 @@
 // messages, new ports after a peer restarts. Never K, a password or a key.
 import { parentPort, workerData, type MessagePort } from 'node:worker_threads';
 import { FaultyToken, type FaultPlan } from '../../hsm-adapter/faulty-token.ts';
-import { openToken } from '../../hsm-adapter/pkcs11-token.ts';
-import type { SealScheme, Token } from '../../hsm-adapter/token.ts';
+import { openToken, type OpenTokenOptions } from '../../hsm-adapter/pkcs11-token.ts';
+import type { Token } from '../../hsm-adapter/token.ts';
 import type { ReplicaControl } from './fleet-types.ts';
 import { pinnedKeys } from '../firmware/gate.ts';
 import type { Policy } from '../firmware/firmware.ts';
@@ -17,12 +17,8 @@ import { PortTransport, type PortEndpointInit } from './transport-port.ts';
 export interface ReplicaWorkerData {
   name: string;
   voters: string[];
-  modulePath: string;
-  /** Module arguments from fleet.json; the module is already initialised with them in this process. */
-  moduleArgs?: string;
-  tokenLabel: string;
-  pin: string;
-  sealScheme: SealScheme;
+  /** How to open this replica's token (FleetState.tokenOptions: module and its arguments, PIN, seal scheme, data store). */
+  token: OpenTokenOptions;
   dbDir: string;
   fleetId: string;
   /** Replica -> hex identity public key (pins). */
@@ -60,7 +56,7 @@ const port = parentPort!;
 const post = (m: FromWorker, transfer?: ArrayBuffer[]) => port.postMessage(m, transfer ?? []);
 
 async function main(): Promise<void> {
-  const real = openToken({ modulePath: d.modulePath, moduleArgs: d.moduleArgs, token: d.tokenLabel, pin: d.pin, sealScheme: d.sealScheme });
+  const real = openToken(d.token);
   // Read at every call, so a control message changes the rates of the running wrapper. A pulled
   // token is left out: it would stay pulled for the rest of the run (a restart is the crash fault).
   const plan: FaultPlan = { seed: process.pid ^ d.name.length, failureRate: 0, latencyRate: 0, faults: ['CKR_DEVICE_ERROR', 'CKR_SESSION_HANDLE_INVALID'], stickyRemoval: false };
