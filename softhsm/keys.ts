@@ -188,7 +188,7 @@ export function secretKeyFlags(t: Pkcs11Token, label: string): { sensitive: bool
 export const DATA_STORE_COSTS: Record<DataStore, string> = {
   'data-object': 'CKO_DATA token objects (CKA_VALUE): nothing beyond the object per write',
   'secret-key-id':
-    'the token refuses CKO_DATA token objects, so each value (sealed fleet AKE seed, rollback anchor, Raft vote) is an inert ' +
+    'each value (sealed fleet AKE seed, rollback anchor, Raft vote) is an inert ' +
     'generic secret key (every usage off, sensitive, not extractable) whose CKA_ID holds it: one key generation per anchor ' +
     'or vote write instead of an object creation (NSS softoken ~15 ms), and these keys show in the token\'s key list',
 };

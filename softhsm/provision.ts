@@ -14,6 +14,7 @@ import {
   StateError, activateSoftHsmConf, confText, readManifest, readPinFile, replicaNames, statePaths,
   type FleetManifest, type ManifestReplica, type PinFile,
 } from './state.ts';
+import { checkAdopted } from './adopt.ts';
 import {
   chooseDataStore, ensurePerTokenKeys, fleetAkeKcv, fleetSecretPresence, identityFingerprint, importFleetSecrets, oprfSeedKcv,
   FLEET_AKE_SEED_BYTES, OPRF_SEED_BYTES, type FleetSecretPresence,
@@ -44,7 +45,7 @@ export interface ProvisionReport {
   manifestPath: string;
 }
 
-function writeFileAtomic(path: string, text: string, mode: number): void {
+export function writeFileAtomic(path: string, text: string, mode: number): void {
   const tmp = `${path}.tmp-${process.pid}`;
   writeFileSync(tmp, text, { mode });
   chmodSync(tmp, mode);
@@ -121,6 +122,11 @@ export async function provision(opts: ProvisionOptions): Promise<ProvisionReport
     say(a);
   };
   const existing = readManifestSafe(p.manifest, opts.force);
+  if (existing?.adopted) {
+    // Tokens bkv did not create are never initialised or wiped by it: check them, change nothing.
+    if (opts.force) throw new StateError('FLEET_ADOPTED', `${p.dir} holds adopted tokens; --force would not re-initialise them. Adopt into a new directory instead`);
+    return checkAdopted(p.dir, existing);
+  }
   const count = opts.replicas ?? existing?.replicas.length ?? 5;
   const names = replicaNames(count);
   const modulePath = opts.modulePath ?? existing?.modulePath ?? defaultModulePath();
@@ -300,7 +306,7 @@ function readManifestSafe(path: string, force?: boolean): FleetManifest | undefi
  * with the host's, so neither alone decides them), imported into every token, and the host copies
  * wiped whatever happens.
  */
-function keyCeremony(tokens: Pkcs11Token[], presence: FleetSecretPresence[], did: (a: string) => void): void {
+export function keyCeremony(tokens: Pkcs11Token[], presence: FleetSecretPresence[], did: (a: string) => void): void {
   const oprfSeed = Buffer.alloc(OPRF_SEED_BYTES);
   const akeSeed = Buffer.alloc(FLEET_AKE_SEED_BYTES);
   try {

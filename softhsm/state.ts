@@ -35,6 +35,10 @@ export interface ManifestReplica extends ReplicaInfo {
   identityFingerprint: string;
   /** Where the token keeps the anchor, vote and sealed AKE seed; absent: 'data-object' (CKO_DATA). */
   dataStore?: DataStore;
+  /** Adopted tokens: how the operator named the token (label or PKCS#11 URI); absent: tokenLabel. */
+  tokenSpec?: string;
+  /** Adopted tokens: the file holding the user PIN (absolute; bkv reads it, never copies it). */
+  pinFile?: string;
 }
 
 export interface FleetManifest {
@@ -46,8 +50,10 @@ export interface FleetManifest {
    * modules that take none (SoftHSM2), so a manifest written before it existed reads the same.
    */
   moduleArgs?: string;
-  /** Relative to the state directory. */
-  conf: string;
+  /** Relative to the state directory; absent for adopted tokens (bkv writes no module config then). */
+  conf?: string;
+  /** True when the tokens came initialised (bkv provision --adopt): bkv never re-initialises them. */
+  adopted?: boolean;
   replicas: ManifestReplica[];
   /** Key check values of the fleet-wide secrets: equal in every token, reveal nothing about them. */
   kcv: { oprfSeed: string; fleetAke: string };
@@ -55,7 +61,8 @@ export interface FleetManifest {
 
 export interface FleetState {
   stateDir: string;
-  confPath: string;
+  /** SoftHSM2 conf of a provisioned fleet; undefined for adopted tokens. */
+  confPath: string | undefined;
   modulePath: string;
   /** Module arguments recorded at provisioning (undefined: none). */
   moduleArgs: string | undefined;
@@ -117,6 +124,18 @@ export function readPinFile(path: string): PinFile | undefined {
   return parsed;
 }
 
+/** The PIN in an operator's PIN file (one trailing newline dropped). The error names the file, never its text. */
+export function readPinText(path: string): string {
+  let mode: number;
+  try {
+    mode = statSync(path).mode & 0o777;
+  } catch (e) {
+    throw new StateError('PIN_FILE_UNREADABLE', `cannot read PIN file ${path}: ${(e as NodeJS.ErrnoException).code ?? 'error'}`);
+  }
+  if (mode & 0o077) throw new StateError('PIN_FILE_PERMISSIONS', `PIN file ${path} is readable by others (mode ${mode.toString(8)}); chmod 600 it`);
+  return readFileSync(path, 'utf8').replace(/\r?\n$/, '');
+}
+
 export function readManifest(path: string): FleetManifest | undefined {
   if (!existsSync(path)) return undefined;
   let m: FleetManifest;
@@ -148,8 +167,8 @@ export function loadState(stateDir: string): FleetState {
   if (!manifest) {
     throw new StateError('STATE_INCOMPLETE', `state directory ${p.dir} has no fleet.json: provisioning did not finish; run \`bkv provision --state ${stateDir}\``);
   }
-  const confPath = join(p.dir, manifest.conf ?? 'softhsm2.conf');
-  if (!existsSync(confPath)) {
+  const confPath = manifest.adopted ? undefined : join(p.dir, manifest.conf ?? 'softhsm2.conf');
+  if (confPath !== undefined && !existsSync(confPath)) {
     throw new StateError('STATE_INCOMPLETE', `state directory ${p.dir} lacks ${manifest.conf}; run \`bkv provision --state ${stateDir}\``);
   }
   const pins = readPinFile(p.pins);
@@ -165,7 +184,7 @@ export function loadState(stateDir: string): FleetState {
       return {
         modulePath: manifest.modulePath,
         ...(moduleArgs !== undefined ? { moduleArgs } : {}),
-        token: tokenLabel,
+        token: manifest.replicas.find((r) => r.tokenLabel === tokenLabel)?.tokenSpec ?? tokenLabel,
         pin: this.pinFor(tokenLabel),
         sealScheme: this.sealSchemeFor(tokenLabel),
         ...(stores.get(tokenLabel) ? { dataStore: stores.get(tokenLabel) } : {}),
@@ -174,7 +193,10 @@ export function loadState(stateDir: string): FleetState {
     replicas: manifest.replicas.map(({ name, tokenLabel }) => ({ name, tokenLabel })),
     manifest,
     pinFor(tokenLabel: string): string {
-      const pin = pins?.tokens[tokenLabel]?.user ?? process.env.BKV_PIN;
+      // pins.json is keyed by replica name (provision writes it so); an adopted token's PIN stays in
+      // the operator's file.
+      const rep = manifest.replicas.find((r) => r.tokenLabel === tokenLabel);
+      const pin = (rep && pins?.tokens[rep.name]?.user) ?? pins?.tokens[tokenLabel]?.user ?? (rep?.pinFile ? readPinText(rep.pinFile) : undefined) ?? process.env.BKV_PIN;
       if (pin === undefined) {
         throw new StateError('PIN_MISSING', `no PIN for token '${tokenLabel}' in ${p.pins} and BKV_PIN is not set`);
       }
@@ -193,7 +215,8 @@ export function loadState(stateDir: string): FleetState {
  * environment when the module is initialised, so call this in the main thread before any token is
  * opened (a worker's process.env is a private copy SoftHSM never sees).
  */
-export function activateSoftHsmConf(state: { confPath: string }): void {
+export function activateSoftHsmConf(state: { confPath: string | undefined }): void {
+  if (state.confPath === undefined) return; // adopted tokens: the module keeps its own configuration
   const init = initializedConf();
   if (init && init.conf !== state.confPath) {
     throw new StateError(

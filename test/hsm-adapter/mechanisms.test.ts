@@ -16,7 +16,7 @@ let original: string;
 const all = ['CKM_AES_GCM', 'CKM_AES_CBC_PAD', 'CKM_SHA256_HMAC', 'CKM_SHA512_HMAC', 'CKM_ECDSA', 'CKM_EC_KEY_PAIR_GEN', 'CKM_AES_KEY_GEN', 'CKM_GENERIC_SECRET_KEY_GEN'];
 beforeAll(async () => {
   fleet = await provisionTestFleet({ replicas: 1 });
-  original = readFileSync(fleet.state.confPath, 'utf8');
+  original = readFileSync(fleet.state.confPath!, 'utf8');
 });
 afterAll(async () => {
   await fleet?.cleanup();
@@ -27,7 +27,7 @@ function withDisabled(mechs: string[]): void {
   finalizeModule();
   // SoftHSM2 2.6 takes an allow-list, not a deny-list.
   const allow = all.filter((m) => !mechs.includes(m));
-  writeFileSync(fleet.state.confPath, original.replace('slots.mechanisms = ALL', `slots.mechanisms = ${allow.join(',')}`));
+  writeFileSync(fleet.state.confPath!, original.replace('slots.mechanisms = ALL', `slots.mechanisms = ${allow.join(',')}`));
 }
 
 const open = (sealScheme?: 'auto' | 'aes-256-gcm' | 'aes-256-cbc-hmac-sha256') =>
@@ -121,7 +121,7 @@ describe('the adapter adapts to the token\'s mechanisms', () => {
   it('with every mechanism back, AES-GCM is chosen again', () => {
     withDisabled(['CKM_SHA512_HMAC']);
     finalizeModule();
-    writeFileSync(fleet.state.confPath, original);
+    writeFileSync(fleet.state.confPath!, original);
     const t = open();
     expect(t.sealScheme).toBe('aes-256-gcm');
     expect(t.describe().mechanisms).toContain('CKM_SHA512_HMAC');
