@@ -12,7 +12,7 @@ import { openToken, mechanismName, requiredMechanisms, sealSchemeMechanisms, sig
 import { BkvError } from '../protocol/errors.ts';
 import { backendStatus, type BackendId } from '../protocol/opaque/index.ts';
 import { activateSoftHsmConf, loadState } from './state.ts';
-import { chooseDataStore, fleetAkeKcv, identityFingerprint, oprfSeedKcv, secretKeyFlags } from './keys.ts';
+import { CKA_COPYABLE, KEY_USAGES, USAGE_ATTRS, chooseDataStore, fleetAkeKcv, identityFingerprint, oprfSeedKcv, secretKeyFlags } from './keys.ts';
 import type { DataStore } from '../hsm-adapter/pkcs11-token.ts';
 
 export type CheckStatus = 'pass' | 'fail' | 'missing';
@@ -40,6 +40,8 @@ export interface TokenReport {
   /** Where the anchor, vote and sealed AKE seed live in this token, why, and what that costs. */
   dataStore?: { store?: DataStore; reason: string; cost?: string; probe: Record<DataStore, true | string> };
   checks: Check[];
+  /** Not red, worth knowing (keys with more usages than bkv needs, a module that does not enforce one). */
+  warnings?: string[];
   kcv?: { oprfSeed?: string; fleetAke?: string };
   identityFingerprint?: string;
 }
@@ -185,6 +187,7 @@ function checkToken(t: Pkcs11Token, r: TokenReport, akeToken: Pkcs11Token = t): 
       return `ECDSA P-256 via ${t.ecdsaMechanism}`;
     });
   }
+  leastPrivilegeInto(t, r);
   r.kcv = {};
   if (!has.oprfSeed) missing('OPRF seed', KeyLabels.oprfSeed);
   else {
@@ -241,6 +244,67 @@ function dataStoreInto(t: Pkcs11Token, r: TokenReport, recorded?: DataStore): vo
   r.checks.push({ name: 'data store', status: 'pass', detail: `${r.dataStore.store}: ${r.dataStore.reason}` });
 }
 
+/**
+ * Each bkv key's usage flags against KEY_USAGES. Keys made by an older bkv allow more (sign/verify on
+ * the record key, encrypt/wrap on generic secrets): a warning, since they cannot be narrowed in place
+ * (CKA_MODIFIABLE false) and still work; re-provisioning makes them right.
+ */
+function leastPrivilegeInto(t: Pkcs11Token, r: TokenReport): void {
+  const warn = (w: string) => (r.warnings ??= []).push(w);
+  const objs = [
+    [KeyLabels.recordKey, pkcs11.CKO_SECRET_KEY, KEY_USAGES.recordKey],
+    [KeyLabels.recordMacKey, pkcs11.CKO_SECRET_KEY, KEY_USAGES.recordMacKey],
+    [KeyLabels.oprfSeed, pkcs11.CKO_SECRET_KEY, KEY_USAGES.oprfSeed],
+    [KeyLabels.replicaIdentity, pkcs11.CKO_PRIVATE_KEY, KEY_USAGES.identityPrivate],
+  ] as const;
+  const extra: string[] = [];
+  let copyUnknown = false;
+  for (const [label, cls, granted] of objs) {
+    const h = t.findObject(label, cls);
+    if (!h) continue;
+    for (const [u, type] of Object.entries(USAGE_ATTRS)) {
+      if ((granted as readonly string[]).includes(u)) continue;
+      try {
+        const v = t.raw.C_GetAttributeValue(t.sessionHandle, h, [{ type }])[0]!.value as Buffer;
+        if (v.length && v[0]) extra.push(`'${label}' allows ${u}`);
+      } catch {
+        /* the module has no such attribute for this class: nothing granted */
+      }
+    }
+    try {
+      const v = t.raw.C_GetAttributeValue(t.sessionHandle, h, [{ type: CKA_COPYABLE }])[0]!.value as Buffer;
+      if (v.length && v[0]) extra.push(`'${label}' is copyable`);
+    } catch {
+      copyUnknown = true;
+    }
+  }
+  if (extra.length) warn(`keys allow more than bkv uses (${extra.join(', ')}); made by an older bkv? re-provision to narrow them`);
+  if (copyUnknown) warn('the module has no CKA_COPYABLE (PKCS#11 2.40), so keys cannot be marked uncopyable; a copy stays sensitive and unextractable');
+  // NSS softoken 3.87 derives through CKM_SHA256_KEY_DERIVATION from a key whose CKA_DERIVE is false.
+  const mac = t.findObject(KeyLabels.recordMacKey, pkcs11.CKO_SECRET_KEY);
+  // Tried whether or not the mechanism list names it: NSS does not list CKM_SHA256_KEY_DERIVATION yet performs it.
+  if (mac) {
+    let derived: Buffer | undefined;
+    try {
+      derived = t.raw.C_DeriveKey(t.sessionHandle, { mechanism: pkcs11.CKM_SHA256_KEY_DERIVATION }, mac, [
+        { type: pkcs11.CKA_CLASS, value: pkcs11.CKO_SECRET_KEY }, { type: pkcs11.CKA_KEY_TYPE, value: pkcs11.CKK_GENERIC_SECRET },
+        { type: pkcs11.CKA_TOKEN, value: false }, { type: pkcs11.CKA_SENSITIVE, value: true },
+      ]);
+    } catch {
+      /* refused, as it should be */
+    }
+    if (derived) {
+      try {
+        t.raw.C_DestroyObject(t.sessionHandle, derived);
+      } catch {
+        /* a session object; it goes with the session */
+      }
+      warn('the module derives (CKM_SHA256_KEY_DERIVATION) from keys whose CKA_DERIVE is false: it does not enforce that flag, so anyone with the PIN can obtain SHA-256 of a bkv key (not the key itself)');
+    }
+  }
+  r.checks.push({ name: 'least privilege', status: 'pass', detail: extra.length ? `wider than needed: ${extra.join(', ')}` : 'every key allows only what bkv uses' });
+}
+
 function describeInto(t: Pkcs11Token, r: TokenReport, forced: boolean): void {
   const d = t.describe();
   r.manufacturer = d.manufacturer;
@@ -292,6 +356,7 @@ function verdict(report: DoctorReport, missingIsProblem: boolean): DoctorReport 
     }
   }
   for (const c of report.fleetChecks) if (c.status !== 'pass') report.problems.push(`fleet: ${c.name}: ${c.detail ?? ''}`);
+  for (const t of report.tokens) for (const w of t.warnings ?? []) report.warnings.push(`token '${t.tokenLabel}': ${w}`);
   report.ok = report.problems.length === 0;
   return report;
 }

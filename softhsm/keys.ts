@@ -23,6 +23,58 @@ const secretAttrs = (label: string): pkcs11.Template => [
   { type: pkcs11.CKA_LABEL, value: label },
 ];
 
+/** The usage flags bkv sets on its keys; every one not granted is set false, not left to the module's default. */
+export const USAGE_ATTRS = {
+  encrypt: pkcs11.CKA_ENCRYPT, decrypt: pkcs11.CKA_DECRYPT, sign: pkcs11.CKA_SIGN, verify: pkcs11.CKA_VERIFY,
+  wrap: pkcs11.CKA_WRAP, unwrap: pkcs11.CKA_UNWRAP, derive: pkcs11.CKA_DERIVE,
+} as const;
+export type Usage = keyof typeof USAGE_ATTRS;
+/**
+ * Least privilege: what each bkv object may do, and nothing else. The record key only seals (the
+ * fallback's MAC is a separate key); HMAC keys only sign (a MAC is checked by recomputing it, so
+ * verify is never used); the identity only signs. Its public half keeps verify (peers verify on their
+ * hosts, and a public key's verify grants nothing; NSS softoken refuses an EC public key without it,
+ * CKR_KEY_TYPE_INCONSISTENT). Nothing wraps, unwraps or derives.
+ */
+export const KEY_USAGES: Record<'recordKey' | 'recordMacKey' | 'oprfSeed' | 'identityPrivate' | 'identityPublic', Usage[]> = {
+  recordKey: ['encrypt', 'decrypt'],
+  recordMacKey: ['sign'],
+  oprfSeed: ['sign'],
+  identityPrivate: ['sign'],
+  identityPublic: ['verify'],
+};
+function usageAttrs(granted: Usage[], only?: Usage[]): pkcs11.Template {
+  return (Object.keys(USAGE_ATTRS) as Usage[]).filter((u) => !only || only.includes(u)).map((u) => ({ type: USAGE_ATTRS[u], value: granted.includes(u) }));
+}
+// A private key has no encrypt/verify/wrap; a public key no decrypt/sign/unwrap (the modules refuse them).
+const PRIVATE_USAGES: Usage[] = ['decrypt', 'sign', 'unwrap', 'derive'];
+const PUBLIC_USAGES: Usage[] = ['encrypt', 'verify', 'wrap', 'derive'];
+
+/** CKA_COPYABLE (PKCS#11 2.40): a copy of a key could get attributes the original does not have. */
+export const CKA_COPYABLE = 0x171;
+// Modules older than 2.40 do not know CKA_COPYABLE: NSS softoken fails the whole template with
+// CKR_GENERAL_ERROR, others say CKR_ATTRIBUTE_TYPE_INVALID. Learned once per token; doctor says so.
+const copyableKnown = new WeakMap<Pkcs11Token, boolean>();
+const NOT_COPYABLE: pkcs11.Template = [{ type: CKA_COPYABLE, value: false }];
+function withCopyable<T>(t: Pkcs11Token, make: (extra: pkcs11.Template) => T): T {
+  if (copyableKnown.get(t) === false) return make([]);
+  try {
+    const r = make(NOT_COPYABLE);
+    copyableKnown.set(t, true);
+    return r;
+  } catch (e) {
+    const ckr = e instanceof Error ? /^(CKR_[A-Z_]+)/.exec(e.message)?.[1] : undefined;
+    if (copyableKnown.get(t) === true || !['CKR_ATTRIBUTE_TYPE_INVALID', 'CKR_GENERAL_ERROR', 'CKR_TEMPLATE_INCONSISTENT'].includes(ckr ?? '')) throw e;
+    copyableKnown.set(t, false);
+    return make([]);
+  }
+}
+
+/** Whether the token took CKA_COPYABLE false on the keys bkv made in this process (undefined: made none). */
+export function copyableSupported(t: Pkcs11Token): boolean | undefined {
+  return copyableKnown.get(t);
+}
+
 export type PerTokenObject = 'recordKey' | 'recordMacKey' | 'replicaIdentity';
 
 function run<T>(t: Pkcs11Token, op: string, what: string, f: () => T): T {
@@ -39,28 +91,26 @@ export function ensurePerTokenKeys(t: Pkcs11Token): PerTokenObject[] {
   const s = t.sessionHandle;
   const made: PerTokenObject[] = [];
   if (!t.findObject(KeyLabels.recordKey, pkcs11.CKO_SECRET_KEY)) {
-    run(t, 'C_GenerateKey', 'generating the record key', () =>
+    run(t, 'C_GenerateKey', 'generating the record key', () => withCopyable(t, (extra) =>
       lib.C_GenerateKey(s, { mechanism: pkcs11.CKM_AES_KEY_GEN }, [
         ...secretAttrs(KeyLabels.recordKey),
         { type: pkcs11.CKA_KEY_TYPE, value: pkcs11.CKK_AES },
         { type: pkcs11.CKA_VALUE_LEN, value: 32 },
-        { type: pkcs11.CKA_ENCRYPT, value: true },
-        { type: pkcs11.CKA_DECRYPT, value: true },
-        { type: pkcs11.CKA_WRAP, value: false },
-        { type: pkcs11.CKA_UNWRAP, value: false },
-      ]),
+        ...usageAttrs(KEY_USAGES.recordKey),
+        ...extra,
+      ])),
     );
     made.push('recordKey');
   }
   if (!t.findObject(KeyLabels.recordMacKey, pkcs11.CKO_SECRET_KEY)) {
-    run(t, 'C_GenerateKey', 'generating the record MAC key', () =>
+    run(t, 'C_GenerateKey', 'generating the record MAC key', () => withCopyable(t, (extra) =>
       lib.C_GenerateKey(s, { mechanism: pkcs11.CKM_GENERIC_SECRET_KEY_GEN }, [
         ...secretAttrs(KeyLabels.recordMacKey),
         { type: pkcs11.CKA_KEY_TYPE, value: pkcs11.CKK_GENERIC_SECRET },
         { type: pkcs11.CKA_VALUE_LEN, value: 32 },
-        { type: pkcs11.CKA_SIGN, value: true },
-        { type: pkcs11.CKA_VERIFY, value: true },
-      ]),
+        ...usageAttrs(KEY_USAGES.recordMacKey),
+        ...extra,
+      ])),
     );
     made.push('recordMacKey');
   }
@@ -69,7 +119,7 @@ export function ensurePerTokenKeys(t: Pkcs11Token): PerTokenObject[] {
   if (!priv || !pub) {
     // A lone half of a pair is useless; replace it with a whole pair.
     for (const h of [priv, pub]) if (h) run(t, 'C_DestroyObject', 'removing half an identity pair', () => lib.C_DestroyObject(s, h));
-    run(t, 'C_GenerateKeyPair', 'generating the replica identity', () =>
+    run(t, 'C_GenerateKeyPair', 'generating the replica identity', () => withCopyable(t, (extra) =>
       lib.C_GenerateKeyPair(
         s,
         { mechanism: pkcs11.CKM_EC_KEY_PAIR_GEN },
@@ -78,9 +128,11 @@ export function ensurePerTokenKeys(t: Pkcs11Token): PerTokenObject[] {
           { type: pkcs11.CKA_KEY_TYPE, value: pkcs11.CKK_EC },
           { type: pkcs11.CKA_TOKEN, value: true },
           { type: pkcs11.CKA_PRIVATE, value: false },
-          { type: pkcs11.CKA_VERIFY, value: true },
+          { type: pkcs11.CKA_MODIFIABLE, value: false },
+          ...usageAttrs(KEY_USAGES.identityPublic, PUBLIC_USAGES),
           { type: pkcs11.CKA_EC_PARAMS, value: P256_PARAMS },
           { type: pkcs11.CKA_LABEL, value: KeyLabels.replicaIdentity },
+          ...extra,
         ],
         [
           { type: pkcs11.CKA_CLASS, value: pkcs11.CKO_PRIVATE_KEY },
@@ -89,10 +141,12 @@ export function ensurePerTokenKeys(t: Pkcs11Token): PerTokenObject[] {
           { type: pkcs11.CKA_PRIVATE, value: true },
           { type: pkcs11.CKA_SENSITIVE, value: true },
           { type: pkcs11.CKA_EXTRACTABLE, value: false },
-          { type: pkcs11.CKA_SIGN, value: true },
+          { type: pkcs11.CKA_MODIFIABLE, value: false },
+          ...usageAttrs(KEY_USAGES.identityPrivate, PRIVATE_USAGES),
           { type: pkcs11.CKA_LABEL, value: KeyLabels.replicaIdentity },
+          ...extra,
         ],
-      ),
+      )),
     );
     made.push('replicaIdentity');
   }
@@ -120,14 +174,14 @@ export function importFleetSecrets(t: Pkcs11Token, oprfSeed: Buffer, akeSeed: Bu
   const lib = t.raw;
   const s = t.sessionHandle;
   if (!have.oprfSeed) {
-    run(t, 'C_CreateObject', 'importing the OPRF seed', () =>
+    run(t, 'C_CreateObject', 'importing the OPRF seed', () => withCopyable(t, (extra) =>
       lib.C_CreateObject(s, [
         ...secretAttrs(KeyLabels.oprfSeed),
         { type: pkcs11.CKA_KEY_TYPE, value: pkcs11.CKK_GENERIC_SECRET },
-        { type: pkcs11.CKA_SIGN, value: true },
-        { type: pkcs11.CKA_VERIFY, value: true },
+        ...usageAttrs(KEY_USAGES.oprfSeed),
         { type: pkcs11.CKA_VALUE, value: oprfSeed },
-      ]),
+        ...extra,
+      ])),
     );
   }
   if (!have.fleetAke) {
