@@ -190,6 +190,8 @@ export class Pkcs11Token implements Token {
   private sessionBroken = false;
   private closed = false;
   private readonly handles = new Map<string, Buffer>();
+  /** Hash-bound twins (hmacKey) this token was found not to hold; cleared with the handles. */
+  private readonly noTwin = new Set<string>();
   /** Data objects by label: the handle and generation this session last wrote or read. */
   private readonly dataCache = new Map<string, { handle: Buffer; generation: number }>();
   private readonly verifyKeys = new Map<string, KeyObject>();
@@ -328,6 +330,7 @@ export class Pkcs11Token implements Token {
     }
     // Handles of token objects survive a new session, but not a re-inserted token: look them up again.
     this.handles.clear();
+    this.noTwin.clear();
     this.dataCache.clear();
     this.sessionBroken = false;
   }
@@ -520,7 +523,7 @@ export class Pkcs11Token implements Token {
   }
 
   hmac(keyLabel: string, alg: HmacAlg, data: Uint8Array): Uint8Array {
-    const key = this.handle(keyLabel, pkcs11.CKO_SECRET_KEY);
+    const key = this.hmacKey(keyLabel, alg);
     const s = this.session;
     const sha512 = alg === 'sha512';
     try {
@@ -530,6 +533,22 @@ export class Pkcs11Token implements Token {
     } catch (e) {
       throw this.fail(e, 'hmac');
     }
+  }
+
+  // A key may have a twin bound to one hash, `<label>-<alg>` (KeyLabels.oprfSeedSha256): used when
+  // the token holds it, else the key itself. Looked up once per label and session.
+  private hmacKey(keyLabel: string, alg: HmacAlg): Buffer {
+    const twin = `${keyLabel}-${alg}`;
+    const cached = this.handles.get(twin);
+    if (cached && !this.sessionBroken) return cached;
+    if (!this.sessionBroken && this.noTwin.has(twin)) return this.handle(keyLabel, pkcs11.CKO_SECRET_KEY);
+    const h = this.findObject(twin, pkcs11.CKO_SECRET_KEY);
+    if (h) {
+      this.handles.set(twin, h);
+      return h;
+    }
+    this.noTwin.add(twin);
+    return this.handle(keyLabel, pkcs11.CKO_SECRET_KEY);
   }
 
   sign(keyLabel: string, data: Uint8Array): Uint8Array {

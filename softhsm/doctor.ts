@@ -131,7 +131,8 @@ function checkToken(t: Pkcs11Token, r: TokenReport, akeToken: Pkcs11Token = t): 
     expect(Buffer.compare(Buffer.from(a), Buffer.from(b)) !== 0, 'two 32-byte draws were equal');
   });
 
-  for (const [label, ok] of [[KeyLabels.recordKey, has.recordKey], [KeyLabels.recordMacKey, has.recordMacKey], [KeyLabels.oprfSeed, has.oprfSeed]] as const) {
+  const twin = t.findObject(KeyLabels.oprfSeedSha256, pkcs11.CKO_SECRET_KEY) !== undefined;
+  for (const [label, ok] of [[KeyLabels.recordKey, has.recordKey], [KeyLabels.recordMacKey, has.recordMacKey], [KeyLabels.oprfSeed, has.oprfSeed], [KeyLabels.oprfSeedSha256, twin]] as const) {
     if (!ok) continue;
     attempt(c, `'${label}' stays in the token`, () => {
       const f = secretKeyFlags(t, label)!;
@@ -255,6 +256,7 @@ function leastPrivilegeInto(t: Pkcs11Token, r: TokenReport): void {
     [KeyLabels.recordKey, pkcs11.CKO_SECRET_KEY, KEY_USAGES.recordKey],
     [KeyLabels.recordMacKey, pkcs11.CKO_SECRET_KEY, KEY_USAGES.recordMacKey],
     [KeyLabels.oprfSeed, pkcs11.CKO_SECRET_KEY, KEY_USAGES.oprfSeed],
+    [KeyLabels.oprfSeedSha256, pkcs11.CKO_SECRET_KEY, KEY_USAGES.oprfSeed],
     [KeyLabels.replicaIdentity, pkcs11.CKO_PRIVATE_KEY, KEY_USAGES.identityPrivate],
   ] as const;
   const extra: string[] = [];

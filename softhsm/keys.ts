@@ -70,6 +70,25 @@ function withCopyable<T>(t: Pkcs11Token, make: (extra: pkcs11.Template) => T): T
   }
 }
 
+// CKA_ALLOWED_MECHANISMS binds a key to the one mechanism it is for; modules that do not know the
+// attribute (NSS softoken) refuse the template, and the key is then made without it. Once per token.
+const allowedKnown = new WeakMap<Pkcs11Token, boolean>();
+function withAllowed<T>(t: Pkcs11Token, mech: number, make: (extra: pkcs11.Template) => T): T {
+  if (allowedKnown.get(t) === false) return make([]);
+  const list = Buffer.alloc(8);
+  list.writeBigUInt64LE(BigInt(mech));
+  try {
+    const r = make([{ type: pkcs11.CKA_ALLOWED_MECHANISMS, value: list }]);
+    allowedKnown.set(t, true);
+    return r;
+  } catch (e) {
+    const ckr = e instanceof Error ? /^(CKR_[A-Z_]+)/.exec(e.message)?.[1] : undefined;
+    if (allowedKnown.get(t) === true || !['CKR_ATTRIBUTE_TYPE_INVALID', 'CKR_GENERAL_ERROR', 'CKR_TEMPLATE_INCONSISTENT', 'CKR_ATTRIBUTE_VALUE_INVALID'].includes(ckr ?? '')) throw e;
+    allowedKnown.set(t, false);
+    return make([]);
+  }
+}
+
 /** Whether the token took CKA_COPYABLE false on the keys bkv made in this process (undefined: made none). */
 export function copyableSupported(t: Pkcs11Token): boolean | undefined {
   return copyableKnown.get(t);
@@ -174,15 +193,25 @@ export function importFleetSecrets(t: Pkcs11Token, oprfSeed: Buffer, akeSeed: Bu
   const lib = t.raw;
   const s = t.sessionHandle;
   if (!have.oprfSeed) {
-    run(t, 'C_CreateObject', 'importing the OPRF seed', () => withCopyable(t, (extra) =>
-      lib.C_CreateObject(s, [
-        ...secretAttrs(KeyLabels.oprfSeed),
-        { type: pkcs11.CKA_KEY_TYPE, value: pkcs11.CKK_GENERIC_SECRET },
-        ...usageAttrs(KEY_USAGES.oprfSeed),
-        { type: pkcs11.CKA_VALUE, value: oprfSeed },
-        ...extra,
-      ])),
-    );
+    // One key per hash (see KeyLabels.oprfSeedSha256), each bound to its mechanism where the token
+    // takes CKA_ALLOWED_MECHANISMS. The twin first: a token left with only it has no oprf-seed, so a
+    // retried ceremony still sees the seed missing and imports both.
+    for (const [label, mech, what] of [
+      [KeyLabels.oprfSeedSha256, pkcs11.CKM_SHA256_HMAC, 'importing the OPRF seed (HMAC-SHA-256 twin)'],
+      [KeyLabels.oprfSeed, pkcs11.CKM_SHA512_HMAC, 'importing the OPRF seed'],
+    ] as const) {
+      if (label === KeyLabels.oprfSeedSha256 && t.findObject(label, pkcs11.CKO_SECRET_KEY)) continue;
+      run(t, 'C_CreateObject', what, () => withAllowed(t, mech, (bound) => withCopyable(t, (extra) =>
+        lib.C_CreateObject(s, [
+          ...secretAttrs(label),
+          { type: pkcs11.CKA_KEY_TYPE, value: pkcs11.CKK_GENERIC_SECRET },
+          ...usageAttrs(KEY_USAGES.oprfSeed),
+          { type: pkcs11.CKA_VALUE, value: oprfSeed },
+          ...bound,
+          ...extra,
+        ]))),
+      );
+    }
   }
   if (!have.fleetAke) {
     const sealed = Buffer.from(t.seal(KeyLabels.recordKey, akeSeed, FLEET_AKE_AAD));

@@ -15,6 +15,7 @@ const objects = [
   { what: 'record-key', label: KeyLabels.recordKey, cls: pkcs11.CKO_SECRET_KEY, usages: KEY_USAGES.recordKey },
   { what: 'record-mac-key', label: KeyLabels.recordMacKey, cls: pkcs11.CKO_SECRET_KEY, usages: KEY_USAGES.recordMacKey },
   { what: 'oprf-seed', label: KeyLabels.oprfSeed, cls: pkcs11.CKO_SECRET_KEY, usages: KEY_USAGES.oprfSeed },
+  { what: 'oprf-seed-sha256', label: KeyLabels.oprfSeedSha256, cls: pkcs11.CKO_SECRET_KEY, usages: KEY_USAGES.oprfSeed },
   { what: 'replica-id (private)', label: KeyLabels.replicaIdentity, cls: pkcs11.CKO_PRIVATE_KEY, usages: KEY_USAGES.identityPrivate },
   { what: 'replica-id (public)', label: KeyLabels.replicaIdentity, cls: pkcs11.CKO_PUBLIC_KEY, usages: KEY_USAGES.identityPublic },
 ];
@@ -98,6 +99,25 @@ for (const target of tokenTargets()) {
       } else {
         expect(w).not.toMatch(/CKA_COPYABLE|CKA_DERIVE|allow more/);
       }
+    });
+
+    it('each OPRF seed key is bound to its hash where the module keeps CKA_ALLOWED_MECHANISMS, and both hashes still work', (ctx) => {
+      const seed = t.findObject(KeyLabels.oprfSeed, pkcs11.CKO_SECRET_KEY)!;
+      let allowed: Buffer | undefined;
+      try {
+        allowed = t.raw.C_GetAttributeValue(t.sessionHandle, seed, [{ type: pkcs11.CKA_ALLOWED_MECHANISMS }])[0]!.value as Buffer;
+      } catch {
+        /* no such attribute in this module */
+      }
+      const r256 = Buffer.from(t.hmac(KeyLabels.oprfSeed, 'sha256', Buffer.from('x')));
+      expect(r256.length).toBe(32);
+      expect(t.hmac(KeyLabels.oprfSeed, 'sha512', Buffer.from('x')).length).toBe(64);
+      if (!allowed?.length) ctx.skip('the module keeps no CKA_ALLOWED_MECHANISMS: the seed keys are not bound to one hash');
+      expect(Number(allowed!.readBigUInt64LE(0))).toBe(pkcs11.CKM_SHA512_HMAC);
+      // Bound: the 512 key refuses SHA-256, which is why bkv keeps the twin.
+      expect(() => t.raw.C_SignInit(t.sessionHandle, { mechanism: pkcs11.CKM_SHA256_HMAC }, seed)).toThrow(/CKR_MECHANISM_INVALID|CKR_KEY_FUNCTION_NOT_PERMITTED/);
+      t.close();
+      t = openToken({ ...target.options(), requireMechanisms: false });
     });
 
     it('a copy of the record key is refused where the module knows CKA_COPYABLE', (ctx) => {
