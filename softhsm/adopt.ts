@@ -10,7 +10,8 @@ import { openToken, type Pkcs11Token } from '../hsm-adapter/pkcs11-token.ts';
 import { parseTokenSpec } from '../hsm-adapter/uri.ts';
 import { StateError, readManifest, readPinText, replicaNames, statePaths, type FleetManifest, type ManifestReplica } from './state.ts';
 import { ensurePerTokenKeys, fleetAkeKcv, fleetSecretPresence, identityFingerprint, oprfSeedKcv } from './keys.ts';
-import { chooseStore, keyCeremony, writeFileAtomic, type ProvisionReport } from './provision.ts';
+import { chooseStore, writeFileAtomic, type ProvisionReport } from './provision.ts';
+import { runCeremony, type CeremonyMode } from './ceremony.ts';
 
 export interface AdoptReplica {
   /** Replica name; default the data-center names in order. */
@@ -26,6 +27,8 @@ export interface AdoptOptions {
   modulePath?: string;
   moduleArgs?: string;
   replicas: AdoptReplica[];
+  /** 'auto' (default): token-to-token where every token can, else host. */
+  ceremony?: CeremonyMode;
   onProgress?: (message: string) => void;
 }
 
@@ -86,7 +89,7 @@ export async function adopt(opts: AdoptOptions): Promise<ProvisionReport> {
       const made = ensurePerTokenKeys(t);
       if (made.length) did(`token '${t.label}': created ${made.join(', ')}`);
     }
-    keyCeremony(tokens, fresh, did);
+    const ceremony = runCeremony(tokens, fresh, did, opts.ceremony);
     const kcvs = tokens.map((t) => ({ oprfSeed: oprfSeedKcv(t), fleetAke: fleetAkeKcv(t) }));
     if (kcvs.some((k) => k.oprfSeed !== kcvs[0]!.oprfSeed || k.fleetAke !== kcvs[0]!.fleetAke)) {
       throw new StateError('FLEET_SECRETS_DIFFER', 'fleet secrets differ between tokens after the ceremony');
@@ -109,6 +112,7 @@ export async function adopt(opts: AdoptOptions): Promise<ProvisionReport> {
       adopted: true,
       replicas,
       kcv: kcvs[0]!,
+      ceremony,
     };
     mkdirSync(p.dir, { recursive: true, mode: 0o700 });
     writeFileAtomic(p.manifest, JSON.stringify(manifest, null, 2) + '\n', 0o600);

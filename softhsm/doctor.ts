@@ -112,7 +112,7 @@ function expectTokenError(f: () => unknown, codes: string[], what: string): stri
 }
 
 /** The per-token checks. `present` says which bkv objects exist (absent ones are reported missing). */
-function checkToken(t: Pkcs11Token, r: TokenReport, akeToken: Pkcs11Token = t): void {
+function checkToken(t: Pkcs11Token, r: TokenReport, akeToken: Pkcs11Token = t, ceremony?: 'token' | 'host'): void {
   const c = r.checks;
   const has = {
     recordKey: t.findObject(KeyLabels.recordKey, pkcs11.CKO_SECRET_KEY) !== undefined,
@@ -188,7 +188,7 @@ function checkToken(t: Pkcs11Token, r: TokenReport, akeToken: Pkcs11Token = t): 
       return `ECDSA P-256 via ${t.ecdsaMechanism}`;
     });
   }
-  leastPrivilegeInto(t, r);
+  leastPrivilegeInto(t, r, ceremony);
   r.kcv = {};
   if (!has.oprfSeed) missing('OPRF seed', KeyLabels.oprfSeed);
   else {
@@ -250,7 +250,7 @@ function dataStoreInto(t: Pkcs11Token, r: TokenReport, recorded?: DataStore): vo
  * the record key, encrypt/wrap on generic secrets): a warning, since they cannot be narrowed in place
  * (CKA_MODIFIABLE false) and still work; re-provisioning makes them right.
  */
-function leastPrivilegeInto(t: Pkcs11Token, r: TokenReport): void {
+function leastPrivilegeInto(t: Pkcs11Token, r: TokenReport, ceremony?: 'token' | 'host'): void {
   const warn = (w: string) => (r.warnings ??= []).push(w);
   const objs = [
     [KeyLabels.recordKey, pkcs11.CKO_SECRET_KEY, KEY_USAGES.recordKey],
@@ -280,7 +280,18 @@ function leastPrivilegeInto(t: Pkcs11Token, r: TokenReport): void {
       copyUnknown = true;
     }
   }
-  if (extra.length) warn(`keys allow more than bkv uses (${extra.join(', ')}); made by an older bkv? re-provision to narrow them`);
+  // The token ceremony unwraps the seed keys; a module that cannot unwrap into a key both unmodifiable
+  // and uncopyable (SoftHSM2) leaves them copyable: say that, not "older bkv".
+  // (One token, no manifest: the ceremony is unknown, so a copyable seed key may be either.)
+  const seedCopy = extra.filter((x) => ceremony !== 'host' && /^'oprf-seed(-sha256)?' is copyable$/.test(x));
+  const other = extra.filter((x) => !seedCopy.includes(x));
+  const seedNote = seedCopy.length
+    ? `${seedCopy.join(', ')}: the module cannot unwrap a key both unmodifiable and uncopyable, so the token ceremony kept it unmodifiable ` +
+      `(a copy stays sensitive, unextractable and unmodifiable)`
+    : '';
+  // A known cost of a recorded token ceremony is said in the check; unexplained (one token), it is a warning.
+  if (seedNote && ceremony === undefined) warn(`${seedNote}, or an older bkv made it`);
+  if (other.length) warn(`keys allow more than bkv uses (${other.join(', ')}); made by an older bkv? re-provision to narrow them`);
   if (copyUnknown) warn('the module has no CKA_COPYABLE (PKCS#11 2.40), so keys cannot be marked uncopyable; a copy stays sensitive and unextractable');
   // NSS softoken 3.87 derives through CKM_SHA256_KEY_DERIVATION from a key whose CKA_DERIVE is false.
   const mac = t.findObject(KeyLabels.recordMacKey, pkcs11.CKO_SECRET_KEY);
@@ -304,7 +315,8 @@ function leastPrivilegeInto(t: Pkcs11Token, r: TokenReport): void {
       warn('the module derives (CKM_SHA256_KEY_DERIVATION) from keys whose CKA_DERIVE is false: it does not enforce that flag, so anyone with the PIN can obtain SHA-256 of a bkv key (not the key itself)');
     }
   }
-  r.checks.push({ name: 'least privilege', status: 'pass', detail: extra.length ? `wider than needed: ${extra.join(', ')}` : 'every key allows only what bkv uses' });
+  const detail = other.length ? `wider than needed: ${other.join(', ')}` : 'every key allows only what bkv uses';
+  r.checks.push({ name: 'least privilege', status: 'pass', detail: seedNote && ceremony === 'token' ? `${detail}; ${seedNote}` : detail });
 }
 
 function describeInto(t: Pkcs11Token, r: TokenReport, forced: boolean): void {
@@ -407,7 +419,7 @@ export function doctorFleet(opts: FleetDoctorOptions): DoctorReport {
       }
       describeInto(t, r, opts.sealScheme !== undefined && opts.sealScheme !== 'auto');
       dataStoreInto(t, r, t.dataStore);
-      checkToken(t, r, akeToken);
+      checkToken(t, r, akeToken, state.manifest.ceremony?.kind ?? 'host');
     }
     const fc = report.fleetChecks;
     const kcvAgree = (key: 'oprfSeed' | 'fleetAke') =>
@@ -420,6 +432,8 @@ export function doctorFleet(opts: FleetDoctorOptions): DoctorReport {
       });
     kcvAgree('oprfSeed');
     kcvAgree('fleetAke');
+    const cer = state.manifest.ceremony;
+    fc.push({ name: 'key ceremony', status: 'pass', detail: cer ? `${cer.kind === 'token' ? 'token to token' : 'on the host'}: ${cer.reason}` : 'not recorded (a fleet made before bkv recorded it: a host ceremony)' });
     attempt(fc, 'replica identities match fleet.json and differ', () => {
       const fps = report.tokens.map((t) => t.identityFingerprint);
       expect(new Set(fps).size === fps.length, 'two replicas share an identity key');

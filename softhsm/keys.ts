@@ -7,7 +7,7 @@ import { toTokenError } from '../hsm-adapter/errors.ts';
 import type { DataStore, Pkcs11Token } from '../hsm-adapter/pkcs11-token.ts';
 
 /** DER OID of prime256v1 / secp256r1, as CKA_EC_PARAMS. */
-const P256_PARAMS = Buffer.from('06082a8648ce3d030107', 'hex');
+export const P256_PARAMS = Buffer.from('06082a8648ce3d030107', 'hex');
 const KCV_INPUT = Buffer.from('bkv kcv');
 
 export const OPRF_SEED_BYTES = 64;
@@ -190,45 +190,52 @@ export function fleetSecretPresence(t: Pkcs11Token): FleetSecretPresence {
  * and wipes them once every token has them.
  */
 export function importFleetSecrets(t: Pkcs11Token, oprfSeed: Buffer, akeSeed: Buffer, have: FleetSecretPresence): void {
-  const lib = t.raw;
-  const s = t.sessionHandle;
   if (!have.oprfSeed) {
-    // One key per hash (see KeyLabels.oprfSeedSha256), each bound to its mechanism where the token
-    // takes CKA_ALLOWED_MECHANISMS. The twin first: a token left with only it has no oprf-seed, so a
-    // retried ceremony still sees the seed missing and imports both.
-    for (const [label, mech, what] of [
-      [KeyLabels.oprfSeedSha256, pkcs11.CKM_SHA256_HMAC, 'importing the OPRF seed (HMAC-SHA-256 twin)'],
-      [KeyLabels.oprfSeed, pkcs11.CKM_SHA512_HMAC, 'importing the OPRF seed'],
-    ] as const) {
-      if (label === KeyLabels.oprfSeedSha256 && t.findObject(label, pkcs11.CKO_SECRET_KEY)) continue;
-      run(t, 'C_CreateObject', what, () => withAllowed(t, mech, (bound) => withCopyable(t, (extra) =>
-        lib.C_CreateObject(s, [
-          ...secretAttrs(label),
-          { type: pkcs11.CKA_KEY_TYPE, value: pkcs11.CKK_GENERIC_SECRET },
-          ...usageAttrs(KEY_USAGES.oprfSeed),
-          { type: pkcs11.CKA_VALUE, value: oprfSeed },
-          ...bound,
-          ...extra,
-        ]))),
-      );
-    }
+    makeSeedKeys(t, 'importing', (template) => t.raw.C_CreateObject(t.sessionHandle, [...template, { type: pkcs11.CKA_VALUE, value: oprfSeed }]));
   }
-  if (!have.fleetAke) {
-    const sealed = Buffer.from(t.seal(KeyLabels.recordKey, akeSeed, FLEET_AKE_AAD));
-    // Another store goes through the adapter's own write; CKO_DATA stays as it always was written.
-    if (t.dataStore !== 'data-object') return t.writeData(KeyLabels.fleetAkeSealed, sealed);
-    run(t, 'C_CreateObject', 'storing the sealed fleet AKE seed', () =>
-      lib.C_CreateObject(s, [
-        { type: pkcs11.CKA_CLASS, value: pkcs11.CKO_DATA },
-        { type: pkcs11.CKA_TOKEN, value: true },
-        { type: pkcs11.CKA_PRIVATE, value: true },
-        { type: pkcs11.CKA_MODIFIABLE, value: false },
-        { type: pkcs11.CKA_APPLICATION, value: 'bkv' },
-        { type: pkcs11.CKA_LABEL, value: KeyLabels.fleetAkeSealed },
-        { type: pkcs11.CKA_VALUE, value: sealed },
-      ]),
+  if (!have.fleetAke) storeFleetAke(t, akeSeed);
+}
+
+/**
+ * Makes the OPRF seed's token keys with `make(template)` (a C_CreateObject of a host value, or a
+ * C_UnwrapKey in the token ceremony): one key per hash (see KeyLabels.oprfSeedSha256), each bound to
+ * its mechanism where the token takes CKA_ALLOWED_MECHANISMS. The twin first: a token left with only
+ * it has no oprf-seed, so a retried ceremony still sees the seed missing and makes both.
+ */
+export function makeSeedKeys(t: Pkcs11Token, verb: string, make: (template: pkcs11.Template) => Buffer): void {
+  for (const [label, mech, what] of [
+    [KeyLabels.oprfSeedSha256, pkcs11.CKM_SHA256_HMAC, `${verb} the OPRF seed (HMAC-SHA-256 twin)`],
+    [KeyLabels.oprfSeed, pkcs11.CKM_SHA512_HMAC, `${verb} the OPRF seed`],
+  ] as const) {
+    if (label === KeyLabels.oprfSeedSha256 && t.findObject(label, pkcs11.CKO_SECRET_KEY)) continue;
+    run(t, verb === 'importing' ? 'C_CreateObject' : 'C_UnwrapKey', what, () => withAllowed(t, mech, (bound) => withCopyable(t, (extra) =>
+      make([
+        ...secretAttrs(label),
+        { type: pkcs11.CKA_KEY_TYPE, value: pkcs11.CKK_GENERIC_SECRET },
+        ...usageAttrs(KEY_USAGES.oprfSeed),
+        ...bound,
+        ...extra,
+      ]))),
     );
   }
+}
+
+/** Seals the fleet AKE seed under this token's record key and keeps it in the token's data store. */
+export function storeFleetAke(t: Pkcs11Token, akeSeed: Uint8Array): void {
+  const sealed = Buffer.from(t.seal(KeyLabels.recordKey, akeSeed, FLEET_AKE_AAD));
+  // Another store goes through the adapter's own write; CKO_DATA stays as it always was written.
+  if (t.dataStore !== 'data-object') return t.writeData(KeyLabels.fleetAkeSealed, sealed);
+  run(t, 'C_CreateObject', 'storing the sealed fleet AKE seed', () =>
+    t.raw.C_CreateObject(t.sessionHandle, [
+      { type: pkcs11.CKA_CLASS, value: pkcs11.CKO_DATA },
+      { type: pkcs11.CKA_TOKEN, value: true },
+      { type: pkcs11.CKA_PRIVATE, value: true },
+      { type: pkcs11.CKA_MODIFIABLE, value: false },
+      { type: pkcs11.CKA_APPLICATION, value: 'bkv' },
+      { type: pkcs11.CKA_LABEL, value: KeyLabels.fleetAkeSealed },
+      { type: pkcs11.CKA_VALUE, value: sealed },
+    ]),
+  );
 }
 
 /** KCV of the OPRF seed: HMAC-SHA-256(seed, "bkv kcv") computed in the token, first 8 bytes. */

@@ -15,9 +15,10 @@ import {
   type FleetManifest, type ManifestReplica, type PinFile,
 } from './state.ts';
 import { checkAdopted } from './adopt.ts';
+import { runCeremony, type CeremonyMode } from './ceremony.ts';
 import {
   chooseDataStore, ensurePerTokenKeys, fleetAkeKcv, fleetSecretPresence, identityFingerprint, importFleetSecrets, oprfSeedKcv,
-  FLEET_AKE_SEED_BYTES, OPRF_SEED_BYTES, type FleetSecretPresence,
+  type FleetSecretPresence,
 } from './keys.ts';
 
 export interface ProvisionOptions {
@@ -29,6 +30,8 @@ export interface ProvisionOptions {
   modulePath?: string;
   /** String for C_Initialize (NSS softoken's configdir=...); recorded in fleet.json for every later command. */
   moduleArgs?: string;
+  /** 'auto' (default): token-to-token where every token can, else host; recorded in fleet.json. */
+  ceremony?: CeremonyMode;
   /** Seal scheme for the tokens (default 'auto': AES-GCM where offered). Recorded in fleet.json. */
   sealScheme?: SealScheme | 'auto';
   onProgress?: (message: string) => void;
@@ -225,8 +228,9 @@ export async function provision(opts: ProvisionOptions): Promise<ProvisionReport
       if (made.length) did(`token '${t.label}': created ${made.join(', ')}`);
     }
     const complete = (x: FleetSecretPresence) => x.oprfSeed && x.fleetAke;
+    let ceremony = existing && !opts.force ? existing.ceremony : undefined;
     if (presence.every((x) => !x.oprfSeed && !x.fleetAke)) {
-      keyCeremony(tokens, presence, did);
+      ceremony = runCeremony(tokens, presence, did, opts.ceremony);
     } else if (!presence.every(complete)) {
       const lacking = tokens.filter((_, i) => !complete(presence[i])).map((t) => t.label);
       throw new StateError(
@@ -258,6 +262,7 @@ export async function provision(opts: ProvisionOptions): Promise<ProvisionReport
       conf: relative(p.dir, p.conf),
       replicas,
       kcv: kcvs[0],
+      ...(ceremony ? { ceremony } : {}),
     };
     const text = JSON.stringify(manifest, null, 2) + '\n';
     if (!existsSync(p.manifest) || readFileSync(p.manifest, 'utf8') !== text) {
@@ -299,30 +304,4 @@ function readManifestSafe(path: string, force?: boolean): FleetManifest | undefi
     if (force) return undefined;
     throw e;
   }
-}
-
-/**
- * The key ceremony: the fleet-wide secrets are drawn once (from the first token's generator mixed
- * with the host's, so neither alone decides them), imported into every token, and the host copies
- * wiped whatever happens.
- */
-export function keyCeremony(tokens: Pkcs11Token[], presence: FleetSecretPresence[], did: (a: string) => void): void {
-  const oprfSeed = Buffer.alloc(OPRF_SEED_BYTES);
-  const akeSeed = Buffer.alloc(FLEET_AKE_SEED_BYTES);
-  try {
-    const mix = (out: Buffer) => {
-      const a = tokens[0].random(out.length);
-      const b = randomBytes(out.length);
-      for (let i = 0; i < out.length; i++) out[i] = a[i] ^ b[i];
-      a.fill(0);
-      b.fill(0);
-    };
-    mix(oprfSeed);
-    mix(akeSeed);
-    tokens.forEach((t, i) => importFleetSecrets(t, oprfSeed, akeSeed, presence[i]));
-  } finally {
-    oprfSeed.fill(0);
-    akeSeed.fill(0);
-  }
-  did(`key ceremony: imported the OPRF seed and the sealed fleet AKE seed into ${tokens.length} tokens; host copies wiped`);
 }

@@ -57,6 +57,8 @@ export interface FleetManifest {
   replicas: ManifestReplica[];
   /** Key check values of the fleet-wide secrets: equal in every token, reveal nothing about them. */
   kcv: { oprfSeed: string; fleetAke: string };
+  /** How the key ceremony ran (absent: made before it was recorded, a host ceremony). */
+  ceremony?: { kind: 'token' | 'host'; source?: string; reason: string };
 }
 
 export interface FleetState {

@@ -2,11 +2,12 @@
 import { parseFlags, UsageError, type Command } from '../cli.ts';
 import { provision } from '../../softhsm/provision.ts';
 import { adopt, type AdoptReplica } from '../../softhsm/adopt.ts';
+import type { CeremonyMode } from '../../softhsm/ceremony.ts';
 import { finalizeModule } from '../../hsm-adapter/module.ts';
 import type { SealScheme } from '../../hsm-adapter/token.ts';
 
-const help = `usage: bkv provision [--replicas N] [--state DIR] [--module PATH] [--module-args S] [--seal-scheme S] [--force] [--json]
-       bkv provision --adopt [NAME=]LABEL|URI ... [--pin-file F ...] [--state DIR] [--module PATH] [--module-args S] [--json]
+const help = `usage: bkv provision [--replicas N] [--state DIR] [--module PATH] [--module-args S] [--seal-scheme S] [--ceremony C] [--force] [--json]
+       bkv provision --adopt [NAME=]LABEL|URI ... [--pin-file F ...] [--state DIR] [--module PATH] [--module-args S] [--ceremony C] [--json]
 
 Creates (or completes) a SoftHSM2 fleet in DIR (default .bkv/): softhsm2.conf with its own token
 directory, one token per replica labelled by data center (us-east, us-west, eu-west, ap-southeast,
@@ -30,6 +31,9 @@ or once for all of them, or not at all when each URI has pin-source=.
   --module-args S  string handed to C_Initialize for modules that need one (NSS softoken:
                    configdir=...); recorded in fleet.json, so serve, fleet up and doctor use it
   --seal-scheme S  auto (default) | aes-256-gcm | aes-256-cbc-hmac-sha256 (recorded in fleet.json)
+  --ceremony C     auto (default) | token | host: token generates the OPRF seed in the first token and
+                   moves it token to token under ECDH-derived key wrap (no host copy); auto falls back
+                   to host (drawn on the host, imported, wiped) where a token lacks the mechanisms
   --adopt SPEC     adopt an initialised token: [NAME=]LABEL or [NAME=]pkcs11:... (repeat per token)
   --pin-file F     the user PIN of the adopted token(s), mode 0600 (see above)
   --force          destroy an existing fleet in DIR and provision a new one
@@ -49,8 +53,11 @@ export const command: Command = {
       json: { type: 'boolean' },
       'seal-scheme': { type: 'string' },
       adopt: { type: 'string', multiple: true },
+      ceremony: { type: 'string' },
       'pin-file': { type: 'string', multiple: true },
     });
+    const ceremony = values.ceremony;
+    if (ceremony !== undefined && !['auto', 'token', 'host'].includes(ceremony)) throw new UsageError('--ceremony must be auto, token or host');
     if (values.adopt?.length) return adoptCommand(values);
     if (values['pin-file']?.length) throw new UsageError('--pin-file goes with --adopt (provisioned SoftHSM2 tokens have their PINs in DIR/pins.json)');
     const sealScheme = values['seal-scheme'];
@@ -71,6 +78,7 @@ export const command: Command = {
         modulePath: values.module,
         moduleArgs: values['module-args'],
         sealScheme: sealScheme as SealScheme | 'auto' | undefined,
+        ceremony: ceremony as CeremonyMode | undefined,
         onProgress: json ? undefined : (m) => console.log(`  ${m}`),
       });
       if (json) {
@@ -98,7 +106,7 @@ export function parseAdoptSpec(spec: string): { name?: string; token: string } {
   return { token: spec };
 }
 
-async function adoptCommand(values: { adopt?: string[]; 'pin-file'?: string[]; state?: string; module?: string; 'module-args'?: string; json?: boolean; replicas?: string; force?: boolean; 'seal-scheme'?: string }): Promise<number> {
+async function adoptCommand(values: { ceremony?: string; adopt?: string[]; 'pin-file'?: string[]; state?: string; module?: string; 'module-args'?: string; json?: boolean; replicas?: string; force?: boolean; 'seal-scheme'?: string }): Promise<number> {
   if (values.replicas !== undefined || values.force || values['seal-scheme'] !== undefined) {
     throw new UsageError('--replicas, --force and --seal-scheme do not go with --adopt (one --adopt per token; the seal scheme follows the token)');
   }
@@ -112,6 +120,7 @@ async function adoptCommand(values: { adopt?: string[]; 'pin-file'?: string[]; s
   try {
     const report = await adopt({
       stateDir: values.state ?? '.bkv', modulePath: values.module, moduleArgs: values['module-args'], replicas,
+      ceremony: values.ceremony as CeremonyMode | undefined,
       onProgress: json ? undefined : (m) => console.log(`  ${m}`),
     });
     if (json) console.log(JSON.stringify(report, null, 2));

@@ -83,6 +83,8 @@ describe.skipIf(nssMissing)(`adopting NSS softoken tokens${nssMissing ? ` (skipp
     expect(r.replicas.map((x) => `${x.name}=${x.tokenLabel}`)).toEqual(['us-east=adopt-a', 'eu-west=adopt-b']);
     const text = readFileSync(join(state, 'fleet.json'), 'utf8');
     for (const pin of Object.values(nss.pins)) expect(text).not.toContain(pin);
+    // NSS has what the token ceremony needs: the seed never left a token.
+    expect(JSON.parse(text).ceremony).toMatchObject({ kind: 'token', source: 'adopt-a' });
     const s = loadState(state);
     expect(s.confPath).toBeUndefined();
     // PINs are looked up for a token label through its replica: here the operator's file.

@@ -56,8 +56,15 @@ for (const target of tokenTargets()) {
         }
         expect(flag(t, h, pkcs11.CKA_MODIFIABLE)).toBe(false);
         const copyable = flag(t, h, CKA_COPYABLE);
-        expect(copyable ?? false).toBe(false);
-        if (target.name === 'SoftHSM2') expect(copyable).toBe(false);
+        if (target.name === 'SoftHSM2') expect(copyable).toBeDefined();
+        if (copyable) {
+          // Only the seed keys the token ceremony unwrapped on a module that cannot unwrap them both
+          // unmodifiable and uncopyable (SoftHSM2); a copy must not loosen anything then.
+          expect(o.label.startsWith(KeyLabels.oprfSeed)).toBe(true);
+          for (const loosen of [[pkcs11.CKA_EXTRACTABLE, true], [pkcs11.CKA_SENSITIVE, false], [pkcs11.CKA_MODIFIABLE, true]] as const) {
+            expect(() => t.raw.C_CopyObject(t.sessionHandle, h, [{ type: pkcs11.CKA_TOKEN, value: false }, { type: loosen[0], value: loosen[1] }])).toThrow(/CKR_/);
+          }
+        }
       });
     }
 
@@ -98,6 +105,8 @@ for (const target of tokenTargets()) {
         expect(w).toContain('does not enforce that flag');
       } else {
         expect(w).not.toMatch(/CKA_COPYABLE|CKA_DERIVE|allow more/);
+        // SoftHSM2 cannot unwrap the seed keys both unmodifiable and uncopyable: the token ceremony's cost, said as such.
+        expect(w).toMatch(/'oprf-seed' is copyable.*: the module cannot unwrap a key both unmodifiable and uncopyable/);
       }
     });
 
