@@ -103,3 +103,22 @@ describe.skipIf(nssMissing)(`adopting NSS softoken tokens${nssMissing ? ` (skipp
     expect(existsSync(join(other, 'fleet.json'))).toBe(false);
   });
 });
+
+describe('bkv provision --adopt: usage errors change nothing', () => {
+  it('refuses flags that do not go with --adopt, a bad --ceremony and a --pin-file count that does not pair up', async () => {
+    const { cli } = await import('../e2e/fixture.ts');
+    const state = join(dir, 'usage');
+    for (const [args, msg] of [
+      [['--adopt', 'a', '--replicas', '3'], /do not go with --adopt/],
+      [['--adopt', 'a', '--force'], /do not go with --adopt/],
+      [['--pin-file', 'p'], /--pin-file goes with --adopt/],
+      [['--ceremony', 'sometimes'], /--ceremony must be auto, token or host/],
+      [['--adopt', 'a', '--adopt', 'b', '--adopt', 'c', '--pin-file', 'p', '--pin-file', 'q'], /once per --adopt \(3\), once for all, or not at all \(got 2\)/],
+    ] as const) {
+      const r = await cli(['provision', '--state', state, ...args]);
+      expect(r.status, r.err).toBe(2);
+      expect(r.err).toMatch(msg);
+      expect(existsSync(state)).toBe(false);
+    }
+  });
+});
