@@ -1,10 +1,11 @@
-// Issue 14's "done when" on a second, independently written token: NSS softoken tokens that bkv did
-// not create are adopted with `bkv provision --adopt` (module arguments, PIN files), then `bkv doctor`,
-// `bkv fleet up` and `bkv serve` run on them unchanged, with a password enable / recover round trip.
-// The vault's anchor and vote live in inert keys there (NSS refuses CKO_DATA token objects).
+// Issue 14's "done when": tokens bkv did not create, on SoftHSM2 (initialised with softhsm2-util) and
+// on a second, independently written token (NSS softoken), are adopted with `bkv provision --adopt`
+// (module arguments, PIN files); then `bkv doctor`, `bkv fleet up` and `bkv serve` run on them
+// unchanged, with a password enable / wrong / recover round trip. On NSS the vault's anchor and vote
+// live in inert keys (it refuses CKO_DATA token objects).
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -106,6 +107,43 @@ describe.skipIf(nssMissing)(`adopted NSS softoken tokens${nssMissing ? ` (skippe
     expect(r.status, r.err).toBe(0);
     const serve = await start(['serve', '--state', single]);
     await roundTrip(single, '+15554440002');
+    child!.kill('SIGINT');
+    expect(await serve.exit).toBe(0);
+  }, 180_000);
+});
+
+const noSofthsmUtil = spawnSync('sh', ['-c', 'command -v softhsm2-util'], { encoding: 'utf8' }).stdout.trim() ? undefined : 'softhsm2-util is not installed (apt-get install softhsm2)';
+describe.skipIf(noSofthsmUtil)(`adopted SoftHSM2 tokens (initialised by softhsm2-util, not by bkv)${noSofthsmUtil ? ` (skipped: ${noSofthsmUtil})` : ''}`, () => {
+  it('provision --adopt, doctor, fleet up and serve work on them, with a password round trip', async () => {
+    const tokens = join(dir, 'sh-tokens');
+    mkdirSync(tokens, { mode: 0o700 });
+    const conf = join(dir, 'softhsm2.conf');
+    writeFileSync(conf, `directories.tokendir = ${tokens}\nobjectstore.backend = file\nlog.level = ERROR\n`, { mode: 0o600 });
+    // The children find the tokens through SOFTHSM2_CONF, as an operator's own set-up would give it.
+    process.env.SOFTHSM2_CONF = conf;
+    const pin = writeSecret(dir, 'sh.pin', 'adopt-user-1234');
+    for (const label of ['hsm-1', 'hsm-2', 'hsm-3', 'hsm-4']) {
+      execFileSync('softhsm2-util', ['--init-token', '--free', '--label', label, '--so-pin', 'adopt-so-1234', '--pin', 'adopt-user-1234'], { stdio: 'ignore', env: process.env });
+    }
+    const sh = join(dir, 'sh-state');
+    let r = await cliProcess(['provision', '--state', sh, '--module', '/usr/lib/softhsm/libsofthsm2.so', '--adopt', 'hsm-1', '--adopt', 'hsm-2', '--adopt', 'pkcs11:token=hsm-3', '--pin-file', pin]);
+    expect(r.status, r.err).toBe(0);
+    expect(r.out).toContain('adopted 3 tokens');
+    expect(JSON.parse(readFileSync(join(sh, 'fleet.json'), 'utf8'))).toMatchObject({ adopted: true, ceremony: { kind: 'token' } });
+    r = await cliProcess(['doctor', '--state', sh]);
+    expect(r.status, r.out + r.err).toBe(0);
+    expect(r.out).toContain('verdict: GREEN, 3 tokens healthy');
+    expect(r.out).toMatch(/data {5}data-object \(the token keeps CKO_DATA token objects\)/);
+    const fleet = await start(['fleet', 'up', '--state', sh, '--wan', 'none', '--quiet']);
+    await roundTrip(sh, '+15554440003');
+    r = await cliProcess(['fleet', 'down', '--state', sh]);
+    expect(r.status, r.err).toBe(0);
+    expect(await fleet.exit).toBe(0);
+    const single = join(dir, 'sh-single');
+    r = await cliProcess(['provision', '--state', single, '--module', '/usr/lib/softhsm/libsofthsm2.so', '--adopt', 'hsm-4', '--pin-file', pin]);
+    expect(r.status, r.err).toBe(0);
+    const serve = await start(['serve', '--state', single]);
+    await roundTrip(single, '+15554440004');
     child!.kill('SIGINT');
     expect(await serve.exit).toBe(0);
   }, 180_000);
