@@ -20,8 +20,8 @@ try {
   const state = loadState(stateDir);
   activateSoftHsmConf(state);
   const label = state.replicas[0].tokenLabel;
-  const t = openToken({ modulePath: state.modulePath, token: label, pin: state.pinFor(label) });
-  const fb = openToken({ modulePath: state.modulePath, token: label, pin: state.pinFor(label), sealScheme: 'aes-256-cbc-hmac-sha256' });
+  const t = openToken({ ...state.tokenOptions(label), sealScheme: 'auto' });
+  const fb = openToken({ ...state.tokenOptions(label), sealScheme: 'aes-256-cbc-hmac-sha256' });
 
   const lib = t.raw;
   // The raw side gets its own session and handles, looked up once: the best a caller could do.

@@ -17,6 +17,8 @@ export function defaultModulePath(): string {
 export interface LoadedModule {
   readonly path: string;
   readonly lib: pkcs11.PKCS11;
+  /** The arguments C_Initialize was given in this thread ('' for none). */
+  readonly args: string;
 }
 
 const loaded = new Map<string, LoadedModule>();
@@ -25,7 +27,16 @@ let confAtInit: { path: string; conf: string | undefined } | undefined;
 
 export function loadModule(modulePath: string, moduleArgs?: string): LoadedModule {
   const have = loaded.get(modulePath);
-  if (have) return have;
+  if (have) {
+    // A module initialises once per process: a second set of arguments would be silently ignored,
+    // and a replica would then run on a token other than the one it was configured for.
+    if (moduleArgs !== undefined && have.args !== moduleArgs) {
+      throw new TokenError('MODULE_ARGS_CONFLICT', `PKCS#11 module ${modulePath} is already initialised with other module arguments; finalise it first`, {
+        operation: 'C_Initialize',
+      });
+    }
+    return have;
+  }
   if (!existsSync(modulePath)) {
     throw new TokenError('MODULE_NOT_FOUND', `PKCS#11 module not found: ${modulePath} (set BKV_PKCS11_MODULE or --module)`, {
       operation: 'load',
@@ -54,12 +65,23 @@ export function loadModule(modulePath: string, moduleArgs?: string): LoadedModul
       } catch {
         /* already failing */
       }
-      throw toTokenError(e, 'C_Initialize', '', `initialising PKCS#11 module ${modulePath}`);
+      throw initFailure(e, modulePath, moduleArgs);
     }
   }
-  const m = { path: modulePath, lib };
+  const m = { path: modulePath, lib, args: moduleArgs ?? '' };
   loaded.set(modulePath, m);
   return m;
+}
+
+// CKR_ARGUMENTS_BAD at C_Initialize is how modules such as NSS's softoken say they need (or did not
+// understand) their initialisation string; name the way to give one rather than the bare CKR.
+function initFailure(e: unknown, modulePath: string, moduleArgs: string | undefined): TokenError {
+  const err = toTokenError(e, 'C_Initialize', '', `initialising PKCS#11 module ${modulePath}`);
+  if (ckrOf(e) !== pkcs11.CKR_ARGUMENTS_BAD) return err;
+  const hint = moduleArgs
+    ? 'the module refused the module arguments it was given (check --module-args / moduleArgs in fleet.json)'
+    : "the module may need module arguments (NSS softoken: configdir='sql:DIR' ...): give them with --module-args, which provision records in fleet.json";
+  return new TokenError('MODULE_ARGS_BAD', `${err.message}: ${hint}`, { ckr: err.ckr, operation: 'C_Initialize', cause: e });
 }
 
 /** Whether this thread has initialised a module, and with which SOFTHSM2_CONF (main thread only). */

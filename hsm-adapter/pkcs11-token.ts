@@ -28,6 +28,13 @@ export interface OpenTokenOptions {
    * (doctor describes such tokens); the missing operations then fail when called.
    */
   requireMechanisms?: boolean;
+  /**
+   * true (default): the token signs for a fleet replica, so ECDSA is required. false: a single vault,
+   * which never signs; sign() then fails with MECHANISM_MISSING where the token has no ECDSA.
+   */
+  signs?: boolean;
+  /** Where bkv's data values live in this token (default 'data-object'); recorded in fleet.json. */
+  dataStore?: DataStore;
 }
 
 const mechNames = new Map<number, string>();
@@ -45,8 +52,13 @@ export const sealSchemeMechanisms: Record<SealScheme, number[]> = {
   'aes-256-gcm': [pkcs11.CKM_AES_GCM],
   'aes-256-cbc-hmac-sha256': [pkcs11.CKM_AES_CBC_PAD, pkcs11.CKM_SHA256_HMAC],
 };
-/** Mechanisms the vault needs whatever the seal scheme: OPRF (HMAC-SHA-512), HKDF (HMAC-SHA-256), identity. */
-export const requiredMechanisms = [pkcs11.CKM_SHA256_HMAC, pkcs11.CKM_SHA512_HMAC, pkcs11.CKM_ECDSA];
+/** Mechanisms the vault needs whatever the seal scheme and role: OPRF (HMAC-SHA-512), HKDF (HMAC-SHA-256). */
+export const requiredMechanisms = [pkcs11.CKM_SHA256_HMAC, pkcs11.CKM_SHA512_HMAC];
+/**
+ * What a fleet replica needs to sign its consensus traffic: either will do (CKM_ECDSA over a host
+ * digest otherwise). A single vault never signs, so its token need offer neither.
+ */
+export const signingMechanisms = [pkcs11.CKM_ECDSA_SHA256, pkcs11.CKM_ECDSA];
 
 const GCM_IV = 12;
 const GCM_TAG = 16;
@@ -59,12 +71,34 @@ const DATA_HEADER = 8;
 const MAX_DATA_GENERATIONS = 16;
 // A fresh template each call: pkcs11js fills the one it is given.
 const dataAttrs = (): pkcs11.Template => [{ type: pkcs11.CKA_APPLICATION }, { type: pkcs11.CKA_VALUE }];
+const keyIdAttrs = (): pkcs11.Template => [{ type: pkcs11.CKA_ID }];
+// The 'secret-key-id' store: CKA_ID of an inert key starts with this tag, then the generation.
+const KEY_ID_TAG = Buffer.from('bkv\x01');
+const KEY_ID_HEADER = KEY_ID_TAG.length + DATA_HEADER;
+
+/**
+ * Where a token keeps bkv's small values (the sealed fleet AKE seed, the rollback anchor, the vote).
+ * 'data-object': CKO_DATA token objects, CKA_VALUE (SoftHSM2 and most tokens). 'secret-key-id': for
+ * tokens that refuse CKO_DATA token objects (NSS softoken): a generic secret key that can do nothing
+ * (every usage flag false, sensitive, never extractable, not modifiable) whose CKA_ID holds the
+ * value. The host cannot read such a value where it could not read a data object (both are private
+ * token objects) and the same successor-first write protocol applies.
+ */
+export type DataStore = 'data-object' | 'secret-key-id';
+export const DATA_STORES: readonly DataStore[] = ['data-object', 'secret-key-id'];
 // Domain-separates the fallback's MAC input from any other HMAC made with the same key.
 const CBC_MAC_PREFIX = Buffer.from('bkv seal cbc-hmac-sha256 v1\0');
 
 function asBuffer(u: Uint8Array): Buffer {
+  if (u.length === 0) return EMPTY;
   return Buffer.isBuffer(u) ? u : Buffer.from(u.buffer, u.byteOffset, u.byteLength);
 }
+// An empty input as a zero-length view into real memory: a bare empty Buffer reaches the module as a
+// NULL pointer, which SoftHSM2 refuses (CKR_ARGUMENTS_BAD, leaving the operation active), while a
+// non-NULL pointer with length 0 is what every module takes in a one-part call. The one-part call
+// (C_Encrypt, C_Sign) is the portable one: NSS refuses C_EncryptFinal for AES-GCM after C_EncryptInit
+// (CKR_OPERATION_NOT_INITIALIZED) and leaves the session stuck with the operation active.
+const EMPTY = Buffer.alloc(16).subarray(8, 8);
 
 /** The MAC key that pairs with an AES key in the fallback scheme: `record-key` -> `record-mac-key`. */
 export function macKeyLabelFor(keyLabel: string): string {
@@ -144,13 +178,20 @@ export class Pkcs11Token implements Token {
   readonly missingMechanisms: string[];
   readonly sealScheme: SealScheme;
   /** Whether ECDSA hashes in the token (CKM_ECDSA_SHA256) or on the host (CKM_ECDSA over a digest). */
-  readonly ecdsaMechanism: 'CKM_ECDSA_SHA256' | 'CKM_ECDSA';
+  readonly ecdsaMechanism: 'CKM_ECDSA_SHA256' | 'CKM_ECDSA' | undefined;
+  /** Where this token keeps bkv's data values; set at open, or by useDataStore once probed. */
+  get dataStore(): DataStore {
+    return this.store;
+  }
+  private store: DataStore;
   private readonly lib: pkcs11.PKCS11;
   private readonly pin: string;
   private session: Buffer;
   private sessionBroken = false;
   private closed = false;
   private readonly handles = new Map<string, Buffer>();
+  /** Hash-bound twins (hmacKey) this token was found not to hold; cleared with the handles. */
+  private readonly noTwin = new Set<string>();
   /** Data objects by label: the handle and generation this session last wrote or read. */
   private readonly dataCache = new Map<string, { handle: Buffer; generation: number }>();
   private readonly verifyKeys = new Map<string, KeyObject>();
@@ -170,6 +211,8 @@ export class Pkcs11Token implements Token {
     }
     this.mechanisms = new Set(mechs);
     const missing = requiredMechanisms.filter((m) => !this.mechanisms.has(m)).map(mechanismName);
+    const canSign = signingMechanisms.some((m) => this.mechanisms.has(m));
+    if (opts.signs !== false && !canSign) missing.push(signingMechanisms.map(mechanismName).join(' or '));
     const wanted = opts.sealScheme ?? 'auto';
     const has = (s: SealScheme) => sealSchemeMechanisms[s].every((m) => this.mechanisms.has(m));
     let scheme: SealScheme;
@@ -192,7 +235,11 @@ export class Pkcs11Token implements Token {
       });
     }
     this.sealScheme = scheme;
-    this.ecdsaMechanism = this.mechanisms.has(pkcs11.CKM_ECDSA_SHA256) ? 'CKM_ECDSA_SHA256' : 'CKM_ECDSA';
+    this.ecdsaMechanism = this.mechanisms.has(pkcs11.CKM_ECDSA_SHA256) ? 'CKM_ECDSA_SHA256' : canSign ? 'CKM_ECDSA' : undefined;
+    this.store = opts.dataStore ?? 'data-object';
+    if (!DATA_STORES.includes(this.store)) {
+      throw new TokenError('BAD_INPUT', `unknown data store '${String(this.store)}'`, { operation: 'open', tokenLabel: this.label });
+    }
     this.session = this.openSession();
   }
 
@@ -283,6 +330,7 @@ export class Pkcs11Token implements Token {
     }
     // Handles of token objects survive a new session, but not a re-inserted token: look them up again.
     this.handles.clear();
+    this.noTwin.clear();
     this.dataCache.clear();
     this.sessionBroken = false;
   }
@@ -370,11 +418,7 @@ export class Pkcs11Token implements Token {
           { mechanism: pkcs11.CKM_AES_GCM, parameter: { type: pkcs11.CK_PARAMS_AES_GCM_v240, iv, ivBits: GCM_IV * 8, aad: asBuffer(aad), tagBits: GCM_TAG * 8 } as pkcs11.GcmParams },
           key,
         );
-        // An empty input reaches the module as a NULL pointer, which SoftHSM2 rejects; the
-        // one-part final call produces the same output (just the tag) for an empty plaintext.
-        const ct = plaintext.length
-          ? this.lib.C_Encrypt(s, asBuffer(plaintext), out.subarray(GCM_IV))
-          : this.lib.C_EncryptFinal(s, out.subarray(GCM_IV));
+        const ct = this.lib.C_Encrypt(s, asBuffer(plaintext), out.subarray(GCM_IV));
         if (ct.length !== plaintext.length + GCM_TAG) throw new Error(`unexpected ciphertext length ${ct.length}`);
       } catch (e) {
         throw this.fail(e, 'seal');
@@ -426,7 +470,7 @@ export class Pkcs11Token implements Token {
       this.lib.C_GenerateRandom(s, iv);
       this.lib.C_EncryptInit(s, { mechanism: pkcs11.CKM_AES_CBC_PAD, parameter: iv }, key);
       const dst = out.subarray(CBC_IV, CBC_IV + ctLen);
-      const ct = plaintext.length ? this.lib.C_Encrypt(s, asBuffer(plaintext), dst) : this.lib.C_EncryptFinal(s, dst);
+      const ct = this.lib.C_Encrypt(s, asBuffer(plaintext), dst);
       if (ct.length !== ctLen) throw new Error(`unexpected ciphertext length ${ct.length}`);
       this.macInto(macKey, aad, out.subarray(0, CBC_IV + ctLen), out.subarray(CBC_IV + ctLen));
     } catch (e) {
@@ -479,19 +523,38 @@ export class Pkcs11Token implements Token {
   }
 
   hmac(keyLabel: string, alg: HmacAlg, data: Uint8Array): Uint8Array {
-    const key = this.handle(keyLabel, pkcs11.CKO_SECRET_KEY);
+    const key = this.hmacKey(keyLabel, alg);
     const s = this.session;
     const sha512 = alg === 'sha512';
     try {
       this.lib.C_SignInit(s, { mechanism: sha512 ? pkcs11.CKM_SHA512_HMAC : pkcs11.CKM_SHA256_HMAC }, key);
       const out = Buffer.allocUnsafe(sha512 ? 64 : 32);
-      return data.length ? this.lib.C_Sign(s, asBuffer(data), out) : this.lib.C_SignFinal(s, out);
+      return this.lib.C_Sign(s, asBuffer(data), out);
     } catch (e) {
       throw this.fail(e, 'hmac');
     }
   }
 
+  // A key may have a twin bound to one hash, `<label>-<alg>` (KeyLabels.oprfSeedSha256): used when
+  // the token holds it, else the key itself. Looked up once per label and session.
+  private hmacKey(keyLabel: string, alg: HmacAlg): Buffer {
+    const twin = `${keyLabel}-${alg}`;
+    const cached = this.handles.get(twin);
+    if (cached && !this.sessionBroken) return cached;
+    if (!this.sessionBroken && this.noTwin.has(twin)) return this.handle(keyLabel, pkcs11.CKO_SECRET_KEY);
+    const h = this.findObject(twin, pkcs11.CKO_SECRET_KEY);
+    if (h) {
+      this.handles.set(twin, h);
+      return h;
+    }
+    this.noTwin.add(twin);
+    return this.handle(keyLabel, pkcs11.CKO_SECRET_KEY);
+  }
+
   sign(keyLabel: string, data: Uint8Array): Uint8Array {
+    if (this.ecdsaMechanism === undefined) {
+      throw new TokenError('MECHANISM_MISSING', `token '${this.label}' offers no ECDSA (${signingMechanisms.map(mechanismName).join(' or ')}): it cannot sign for a fleet`, { operation: 'sign', tokenLabel: this.label });
+    }
     const key = this.handle(keyLabel, pkcs11.CKO_PRIVATE_KEY);
     const s = this.sessionHandle;
     try {
@@ -552,7 +615,7 @@ export class Pkcs11Token implements Token {
     const known = this.dataCache.get(label);
     if (known && !this.sessionBroken) {
       try {
-        const o = this.decodeData(label, known.handle, this.lib.C_GetAttributeValue(this.session, known.handle, dataAttrs()), 'readData');
+        const o = this.decodeData(label, known.handle, this.lib.C_GetAttributeValue(this.session, known.handle, this.storeAttrs()), 'readData');
         if (o.generation === known.generation) return o.value;
       } catch (e) {
         if (e instanceof TokenError) throw e;
@@ -595,17 +658,27 @@ export class Pkcs11Token implements Token {
     framed.set(value, DATA_HEADER);
     let handle: Buffer;
     try {
-      handle = this.lib.C_CreateObject(this.sessionHandle, [
-        { type: pkcs11.CKA_CLASS, value: pkcs11.CKO_DATA },
-        { type: pkcs11.CKA_TOKEN, value: true },
-        { type: pkcs11.CKA_PRIVATE, value: true },
-        { type: pkcs11.CKA_APPLICATION, value: DATA_APP_GENERATIONS },
-        { type: pkcs11.CKA_LABEL, value: label },
-        { type: pkcs11.CKA_VALUE, value: framed },
-      ]);
+      handle = this.store === 'data-object'
+        ? this.lib.C_CreateObject(this.sessionHandle, [
+            { type: pkcs11.CKA_CLASS, value: pkcs11.CKO_DATA },
+            { type: pkcs11.CKA_TOKEN, value: true },
+            { type: pkcs11.CKA_PRIVATE, value: true },
+            { type: pkcs11.CKA_APPLICATION, value: DATA_APP_GENERATIONS },
+            { type: pkcs11.CKA_LABEL, value: label },
+            { type: pkcs11.CKA_VALUE, value: framed },
+          ])
+        : this.lib.C_GenerateKey(this.sessionHandle, { mechanism: pkcs11.CKM_GENERIC_SECRET_KEY_GEN }, inertKeyTemplate(label, Buffer.concat([KEY_ID_TAG, framed])));
     } catch (e) {
       this.dataCache.delete(label);
       throw this.fail(e, 'writeData');
+    }
+    // NSS softoken answers a key generation whose label and CKA_ID equal an existing key's with that
+    // key's handle. The generation makes the CKA_ID new, but should a module ever hand back an old
+    // handle, destroying "the old objects" would destroy the only copy: stop instead.
+    if (old.some((o) => o.handle.equals(handle))) {
+      this.dataCache.delete(label);
+      this.sessionBroken = true;
+      throw new TokenError('DATA_CHANGED', `token '${this.label}': writing '${label}' returned an existing object; nothing was destroyed`, { operation: 'writeData', tokenLabel: this.label });
     }
     this.dataCache.set(label, { handle, generation });
     for (const o of old) {
@@ -622,7 +695,7 @@ export class Pkcs11Token implements Token {
     const s = this.sessionHandle;
     try {
       this.lib.C_FindObjectsInit(s, [
-        { type: pkcs11.CKA_CLASS, value: pkcs11.CKO_DATA },
+        { type: pkcs11.CKA_CLASS, value: this.store === 'data-object' ? pkcs11.CKO_DATA : pkcs11.CKO_SECRET_KEY },
         { type: pkcs11.CKA_LABEL, value: label },
       ]);
       try {
@@ -638,7 +711,7 @@ export class Pkcs11Token implements Token {
   private dataObject(label: string, handle: Buffer, operation: 'readData' | 'writeData'): { handle: Buffer; generation: number; value: Uint8Array } {
     let attrs: pkcs11.Attribute[];
     try {
-      attrs = this.lib.C_GetAttributeValue(this.sessionHandle, handle, dataAttrs());
+      attrs = this.lib.C_GetAttributeValue(this.sessionHandle, handle, this.storeAttrs());
     } catch (e) {
       throw this.fail(e, operation);
     }
@@ -651,6 +724,13 @@ export class Pkcs11Token implements Token {
    * generation 0 and its value is taken whole.
    */
   private decodeData(label: string, handle: Buffer, attrs: pkcs11.Attribute[], operation: 'readData' | 'writeData'): { handle: Buffer; generation: number; value: Uint8Array } {
+    if (this.store === 'secret-key-id') {
+      const id = attrs[0]!.value as Buffer;
+      if (id.length < KEY_ID_HEADER || !id.subarray(0, KEY_ID_TAG.length).equals(KEY_ID_TAG)) {
+        throw new TokenError('DATA_CORRUPT', `token '${this.label}': key '${label}' does not hold a bkv value in CKA_ID`, { operation, tokenLabel: this.label });
+      }
+      return { handle, generation: Number(id.readBigUInt64BE(KEY_ID_TAG.length)), value: Uint8Array.from(id.subarray(KEY_ID_HEADER)) };
+    }
     const app = Buffer.from(attrs[0]!.value as Buffer).toString('utf8');
     const raw = attrs[1]!.value as Buffer;
     if (app !== DATA_APP_GENERATIONS) return { handle, generation: 0, value: Uint8Array.from(raw) };
@@ -658,6 +738,57 @@ export class Pkcs11Token implements Token {
       throw new TokenError('DATA_CORRUPT', `token '${this.label}': data object '${label}' is shorter than its header`, { operation, tokenLabel: this.label });
     }
     return { handle, generation: Number(raw.readBigUInt64BE(0)), value: Uint8Array.from(raw.subarray(DATA_HEADER)) };
+  }
+
+  private storeAttrs(): pkcs11.Template {
+    return this.store === 'data-object' ? dataAttrs() : keyIdAttrs();
+  }
+
+  /** Switches the data store (provisioning, after probing the token). */
+  useDataStore(store: DataStore): void {
+    if (!DATA_STORES.includes(store)) throw new TokenError('BAD_INPUT', `unknown data store '${String(store)}'`, { operation: 'open', tokenLabel: this.label });
+    this.store = store;
+    this.dataCache.clear();
+  }
+
+  /** Whether a value with this label exists in the token's data store. */
+  hasData(label: string): boolean {
+    return this.findData(label, 'readData').length > 0;
+  }
+
+  /**
+   * Which data stores this token accepts, found by writing and destroying a probe of each (token
+   * objects, so this writes to the token: doctor and provisioning only). A refusal gives its CKR.
+   */
+  probeDataStores(): Record<DataStore, true | string> {
+    const s = this.sessionHandle;
+    const label = 'bkv-probe';
+    const attempt = (make: () => Buffer): true | string => {
+      let h: Buffer;
+      try {
+        h = make();
+      } catch (e) {
+        return ckrOf(e) !== undefined ? ckrName(ckrOf(e)!) : (e as Error).message;
+      }
+      try {
+        this.lib.C_DestroyObject(s, h);
+      } catch (e) {
+        throw this.fail(e, 'probe', 'removing a probe object');
+      }
+      return true;
+    };
+    return {
+      'data-object': attempt(() => this.lib.C_CreateObject(s, [
+        { type: pkcs11.CKA_CLASS, value: pkcs11.CKO_DATA },
+        { type: pkcs11.CKA_TOKEN, value: true },
+        { type: pkcs11.CKA_PRIVATE, value: true },
+        { type: pkcs11.CKA_LABEL, value: label },
+        { type: pkcs11.CKA_VALUE, value: Buffer.from('probe') },
+      ])),
+      'secret-key-id': this.mechanisms.has(pkcs11.CKM_GENERIC_SECRET_KEY_GEN)
+        ? attempt(() => this.lib.C_GenerateKey(s, { mechanism: pkcs11.CKM_GENERIC_SECRET_KEY_GEN }, inertKeyTemplate(label, Buffer.concat([KEY_ID_TAG, Buffer.alloc(DATA_HEADER + 96)]))))
+        : 'lacks CKM_GENERIC_SECRET_KEY_GEN',
+    };
   }
 
   random(length: number): Uint8Array {
@@ -691,8 +822,12 @@ export class Pkcs11Token implements Token {
 
   // After a successful C_DecryptInit, these are how tokens report a bad tag or padding (SoftHSM2
   // says CKR_GENERAL_ERROR for a GCM tag mismatch). Device and session failures stay what they are,
-  // so a sick token is never mistaken for tampering or the other way round.
+  // so a sick token is never mistaken for tampering or the other way round. Either way the next call
+  // gets a fresh session: whether a failed C_Decrypt ended the operation differs between modules
+  // (SoftHSM2 keeps it active after CKR_BUFFER_TOO_SMALL, as the standard says), and a session left
+  // holding it fails every later C_DecryptInit with CKR_OPERATION_ACTIVE.
   private decryptFailure(e: unknown): TokenError {
+    this.sessionBroken = true;
     const rv = ckrOf(e);
     if (rv === pkcs11.CKR_ENCRYPTED_DATA_INVALID || rv === pkcs11.CKR_ENCRYPTED_DATA_LEN_RANGE || rv === pkcs11.CKR_GENERAL_ERROR || rv === pkcs11.CKR_FUNCTION_FAILED) {
       return this.openFailed(ckrName(rv));
@@ -707,6 +842,23 @@ export class Pkcs11Token implements Token {
       ckr: why.startsWith('CKR_') ? why : '',
     });
   }
+}
+
+/** A key that can do nothing, whose CKA_ID carries a value: the 'secret-key-id' data store. */
+function inertKeyTemplate(label: string, id: Buffer): pkcs11.Template {
+  return [
+    { type: pkcs11.CKA_CLASS, value: pkcs11.CKO_SECRET_KEY },
+    { type: pkcs11.CKA_KEY_TYPE, value: pkcs11.CKK_GENERIC_SECRET },
+    { type: pkcs11.CKA_TOKEN, value: true },
+    { type: pkcs11.CKA_PRIVATE, value: true },
+    { type: pkcs11.CKA_SENSITIVE, value: true },
+    { type: pkcs11.CKA_EXTRACTABLE, value: false },
+    { type: pkcs11.CKA_MODIFIABLE, value: false },
+    { type: pkcs11.CKA_VALUE_LEN, value: 16 },
+    { type: pkcs11.CKA_LABEL, value: label },
+    { type: pkcs11.CKA_ID, value: id },
+    ...[pkcs11.CKA_SIGN, pkcs11.CKA_VERIFY, pkcs11.CKA_ENCRYPT, pkcs11.CKA_DECRYPT, pkcs11.CKA_WRAP, pkcs11.CKA_UNWRAP, pkcs11.CKA_DERIVE].map((type) => ({ type, value: false })),
+  ];
 }
 
 /** Opens a token by label or PKCS#11 URI and logs in. */

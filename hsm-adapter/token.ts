@@ -10,6 +10,12 @@ export const KeyLabels = {
   recordMacKey: 'record-mac-key',
   /** Generic secret (64 bytes) used as an HMAC-SHA-512 key: OPAQUE's oprf_seed. Same value fleet-wide. */
   oprfSeed: 'oprf-seed',
+  /**
+   * The same 64-byte seed as `oprf-seed`, for HMAC-SHA-256 only (the P-256 suite, the KCV): a token
+   * whose HMAC keys are bound to one hash (CKA_ALLOWED_MECHANISMS, hash-typed keys) refuses one key
+   * for both. Fleets made before it have none, and `oprf-seed` then serves both hashes.
+   */
+  oprfSeedSha256: 'oprf-seed-sha256',
   /** P-256 key pair (private + public objects share this label): the replica's identity. Per token. */
   replicaIdentity: 'replica-id',
   /** Data object: the fleet AKE seed, sealed under this token's record key. Same plaintext fleet-wide. */

@@ -6,12 +6,14 @@
 import pkcs11 from 'pkcs11js';
 import { FLEET_AKE_AAD, KeyLabels, type SealScheme } from '../hsm-adapter/token.ts';
 import { TokenError, toTokenError } from '../hsm-adapter/errors.ts';
-import { loadModule } from '../hsm-adapter/module.ts';
-import { openToken, mechanismName, requiredMechanisms, sealSchemeMechanisms, type Pkcs11Token } from '../hsm-adapter/pkcs11-token.ts';
+import { defaultModulePath, loadModule } from '../hsm-adapter/module.ts';
+import { parseTokenSpec } from '../hsm-adapter/uri.ts';
+import { openToken, mechanismName, requiredMechanisms, sealSchemeMechanisms, signingMechanisms, type Pkcs11Token } from '../hsm-adapter/pkcs11-token.ts';
 import { BkvError } from '../protocol/errors.ts';
 import { backendStatus, type BackendId } from '../protocol/opaque/index.ts';
 import { activateSoftHsmConf, loadState } from './state.ts';
-import { fleetAkeKcv, identityFingerprint, oprfSeedKcv, secretKeyFlags } from './keys.ts';
+import { CKA_COPYABLE, KEY_USAGES, USAGE_ATTRS, chooseDataStore, fleetAkeKcv, identityFingerprint, oprfSeedKcv, secretKeyFlags } from './keys.ts';
+import type { DataStore } from '../hsm-adapter/pkcs11-token.ts';
 
 export type CheckStatus = 'pass' | 'fail' | 'missing';
 export interface Check {
@@ -35,7 +37,11 @@ export interface TokenReport {
   sealScheme?: SealScheme;
   sealSchemeReason?: string;
   ecdsa?: string;
+  /** Where the anchor, vote and sealed AKE seed live in this token, why, and what that costs. */
+  dataStore?: { store?: DataStore; reason: string; cost?: string; probe: Record<DataStore, true | string> };
   checks: Check[];
+  /** Not red, worth knowing (keys with more usages than bkv needs, a module that does not enforce one). */
+  warnings?: string[];
   kcv?: { oprfSeed?: string; fleetAke?: string };
   identityFingerprint?: string;
 }
@@ -77,7 +83,7 @@ function newReport(mode: DoctorReport['mode'], modulePath: string, stateDir?: st
   return { ok: false, mode, ...(stateDir ? { stateDir } : {}), modulePath, tokens: [], fleetChecks: [], opaqueBackend: o.report, problems: [], warnings: o.warnings };
 }
 
-const neededNames = [...new Set([...requiredMechanisms, ...Object.values(sealSchemeMechanisms).flat()])];
+const neededNames = [...new Set([...requiredMechanisms, ...Object.values(sealSchemeMechanisms).flat(), ...signingMechanisms])];
 
 function attempt(checks: Check[], name: string, f: () => string | undefined | void): boolean {
   try {
@@ -106,7 +112,7 @@ function expectTokenError(f: () => unknown, codes: string[], what: string): stri
 }
 
 /** The per-token checks. `present` says which bkv objects exist (absent ones are reported missing). */
-function checkToken(t: Pkcs11Token, r: TokenReport, akeToken: Pkcs11Token = t): void {
+function checkToken(t: Pkcs11Token, r: TokenReport, akeToken: Pkcs11Token = t, ceremony?: 'token' | 'host'): void {
   const c = r.checks;
   const has = {
     recordKey: t.findObject(KeyLabels.recordKey, pkcs11.CKO_SECRET_KEY) !== undefined,
@@ -115,7 +121,7 @@ function checkToken(t: Pkcs11Token, r: TokenReport, akeToken: Pkcs11Token = t): 
       t.findObject(KeyLabels.replicaIdentity, pkcs11.CKO_PRIVATE_KEY) !== undefined &&
       t.findObject(KeyLabels.replicaIdentity, pkcs11.CKO_PUBLIC_KEY) !== undefined,
     oprfSeed: t.findObject(KeyLabels.oprfSeed, pkcs11.CKO_SECRET_KEY) !== undefined,
-    fleetAke: t.findObject(KeyLabels.fleetAkeSealed, pkcs11.CKO_DATA) !== undefined,
+    fleetAke: t.hasData(KeyLabels.fleetAkeSealed),
   };
   const missing = (name: string, label: string) => c.push({ name, status: 'missing', detail: `no object labelled '${label}'` });
 
@@ -125,7 +131,8 @@ function checkToken(t: Pkcs11Token, r: TokenReport, akeToken: Pkcs11Token = t): 
     expect(Buffer.compare(Buffer.from(a), Buffer.from(b)) !== 0, 'two 32-byte draws were equal');
   });
 
-  for (const [label, ok] of [[KeyLabels.recordKey, has.recordKey], [KeyLabels.recordMacKey, has.recordMacKey], [KeyLabels.oprfSeed, has.oprfSeed]] as const) {
+  const twin = t.findObject(KeyLabels.oprfSeedSha256, pkcs11.CKO_SECRET_KEY) !== undefined;
+  for (const [label, ok] of [[KeyLabels.recordKey, has.recordKey], [KeyLabels.recordMacKey, has.recordMacKey], [KeyLabels.oprfSeed, has.oprfSeed], [KeyLabels.oprfSeedSha256, twin]] as const) {
     if (!ok) continue;
     attempt(c, `'${label}' stays in the token`, () => {
       const f = secretKeyFlags(t, label)!;
@@ -181,6 +188,7 @@ function checkToken(t: Pkcs11Token, r: TokenReport, akeToken: Pkcs11Token = t): 
       return `ECDSA P-256 via ${t.ecdsaMechanism}`;
     });
   }
+  leastPrivilegeInto(t, r, ceremony);
   r.kcv = {};
   if (!has.oprfSeed) missing('OPRF seed', KeyLabels.oprfSeed);
   else {
@@ -205,6 +213,112 @@ function checkToken(t: Pkcs11Token, r: TokenReport, akeToken: Pkcs11Token = t): 
   }
 }
 
+/**
+ * Probes which data stores the token accepts (a probe object of each, made and destroyed) and checks
+ * the store in use. `recorded`: the store fleet.json records (fleet mode); without it (one token)
+ * the token is switched to the store bkv would choose, so existing bkv values are found.
+ */
+function dataStoreInto(t: Pkcs11Token, r: TokenReport, recorded?: DataStore): void {
+  let probe: Record<DataStore, true | string>;
+  try {
+    probe = t.probeDataStores();
+  } catch (e) {
+    r.checks.push({ name: 'data store', status: 'fail', detail: e instanceof BkvError ? `${e.message} [${e.code}]` : String(e) });
+    return;
+  }
+  const choice = chooseDataStore(probe);
+  r.dataStore = { ...(choice.store ? { store: choice.store, cost: choice.cost } : {}), reason: choice.reason, probe };
+  if (recorded !== undefined) {
+    r.dataStore.store = recorded;
+    if (probe[recorded] !== true) {
+      r.checks.push({ name: 'data store', status: 'fail', detail: `fleet.json records ${recorded}, which the token now refuses (${probe[recorded]})` });
+      return;
+    }
+    if (choice.store !== recorded) r.dataStore.reason = `as provisioned (bkv would choose ${choice.store ?? 'none'} now: ${choice.reason})`;
+  } else if (choice.store) {
+    t.useDataStore(choice.store);
+  }
+  if (!r.dataStore.store) {
+    r.checks.push({ name: 'data store', status: 'fail', detail: choice.reason });
+    return;
+  }
+  r.checks.push({ name: 'data store', status: 'pass', detail: `${r.dataStore.store}: ${r.dataStore.reason}` });
+}
+
+/**
+ * Each bkv key's usage flags against KEY_USAGES. Keys made by an older bkv allow more (sign/verify on
+ * the record key, encrypt/wrap on generic secrets): a warning, since they cannot be narrowed in place
+ * (CKA_MODIFIABLE false) and still work; re-provisioning makes them right.
+ */
+function leastPrivilegeInto(t: Pkcs11Token, r: TokenReport, ceremony?: 'token' | 'host'): void {
+  const warn = (w: string) => (r.warnings ??= []).push(w);
+  const objs = [
+    [KeyLabels.recordKey, pkcs11.CKO_SECRET_KEY, KEY_USAGES.recordKey],
+    [KeyLabels.recordMacKey, pkcs11.CKO_SECRET_KEY, KEY_USAGES.recordMacKey],
+    [KeyLabels.oprfSeed, pkcs11.CKO_SECRET_KEY, KEY_USAGES.oprfSeed],
+    [KeyLabels.oprfSeedSha256, pkcs11.CKO_SECRET_KEY, KEY_USAGES.oprfSeed],
+    [KeyLabels.replicaIdentity, pkcs11.CKO_PRIVATE_KEY, KEY_USAGES.identityPrivate],
+  ] as const;
+  const extra: string[] = [];
+  let copyUnknown = false;
+  for (const [label, cls, granted] of objs) {
+    const h = t.findObject(label, cls);
+    if (!h) continue;
+    for (const [u, type] of Object.entries(USAGE_ATTRS)) {
+      if ((granted as readonly string[]).includes(u)) continue;
+      try {
+        const v = t.raw.C_GetAttributeValue(t.sessionHandle, h, [{ type }])[0]!.value as Buffer;
+        if (v.length && v[0]) extra.push(`'${label}' allows ${u}`);
+      } catch {
+        /* the module has no such attribute for this class: nothing granted */
+      }
+    }
+    try {
+      const v = t.raw.C_GetAttributeValue(t.sessionHandle, h, [{ type: CKA_COPYABLE }])[0]!.value as Buffer;
+      if (v.length && v[0]) extra.push(`'${label}' is copyable`);
+    } catch {
+      copyUnknown = true;
+    }
+  }
+  // The token ceremony unwraps the seed keys; a module that cannot unwrap into a key both unmodifiable
+  // and uncopyable (SoftHSM2) leaves them copyable: say that, not "older bkv".
+  // (One token, no manifest: the ceremony is unknown, so a copyable seed key may be either.)
+  const seedCopy = extra.filter((x) => ceremony !== 'host' && /^'oprf-seed(-sha256)?' is copyable$/.test(x));
+  const other = extra.filter((x) => !seedCopy.includes(x));
+  const seedNote = seedCopy.length
+    ? `${seedCopy.join(', ')}: the module cannot unwrap a key both unmodifiable and uncopyable, so the token ceremony kept it unmodifiable ` +
+      `(a copy stays sensitive, unextractable and unmodifiable)`
+    : '';
+  // A known cost of a recorded token ceremony is said in the check; unexplained (one token), it is a warning.
+  if (seedNote && ceremony === undefined) warn(`${seedNote}, or an older bkv made it`);
+  if (other.length) warn(`keys allow more than bkv uses (${other.join(', ')}); made by an older bkv? re-provision to narrow them`);
+  if (copyUnknown) warn('the module has no CKA_COPYABLE (PKCS#11 2.40), so keys cannot be marked uncopyable; a copy stays sensitive and unextractable');
+  // NSS softoken 3.87 derives through CKM_SHA256_KEY_DERIVATION from a key whose CKA_DERIVE is false.
+  const mac = t.findObject(KeyLabels.recordMacKey, pkcs11.CKO_SECRET_KEY);
+  // Tried whether or not the mechanism list names it: NSS does not list CKM_SHA256_KEY_DERIVATION yet performs it.
+  if (mac) {
+    let derived: Buffer | undefined;
+    try {
+      derived = t.raw.C_DeriveKey(t.sessionHandle, { mechanism: pkcs11.CKM_SHA256_KEY_DERIVATION }, mac, [
+        { type: pkcs11.CKA_CLASS, value: pkcs11.CKO_SECRET_KEY }, { type: pkcs11.CKA_KEY_TYPE, value: pkcs11.CKK_GENERIC_SECRET },
+        { type: pkcs11.CKA_TOKEN, value: false }, { type: pkcs11.CKA_SENSITIVE, value: true },
+      ]);
+    } catch {
+      /* refused, as it should be */
+    }
+    if (derived) {
+      try {
+        t.raw.C_DestroyObject(t.sessionHandle, derived);
+      } catch {
+        /* a session object; it goes with the session */
+      }
+      warn('the module derives (CKM_SHA256_KEY_DERIVATION) from keys whose CKA_DERIVE is false: it does not enforce that flag, so anyone with the PIN can obtain SHA-256 of a bkv key (not the key itself)');
+    }
+  }
+  const detail = other.length ? `wider than needed: ${other.join(', ')}` : 'every key allows only what bkv uses';
+  r.checks.push({ name: 'least privilege', status: 'pass', detail: seedNote && ceremony === 'token' ? `${detail}; ${seedNote}` : detail });
+}
+
 function describeInto(t: Pkcs11Token, r: TokenReport, forced: boolean): void {
   const d = t.describe();
   r.manufacturer = d.manufacturer;
@@ -222,7 +336,7 @@ function describeInto(t: Pkcs11Token, r: TokenReport, forced: boolean): void {
       : hasGcm
         ? 'AES-CBC-PAD + HMAC-SHA-256 encrypt-then-MAC, as provisioned (the token also offers CKM_AES_GCM)'
         : 'token lacks CKM_AES_GCM: AES-CBC-PAD + HMAC-SHA-256 encrypt-then-MAC';
-  r.ecdsa = t.ecdsaMechanism === 'CKM_ECDSA' ? 'CKM_ECDSA over a host SHA-256 digest' : 'CKM_ECDSA_SHA256';
+  r.ecdsa = t.ecdsaMechanism === undefined ? 'none (fine for a single vault; a fleet replica must sign)' : t.ecdsaMechanism === 'CKM_ECDSA' ? 'CKM_ECDSA over a host SHA-256 digest' : 'CKM_ECDSA_SHA256';
   if (t.missingMechanisms.length) {
     r.checks.push({ name: 'mechanisms', status: 'fail', detail: `lacks ${t.missingMechanisms.join(', ')}` });
   } else {
@@ -256,6 +370,7 @@ function verdict(report: DoctorReport, missingIsProblem: boolean): DoctorReport 
     }
   }
   for (const c of report.fleetChecks) if (c.status !== 'pass') report.problems.push(`fleet: ${c.name}: ${c.detail ?? ''}`);
+  for (const t of report.tokens) for (const w of t.warnings ?? []) report.warnings.push(`token '${t.tokenLabel}': ${w}`);
   report.ok = report.problems.length === 0;
   return report;
 }
@@ -282,7 +397,7 @@ export function doctorFleet(opts: FleetDoctorOptions): DoctorReport {
   const state = loadState(opts.stateDir);
   activateSoftHsmConf(state);
   const report = newReport('fleet', state.modulePath, state.stateDir);
-  report.library = libraryInfo(state.modulePath);
+  report.library = libraryInfo(state.modulePath, state.moduleArgs);
   const open: Pkcs11Token[] = [];
   try {
     for (const rep of state.replicas) {
@@ -291,7 +406,7 @@ export function doctorFleet(opts: FleetDoctorOptions): DoctorReport {
       const recorded = state.sealSchemeFor(rep.tokenLabel);
       const scheme = opts.sealScheme ?? recorded;
       const openWith = (sealScheme: SealScheme | 'auto') =>
-        openToken({ modulePath: state.modulePath, token: rep.tokenLabel, pin: state.pinFor(rep.tokenLabel), sealScheme, requireMechanisms: false });
+        openToken({ ...state.tokenOptions(rep.tokenLabel), sealScheme, requireMechanisms: false });
       const t = openFor(r, () => openWith(scheme));
       if (!t) continue;
       open.push(t);
@@ -303,7 +418,8 @@ export function doctorFleet(opts: FleetDoctorOptions): DoctorReport {
         open.push(akeToken);
       }
       describeInto(t, r, opts.sealScheme !== undefined && opts.sealScheme !== 'auto');
-      checkToken(t, r, akeToken);
+      dataStoreInto(t, r, t.dataStore);
+      checkToken(t, r, akeToken, state.manifest.ceremony?.kind ?? 'host');
     }
     const fc = report.fleetChecks;
     const kcvAgree = (key: 'oprfSeed' | 'fleetAke') =>
@@ -316,6 +432,8 @@ export function doctorFleet(opts: FleetDoctorOptions): DoctorReport {
       });
     kcvAgree('oprfSeed');
     kcvAgree('fleetAke');
+    const cer = state.manifest.ceremony;
+    fc.push({ name: 'key ceremony', status: 'pass', detail: cer ? `${cer.kind === 'token' ? 'token to token' : 'on the host'}: ${cer.reason}` : 'not recorded (a fleet made before bkv recorded it: a host ceremony)' });
     attempt(fc, 'replica identities match fleet.json and differ', () => {
       const fps = report.tokens.map((t) => t.identityFingerprint);
       expect(new Set(fps).size === fps.length, 'two replicas share an identity key');
@@ -343,24 +461,39 @@ export function doctorFleet(opts: FleetDoctorOptions): DoctorReport {
 }
 
 export interface TokenDoctorOptions {
-  modulePath: string;
+  /** Default: the URI's module-path, then BKV_PKCS11_MODULE, then SoftHSM2. */
+  modulePath?: string;
   token: string;
   pin?: string;
   moduleArgs?: string;
   sealScheme?: SealScheme | 'auto';
 }
 
+/**
+ * The module a token spec names: --module and a URI's module-path must agree (two different
+ * modules would mean the report describes another library than the one the token was opened in).
+ */
+export function tokenModulePath(token: string, modulePath?: string): string {
+  const fromUri = parseTokenSpec(token).modulePath;
+  if (modulePath !== undefined && fromUri !== undefined && modulePath !== fromUri) {
+    throw new TokenError('BAD_TOKEN_URI', `the URI's module-path (${fromUri}) differs from --module (${modulePath}); give one`, { operation: 'open' });
+  }
+  return modulePath ?? fromUri ?? defaultModulePath();
+}
+
 /** Doctor for one token of any PKCS#11 module: checks what exists, reports missing bkv objects. */
 export function doctorToken(opts: TokenDoctorOptions): DoctorReport {
-  const report = newReport('token', opts.modulePath);
-  report.library = libraryInfo(opts.modulePath, opts.moduleArgs);
+  const modulePath = tokenModulePath(opts.token, opts.modulePath);
+  const report = newReport('token', modulePath);
+  report.library = libraryInfo(modulePath, opts.moduleArgs);
   const r: TokenReport = { tokenLabel: opts.token, opened: false, checks: [] };
   report.tokens.push(r);
-  const t = openFor(r, () => openToken({ ...opts, requireMechanisms: false }));
+  const t = openFor(r, () => openToken({ ...opts, modulePath, requireMechanisms: false }));
   if (t) {
     try {
       r.tokenLabel = t.label;
       describeInto(t, r, opts.sealScheme !== undefined && opts.sealScheme !== 'auto');
+      dataStoreInto(t, r);
       checkToken(t, r);
     } finally {
       t.close();

@@ -4,10 +4,10 @@ import pkcs11 from 'pkcs11js';
 import { createHash } from 'node:crypto';
 import { FLEET_AKE_AAD, KeyLabels } from '../hsm-adapter/token.ts';
 import { toTokenError } from '../hsm-adapter/errors.ts';
-import type { Pkcs11Token } from '../hsm-adapter/pkcs11-token.ts';
+import type { DataStore, Pkcs11Token } from '../hsm-adapter/pkcs11-token.ts';
 
 /** DER OID of prime256v1 / secp256r1, as CKA_EC_PARAMS. */
-const P256_PARAMS = Buffer.from('06082a8648ce3d030107', 'hex');
+export const P256_PARAMS = Buffer.from('06082a8648ce3d030107', 'hex');
 const KCV_INPUT = Buffer.from('bkv kcv');
 
 export const OPRF_SEED_BYTES = 64;
@@ -22,6 +22,77 @@ const secretAttrs = (label: string): pkcs11.Template => [
   { type: pkcs11.CKA_MODIFIABLE, value: false },
   { type: pkcs11.CKA_LABEL, value: label },
 ];
+
+/** The usage flags bkv sets on its keys; every one not granted is set false, not left to the module's default. */
+export const USAGE_ATTRS = {
+  encrypt: pkcs11.CKA_ENCRYPT, decrypt: pkcs11.CKA_DECRYPT, sign: pkcs11.CKA_SIGN, verify: pkcs11.CKA_VERIFY,
+  wrap: pkcs11.CKA_WRAP, unwrap: pkcs11.CKA_UNWRAP, derive: pkcs11.CKA_DERIVE,
+} as const;
+export type Usage = keyof typeof USAGE_ATTRS;
+/**
+ * Least privilege: what each bkv object may do, and nothing else. The record key only seals (the
+ * fallback's MAC is a separate key); HMAC keys only sign (a MAC is checked by recomputing it, so
+ * verify is never used); the identity only signs. Its public half keeps verify (peers verify on their
+ * hosts, and a public key's verify grants nothing; NSS softoken refuses an EC public key without it,
+ * CKR_KEY_TYPE_INCONSISTENT). Nothing wraps, unwraps or derives.
+ */
+export const KEY_USAGES: Record<'recordKey' | 'recordMacKey' | 'oprfSeed' | 'identityPrivate' | 'identityPublic', Usage[]> = {
+  recordKey: ['encrypt', 'decrypt'],
+  recordMacKey: ['sign'],
+  oprfSeed: ['sign'],
+  identityPrivate: ['sign'],
+  identityPublic: ['verify'],
+};
+function usageAttrs(granted: Usage[], only?: Usage[]): pkcs11.Template {
+  return (Object.keys(USAGE_ATTRS) as Usage[]).filter((u) => !only || only.includes(u)).map((u) => ({ type: USAGE_ATTRS[u], value: granted.includes(u) }));
+}
+// A private key has no encrypt/verify/wrap; a public key no decrypt/sign/unwrap (the modules refuse them).
+const PRIVATE_USAGES: Usage[] = ['decrypt', 'sign', 'unwrap', 'derive'];
+const PUBLIC_USAGES: Usage[] = ['encrypt', 'verify', 'wrap', 'derive'];
+
+/** CKA_COPYABLE (PKCS#11 2.40): a copy of a key could get attributes the original does not have. */
+export const CKA_COPYABLE = 0x171;
+// Modules older than 2.40 do not know CKA_COPYABLE: NSS softoken fails the whole template with
+// CKR_GENERAL_ERROR, others say CKR_ATTRIBUTE_TYPE_INVALID. Learned once per token; doctor says so.
+const copyableKnown = new WeakMap<Pkcs11Token, boolean>();
+const NOT_COPYABLE: pkcs11.Template = [{ type: CKA_COPYABLE, value: false }];
+function withCopyable<T>(t: Pkcs11Token, make: (extra: pkcs11.Template) => T): T {
+  if (copyableKnown.get(t) === false) return make([]);
+  try {
+    const r = make(NOT_COPYABLE);
+    copyableKnown.set(t, true);
+    return r;
+  } catch (e) {
+    const ckr = e instanceof Error ? /^(CKR_[A-Z_]+)/.exec(e.message)?.[1] : undefined;
+    if (copyableKnown.get(t) === true || !['CKR_ATTRIBUTE_TYPE_INVALID', 'CKR_GENERAL_ERROR', 'CKR_TEMPLATE_INCONSISTENT'].includes(ckr ?? '')) throw e;
+    copyableKnown.set(t, false);
+    return make([]);
+  }
+}
+
+// CKA_ALLOWED_MECHANISMS binds a key to the one mechanism it is for; modules that do not know the
+// attribute (NSS softoken) refuse the template, and the key is then made without it. Once per token.
+const allowedKnown = new WeakMap<Pkcs11Token, boolean>();
+function withAllowed<T>(t: Pkcs11Token, mech: number, make: (extra: pkcs11.Template) => T): T {
+  if (allowedKnown.get(t) === false) return make([]);
+  const list = Buffer.alloc(8);
+  list.writeBigUInt64LE(BigInt(mech));
+  try {
+    const r = make([{ type: pkcs11.CKA_ALLOWED_MECHANISMS, value: list }]);
+    allowedKnown.set(t, true);
+    return r;
+  } catch (e) {
+    const ckr = e instanceof Error ? /^(CKR_[A-Z_]+)/.exec(e.message)?.[1] : undefined;
+    if (allowedKnown.get(t) === true || !['CKR_ATTRIBUTE_TYPE_INVALID', 'CKR_GENERAL_ERROR', 'CKR_TEMPLATE_INCONSISTENT', 'CKR_ATTRIBUTE_VALUE_INVALID'].includes(ckr ?? '')) throw e;
+    allowedKnown.set(t, false);
+    return make([]);
+  }
+}
+
+/** Whether the token took CKA_COPYABLE false on the keys bkv made in this process (undefined: made none). */
+export function copyableSupported(t: Pkcs11Token): boolean | undefined {
+  return copyableKnown.get(t);
+}
 
 export type PerTokenObject = 'recordKey' | 'recordMacKey' | 'replicaIdentity';
 
@@ -39,28 +110,26 @@ export function ensurePerTokenKeys(t: Pkcs11Token): PerTokenObject[] {
   const s = t.sessionHandle;
   const made: PerTokenObject[] = [];
   if (!t.findObject(KeyLabels.recordKey, pkcs11.CKO_SECRET_KEY)) {
-    run(t, 'C_GenerateKey', 'generating the record key', () =>
+    run(t, 'C_GenerateKey', 'generating the record key', () => withCopyable(t, (extra) =>
       lib.C_GenerateKey(s, { mechanism: pkcs11.CKM_AES_KEY_GEN }, [
         ...secretAttrs(KeyLabels.recordKey),
         { type: pkcs11.CKA_KEY_TYPE, value: pkcs11.CKK_AES },
         { type: pkcs11.CKA_VALUE_LEN, value: 32 },
-        { type: pkcs11.CKA_ENCRYPT, value: true },
-        { type: pkcs11.CKA_DECRYPT, value: true },
-        { type: pkcs11.CKA_WRAP, value: false },
-        { type: pkcs11.CKA_UNWRAP, value: false },
-      ]),
+        ...usageAttrs(KEY_USAGES.recordKey),
+        ...extra,
+      ])),
     );
     made.push('recordKey');
   }
   if (!t.findObject(KeyLabels.recordMacKey, pkcs11.CKO_SECRET_KEY)) {
-    run(t, 'C_GenerateKey', 'generating the record MAC key', () =>
+    run(t, 'C_GenerateKey', 'generating the record MAC key', () => withCopyable(t, (extra) =>
       lib.C_GenerateKey(s, { mechanism: pkcs11.CKM_GENERIC_SECRET_KEY_GEN }, [
         ...secretAttrs(KeyLabels.recordMacKey),
         { type: pkcs11.CKA_KEY_TYPE, value: pkcs11.CKK_GENERIC_SECRET },
         { type: pkcs11.CKA_VALUE_LEN, value: 32 },
-        { type: pkcs11.CKA_SIGN, value: true },
-        { type: pkcs11.CKA_VERIFY, value: true },
-      ]),
+        ...usageAttrs(KEY_USAGES.recordMacKey),
+        ...extra,
+      ])),
     );
     made.push('recordMacKey');
   }
@@ -69,7 +138,7 @@ export function ensurePerTokenKeys(t: Pkcs11Token): PerTokenObject[] {
   if (!priv || !pub) {
     // A lone half of a pair is useless; replace it with a whole pair.
     for (const h of [priv, pub]) if (h) run(t, 'C_DestroyObject', 'removing half an identity pair', () => lib.C_DestroyObject(s, h));
-    run(t, 'C_GenerateKeyPair', 'generating the replica identity', () =>
+    run(t, 'C_GenerateKeyPair', 'generating the replica identity', () => withCopyable(t, (extra) =>
       lib.C_GenerateKeyPair(
         s,
         { mechanism: pkcs11.CKM_EC_KEY_PAIR_GEN },
@@ -78,9 +147,11 @@ export function ensurePerTokenKeys(t: Pkcs11Token): PerTokenObject[] {
           { type: pkcs11.CKA_KEY_TYPE, value: pkcs11.CKK_EC },
           { type: pkcs11.CKA_TOKEN, value: true },
           { type: pkcs11.CKA_PRIVATE, value: false },
-          { type: pkcs11.CKA_VERIFY, value: true },
+          { type: pkcs11.CKA_MODIFIABLE, value: false },
+          ...usageAttrs(KEY_USAGES.identityPublic, PUBLIC_USAGES),
           { type: pkcs11.CKA_EC_PARAMS, value: P256_PARAMS },
           { type: pkcs11.CKA_LABEL, value: KeyLabels.replicaIdentity },
+          ...extra,
         ],
         [
           { type: pkcs11.CKA_CLASS, value: pkcs11.CKO_PRIVATE_KEY },
@@ -89,10 +160,12 @@ export function ensurePerTokenKeys(t: Pkcs11Token): PerTokenObject[] {
           { type: pkcs11.CKA_PRIVATE, value: true },
           { type: pkcs11.CKA_SENSITIVE, value: true },
           { type: pkcs11.CKA_EXTRACTABLE, value: false },
-          { type: pkcs11.CKA_SIGN, value: true },
+          { type: pkcs11.CKA_MODIFIABLE, value: false },
+          ...usageAttrs(KEY_USAGES.identityPrivate, PRIVATE_USAGES),
           { type: pkcs11.CKA_LABEL, value: KeyLabels.replicaIdentity },
+          ...extra,
         ],
-      ),
+      )),
     );
     made.push('replicaIdentity');
   }
@@ -107,7 +180,7 @@ export interface FleetSecretPresence {
 export function fleetSecretPresence(t: Pkcs11Token): FleetSecretPresence {
   return {
     oprfSeed: t.findObject(KeyLabels.oprfSeed, pkcs11.CKO_SECRET_KEY) !== undefined,
-    fleetAke: t.findObject(KeyLabels.fleetAkeSealed, pkcs11.CKO_DATA) !== undefined,
+    fleetAke: t.hasData(KeyLabels.fleetAkeSealed),
   };
 }
 
@@ -117,33 +190,52 @@ export function fleetSecretPresence(t: Pkcs11Token): FleetSecretPresence {
  * and wipes them once every token has them.
  */
 export function importFleetSecrets(t: Pkcs11Token, oprfSeed: Buffer, akeSeed: Buffer, have: FleetSecretPresence): void {
-  const lib = t.raw;
-  const s = t.sessionHandle;
   if (!have.oprfSeed) {
-    run(t, 'C_CreateObject', 'importing the OPRF seed', () =>
-      lib.C_CreateObject(s, [
-        ...secretAttrs(KeyLabels.oprfSeed),
+    makeSeedKeys(t, 'importing', (template) => t.raw.C_CreateObject(t.sessionHandle, [...template, { type: pkcs11.CKA_VALUE, value: oprfSeed }]));
+  }
+  if (!have.fleetAke) storeFleetAke(t, akeSeed);
+}
+
+/**
+ * Makes the OPRF seed's token keys with `make(template)` (a C_CreateObject of a host value, or a
+ * C_UnwrapKey in the token ceremony): one key per hash (see KeyLabels.oprfSeedSha256), each bound to
+ * its mechanism where the token takes CKA_ALLOWED_MECHANISMS. The twin first: a token left with only
+ * it has no oprf-seed, so a retried ceremony still sees the seed missing and makes both.
+ */
+export function makeSeedKeys(t: Pkcs11Token, verb: string, make: (template: pkcs11.Template) => Buffer): void {
+  for (const [label, mech, what] of [
+    [KeyLabels.oprfSeedSha256, pkcs11.CKM_SHA256_HMAC, `${verb} the OPRF seed (HMAC-SHA-256 twin)`],
+    [KeyLabels.oprfSeed, pkcs11.CKM_SHA512_HMAC, `${verb} the OPRF seed`],
+  ] as const) {
+    if (label === KeyLabels.oprfSeedSha256 && t.findObject(label, pkcs11.CKO_SECRET_KEY)) continue;
+    run(t, verb === 'importing' ? 'C_CreateObject' : 'C_UnwrapKey', what, () => withAllowed(t, mech, (bound) => withCopyable(t, (extra) =>
+      make([
+        ...secretAttrs(label),
         { type: pkcs11.CKA_KEY_TYPE, value: pkcs11.CKK_GENERIC_SECRET },
-        { type: pkcs11.CKA_SIGN, value: true },
-        { type: pkcs11.CKA_VERIFY, value: true },
-        { type: pkcs11.CKA_VALUE, value: oprfSeed },
-      ]),
+        ...usageAttrs(KEY_USAGES.oprfSeed),
+        ...bound,
+        ...extra,
+      ]))),
     );
   }
-  if (!have.fleetAke) {
-    const sealed = Buffer.from(t.seal(KeyLabels.recordKey, akeSeed, FLEET_AKE_AAD));
-    run(t, 'C_CreateObject', 'storing the sealed fleet AKE seed', () =>
-      lib.C_CreateObject(s, [
-        { type: pkcs11.CKA_CLASS, value: pkcs11.CKO_DATA },
-        { type: pkcs11.CKA_TOKEN, value: true },
-        { type: pkcs11.CKA_PRIVATE, value: true },
-        { type: pkcs11.CKA_MODIFIABLE, value: false },
-        { type: pkcs11.CKA_APPLICATION, value: 'bkv' },
-        { type: pkcs11.CKA_LABEL, value: KeyLabels.fleetAkeSealed },
-        { type: pkcs11.CKA_VALUE, value: sealed },
-      ]),
-    );
-  }
+}
+
+/** Seals the fleet AKE seed under this token's record key and keeps it in the token's data store. */
+export function storeFleetAke(t: Pkcs11Token, akeSeed: Uint8Array): void {
+  const sealed = Buffer.from(t.seal(KeyLabels.recordKey, akeSeed, FLEET_AKE_AAD));
+  // Another store goes through the adapter's own write; CKO_DATA stays as it always was written.
+  if (t.dataStore !== 'data-object') return t.writeData(KeyLabels.fleetAkeSealed, sealed);
+  run(t, 'C_CreateObject', 'storing the sealed fleet AKE seed', () =>
+    t.raw.C_CreateObject(t.sessionHandle, [
+      { type: pkcs11.CKA_CLASS, value: pkcs11.CKO_DATA },
+      { type: pkcs11.CKA_TOKEN, value: true },
+      { type: pkcs11.CKA_PRIVATE, value: true },
+      { type: pkcs11.CKA_MODIFIABLE, value: false },
+      { type: pkcs11.CKA_APPLICATION, value: 'bkv' },
+      { type: pkcs11.CKA_LABEL, value: KeyLabels.fleetAkeSealed },
+      { type: pkcs11.CKA_VALUE, value: sealed },
+    ]),
+  );
 }
 
 /** KCV of the OPRF seed: HMAC-SHA-256(seed, "bkv kcv") computed in the token, first 8 bytes. */
@@ -180,4 +272,33 @@ export function secretKeyFlags(t: Pkcs11Token, label: string): { sensitive: bool
   );
   const b = (i: number) => attrs[i].value.length > 0 && attrs[i].value[0] !== 0;
   return { sensitive: b(0), extractable: b(1), token: b(2), alwaysSensitive: b(3) };
+}
+
+/** What each data store costs, for doctor and provision to say. */
+export const DATA_STORE_COSTS: Record<DataStore, string> = {
+  'data-object': 'CKO_DATA token objects (CKA_VALUE): nothing beyond the object per write',
+  'secret-key-id':
+    'each value (sealed fleet AKE seed, rollback anchor, Raft vote) is an inert ' +
+    'generic secret key (every usage off, sensitive, not extractable) whose CKA_ID holds it: one key generation per anchor ' +
+    'or vote write instead of an object creation (NSS softoken ~15 ms), and these keys show in the token\'s key list',
+};
+
+export type DataStoreChoice = { store: DataStore; reason: string; cost: string } | { store: undefined; reason: string };
+
+/**
+ * Picks where the anchor, the vote and the sealed AKE seed live from what the token accepted. They
+ * must be in the token (the host can roll its disk back, not the token), so with neither store
+ * there is no safe choice and bkv refuses the token.
+ */
+export function chooseDataStore(probe: Record<DataStore, true | string>): DataStoreChoice {
+  if (probe['data-object'] === true) return { store: 'data-object', reason: 'the token keeps CKO_DATA token objects', cost: DATA_STORE_COSTS['data-object'] };
+  if (probe['secret-key-id'] === true) {
+    return { store: 'secret-key-id', reason: `the token refuses CKO_DATA token objects (${probe['data-object']})`, cost: DATA_STORE_COSTS['secret-key-id'] };
+  }
+  return {
+    store: undefined,
+    reason:
+      `the token refuses CKO_DATA token objects (${probe['data-object']}) and inert secret keys (${probe['secret-key-id']}): ` +
+      'the rollback anchor and the Raft vote must live in the token (a host copy could be rolled back), so bkv cannot run on it',
+  };
 }

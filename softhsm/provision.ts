@@ -14,9 +14,11 @@ import {
   StateError, activateSoftHsmConf, confText, readManifest, readPinFile, replicaNames, statePaths,
   type FleetManifest, type ManifestReplica, type PinFile,
 } from './state.ts';
+import { checkAdopted } from './adopt.ts';
+import { runCeremony, type CeremonyMode } from './ceremony.ts';
 import {
-  ensurePerTokenKeys, fleetAkeKcv, fleetSecretPresence, identityFingerprint, importFleetSecrets, oprfSeedKcv,
-  FLEET_AKE_SEED_BYTES, OPRF_SEED_BYTES, type FleetSecretPresence,
+  chooseDataStore, ensurePerTokenKeys, fleetAkeKcv, fleetSecretPresence, identityFingerprint, importFleetSecrets, oprfSeedKcv,
+  type FleetSecretPresence,
 } from './keys.ts';
 
 export interface ProvisionOptions {
@@ -26,6 +28,10 @@ export interface ProvisionOptions {
   /** Destroy an existing state directory's tokens, PINs and manifest and start over. */
   force?: boolean;
   modulePath?: string;
+  /** String for C_Initialize (NSS softoken's configdir=...); recorded in fleet.json for every later command. */
+  moduleArgs?: string;
+  /** 'auto' (default): token-to-token where every token can, else host; recorded in fleet.json. */
+  ceremony?: CeremonyMode;
   /** Seal scheme for the tokens (default 'auto': AES-GCM where offered). Recorded in fleet.json. */
   sealScheme?: SealScheme | 'auto';
   onProgress?: (message: string) => void;
@@ -42,7 +48,7 @@ export interface ProvisionReport {
   manifestPath: string;
 }
 
-function writeFileAtomic(path: string, text: string, mode: number): void {
+export function writeFileAtomic(path: string, text: string, mode: number): void {
   const tmp = `${path}.tmp-${process.pid}`;
   writeFileSync(tmp, text, { mode });
   chmodSync(tmp, mode);
@@ -119,9 +125,15 @@ export async function provision(opts: ProvisionOptions): Promise<ProvisionReport
     say(a);
   };
   const existing = readManifestSafe(p.manifest, opts.force);
+  if (existing?.adopted) {
+    // Tokens bkv did not create are never initialised or wiped by it: check them, change nothing.
+    if (opts.force) throw new StateError('FLEET_ADOPTED', `${p.dir} holds adopted tokens; --force would not re-initialise them. Adopt into a new directory instead`);
+    return checkAdopted(p.dir, existing);
+  }
   const count = opts.replicas ?? existing?.replicas.length ?? 5;
   const names = replicaNames(count);
   const modulePath = opts.modulePath ?? existing?.modulePath ?? defaultModulePath();
+  const moduleArgs = opts.moduleArgs ?? (opts.force ? undefined : existing?.moduleArgs);
 
   if (existing && !opts.force) {
     const had = existing.replicas.map((r) => r.name);
@@ -163,7 +175,7 @@ export async function provision(opts: ProvisionOptions): Promise<ProvisionReport
     did(`wrote the PIN file ${p.pins} (mode 0600)`);
   }
 
-  const mod = loadModule(modulePath);
+  const mod = loadModule(modulePath, moduleArgs);
   if (existing && !opts.force) {
     // The fleet was complete once: a token that is gone took fleet secrets no other token can give
     // up, so a fresh token in its place could never join. Say so before touching anything.
@@ -186,13 +198,15 @@ export async function provision(opts: ProvisionOptions): Promise<ProvisionReport
   const tokens: Pkcs11Token[] = [];
   try {
     const recorded = new Map(existing && !opts.force ? existing.replicas.map((r) => [r.name, r.sealScheme] as const) : []);
+    const recordedStore = new Map(existing && !opts.force ? existing.replicas.map((r) => [r.name, r.dataStore ?? 'data-object'] as const) : []);
     for (const name of names) {
       const sealScheme = recorded.get(name) ?? opts.sealScheme ?? 'auto';
       if (opts.sealScheme && opts.sealScheme !== 'auto' && recorded.has(name) && recorded.get(name) !== opts.sealScheme) {
         throw new StateError('FLEET_MISMATCH', `token '${name}' was provisioned with seal scheme ${recorded.get(name)}; use --force to change it`);
       }
-      tokens.push(openToken({ modulePath, token: name, pin: pins.tokens[name].user, sealScheme }));
+      tokens.push(openToken({ modulePath, moduleArgs, token: name, pin: pins.tokens[name].user, sealScheme, dataStore: recordedStore.get(name) }));
     }
+    for (const [i, t] of tokens.entries()) if (!recordedStore.has(names[i])) chooseStore(t, did);
     const presence = tokens.map((t) => fleetSecretPresence(t));
     // Checked before any key is made, so a refusal changes nothing.
     tokens.forEach((t, i) => {
@@ -214,8 +228,9 @@ export async function provision(opts: ProvisionOptions): Promise<ProvisionReport
       if (made.length) did(`token '${t.label}': created ${made.join(', ')}`);
     }
     const complete = (x: FleetSecretPresence) => x.oprfSeed && x.fleetAke;
+    let ceremony = existing && !opts.force ? existing.ceremony : undefined;
     if (presence.every((x) => !x.oprfSeed && !x.fleetAke)) {
-      keyCeremony(tokens, presence, did);
+      ceremony = runCeremony(tokens, presence, did, opts.ceremony);
     } else if (!presence.every(complete)) {
       const lacking = tokens.filter((_, i) => !complete(presence[i])).map((t) => t.label);
       throw new StateError(
@@ -237,14 +252,17 @@ export async function provision(opts: ProvisionOptions): Promise<ProvisionReport
       serial: t.describe().serial,
       sealScheme: t.sealScheme,
       identityFingerprint: identityFingerprint(t),
+      ...(t.dataStore !== 'data-object' ? { dataStore: t.dataStore } : {}),
     }));
     const manifest: FleetManifest = {
       version: 1,
       createdAt: existing && !opts.force ? existing.createdAt : new Date().toISOString(),
       modulePath,
+      ...(moduleArgs ? { moduleArgs } : {}),
       conf: relative(p.dir, p.conf),
       replicas,
       kcv: kcvs[0],
+      ...(ceremony ? { ceremony } : {}),
     };
     const text = JSON.stringify(manifest, null, 2) + '\n';
     if (!existsSync(p.manifest) || readFileSync(p.manifest, 'utf8') !== text) {
@@ -271,6 +289,14 @@ export async function provision(opts: ProvisionOptions): Promise<ProvisionReport
   }
 }
 
+/** Probes a token new to the fleet for where its data values can live, and switches it there. */
+export function chooseStore(t: Pkcs11Token, did: (a: string) => void): void {
+  const choice = chooseDataStore(t.probeDataStores());
+  if (!choice.store) throw new StateError('NO_DATA_STORE', `token '${t.label}': ${choice.reason}`);
+  t.useDataStore(choice.store);
+  if (choice.store !== 'data-object') did(`token '${t.label}': data values as ${choice.store} (${choice.reason}); cost: ${choice.cost}`);
+}
+
 function readManifestSafe(path: string, force?: boolean): FleetManifest | undefined {
   try {
     return readManifest(path);
@@ -278,30 +304,4 @@ function readManifestSafe(path: string, force?: boolean): FleetManifest | undefi
     if (force) return undefined;
     throw e;
   }
-}
-
-/**
- * The key ceremony: the fleet-wide secrets are drawn once (from the first token's generator mixed
- * with the host's, so neither alone decides them), imported into every token, and the host copies
- * wiped whatever happens.
- */
-function keyCeremony(tokens: Pkcs11Token[], presence: FleetSecretPresence[], did: (a: string) => void): void {
-  const oprfSeed = Buffer.alloc(OPRF_SEED_BYTES);
-  const akeSeed = Buffer.alloc(FLEET_AKE_SEED_BYTES);
-  try {
-    const mix = (out: Buffer) => {
-      const a = tokens[0].random(out.length);
-      const b = randomBytes(out.length);
-      for (let i = 0; i < out.length; i++) out[i] = a[i] ^ b[i];
-      a.fill(0);
-      b.fill(0);
-    };
-    mix(oprfSeed);
-    mix(akeSeed);
-    tokens.forEach((t, i) => importFleetSecrets(t, oprfSeed, akeSeed, presence[i]));
-  } finally {
-    oprfSeed.fill(0);
-    akeSeed.fill(0);
-  }
-  did(`key ceremony: imported the OPRF seed and the sealed fleet AKE seed into ${tokens.length} tokens; host copies wiped`);
 }

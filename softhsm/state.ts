@@ -5,6 +5,7 @@ import { join, resolve } from 'node:path';
 import { BkvError } from '../protocol/errors.ts';
 import { initializedConf } from '../hsm-adapter/module.ts';
 import type { SealScheme } from '../hsm-adapter/token.ts';
+import type { DataStore } from '../hsm-adapter/pkcs11-token.ts';
 
 export class StateError extends BkvError {}
 
@@ -32,25 +33,45 @@ export interface ManifestReplica extends ReplicaInfo {
   sealScheme: SealScheme;
   /** SHA-256 prefix of the replica identity public key (not secret; lets peers pin it). */
   identityFingerprint: string;
+  /** Where the token keeps the anchor, vote and sealed AKE seed; absent: 'data-object' (CKO_DATA). */
+  dataStore?: DataStore;
+  /** Adopted tokens: how the operator named the token (label or PKCS#11 URI); absent: tokenLabel. */
+  tokenSpec?: string;
+  /** Adopted tokens: the file holding the user PIN (absolute; bkv reads it, never copies it). */
+  pinFile?: string;
 }
 
 export interface FleetManifest {
   version: 1;
   createdAt: string;
   modulePath: string;
-  /** Relative to the state directory. */
-  conf: string;
+  /**
+   * The string handed to C_Initialize (NSS softoken's configdir=..., vendor strings). Absent for
+   * modules that take none (SoftHSM2), so a manifest written before it existed reads the same.
+   */
+  moduleArgs?: string;
+  /** Relative to the state directory; absent for adopted tokens (bkv writes no module config then). */
+  conf?: string;
+  /** True when the tokens came initialised (bkv provision --adopt): bkv never re-initialises them. */
+  adopted?: boolean;
   replicas: ManifestReplica[];
   /** Key check values of the fleet-wide secrets: equal in every token, reveal nothing about them. */
   kcv: { oprfSeed: string; fleetAke: string };
+  /** How the key ceremony ran (absent: made before it was recorded, a host ceremony). */
+  ceremony?: { kind: 'token' | 'host'; source?: string; reason: string };
 }
 
 export interface FleetState {
   stateDir: string;
-  confPath: string;
+  /** SoftHSM2 conf of a provisioned fleet; undefined for adopted tokens. */
+  confPath: string | undefined;
   modulePath: string;
+  /** Module arguments recorded at provisioning (undefined: none). */
+  moduleArgs: string | undefined;
   replicas: ReplicaInfo[];
   manifest: FleetManifest;
+  /** Everything openToken needs for this token: module, its arguments, PIN, seal scheme. */
+  tokenOptions(tokenLabel: string): { modulePath: string; moduleArgs?: string; token: string; pin: string; sealScheme: SealScheme; dataStore?: DataStore };
   /** User PIN of a token: from the state's PIN file, else BKV_PIN. Never log it. */
   pinFor(tokenLabel: string): string;
   /** Seal scheme recorded for a token at provisioning. */
@@ -105,6 +126,18 @@ export function readPinFile(path: string): PinFile | undefined {
   return parsed;
 }
 
+/** The PIN in an operator's PIN file (one trailing newline dropped). The error names the file, never its text. */
+export function readPinText(path: string): string {
+  let mode: number;
+  try {
+    mode = statSync(path).mode & 0o777;
+  } catch (e) {
+    throw new StateError('PIN_FILE_UNREADABLE', `cannot read PIN file ${path}: ${(e as NodeJS.ErrnoException).code ?? 'error'}`);
+  }
+  if (mode & 0o077) throw new StateError('PIN_FILE_PERMISSIONS', `PIN file ${path} is readable by others (mode ${mode.toString(8)}); chmod 600 it`);
+  return readFileSync(path, 'utf8').replace(/\r?\n$/, '');
+}
+
 export function readManifest(path: string): FleetManifest | undefined {
   if (!existsSync(path)) return undefined;
   let m: FleetManifest;
@@ -116,9 +149,10 @@ export function readManifest(path: string): FleetManifest | undefined {
   const ok =
     m?.version === 1 &&
     typeof m.modulePath === 'string' &&
+    (m.moduleArgs === undefined || typeof m.moduleArgs === 'string') &&
     Array.isArray(m.replicas) &&
     m.replicas.length > 0 &&
-    m.replicas.every((r) => typeof r?.name === 'string' && typeof r.tokenLabel === 'string') &&
+    m.replicas.every((r) => typeof r?.name === 'string' && typeof r.tokenLabel === 'string' && (r.dataStore === undefined || r.dataStore === 'data-object' || r.dataStore === 'secret-key-id')) &&
     typeof m.kcv?.oprfSeed === 'string' &&
     typeof m.kcv?.fleetAke === 'string';
   if (!ok) throw new StateError('STATE_CORRUPT', `fleet manifest ${path} is incomplete or of an unknown version`);
@@ -135,20 +169,36 @@ export function loadState(stateDir: string): FleetState {
   if (!manifest) {
     throw new StateError('STATE_INCOMPLETE', `state directory ${p.dir} has no fleet.json: provisioning did not finish; run \`bkv provision --state ${stateDir}\``);
   }
-  const confPath = join(p.dir, manifest.conf ?? 'softhsm2.conf');
-  if (!existsSync(confPath)) {
+  const confPath = manifest.adopted ? undefined : join(p.dir, manifest.conf ?? 'softhsm2.conf');
+  if (confPath !== undefined && !existsSync(confPath)) {
     throw new StateError('STATE_INCOMPLETE', `state directory ${p.dir} lacks ${manifest.conf}; run \`bkv provision --state ${stateDir}\``);
   }
   const pins = readPinFile(p.pins);
   const schemes = new Map(manifest.replicas.map((r) => [r.tokenLabel, r.sealScheme ?? 'aes-256-gcm'] as const));
+  const moduleArgs = manifest.moduleArgs || undefined;
+  const stores = new Map(manifest.replicas.map((r) => [r.tokenLabel, r.dataStore] as const));
   return {
     stateDir: p.dir,
     confPath,
     modulePath: manifest.modulePath,
+    moduleArgs,
+    tokenOptions(tokenLabel: string) {
+      return {
+        modulePath: manifest.modulePath,
+        ...(moduleArgs !== undefined ? { moduleArgs } : {}),
+        token: manifest.replicas.find((r) => r.tokenLabel === tokenLabel)?.tokenSpec ?? tokenLabel,
+        pin: this.pinFor(tokenLabel),
+        sealScheme: this.sealSchemeFor(tokenLabel),
+        ...(stores.get(tokenLabel) ? { dataStore: stores.get(tokenLabel) } : {}),
+      };
+    },
     replicas: manifest.replicas.map(({ name, tokenLabel }) => ({ name, tokenLabel })),
     manifest,
     pinFor(tokenLabel: string): string {
-      const pin = pins?.tokens[tokenLabel]?.user ?? process.env.BKV_PIN;
+      // pins.json is keyed by replica name (provision writes it so); an adopted token's PIN stays in
+      // the operator's file.
+      const rep = manifest.replicas.find((r) => r.tokenLabel === tokenLabel);
+      const pin = (rep && pins?.tokens[rep.name]?.user) ?? pins?.tokens[tokenLabel]?.user ?? (rep?.pinFile ? readPinText(rep.pinFile) : undefined) ?? process.env.BKV_PIN;
       if (pin === undefined) {
         throw new StateError('PIN_MISSING', `no PIN for token '${tokenLabel}' in ${p.pins} and BKV_PIN is not set`);
       }
@@ -167,7 +217,8 @@ export function loadState(stateDir: string): FleetState {
  * environment when the module is initialised, so call this in the main thread before any token is
  * opened (a worker's process.env is a private copy SoftHSM never sees).
  */
-export function activateSoftHsmConf(state: { confPath: string }): void {
+export function activateSoftHsmConf(state: { confPath: string | undefined }): void {
+  if (state.confPath === undefined) return; // adopted tokens: the module keeps its own configuration
   const init = initializedConf();
   if (init && init.conf !== state.confPath) {
     throw new StateError(

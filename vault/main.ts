@@ -56,7 +56,7 @@ export async function main(argv: string[]): Promise<number> {
       process.stderr.write(`no replica named ${JSON.stringify(flags.replica)} in ${state.stateDir} (have: ${state.replicas.map((r) => r.name).join(', ')})\n`);
       return 2;
     }
-    const metered = new MeteredToken(openToken({ modulePath: state.modulePath, token: info.tokenLabel, pin: state.pinFor(info.tokenLabel), sealScheme: state.sealSchemeFor(info.tokenLabel) }));
+    const metered = new MeteredToken(openToken({ ...state.tokenOptions(info.tokenLabel), signs: false }));
     token = metered;
     replica = await Replica.open({ replicaId: info.name, token, dbDir: flags.db ?? replicaDbDir(state.stateDir, info.name), log });
     const server = await startVaultServer(replica, {

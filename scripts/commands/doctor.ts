@@ -2,7 +2,7 @@
 import { readFileSync } from 'node:fs';
 import { parseFlags, UsageError, type Command } from '../cli.ts';
 import { doctorFleet, doctorToken, type DoctorReport } from '../../softhsm/doctor.ts';
-import { defaultModulePath, finalizeModule } from '../../hsm-adapter/module.ts';
+import { finalizeModule } from '../../hsm-adapter/module.ts';
 import { BkvError } from '../../protocol/errors.ts';
 import type { SealScheme } from '../../hsm-adapter/token.ts';
 
@@ -20,7 +20,7 @@ tested; missing ones are listed.
 
   --state DIR          state directory of a provisioned fleet (default .bkv)
   --token LABEL|URI    one token, by label or PKCS#11 URI (pkcs11:token=NAME[;serial=...])
-  --module PATH        PKCS#11 module (default BKV_PKCS11_MODULE or the SoftHSM2 module)
+  --module PATH        PKCS#11 module (default: the URI's module-path, BKV_PKCS11_MODULE, SoftHSM2)
   --pin-file F         file holding the user PIN (else BKV_PIN, else the URI's pin-source)
   --module-args S      string handed to C_Initialize (pReserved) for modules that take one
   --seal-scheme S      auto | aes-256-gcm | aes-256-cbc-hmac-sha256 (default: as provisioned / auto)
@@ -55,6 +55,7 @@ function render(r: DoctorReport): string {
     out.push(`token ${t.tokenLabel}${t.name && t.name !== t.tokenLabel ? ` (${t.name})` : ''}  ${t.manufacturer} ${t.model}, serial ${t.serial}, ${t.mechanismCount} mechanisms`);
     out.push(`  seal     ${t.sealScheme} (${t.sealSchemeReason})`);
     out.push(`  ecdsa    ${t.ecdsa}`);
+    if (t.dataStore) out.push(`  data     ${t.dataStore.store ?? 'NONE'} (${t.dataStore.reason})${t.dataStore.cost && t.dataStore.store !== 'data-object' ? `; cost: ${t.dataStore.cost}` : ''}`);
     const needed = Object.entries(t.neededMechanisms ?? {});
     out.push(`  needs    ${needed.map(([m, ok]) => `${m}${ok ? '' : ' (MISSING)'}`).join(', ')}`);
     for (const c of t.checks) out.push(`  ${c.status.padEnd(7)}  ${c.name}${c.detail ? `: ${c.detail}` : ''}`);
@@ -101,7 +102,7 @@ export const command: Command = {
       if (tokenMode) {
         const pin = values['pin-file'] !== undefined ? readPin(values['pin-file']) : process.env.BKV_PIN;
         report = doctorToken({
-          modulePath: values.module ?? defaultModulePath(),
+          ...(values.module !== undefined ? { modulePath: values.module } : {}),
           token: values.token!,
           pin,
           moduleArgs: values['module-args'],

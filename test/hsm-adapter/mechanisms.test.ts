@@ -16,7 +16,7 @@ let original: string;
 const all = ['CKM_AES_GCM', 'CKM_AES_CBC_PAD', 'CKM_SHA256_HMAC', 'CKM_SHA512_HMAC', 'CKM_ECDSA', 'CKM_EC_KEY_PAIR_GEN', 'CKM_AES_KEY_GEN', 'CKM_GENERIC_SECRET_KEY_GEN'];
 beforeAll(async () => {
   fleet = await provisionTestFleet({ replicas: 1 });
-  original = readFileSync(fleet.state.confPath, 'utf8');
+  original = readFileSync(fleet.state.confPath!, 'utf8');
 });
 afterAll(async () => {
   await fleet?.cleanup();
@@ -27,7 +27,7 @@ function withDisabled(mechs: string[]): void {
   finalizeModule();
   // SoftHSM2 2.6 takes an allow-list, not a deny-list.
   const allow = all.filter((m) => !mechs.includes(m));
-  writeFileSync(fleet.state.confPath, original.replace('slots.mechanisms = ALL', `slots.mechanisms = ${allow.join(',')}`));
+  writeFileSync(fleet.state.confPath!, original.replace('slots.mechanisms = ALL', `slots.mechanisms = ${allow.join(',')}`));
 }
 
 const open = (sealScheme?: 'auto' | 'aes-256-gcm' | 'aes-256-cbc-hmac-sha256') =>
@@ -95,10 +95,33 @@ describe('the adapter adapts to the token\'s mechanisms', () => {
     }
   });
 
+  it('without ECDSA a fleet replica is refused, naming it, while a single vault (signs: false) runs', () => {
+    withDisabled(['CKM_ECDSA']);
+    let err: unknown;
+    try {
+      open();
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(TokenError);
+    expect((err as TokenError).code).toBe('MECHANISM_MISSING');
+    expect((err as TokenError).message).toMatch(/CKM_ECDSA_SHA256 or CKM_ECDSA/);
+    const t = openToken({ modulePath: fleet.state.modulePath, token: 'us-east', pin: fleet.state.pinFor('us-east'), signs: false });
+    try {
+      expect(t.ecdsaMechanism).toBeUndefined();
+      const aad = Buffer.from('aad');
+      expect(Buffer.from(t.open(KeyLabels.recordKey, t.seal(KeyLabels.recordKey, Buffer.from('single'), aad), aad)).toString()).toBe('single');
+      expect(t.hmac(KeyLabels.oprfSeed, 'sha512', Buffer.from('x')).length).toBe(64);
+      expect(() => t.sign(KeyLabels.replicaIdentity, Buffer.from('x'))).toThrow(expect.objectContaining({ code: 'MECHANISM_MISSING' }));
+    } finally {
+      t.close();
+    }
+  });
+
   it('with every mechanism back, AES-GCM is chosen again', () => {
     withDisabled(['CKM_SHA512_HMAC']);
     finalizeModule();
-    writeFileSync(fleet.state.confPath, original);
+    writeFileSync(fleet.state.confPath!, original);
     const t = open();
     expect(t.sealScheme).toBe('aes-256-gcm');
     expect(t.describe().mechanisms).toContain('CKM_SHA512_HMAC');

@@ -45,9 +45,9 @@ describe('provision', () => {
     expect(m.modulePath).toBe(fleet.state.modulePath);
     expect(m.kcv.oprfSeed).toMatch(/^[0-9a-f]{16}$/);
     expect(statSync(join(fleet.stateDir, 'pins.json')).mode & 0o777).toBe(0o600);
-    expect(readFileSync(fleet.state.confPath, 'utf8')).toContain(`directories.tokendir = ${join(fleet.stateDir, 'tokens')}`);
+    expect(readFileSync(fleet.state.confPath!, 'utf8')).toContain(`directories.tokendir = ${join(fleet.stateDir, 'tokens')}`);
     expect(readdirSync(join(fleet.stateDir, 'tokens')).length).toBe(3);
-    expect(process.env.SOFTHSM2_CONF).toBe(fleet.state.confPath);
+    expect(process.env.SOFTHSM2_CONF).toBe(fleet.state.confPath!);
     // The manifest holds no PIN.
     for (const r of fleet.replicas) expect(readFileSync(join(fleet.stateDir, 'fleet.json'), 'utf8')).not.toContain(fleet.state.pinFor(r.tokenLabel));
   });
@@ -162,6 +162,6 @@ describe('state', () => {
 
   it('switching SoftHSM2 conf after the module is initialised is refused', async () => {
     await rejects(() => activateSoftHsmConf({ confPath: join(scratch, 'other.conf') }), 'MODULE_ALREADY_INITIALISED');
-    expect(process.env.SOFTHSM2_CONF).toBe(fleet.state.confPath);
+    expect(process.env.SOFTHSM2_CONF).toBe(fleet.state.confPath!);
   });
 });

@@ -50,8 +50,7 @@ export async function startFleet(opts: StartFleetOptions): Promise<Fleet> {
   const spawn = (name: string, endpoint: PortEndpointInit, transfer: MessagePort[]): Promise<Record<string, string>> => {
     const info = state.replicas.find((r) => r.name === name)!;
     const data: ReplicaWorkerData & { __entry: string } = {
-      __entry: ENTRY_URL, name, voters: names, modulePath: state.modulePath, tokenLabel: info.tokenLabel,
-      pin: state.pinFor(info.tokenLabel), sealScheme: state.sealSchemeFor(info.tokenLabel),
+      __entry: ENTRY_URL, name, voters: names, token: state.tokenOptions(info.tokenLabel),
       dbDir: replicaDbDir(state.stateDir, name), fleetId, pins, endpoint, policy: opts.policy, tickMs, faults: opts.faultEndpoint === true,
     };
     const worker = new Worker(WORKER_URL, { workerData: data, transferList: transfer });
@@ -193,7 +192,7 @@ function identityPins(state: FleetState, names: readonly string[]): Record<strin
   const pins: Record<string, string> = {};
   for (const r of state.manifest.replicas) {
     if (!names.includes(r.name)) continue;
-    const t = openToken({ modulePath: state.modulePath, token: r.tokenLabel, pin: state.pinFor(r.tokenLabel), sealScheme: state.sealSchemeFor(r.tokenLabel) });
+    const t = openToken(state.tokenOptions(r.tokenLabel));
     try {
       const pub = t.publicKey(KeyLabels.replicaIdentity);
       const fp = createHash('sha256').update(pub).digest().subarray(0, 16).toString('hex');

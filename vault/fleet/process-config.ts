@@ -130,7 +130,7 @@ export function resolvePeers(state: FleetState, self: string, peers: readonly Pe
     const r = known.get(name)!;
     let pub = given.get(name);
     if (!pub) {
-      const t = openToken({ modulePath: state.modulePath, token: r.tokenLabel, pin: state.pinFor(r.tokenLabel), sealScheme: state.sealSchemeFor(r.tokenLabel) });
+      const t = openToken(state.tokenOptions(r.tokenLabel));
       try {
         pub = t.publicKey(KeyLabels.replicaIdentity);
       } finally {

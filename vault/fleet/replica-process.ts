@@ -158,7 +158,7 @@ export async function main(argv: string[]): Promise<number> {
       }
       throw e;
     }
-    token = await withTokenRetry(() => openToken({ modulePath: state.modulePath, token: info!.tokenLabel, pin: state.pinFor(info!.tokenLabel), sealScheme: state.sealSchemeFor(info!.tokenLabel) }), log);
+    token = await withTokenRetry(() => openToken(state.tokenOptions(info!.tokenLabel)), log);
     // Read at every call, as in a worker: a control body changes the rates of the running wrapper.
     // A pulled token is left out (it would stay pulled; the crash fault is the restart).
     const plan: FaultPlan = { seed: process.pid ^ c.name.length, failureRate: 0, latencyRate: 0, faults: ['CKR_DEVICE_ERROR', 'CKR_SESSION_HANDLE_INVALID'], stickyRemoval: false };

@@ -6,8 +6,8 @@
 import { parentPort, workerData, type MessagePort } from 'node:worker_threads';
 import { FaultyToken, type FaultPlan } from '../../hsm-adapter/faulty-token.ts';
 import { MeteredToken } from '../agent/metered-token.ts';
-import { openToken } from '../../hsm-adapter/pkcs11-token.ts';
-import type { SealScheme, Token } from '../../hsm-adapter/token.ts';
+import { openToken, type OpenTokenOptions } from '../../hsm-adapter/pkcs11-token.ts';
+import type { Token } from '../../hsm-adapter/token.ts';
 import type { ReplicaControl } from './fleet-types.ts';
 import { pinnedKeys } from '../firmware/gate.ts';
 import type { Policy } from '../firmware/firmware.ts';
@@ -18,10 +18,8 @@ import { PortTransport, type PortEndpointInit } from './transport-port.ts';
 export interface ReplicaWorkerData {
   name: string;
   voters: string[];
-  modulePath: string;
-  tokenLabel: string;
-  pin: string;
-  sealScheme: SealScheme;
+  /** How to open this replica's token (FleetState.tokenOptions: module and its arguments, PIN, seal scheme, data store). */
+  token: OpenTokenOptions;
   dbDir: string;
   fleetId: string;
   /** Replica -> hex identity public key (pins). */
@@ -59,7 +57,7 @@ const port = parentPort!;
 const post = (m: FromWorker, transfer?: ArrayBuffer[]) => port.postMessage(m, transfer ?? []);
 
 async function main(): Promise<void> {
-  const real = openToken({ modulePath: d.modulePath, token: d.tokenLabel, pin: d.pin, sealScheme: d.sealScheme });
+  const real = openToken(d.token);
   // Read at every call, so a control message changes the rates of the running wrapper. A pulled
   // token is left out: it would stay pulled for the rest of the run (a restart is the crash fault).
   const plan: FaultPlan = { seed: process.pid ^ d.name.length, failureRate: 0, latencyRate: 0, faults: ['CKR_DEVICE_ERROR', 'CKR_SESSION_HANDLE_INVALID'], stickyRemoval: false };

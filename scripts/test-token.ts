@@ -1,0 +1,37 @@
+// `npm run test:token -- --module PATH [--module-args S] --token LABEL|URI --pin-file F`: the token
+// conformance suite (test/hsm-adapter/conformance.test.ts) against one module. Without --module it
+// runs on SoftHSM2 and NSS softoken. The flags become BKV_TEST_* for the test process; the PIN stays
+// in its file. It adopts the token as bkv would (creates bkv's objects where missing): use a test token.
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+
+const usage = 'usage: npm run test:token -- [--module PATH [--module-args S] --token LABEL|URI --pin-file F]';
+let values: Record<string, string | undefined>;
+try {
+  ({ values } = parseArgs({
+    options: { module: { type: 'string' }, 'module-args': { type: 'string' }, token: { type: 'string' }, 'pin-file': { type: 'string' } },
+    strict: true,
+  }));
+} catch (e) {
+  console.error(`${(e as Error).message}\n${usage}`);
+  process.exit(2);
+}
+if (!values.module && (values.token || values['pin-file'] || values['module-args'])) {
+  console.error(`--token, --pin-file and --module-args go with --module\n${usage}`);
+  process.exit(2);
+}
+if (values.module && (!values.token || !values['pin-file'])) {
+  console.error(`--module needs --token and --pin-file\n${usage}`);
+  process.exit(2);
+}
+const env = { ...process.env };
+if (values.module) {
+  env.BKV_TEST_MODULE = values.module;
+  env.BKV_TEST_TOKEN = values.token;
+  env.BKV_TEST_PIN_FILE = values['pin-file'];
+  if (values['module-args']) env.BKV_TEST_MODULE_ARGS = values['module-args'];
+}
+const root = fileURLToPath(new URL('../', import.meta.url));
+const r = spawnSync(process.execPath, [`${root}node_modules/vitest/vitest.mjs`, 'run', 'test/hsm-adapter/conformance.test.ts'], { cwd: root, env, stdio: 'inherit' });
+process.exit(r.status ?? 1);
