@@ -167,8 +167,8 @@ export function loadState(stateDir: string): FleetState {
   if (!existsSync(confPath)) {
     throw new StateError('STATE_INCOMPLETE', `state directory ${p.dir} lacks ${manifest.conf}; run \`bkv provision --state ${stateDir}\``);
   }
-  if (confPath === p.conf) ownTokenDir(p.dir);
   const pins = readPinFile(p.pins);
+  if (confPath === p.conf) ownTokenDir(p.dir);
   const schemes = new Map(manifest.replicas.map((r) => [r.tokenLabel, r.sealScheme ?? 'aes-256-gcm'] as const));
   return {
     stateDir: p.dir,
