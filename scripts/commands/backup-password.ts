@@ -412,6 +412,10 @@ export class PasswordDevice {
 
 async function withDevice<T>(values: FlagValues, ctx: BackupContext, f: (d: PasswordDevice) => Promise<T>): Promise<T> {
   const d = new PasswordDevice(await deviceFromFlags(values, ctx.stateDir));
+  // A password backup is the account's: without --account its cloud object is named by the account
+  // (ChatD's name for it, the phone number), so two accounts sharing a cloud folder never see, or
+  // replace, each other's backup as their own.
+  if (!ctx.accountGiven) ctx.account = d.id.user;
   try {
     return await f(d);
   } finally {
