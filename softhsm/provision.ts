@@ -163,6 +163,18 @@ export async function provision(opts: ProvisionOptions): Promise<ProvisionReport
   const pinsOnDisk = readPinFile(p.pins);
   const pins: PinFile = pinsOnDisk ?? { version: 1, tokens: {} };
   const present = new Set(names.filter((n) => tokenExists(mod.lib, n)));
+  if (existing && !opts.force) {
+    // The fleet was complete once: a token that is gone took fleet secrets no other token can give
+    // up, so a fresh token in its place could never join. Say so before touching anything.
+    const gone = names.filter((n) => !present.has(n));
+    if (gone.length) {
+      throw new StateError(
+        'FLEET_INCOMPLETE',
+        `token(s) ${gone.join(', ')} of the fleet in ${p.dir} are gone; their fleet secrets cannot be re-imported ` +
+          '(they are non-extractable). Use --force to start the fleet over',
+      );
+    }
+  }
   const noPin = names.filter((n) => present.has(n) && !pins.tokens[n]);
   if (noPin.length) {
     throw new StateError(
@@ -181,18 +193,6 @@ export async function provision(opts: ProvisionOptions): Promise<ProvisionReport
   if (pinsChanged) {
     writeFileAtomic(p.pins, JSON.stringify(pins, null, 2) + '\n', 0o600);
     did(`wrote the PIN file ${p.pins} (mode 0600)`);
-  }
-  if (existing && !opts.force) {
-    // The fleet was complete once: a token that is gone took fleet secrets no other token can give
-    // up, so a fresh token in its place could never join. Say so before touching anything.
-    const gone = names.filter((n) => !tokenExists(mod.lib, n));
-    if (gone.length) {
-      throw new StateError(
-        'FLEET_INCOMPLETE',
-        `token(s) ${gone.join(', ')} of the fleet in ${p.dir} are gone; their fleet secrets cannot be re-imported ` +
-          '(they are non-extractable). Use --force to start the fleet over',
-      );
-    }
   }
   for (const name of names) {
     if (!tokenExists(mod.lib, name)) {
