@@ -531,7 +531,7 @@ function resolveLimits(p: Partial<ChatdLimits> | undefined): ChatdLimits {
   if (!Number.isInteger(l.maxBodyBytes) || l.maxBodyBytes < 1 || l.maxBodyBytes > MAX_RELAY_BODY) {
     throw new ChatdConfigError(`maxBodyBytes must be 1..${MAX_RELAY_BODY} (the relay's own limit)`);
   }
-  for (const k of ['perAccount', 'perAddress'] as const) {
+  for (const k of ['perAccount', 'perAddress', 'perUnauthenticated'] as const) {
     if (!(l[k].burst >= 1) || !(l[k].perSecond > 0)) throw new ChatdConfigError(`limit ${k} needs burst >= 1 and perSecond > 0`);
   }
   return l;

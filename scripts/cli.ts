@@ -53,6 +53,7 @@ const HINTS: Record<string, string> = {
   UNAUTHORIZED: 'check the account token (--token-file or BKV_ACCOUNT_TOKEN)',
   KSF_MISMATCH: 'pass the --ksf the message names; no attempt was spent',
   BAD_VAULT_REPLY: 'the reply was altered on the way; nothing was accepted: try again, and suspect the relay if it repeats',
+  VAULT_INTEGRITY: 'run `bkv doctor --state DIR` on the vault\'s state directory: it names the replica and what failed',
   BACKUP_WRONG_KEY: 'use the key (or password) this backup was made under',
   OUTCOME_UNKNOWN: 'one attempt was spent; `bkv backup status` says how many are left',
   NO_TOKEN: 'pass --token-file F or set BKV_ACCOUNT_TOKEN (`bkv account create` makes one)',

@@ -11,7 +11,7 @@ import { openToken, findSlot, type Pkcs11Token } from '../hsm-adapter/pkcs11-tok
 import { toTokenError, TokenError } from '../hsm-adapter/errors.ts';
 import { KeyLabels, type SealScheme } from '../hsm-adapter/token.ts';
 import {
-  StateError, activateSoftHsmConf, confText, readManifest, readPinFile, replicaNames, statePaths,
+  StateError, activateSoftHsmConf, confText, ownTokenDir, readManifest, readPinFile, replicaNames, statePaths,
   type FleetManifest, type ManifestReplica, type PinFile,
 } from './state.ts';
 import { checkAdopted } from './adopt.ts';
@@ -152,17 +152,49 @@ export async function provision(opts: ProvisionOptions): Promise<ProvisionReport
     did(`removed the old fleet in ${p.dir} (--force)`);
   }
 
-  mkdirSync(p.tokens, { recursive: true, mode: 0o700 });
   const conf = confText(p.tokens);
+  if (existsSync(p.conf)) {
+    // A moved or copied directory names the old tokens: point it at its own (or refuse, saying why).
+    const { movedFrom } = ownTokenDir(p.dir);
+    if (movedFrom) did(`${p.conf} named the token directory ${movedFrom} (the state directory was moved or copied); it now names its own, ${p.tokens}${existsSync(movedFrom) ? `. ${movedFrom} still exists: this directory is a copy of that fleet, keys and records alike, which real HSMs make impossible; do not serve both to the same devices` : ''}`);
+    if (readFileSync(p.conf, 'utf8') !== conf) {
+      throw new StateError('STATE_CONFLICT', `${p.conf} was not written by bkv provision (its settings differ); move it aside to have it written again`);
+    }
+  }
+  mkdirSync(p.tokens, { recursive: true, mode: 0o700 });
   if (!existsSync(p.conf)) {
     writeFileAtomic(p.conf, conf, 0o600);
     did(`wrote ${p.conf}`);
-  } else if (readFileSync(p.conf, 'utf8') !== conf) {
-    throw new StateError('STATE_CONFLICT', `${p.conf} exists with other contents (was the directory moved?); use --force to start over`);
   }
   activateSoftHsmConf({ confPath: p.conf });
 
-  let pins: PinFile = readPinFile(p.pins) ?? { version: 1, tokens: {} };
+  const mod = loadModule(modulePath, moduleArgs);
+  // A token's PIN is the one it was initialised with: a PIN file that is gone (or lost a token's
+  // entry) cannot be made again, and new random PINs in its place would lock bkv out of the tokens
+  // for good. Only tokens that do not exist yet get new PINs.
+  const pinsOnDisk = readPinFile(p.pins);
+  const pins: PinFile = pinsOnDisk ?? { version: 1, tokens: {} };
+  const present = new Set(names.filter((n) => tokenExists(mod.lib, n)));
+  if (existing && !opts.force) {
+    // The fleet was complete once: a token that is gone took fleet secrets no other token can give
+    // up, so a fresh token in its place could never join. Say so before touching anything.
+    const gone = names.filter((n) => !present.has(n));
+    if (gone.length) {
+      throw new StateError(
+        'FLEET_INCOMPLETE',
+        `token(s) ${gone.join(', ')} of the fleet in ${p.dir} are gone; their fleet secrets cannot be re-imported ` +
+          '(they are non-extractable). Use --force to start the fleet over',
+      );
+    }
+  }
+  const noPin = names.filter((n) => present.has(n) && !pins.tokens[n]);
+  if (noPin.length) {
+    throw new StateError(
+      'PIN_FILE_MISSING',
+      `token(s) ${noPin.join(', ')} in ${p.tokens} exist, but ${pinsOnDisk ? `${p.pins} has no PIN for them` : `their PIN file ${p.pins} is gone`}: ` +
+        'a token keeps the PIN it was initialised with, and new ones cannot open it. Restore pins.json from a backup of this directory; nothing was changed',
+    );
+  }
   let pinsChanged = false;
   for (const name of names) {
     if (!pins.tokens[name]) {
@@ -173,20 +205,6 @@ export async function provision(opts: ProvisionOptions): Promise<ProvisionReport
   if (pinsChanged) {
     writeFileAtomic(p.pins, JSON.stringify(pins, null, 2) + '\n', 0o600);
     did(`wrote the PIN file ${p.pins} (mode 0600)`);
-  }
-
-  const mod = loadModule(modulePath, moduleArgs);
-  if (existing && !opts.force) {
-    // The fleet was complete once: a token that is gone took fleet secrets no other token can give
-    // up, so a fresh token in its place could never join. Say so before touching anything.
-    const gone = names.filter((n) => !tokenExists(mod.lib, n));
-    if (gone.length) {
-      throw new StateError(
-        'FLEET_INCOMPLETE',
-        `token(s) ${gone.join(', ')} of the fleet in ${p.dir} are gone; their fleet secrets cannot be re-imported ` +
-          '(they are non-extractable). Use --force to start the fleet over',
-      );
-    }
   }
   for (const name of names) {
     if (!tokenExists(mod.lib, name)) {

@@ -1,6 +1,6 @@
 // The state directory of a SoftHSM2 fleet: softhsm2.conf (file object store, its own token
 // directory), the PIN file (0600), and fleet.json, the manifest later code (vault fleet, serve) reads.
-import { existsSync, readFileSync, statSync } from 'node:fs';
+import { chmodSync, existsSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { BkvError } from '../protocol/errors.ts';
 import { initializedConf } from '../hsm-adapter/module.ts';
@@ -107,6 +107,34 @@ export function confText(tokenDir: string): string {
   ].join('\n');
 }
 
+/**
+ * SoftHSM2 takes an absolute token directory, so a state directory that was moved or copied still
+ * names the old one in its softhsm2.conf: its tokens would be another directory's (a copy's vault
+ * would open, and anchor into, the original's tokens). A directory that holds its own tokens is
+ * pointed at them (only the tokendir line changes; returns the directory it named before); one that
+ * does not is refused with what to do, before anything opens a token.
+ */
+export function ownTokenDir(stateDir: string): { movedFrom?: string } {
+  const p = statePaths(stateDir);
+  const text = readFileSync(p.conf, 'utf8');
+  const m = /^directories\.tokendir\s*=\s*(.+?)\s*$/m.exec(text);
+  if (!m) throw new StateError('STATE_CORRUPT', `${p.conf} names no token directory (directories.tokendir)`);
+  const named = m[1]!;
+  if (resolve(named) === p.tokens) return {};
+  if (!existsSync(p.tokens)) {
+    throw new StateError(
+      'STATE_MOVED',
+      `${p.conf} names the token directory ${named}, not this directory's own ${p.tokens}, which does not exist: ` +
+        `the state directory was moved or copied without its tokens. Copy them too (cp -a ${named} ${p.tokens}), or use the directory that has them; nothing was changed`,
+    );
+  }
+  const tmp = `${p.conf}.tmp-${process.pid}`;
+  writeFileSync(tmp, text.replace(m[0], `directories.tokendir = ${p.tokens}`), { mode: 0o600 });
+  chmodSync(tmp, 0o600);
+  renameSync(tmp, p.conf);
+  return { movedFrom: named };
+}
+
 export function readPinFile(path: string): PinFile | undefined {
   if (!existsSync(path)) return undefined;
   const mode = statSync(path).mode & 0o777;
@@ -174,6 +202,7 @@ export function loadState(stateDir: string): FleetState {
     throw new StateError('STATE_INCOMPLETE', `state directory ${p.dir} lacks ${manifest.conf}; run \`bkv provision --state ${stateDir}\``);
   }
   const pins = readPinFile(p.pins);
+  if (confPath === p.conf) ownTokenDir(p.dir);
   const schemes = new Map(manifest.replicas.map((r) => [r.tokenLabel, r.sealScheme ?? 'aes-256-gcm'] as const));
   const moduleArgs = manifest.moduleArgs || undefined;
   const stores = new Map(manifest.replicas.map((r) => [r.tokenLabel, r.dataStore] as const));

@@ -7,7 +7,8 @@
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { openToken, finalizeModule } from '../hsm-adapter/pkcs11-token.ts';
-import { isBkvError } from '../protocol/errors.ts';
+import { BkvError, isBkvError } from '../protocol/errors.ts';
+import { anchorOwner } from './firmware/storage.ts';
 import { pinnedKeys } from './firmware/gate.ts';
 import { activateSoftHsmConf, loadState } from '../softhsm/state.ts';
 import { Replica, replicaDbDir } from './agent/replica.ts';
@@ -58,6 +59,15 @@ export async function main(argv: string[]): Promise<number> {
     }
     const metered = new MeteredToken(openToken({ ...state.tokenOptions(info.tokenLabel), signs: false }));
     token = metered;
+    // The fleet and the single vault share each token's anchor object, in different seal domains: a
+    // state directory the fleet used would make this vault refuse its own disk as TAMPERED. Say why.
+    if (anchorOwner(token, info.name) === 'fleet') {
+      throw new BkvError(
+        'FLEET_STATE',
+        `${state.stateDir} belongs to a fleet: replica ${info.name}'s token holds the Raft fleet's log anchor, so a single vault cannot serve it ` +
+          `(it would refuse its disk as TAMPERED). Run \`bkv fleet up --state ${state.stateDir}\`, or give \`bkv serve\` a state directory of its own`,
+      );
+    }
     replica = await Replica.open({ replicaId: info.name, token, dbDir: flags.db ?? replicaDbDir(state.stateDir, info.name), log });
     const server = await startVaultServer(replica, {
       port, log, relayKey: hopSecret(state.stateDir, 'relay'), metricsKey: hopSecret(state.stateDir, 'metrics'), tokenReport: () => metered.report(),

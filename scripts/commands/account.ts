@@ -4,9 +4,9 @@ import { parseFlags, UsageError, type Command } from '../cli.ts';
 import { AccountStore, accountTag } from '../../chatd/accounts.ts';
 import { openSecretOut } from '../secret-out.ts';
 
-const help = `usage: bkv account create --phone E164 [--state DIR] [--out F]
+const help = `usage: bkv account create --phone E164 [--state DIR] [--out F] [--json]
        bkv account list [--state DIR] [--json]
-       bkv account revoke --phone E164 [--state DIR]
+       bkv account revoke --phone E164 [--state DIR] [--json]
 
 Device accounts for ChatD, kept in DIR/chatd/accounts.json (DIR defaults to .bkv).
 
@@ -15,13 +15,16 @@ Device accounts for ChatD, kept in DIR/chatd/accounts.json (DIR defaults to .bkv
            0600 (an existing F is refused before the account is made). Only its SHA-256 is stored. A
            phone number has at most one active token: revoke it first to issue a new one.
   list     phone, status, creation time and token-hash tag (what ChatD logs) of every account.
-  revoke   the token stops working at ChatD's next request, even while ChatD is running.`;
+  revoke   the token stops working at ChatD's next request, even while ChatD is running.
+
+  --json   the result as one JSON object on stdout (create: {"ok", "phone", "tag", and "token" or
+           "tokenFile"}); a failure as {"error": {"code", "message", "hint"}} on stderr`;
 
 async function run(argv: string[]): Promise<number> {
   const [sub, ...rest] = argv;
   switch (sub) {
     case 'create': {
-      const { values } = parseFlags(rest, { phone: { type: 'string' }, state: { type: 'string' }, out: { type: 'string' } });
+      const { values } = parseFlags(rest, { phone: { type: 'string' }, state: { type: 'string' }, out: { type: 'string' }, json: { type: 'boolean' } });
       if (!values.phone) throw new UsageError('account create needs --phone');
       const store = new AccountStore(values.state ?? '.bkv');
       // Before the account exists: a token that could not be saved would be one nobody has.
@@ -36,6 +39,11 @@ async function run(argv: string[]): Promise<number> {
       if (out) {
         out.commit(`${r.token}\n`);
         console.error(`bkv: account created for ${r.phone} (tag ${r.tag}); its token is in ${out.path} (mode 0600) and shown nowhere else`);
+        if (values.json) console.log(JSON.stringify({ ok: true, phone: r.phone, tag: r.tag, tokenFile: out.path }));
+      } else if (values.json) {
+        // The token is the result asked for, shown this once, as without --json.
+        console.log(JSON.stringify({ ok: true, phone: r.phone, tag: r.tag, token: r.token }));
+        console.error(`bkv: account created for ${r.phone} (tag ${r.tag}); the token ("token" above) is shown only this once`);
       } else {
         console.log(r.token);
         console.error(`bkv: account created for ${r.phone} (tag ${r.tag}); the token above is shown only this once`);
@@ -62,10 +70,10 @@ async function run(argv: string[]): Promise<number> {
       return 0;
     }
     case 'revoke': {
-      const { values } = parseFlags(rest, { phone: { type: 'string' }, state: { type: 'string' } });
+      const { values } = parseFlags(rest, { phone: { type: 'string' }, state: { type: 'string' }, json: { type: 'boolean' } });
       if (!values.phone) throw new UsageError('account revoke needs --phone');
       await new AccountStore(values.state ?? '.bkv').revoke(values.phone);
-      console.log(`revoked ${values.phone}`);
+      console.log(values.json ? JSON.stringify({ ok: true, phone: values.phone, revoked: true }) : `revoked ${values.phone}`);
       return 0;
     }
     case undefined:

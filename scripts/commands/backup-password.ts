@@ -187,6 +187,9 @@ const deviceUsage = [
   '  --password        not accepted: a password in argv is visible to other users and stays in shell history',
 ];
 
+/** Health codes of a vault that refuses its own stored state (vault/firmware, vault/replica): integrity, not load. */
+const INTEGRITY_CODES = ['TAMPERED', 'ROLLBACK_DETECTED', 'FORKED'];
+
 export interface DeviceIdentity {
   chatdUrl: string;
   token: string;
@@ -355,6 +358,14 @@ export class PasswordDevice {
 
   private translate(e: unknown): unknown {
     const at = this.id.chatdUrl;
+    // The vault refusing its own stored state is an integrity failure, not an outage to wait out.
+    const vaultCode = (e as { vaultCode?: string }).vaultCode;
+    if ((e instanceof PasswordError || e instanceof VaultUnavailableError) && vaultCode && INTEGRITY_CODES.includes(vaultCode)) {
+      return new PasswordBackupError(
+        'VAULT_INTEGRITY',
+        `the vault refuses its stored state (${vaultCode}): an integrity failure of its disk or token, not a passing outage; \`bkv doctor --state DIR\` on the vault's state directory shows which replica and why`,
+      );
+    }
     if (e instanceof PasswordError) {
       switch (e.code) {
         case 'WRONG_PASSWORD': {
@@ -401,6 +412,10 @@ export class PasswordDevice {
 
 async function withDevice<T>(values: FlagValues, ctx: BackupContext, f: (d: PasswordDevice) => Promise<T>): Promise<T> {
   const d = new PasswordDevice(await deviceFromFlags(values, ctx.stateDir));
+  // A password backup is the account's: without --account its cloud object is named by the account
+  // (ChatD's name for it, the phone number), so two accounts sharing a cloud folder never see, or
+  // replace, each other's backup as their own.
+  if (!ctx.accountGiven) ctx.account = d.id.user;
   try {
     return await f(d);
   } finally {

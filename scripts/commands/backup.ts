@@ -24,6 +24,8 @@ export interface BackupContext {
   stateDir: string;
   cloud: CloudFolder;
   account: string;
+  /** Whether --account was given; if not, a password command names the object by the device's account. */
+  accountGiven: boolean;
   progress: ProgressReporter;
   /** `--json`: the result as one JSON object on stdout (errors as JSON on stderr, scripts/cli.ts). */
   json: boolean;
@@ -79,7 +81,7 @@ export type CommonFlag = keyof typeof commonFlags;
 
 const commonHelp: Record<CommonFlag, string> = {
   cloud: '  --cloud DIR       cloud folder standing in for Drive/iCloud (default <state>/cloud)',
-  account: `  --account NAME    whose backup: the object <cloud>/<NAME>.bkv (default '${DEFAULT_ACCOUNT}')`,
+  account: `  --account NAME    whose backup: the object <cloud>/<NAME>.bkv (default: with a password, the\n                    account's phone number; with a 64-digit key, '${DEFAULT_ACCOUNT}')`,
   progress: '  --progress        report bytes done/total on stderr even when it is not a terminal',
 };
 const stateHelp = '  --state DIR       state directory (default .bkv)\n  --json            the result as one JSON object on stdout ({"ok": true, ...}); a failure as\n                    {"error": {"code", "message", "hint"}} on stderr';
@@ -388,6 +390,7 @@ export const command: Command = {
       stateDir,
       cloud: new CloudFolder(cloudDir),
       account: typeof values['account'] === 'string' ? values['account'] : DEFAULT_ACCOUNT,
+      accountGiven: typeof values['account'] === 'string',
       progress: makeProgress(values['progress'] === true || (!json && Boolean(process.stderr.isTTY))),
       json,
       out(text, data) {

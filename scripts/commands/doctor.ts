@@ -5,15 +5,19 @@ import { doctorFleet, doctorToken, type DoctorReport } from '../../softhsm/docto
 import { finalizeModule } from '../../hsm-adapter/module.ts';
 import { BkvError } from '../../protocol/errors.ts';
 import type { SealScheme } from '../../hsm-adapter/token.ts';
+import { loadState } from '../../softhsm/state.ts';
+import { checkReplicaDisks, diskProblem, type DiskCheck } from '../disk-doctor.ts';
 
 const help = `usage: bkv doctor [--state DIR] [--json] [--seal-scheme S]
        bkv doctor --token LABEL|URI [--module PATH] [--pin-file F] [--module-args STRING] [--json]
 
 Checks the PKCS#11 module, each replica token's mechanisms and the choices bkv makes from them, a
 self-test per token (seal/open, HMAC, sign/verify, keys that refuse to leave the token) and that the
-fleet secrets' key check values agree across tokens, and which OPAQUE group backend this build runs
-(native, or the libsodium WebAssembly fallback with the reason: a warning, not red). Exit 0 when
-green, 1 when red.
+fleet secrets' key check values agree across tokens, each replica's disk against its token (every
+sealed entry and snapshot opens, the entries chain to the end, the token's anchor is on that chain:
+TAMPERED or ROLLBACK_DETECTED is an integrity failure, red), and which OPAQUE group backend this
+build runs (native, or the libsodium WebAssembly fallback with the reason: a warning, not red).
+Exit 0 when green, 1 when red.
 
 With --token it checks any single token (a hardware one too): only the bkv objects that exist are
 tested; missing ones are listed.
@@ -36,7 +40,7 @@ function readPin(path: string): string {
   }
 }
 
-function render(r: DoctorReport): string {
+function render(r: DoctorReport & { disks?: DiskCheck[] }): string {
   const out: string[] = [];
   out.push(r.mode === 'fleet' ? `bkv doctor: fleet in ${r.stateDir}` : `bkv doctor: single token`);
   const lib = r.library;
@@ -63,6 +67,10 @@ function render(r: DoctorReport): string {
   if (r.fleetChecks.length) {
     out.push('', 'fleet');
     for (const c of r.fleetChecks) out.push(`  ${c.status.padEnd(7)}  ${c.name}${c.detail ? `: ${c.detail}` : ''}`);
+  }
+  if (r.disks?.length) {
+    out.push('', 'disks');
+    for (const d of r.disks) out.push(`  ${d.status.padEnd(7)}  ${d.replica}: ${d.detail}`);
   }
   out.push('');
   if (r.ok) {
@@ -110,6 +118,12 @@ export const command: Command = {
         });
       } else {
         report = doctorFleet({ stateDir: values.state ?? '.bkv', sealScheme: scheme as SealScheme | 'auto' | undefined });
+        // The disks too, against tokens that opened: seals, chain, anchor. A failure is red.
+        if (report.tokens.every((t) => t.opened)) {
+          const disks = await checkReplicaDisks(loadState(values.state ?? '.bkv'));
+          const bad = disks.filter((d) => d.status === 'fail');
+          report = { ...report, ok: report.ok && bad.length === 0, problems: [...report.problems, ...bad.map(diskProblem)], disks } as DoctorReport;
+        }
       }
       console.log(values.json ? JSON.stringify(report, null, 2) : render(report));
       return report.ok ? 0 : 1;

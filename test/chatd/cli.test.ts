@@ -30,6 +30,30 @@ beforeAll(() => {
 afterAll(() => state.cleanup());
 
 describe('bkv account', () => {
+  it('--json: create answers one JSON object with the token (or its file), revoke too; a failure is JSON on stderr', () => {
+    const own = tempState();
+    try {
+      const r = run('account', 'create', '--phone', '+15551230001', '--state', own.dir, '--json');
+      expect(r.status, r.stderr).toBe(0);
+      const made = JSON.parse(r.stdout) as { ok: boolean; phone: string; tag: string; token: string };
+      expect(made).toMatchObject({ ok: true, phone: '+15551230001' });
+      expect(made.token).toMatch(/^bkvt_[A-Za-z0-9_-]{43}$/);
+      expect(made.tag).toBe(tokenHash(made.token).slice(0, 12));
+      expect(r.stderr).not.toContain(made.token.slice(5));
+      const out = join(own.dir, 'json.token');
+      const f = run('account', 'create', '--phone', '+15551230002', '--state', own.dir, '--out', out, '--json');
+      expect(JSON.parse(f.stdout)).toMatchObject({ ok: true, phone: '+15551230002', tokenFile: out });
+      expect(f.stdout).not.toContain('bkvt_');
+      const again = run('account', 'create', '--phone', '+15551230001', '--state', own.dir, '--json');
+      expect(again.status).toBe(1);
+      expect(again.stdout).toBe('');
+      expect((JSON.parse(again.stderr) as { error: { code: string } }).error.code).toMatch(/^[A-Z_]+$/);
+      expect(JSON.parse(run('account', 'revoke', '--phone', '+15551230001', '--state', own.dir, '--json').stdout)).toEqual({ ok: true, phone: '+15551230001', revoked: true });
+    } finally {
+      own.cleanup();
+    }
+  });
+
   it('creates an account, prints the token once and stores only its hash', () => {
     const r = run('account', 'create', '--phone', '+15551234567', '--state', state.dir);
     expect(r.status).toBe(0);

@@ -51,6 +51,10 @@ describe('bkv fleet up / status', () => {
     // Nothing running yet: a clear error, not a stack.
     let r = await cliProcess(['fleet', 'status', '--state', stateDir, '--json']);
     expect(r.status).toBe(1);
+    // With --json the error is JSON too (code, message, hint).
+    expect(JSON.parse(r.err)).toMatchObject({ error: { code: 'FLEET_NOT_RUNNING', hint: expect.stringContaining('bkv fleet up') } });
+    r = await cliProcess(['fleet', 'status', '--state', stateDir]);
+    expect(r.status).toBe(1);
     expect(r.err).toContain('[FLEET_NOT_RUNNING]');
 
     up = spawn(process.execPath, [BKV, 'fleet', 'up', '--state', stateDir, '--replicas', String(REPLICAS), '--wan', 'none', '--faults', '--quiet'], { stdio: ['ignore', 'pipe', 'pipe'] });

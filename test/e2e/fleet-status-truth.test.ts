@@ -83,6 +83,12 @@ describe('bkv fleet status under partitions', () => {
     expect(s1.faults[0]).toMatchObject({ op: 'isolate', replicas: [follower] });
     expect(s1.faults[0]!.by).toMatch(/^operator key \(.+ pid \d+ \(bkv fleet fault isolate\)\)$/);
 
+    // A refused request is logged too (who, what, the code), and changes no fault in force.
+    const refused = await cliProcess(['fleet', 'fault', 'restart', leader, '--state', stateDir]);
+    expect(refused.status).toBe(1);
+    expect(refused.err).toContain('[REPLICA_RUNNING]');
+    expect((await statusJson()).faults).toHaveLength(1);
+
     // No majority anywhere: three healthy replicas, none serves, and the table and summary say so.
     const names = s0.replicas.map((r) => r.name);
     await fault('partition', ...names);
@@ -113,9 +119,10 @@ describe('bkv fleet status under partitions', () => {
     expect(statSync(file).mode & 0o777).toBe(0o600);
     const audit = readFileSync(file, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
     const faults = audit.filter((a) => a.event === 'fault');
-    expect(faults.map((a) => a.op)).toEqual(['isolate', 'partition', 'heal']);
+    expect(faults.map((a) => a.op)).toEqual(['isolate', 'restart', 'partition', 'heal']);
+    expect(faults[1]).toMatchObject({ op: 'restart', ok: false, code: 'REPLICA_RUNNING', fault: { op: 'restart', replica: leader } });
     for (const a of faults) {
-      expect(a).toMatchObject({ ok: true });
+      expect(a.ok).toBe(a.op !== 'restart');
       expect(typeof a.at === 'string' && !Number.isNaN(Date.parse(a.at))).toBe(true);
       expect(a.by).toMatch(/pid \d+ \(bkv fleet fault/);
     }
@@ -124,7 +131,7 @@ describe('bkv fleet status under partitions', () => {
     expect(roles.some((a) => a.role !== 'leader' && a.replica === leader)).toBe(true); // it lost its quorum and stepped down
     for (const a of roles) expect(a.by).toBe('raft');
     // The same lines reached `fleet up`'s stderr, although it ran with --quiet.
-    expect(upErr.filter((l) => l.includes('"event":"fault"'))).toHaveLength(3);
+    expect(upErr.filter((l) => l.includes('"event":"fault"'))).toHaveLength(4);
     const secrets = [readFileSync(join(stateDir, 'operator.key'), 'utf8').trim(), readFileSync(join(stateDir, 'relay.key'), 'utf8').trim(),
       ...strings(JSON.parse(readFileSync(join(stateDir, 'pins.json'), 'utf8')))].filter((x) => x.length >= 4);
     expect(secrets.length).toBeGreaterThan(2);

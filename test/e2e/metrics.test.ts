@@ -50,6 +50,8 @@ describe('/metrics of the vault and ChatD', () => {
     expect(sample(vault, 'bkv_requests_total', { type: 'next', outcome: 'ok' })).toBeGreaterThanOrEqual(2);
     expect(sample(vault, 'bkv_attempts_charged_total')).toBe(1);
     expect(sample(vault, 'bkv_lockouts_total')).toBe(0);
+    // Its commits: the registration, the charged attempt (each one sealed, flushed and anchored write).
+    expect(sample(vault, 'bkv_commit_duration_seconds_count')).toBeGreaterThanOrEqual(2);
     expect(sample(vault, 'bkv_token_call_duration_seconds_count', { op: 'seal' })).toBeGreaterThan(0);
     // ChatD: the same requests, as it relayed them (200s on /v1/vault), and the scrapes it refused (401).
     expect(sample(chatd, 'bkv_chatd_requests_total', { via: 'http', route: '/v1/vault', status: '200', code: '' })).toBe(sample(vault, 'bkv_requests_total'));

@@ -134,7 +134,7 @@ describe('password backups end to end (CLI -> ChatD -> vault -> SoftHSM2)', () =
     };
     expect((await json(['backup', 'enable-password', '--password-file', pw])).out).toMatchObject({ ok: true, user: '+15551110077', state: 'registered', attemptsLeft: 10, limit: 10 });
     const made = (await json(['backup', 'create', '--in', chats, '--password-file', pw])).out!;
-    expect(made).toMatchObject({ ok: true, mode: 'password', account: 'default' });
+    expect(made).toMatchObject({ ok: true, mode: 'password', account: '+15551110077', object: join(rig.stateDir, 'cloud', '+15551110077.bkv') });
     expect(made.key64).toBeUndefined();
     const wrong = await json(['backup', 'restore', '--out', join(rig.dir, 'carol-out-bad'), '--password-file', bad], 1);
     expect(wrong.out).toBeUndefined();
@@ -146,6 +146,34 @@ describe('password backups end to end (CLI -> ChatD -> vault -> SoftHSM2)', () =
     expect((await json(['backup', 'change-password', '--old-password-file', pw, '--password-file', pw])).out).toMatchObject({ ok: true, attemptsLeft: 10 });
     expect((await json(['backup', 'disable', '--yes'])).out).toMatchObject({ ok: true, erased: true });
     expect((await json(['backup', 'disable', '--yes'])).out).toMatchObject({ ok: true, erased: false });
+  });
+
+  it('without --account a password backup is keyed by its account: two accounts in one cloud folder never see or replace each other\'s', async () => {
+    const dana = await rig.account('+15551110088');
+    const eve = await rig.account('+15551110099');
+    const pwD = writeSecret(rig.dir, 'pw-dana', 'dana has her own password');
+    const pwE = writeSecret(rig.dir, 'pw-eve', 'eve has another password');
+    const chats = join(rig.dir, 'dana-chats');
+    makeChats(chats);
+    for (const [who, pw] of [[dana, pwD], [eve, pwE]] as const) expect((await cli(['backup', 'enable-password', '--password-file', pw, ...dev(who)])).status).toBe(0);
+    expect((await cli(['backup', 'create', '--in', chats, '--password-file', pwD, ...dev(dana)])).status).toBe(0);
+    expect((await statusJson(dana)).cloud).toMatchObject({ object: '+15551110088.bkv', mode: 'password' });
+    // Eve's status does not show Dana's backup as hers, and says under which name it looked.
+    expect((await statusJson(eve)).cloud).toBeNull();
+    const text = await cli(['backup', 'status', ...dev(eve)]);
+    expect(text.out).toContain("for account '+15551110099'");
+    // Eve's own backup lands beside Dana's, not over it; each restores its own.
+    const eveChats = join(rig.dir, 'eve-chats');
+    makeChats(eveChats);
+    expect((await cli(['backup', 'create', '--in', eveChats, '--password-file', pwE, ...dev(eve)])).status).toBe(0);
+    for (const [who, pw, src] of [[dana, pwD, chats], [eve, pwE, eveChats]] as const) {
+      const out = join(rig.dir, `restored-${who.phone.slice(-2)}`);
+      const r = await cli(['backup', 'restore', '--out', out, '--password-file', pw, ...dev(who)]);
+      expect(r.status, r.err).toBe(0);
+      expect(treeDigest(out)).toEqual(treeDigest(src));
+    }
+    // --account still names any object.
+    expect((await cli(['backup', 'status', '--json', '--account', '+15551110088', ...dev(eve)])).out).toContain('"object": "+15551110088.bkv"');
   });
 
   it('disable on a terminal asks first: anything but "yes" erases nothing', async () => {

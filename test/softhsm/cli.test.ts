@@ -1,7 +1,7 @@
 // `bkv provision` and `bkv doctor` as a user runs them (separate processes, real tokens).
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdtempSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -36,6 +36,68 @@ describe('bkv provision / doctor', () => {
         expect(out).not.toContain(p.so);
       }
     }
+  });
+
+  it('a moved state directory uses its own tokens, says so, and stays green; one moved without them is refused, saying why', () => {
+    expect(run(['provision', '--replicas', '2', '--state', 'orig']).status).toBe(0);
+    const kcv = (JSON.parse(readFileSync(join(dir, 'orig', 'fleet.json'), 'utf8')) as { kcv: unknown }).kcv;
+    renameSync(join(dir, 'orig'), join(dir, 'moved'));
+    const m = run(['provision', '--state', 'moved']);
+    expect(m.status, m.stderr).toBe(0);
+    expect(m.stdout).toContain(`named the token directory ${join(dir, 'orig', 'tokens')} (the state directory was moved or copied); it now names its own, ${join(dir, 'moved', 'tokens')}`);
+    // Only the conf changed: no token made, no ceremony again.
+    expect(m.stdout).not.toContain('initialised token');
+    expect(m.stdout).not.toContain('key ceremony');
+    expect(readFileSync(join(dir, 'moved', 'softhsm2.conf'), 'utf8')).toContain(`directories.tokendir = ${join(dir, 'moved', 'tokens')}\n`);
+    expect(statSync(join(dir, 'moved', 'softhsm2.conf')).mode & 0o777).toBe(0o600);
+    expect(existsSync(join(dir, 'orig'))).toBe(false); // nothing was made where it used to be
+    const d = run(['doctor', '--state', 'moved', '--json']);
+    expect(d.status, d.stdout).toBe(0);
+    expect((JSON.parse(d.stdout) as { ok: boolean }).ok).toBe(true);
+    expect((JSON.parse(readFileSync(join(dir, 'moved', 'fleet.json'), 'utf8')) as { kcv: unknown }).kcv).toEqual(kcv);
+
+    // A copy of the directory without its tokens: refused, nothing written, and no advice to --force.
+    cpSync(join(dir, 'moved'), join(dir, 'half'), { recursive: true });
+    rmSync(join(dir, 'half', 'tokens'), { recursive: true });
+    const confBefore = readFileSync(join(dir, 'half', 'softhsm2.conf'), 'utf8');
+    const h = run(['provision', '--state', 'half']);
+    expect(h.status).toBe(1);
+    expect(h.stderr).toContain('[STATE_MOVED]');
+    expect(h.stderr).toContain(`cp -a ${join(dir, 'moved', 'tokens')} ${join(dir, 'half', 'tokens')}`);
+    expect(h.stderr).not.toContain('--force');
+    expect(readFileSync(join(dir, 'half', 'softhsm2.conf'), 'utf8')).toBe(confBefore);
+    expect(existsSync(join(dir, 'half', 'tokens'))).toBe(false);
+    // A copy with them: its own tokens, and a warning that it is a clone of a fleet that still exists.
+    cpSync(join(dir, 'moved'), join(dir, 'copy'), { recursive: true });
+    const c = run(['provision', '--state', 'copy']);
+    expect(c.status, c.stderr).toBe(0);
+    expect(c.stdout).toContain(`${join(dir, 'moved', 'tokens')} still exists: this directory is a copy of that fleet`);
+    expect(readFileSync(join(dir, 'copy', 'softhsm2.conf'), 'utf8')).toContain(`directories.tokendir = ${join(dir, 'copy', 'tokens')}\n`);
+  });
+
+  it('a missing PIN file is refused, not replaced by new PINs that could never open the tokens', () => {
+    expect(run(['provision', '--replicas', '2', '--state', 'pins']).status).toBe(0);
+    const pinsPath = join(dir, 'pins', 'pins.json');
+    const saved = readFileSync(pinsPath, 'utf8');
+    rmSync(pinsPath);
+    for (const args of [['provision', '--state', 'pins'], ['serve', '--state', 'pins']]) {
+      const r = run(args);
+      expect(r.status, args.join(' ')).toBe(1);
+      expect(r.stderr).toContain('[PIN_FILE_MISSING]');
+      expect(r.stderr).toContain('Restore pins.json');
+      expect(existsSync(pinsPath)).toBe(false);
+    }
+    // One token's entry gone: the same.
+    const pins = JSON.parse(saved) as { tokens: Record<string, unknown> };
+    delete pins.tokens['us-west'];
+    writeFileSync(pinsPath, JSON.stringify(pins), { mode: 0o600 });
+    const r = run(['provision', '--state', 'pins']);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toContain('token(s) us-west');
+    expect(JSON.parse(readFileSync(pinsPath, 'utf8'))).toEqual(pins);
+    // Restored, everything opens again.
+    writeFileSync(pinsPath, saved, { mode: 0o600 });
+    expect(run(['doctor', '--state', 'pins']).status).toBe(0);
   });
 
   it('doctor is green on the fleet, in text and JSON', () => {

@@ -2,6 +2,7 @@
 // decides commitment is behind ReplicatedLog. Today: SoloLog, a single replica whose durable local
 // write IS the commit (propose -> seal -> LMDB write -> flush -> token anchor -> committed -> apply).
 // Later: a Raft log over the fleet implements the same interface.
+import { emptyBuckets, observeInto } from '../../protocol/metrics-wire.ts';
 import { BkvError } from '../../protocol/errors.ts';
 import { GENESIS_HASH, chainHash, type ChainPoint, type SealedStorage } from '../firmware/storage.ts';
 import type { LogStore } from './store.ts';
@@ -43,6 +44,8 @@ export const NOT_APPENDED = 'NOT_APPENDED';
 
 interface Queued {
   entry: Uint8Array;
+  /** When it was proposed (the host's clock: metrics only). */
+  at: number;
   resolve: (index: number) => void;
   reject: (e: unknown) => void;
 }
@@ -59,6 +62,8 @@ export class SoloLog implements ReplicatedLog {
   private wantCompact?: { index: number; state: Uint8Array };
   /** Observers for tests and benchmarks: batches written (size of each). */
   readonly stats = { batches: 0, entries: 0, anchors: 0 };
+  /** Propose-to-committed time (sealed, flushed, anchored) of every entry, for /metrics. */
+  readonly commitBuckets = emptyBuckets();
 
   constructor(
     private readonly store: LogStore,
@@ -93,7 +98,7 @@ export class SoloLog implements ReplicatedLog {
     if (this.dead) return Promise.reject(this.dead);
     if (!this.handlers) return Promise.reject(new LogError('LOG_NOT_STARTED', 'propose before start'));
     return new Promise((resolve, reject) => {
-      this.queue.push({ entry, resolve, reject });
+      this.queue.push({ entry, at: performance.now(), resolve, reject });
       if (!this.writing) {
         this.writing = true;
         // Let every proposal of this event-loop turn join the batch: one flush, one anchor write.
@@ -126,6 +131,8 @@ export class SoloLog implements ReplicatedLog {
         this.stats.entries += batch.length;
         this.stats.anchors++;
         this.handlers!.committed(committed);
+        const now = performance.now();
+        for (const q of batch) observeInto(this.commitBuckets, (now - q.at) / 1000);
         batch.forEach((q, i) => q.resolve(committed[i]!.index));
       } catch (e) {
         this.fail(e, batch);

@@ -9,6 +9,7 @@ import { RELAY_PATH } from '../../protocol/relay.ts';
 import type { Replica } from './replica.ts';
 import { createFront, listenFront, refuseUnauthorizedRelay, relayRefusal, serveRelay, type FrontLimits } from './http.ts';
 import { VaultMetrics } from './metrics.ts';
+import { SoloLog } from './log.ts';
 import { bearerMatches } from '../../protocol/hop-secret.ts';
 import { emptyReplicaMetrics, type ReplicaMetrics } from '../../protocol/metrics-wire.ts';
 
@@ -34,8 +35,9 @@ export async function startVaultServer(replica: Replica, opts: {
   const metrics = new VaultMetrics();
   const name = replica.firmware.replicaId;
   const scrape = async () => {
-    // One replica on a solo log: no Raft commit to time; the record effects and the token's calls.
-    metrics.absorb(name, { ...emptyReplicaMetrics(), effects: { ...replica.firmware.effects }, token: opts.tokenReport?.() ?? {} });
+    // One replica on a solo log: its commit is the sealed, flushed and anchored write (no quorum).
+    const commit = replica.log instanceof SoloLog ? structuredClone(replica.log.commitBuckets) : emptyReplicaMetrics().commit;
+    metrics.absorb(name, { ...emptyReplicaMetrics(), commit, effects: { ...replica.firmware.effects }, token: opts.tokenReport?.() ?? {} });
     return { type: metrics.contentType, text: await metrics.text() };
   };
   const server = createFront((req, res) => {

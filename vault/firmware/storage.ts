@@ -68,6 +68,16 @@ export class SealedStorage {
     return this.token.seal(KeyLabels.recordKey, packr.pack({ index, head, state }), this.aad('snapshot', 0));
   }
 
+  /** Whether `raw` (an anchor as a token holds it) opens in this storage's domain. */
+  opensAnchor(raw: Uint8Array): boolean {
+    try {
+      this.openAnchor(raw);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
   /** The rollback anchor, or undefined on a token that never had one. Throws TAMPERED if it does not open. */
   readAnchor(): ChainPoint | undefined {
     const raw = this.readAnchorSealed();
@@ -170,4 +180,16 @@ function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
   if (a.length !== b.length) return false;
   for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
   return true;
+}
+
+/**
+ * Whose log a token's anchor belongs to: the single vault's (domain `<replica>`), the Raft fleet's
+ * (`<replica>/raft`), neither (`none`: no anchor yet), or something else. They share the anchor object.
+ */
+export function anchorOwner(token: Token, replicaId: string): 'none' | 'solo' | 'fleet' | 'unknown' {
+  const solo = new SealedStorage(token, replicaId);
+  const raw = solo.readAnchorSealed();
+  if (!raw) return 'none';
+  if (solo.opensAnchor(raw)) return 'solo';
+  return new SealedStorage(token, `${replicaId}/raft`).opensAnchor(raw) ? 'fleet' : 'unknown';
 }
