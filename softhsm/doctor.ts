@@ -151,6 +151,7 @@ function checkToken(t: Pkcs11Token, r: TokenReport, akeToken: Pkcs11Token = t, c
       );
     });
   }
+  wrapProbe(t, r);
 
   const needMac = r.sealScheme === 'aes-256-cbc-hmac-sha256';
   if (!has.recordKey) missing('seal/open', KeyLabels.recordKey);
@@ -210,6 +211,44 @@ function checkToken(t: Pkcs11Token, r: TokenReport, akeToken: Pkcs11Token = t, c
       r.kcv!.fleetAke = fleetAkeKcv(akeToken);
       return `opens under this token's record key (${akeToken.sealScheme}); KCV ${r.kcv!.fleetAke}`;
     });
+  }
+}
+
+/**
+ * Whether the module refuses to wrap a key marked non-extractable under a key the caller made (and
+ * could read). NSS softoken 3.87 wraps it anyway. A warning, not red: a software token's key store
+ * is a host file that the PIN decrypts, so whoever holds the PIN holds the keys on SoftHSM2 as well;
+ * on such a module CKA_EXTRACTABLE false keeps keys out of bkv's own calls, not from the PIN's holder.
+ */
+function wrapProbe(t: Pkcs11Token, r: TokenReport): void {
+  const target = t.findObject(KeyLabels.recordMacKey, pkcs11.CKO_SECRET_KEY) ?? t.findObject(KeyLabels.recordKey, pkcs11.CKO_SECRET_KEY);
+  if (!target || !t.mechanisms.has(pkcs11.CKM_AES_KEY_WRAP_PAD) || !t.mechanisms.has(pkcs11.CKM_AES_KEY_GEN)) return;
+  const s = t.sessionHandle;
+  let wrapper: Buffer | undefined;
+  let blob: Buffer | undefined;
+  try {
+    wrapper = t.raw.C_GenerateKey(s, { mechanism: pkcs11.CKM_AES_KEY_GEN }, [
+      { type: pkcs11.CKA_CLASS, value: pkcs11.CKO_SECRET_KEY }, { type: pkcs11.CKA_KEY_TYPE, value: pkcs11.CKK_AES },
+      { type: pkcs11.CKA_VALUE_LEN, value: 32 }, { type: pkcs11.CKA_TOKEN, value: false }, { type: pkcs11.CKA_WRAP, value: true },
+    ]);
+    blob = t.raw.C_WrapKey(s, { mechanism: pkcs11.CKM_AES_KEY_WRAP_PAD }, wrapper, target, Buffer.alloc(256));
+  } catch {
+    /* refused: as it should be */
+  } finally {
+    blob?.fill(0);
+    if (wrapper) {
+      try {
+        t.raw.C_DestroyObject(s, wrapper);
+      } catch {
+        /* a session object */
+      }
+    }
+  }
+  if (blob) {
+    (r.warnings ??= []).push(
+      'the module wraps keys marked non-extractable (CKA_EXTRACTABLE false) under a key the caller makes: whoever holds the PIN can take the bkv keys out. ' +
+        'Use it only where the PIN is kept like the keys (on a software token the key store is a host file the PIN decrypts anyway)',
+    );
   }
 }
 
