@@ -112,7 +112,7 @@ function expectTokenError(f: () => unknown, codes: string[], what: string): stri
 }
 
 /** The per-token checks. `present` says which bkv objects exist (absent ones are reported missing). */
-function checkToken(t: Pkcs11Token, r: TokenReport, akeToken: Pkcs11Token = t, ceremony?: 'token' | 'host'): void {
+function checkToken(t: Pkcs11Token, r: TokenReport, akeToken: Pkcs11Token = t, ceremony?: 'token' | 'host', noIdentity = false): void {
   const c = r.checks;
   const has = {
     recordKey: t.findObject(KeyLabels.recordKey, pkcs11.CKO_SECRET_KEY) !== undefined,
@@ -177,7 +177,8 @@ function checkToken(t: Pkcs11Token, r: TokenReport, akeToken: Pkcs11Token = t, c
       expect(m.length === 32, `MAC length ${m.length}`);
     });
   }
-  if (!has.identity) missing('sign/verify', KeyLabels.replicaIdentity);
+  if (!has.identity && noIdentity) c.push({ name: 'sign/verify', status: 'pass', detail: 'no identity key: a single vault never signs (fleet.json records none)' });
+  else if (!has.identity) missing('sign/verify', KeyLabels.replicaIdentity);
   else {
     attempt(c, 'sign/verify', () => {
       const data = Buffer.from('bkv doctor');
@@ -445,7 +446,7 @@ export function doctorFleet(opts: FleetDoctorOptions): DoctorReport {
       const recorded = state.sealSchemeFor(rep.tokenLabel);
       const scheme = opts.sealScheme ?? recorded;
       const openWith = (sealScheme: SealScheme | 'auto') =>
-        openToken({ ...state.tokenOptions(rep.tokenLabel), sealScheme, requireMechanisms: false });
+        openToken({ ...state.tokenOptions(rep.tokenLabel), sealScheme, requireMechanisms: false, signs: state.replicas.length > 1 });
       const t = openFor(r, () => openWith(scheme));
       if (!t) continue;
       open.push(t);
@@ -458,7 +459,9 @@ export function doctorFleet(opts: FleetDoctorOptions): DoctorReport {
       }
       describeInto(t, r, opts.sealScheme !== undefined && opts.sealScheme !== 'auto');
       dataStoreInto(t, r, t.dataStore);
-      checkToken(t, r, akeToken, state.manifest.ceremony?.kind ?? 'host');
+      // A single vault provisioned on a token without EC keys records no identity ('').
+      const noIdentity = state.replicas.length === 1 && state.manifest.replicas[0]!.identityFingerprint === '';
+      checkToken(t, r, akeToken, state.manifest.ceremony?.kind ?? 'host', noIdentity);
     }
     const fc = report.fleetChecks;
     const kcvAgree = (key: 'oprfSeed' | 'fleetAke') =>
@@ -477,7 +480,7 @@ export function doctorFleet(opts: FleetDoctorOptions): DoctorReport {
       const fps = report.tokens.map((t) => t.identityFingerprint);
       expect(new Set(fps).size === fps.length, 'two replicas share an identity key');
       state.manifest.replicas.forEach((m, i) =>
-        expect(m.identityFingerprint === fps[i], `identity of '${m.tokenLabel}' is not the one fleet.json records`),
+        expect(m.identityFingerprint === (fps[i] ?? ''), `identity of '${m.tokenLabel}' is not the one fleet.json records`),
       );
     });
     const mains = open.filter((t, i) => open.findIndex((u) => u.label === t.label) === i);
@@ -527,10 +530,12 @@ export function doctorToken(opts: TokenDoctorOptions): DoctorReport {
   report.library = libraryInfo(modulePath, opts.moduleArgs);
   const r: TokenReport = { tokenLabel: opts.token, opened: false, checks: [] };
   report.tokens.push(r);
-  const t = openFor(r, () => openToken({ ...opts, modulePath, requireMechanisms: false }));
+  // One token: its role is not known, so ECDSA (a fleet's need) is a warning here, not red.
+  const t = openFor(r, () => openToken({ ...opts, modulePath, requireMechanisms: false, signs: false }));
   if (t) {
     try {
       r.tokenLabel = t.label;
+      if (t.ecdsaMechanism === undefined) report.warnings.push(`token '${t.label}' offers no ECDSA: it can serve a single vault, not a fleet replica`);
       describeInto(t, r, opts.sealScheme !== undefined && opts.sealScheme !== 'auto');
       dataStoreInto(t, r);
       checkToken(t, r);

@@ -115,8 +115,11 @@ function run<T>(t: Pkcs11Token, op: string, what: string, f: () => T): T {
   }
 }
 
-/** Creates the per-token keys the token lacks; returns which it created. */
-export function ensurePerTokenKeys(t: Pkcs11Token): PerTokenObject[] {
+/**
+ * Creates the per-token keys the token lacks; returns which it created. `identity: false` leaves out
+ * the replica identity: a single vault never signs, so its token need not make EC keys.
+ */
+export function ensurePerTokenKeys(t: Pkcs11Token, opts: { identity?: boolean } = {}): PerTokenObject[] {
   const lib = t.raw;
   const s = t.sessionHandle;
   const made: PerTokenObject[] = [];
@@ -148,7 +151,7 @@ export function ensurePerTokenKeys(t: Pkcs11Token): PerTokenObject[] {
   }
   const priv = t.findObject(KeyLabels.replicaIdentity, pkcs11.CKO_PRIVATE_KEY);
   const pub = t.findObject(KeyLabels.replicaIdentity, pkcs11.CKO_PUBLIC_KEY);
-  if (!priv || !pub) {
+  if ((!priv || !pub) && opts.identity !== false) {
     // A lone half of a pair is useless; replace it with a whole pair.
     for (const h of [priv, pub]) if (h) run(t, 'C_DestroyObject', 'removing half an identity pair', () => lib.C_DestroyObject(s, h));
     run(t, 'C_GenerateKeyPair', 'generating the replica identity', () => withAllowed(t, ALLOWED_MECHANISMS.identityPrivate, (bound) => withCopyable(t, (extra) =>
@@ -265,6 +268,20 @@ export function fleetAkeKcv(t: Pkcs11Token): string {
   } finally {
     seed.fill(0);
   }
+}
+
+/**
+ * Whether a fleet of this size needs an identity in this token: every replica of a fleet signs; the
+ * one token of a single vault needs none, and gets one only where it can make EC keys.
+ */
+export function wantsIdentity(t: Pkcs11Token, fleetSize: number): boolean {
+  return fleetSize > 1 || t.mechanisms.has(pkcs11.CKM_EC_KEY_PAIR_GEN);
+}
+
+/** The identity fingerprint for fleet.json, '' where the token holds no identity (a single vault without EC). */
+export function manifestFingerprint(t: Pkcs11Token): string {
+  const has = t.findObject(KeyLabels.replicaIdentity, pkcs11.CKO_PUBLIC_KEY) !== undefined;
+  return has ? identityFingerprint(t) : '';
 }
 
 /** SHA-256 of the identity public key, first 16 bytes: a public fingerprint peers can pin. */
