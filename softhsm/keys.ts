@@ -220,6 +220,7 @@ export function importFleetSecrets(t: Pkcs11Token, oprfSeed: Buffer, akeSeed: Bu
  * it has no oprf-seed, so a retried ceremony still sees the seed missing and makes both.
  */
 export function makeSeedKeys(t: Pkcs11Token, verb: string, make: (template: pkcs11.Template) => Buffer): void {
+  t.forgetKeys();
   for (const [label, mech, what] of [
     [KeyLabels.oprfSeedSha256, ALLOWED_MECHANISMS.oprfSeedSha256, `${verb} the OPRF seed (HMAC-SHA-256 twin)`],
     [KeyLabels.oprfSeed, ALLOWED_MECHANISMS.oprfSeed, `${verb} the OPRF seed`],
