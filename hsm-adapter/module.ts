@@ -22,7 +22,7 @@ export interface LoadedModule {
 }
 
 const loaded = new Map<string, LoadedModule>();
-/** SOFTHSM2_CONF as it was when this thread's C_Initialize returned CKR_OK (main thread only). */
+/** SOFTHSM2_CONF as it was when this thread's C_Initialize of SoftHSM2 returned CKR_OK (main thread only). */
 let confAtInit: { path: string; conf: string | undefined } | undefined;
 
 export function loadModule(modulePath: string, moduleArgs?: string): LoadedModule {
@@ -57,7 +57,8 @@ export function loadModule(modulePath: string, moduleArgs?: string): LoadedModul
     // as the buffer size); the trailing NUL we add is the byte it drops, so the module sees it whole.
     if (moduleArgs) opts.libraryParameters = moduleArgs + '\0';
     lib.C_Initialize(opts);
-    if (isMainThread) confAtInit = { path: modulePath, conf: process.env.SOFTHSM2_CONF };
+    // Only SoftHSM2 reads SOFTHSM2_CONF; another module loaded alongside (NSS) says nothing about it.
+    if (isMainThread && isSoftHsm(lib)) confAtInit = { path: modulePath, conf: process.env.SOFTHSM2_CONF };
   } catch (e) {
     if (ckrOf(e) !== pkcs11.CKR_CRYPTOKI_ALREADY_INITIALIZED) {
       try {
@@ -82,6 +83,14 @@ function initFailure(e: unknown, modulePath: string, moduleArgs: string | undefi
     ? 'the module refused the module arguments it was given (check --module-args / moduleArgs in fleet.json)'
     : "the module may need module arguments (NSS softoken: configdir='sql:DIR' ...): give them with --module-args, which provision records in fleet.json";
   return new TokenError('MODULE_ARGS_BAD', `${err.message}: ${hint}`, { ckr: err.ckr, operation: 'C_Initialize', cause: e });
+}
+
+function isSoftHsm(lib: pkcs11.PKCS11): boolean {
+  try {
+    return lib.C_GetInfo().manufacturerID.startsWith('SoftHSM');
+  } catch {
+    return true; // cannot tell: keep the SOFTHSM2_CONF guard
+  }
 }
 
 /** Whether this thread has initialised a module, and with which SOFTHSM2_CONF (main thread only). */

@@ -744,6 +744,12 @@ export class Pkcs11Token implements Token {
     return this.store === 'data-object' ? dataAttrs() : keyIdAttrs();
   }
 
+  /** Forgets cached key lookups (provisioning, after it made keys): a twin found missing may exist now. */
+  forgetKeys(): void {
+    this.handles.clear();
+    this.noTwin.clear();
+  }
+
   /** Switches the data store (provisioning, after probing the token). */
   useDataStore(store: DataStore): void {
     if (!DATA_STORES.includes(store)) throw new TokenError('BAD_INPUT', `unknown data store '${String(store)}'`, { operation: 'open', tokenLabel: this.label });

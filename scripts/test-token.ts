@@ -1,6 +1,6 @@
 // `npm run test:token -- --module PATH [--module-args S] --token LABEL|URI --pin-file F`: the token
-// conformance suite (test/hsm-adapter/conformance.test.ts) against one module. Without --module it
-// runs on SoftHSM2 and NSS softoken. The flags become BKV_TEST_* for the test process; the PIN stays
+// conformance suite (test/hsm-adapter/conformance.test.ts) and the least-privilege checks against one module. Without --module it
+// runs those and test/hsm-adapter/token.test.ts on SoftHSM2 and NSS softoken. The flags become BKV_TEST_* for the test process; the PIN stays
 // in its file. It adopts the token as bkv would (creates bkv's objects where missing): use a test token.
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
@@ -33,5 +33,11 @@ if (values.module) {
   if (values['module-args']) env.BKV_TEST_MODULE_ARGS = values['module-args'];
 }
 const root = fileURLToPath(new URL('../', import.meta.url));
-const r = spawnSync(process.execPath, [`${root}node_modules/vitest/vitest.mjs`, 'run', 'test/hsm-adapter/conformance.test.ts'], { cwd: root, env, stdio: 'inherit' });
-process.exit(r.status ?? 1);
+const vitest = (files: string[], extra: NodeJS.ProcessEnv = {}) =>
+  spawnSync(process.execPath, [`${root}node_modules/vitest/vitest.mjs`, 'run', ...files], { cwd: root, env: { ...env, ...extra }, stdio: 'inherit' }).status ?? 1;
+const suite = ['test/hsm-adapter/conformance.test.ts', 'test/softhsm/least-privilege.test.ts'];
+// Without --module: also the adapter's own suite (three tokens of one fleet), on SoftHSM2 and on NSS.
+const status = values.module
+  ? vitest(suite)
+  : Math.max(vitest([...suite, 'test/hsm-adapter/token.test.ts']), vitest(['test/hsm-adapter/token.test.ts'], { BKV_TEST_FLEET: 'nss' }));
+process.exit(status);

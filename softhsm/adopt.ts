@@ -9,7 +9,7 @@ import { loadModule, defaultModulePath } from '../hsm-adapter/module.ts';
 import { openToken, type Pkcs11Token } from '../hsm-adapter/pkcs11-token.ts';
 import { parseTokenSpec } from '../hsm-adapter/uri.ts';
 import { StateError, readManifest, readPinText, replicaNames, statePaths, type FleetManifest, type ManifestReplica } from './state.ts';
-import { ensurePerTokenKeys, fleetAkeKcv, fleetSecretPresence, identityFingerprint, oprfSeedKcv } from './keys.ts';
+import { ensurePerTokenKeys, fleetAkeKcv, fleetSecretPresence, manifestFingerprint, wantsIdentity, oprfSeedKcv } from './keys.ts';
 import { chooseStore, writeFileAtomic, type ProvisionReport } from './provision.ts';
 import { runCeremony, type CeremonyMode } from './ceremony.ts';
 
@@ -67,7 +67,7 @@ export async function adopt(opts: AdoptOptions): Promise<ProvisionReport> {
   const tokens: Pkcs11Token[] = [];
   try {
     for (const [i, r] of wanted.entries()) {
-      tokens.push(openToken({ modulePath, ...(opts.moduleArgs ? { moduleArgs: opts.moduleArgs } : {}), token: r.token, pin: pins[i]! }));
+      tokens.push(openToken({ modulePath, ...(opts.moduleArgs ? { moduleArgs: opts.moduleArgs } : {}), token: r.token, pin: pins[i]!, signs: wanted.length > 1 }));
     }
     const seen = new Map<string, string>();
     for (const [i, t] of tokens.entries()) {
@@ -86,7 +86,7 @@ export async function adopt(opts: AdoptOptions): Promise<ProvisionReport> {
     for (const t of tokens) chooseStore(t, did);
     const fresh = tokens.map((t) => fleetSecretPresence(t));
     for (const t of tokens) {
-      const made = ensurePerTokenKeys(t);
+      const made = ensurePerTokenKeys(t, { identity: wantsIdentity(t, tokens.length) });
       if (made.length) did(`token '${t.label}': created ${made.join(', ')}`);
     }
     const ceremony = runCeremony(tokens, fresh, did, opts.ceremony);
@@ -100,7 +100,7 @@ export async function adopt(opts: AdoptOptions): Promise<ProvisionReport> {
       ...(wanted[i]!.token !== t.label ? { tokenSpec: wanted[i]!.token } : {}),
       serial: t.describe().serial,
       sealScheme: t.sealScheme,
-      identityFingerprint: identityFingerprint(t),
+      identityFingerprint: manifestFingerprint(t),
       ...(t.dataStore !== 'data-object' ? { dataStore: t.dataStore } : {}),
       pinFile: wanted[i]!.pinFile,
     }));
@@ -131,7 +131,7 @@ export function checkAdopted(dir: string, m: FleetManifest): ProvisionReport {
   for (const r of m.replicas) {
     const pin = r.pinFile ? readPinText(r.pinFile) : process.env.BKV_PIN;
     if (pin === undefined) throw new StateError('PIN_MISSING', `no PIN for token '${r.tokenLabel}' (no pinFile in fleet.json, BKV_PIN not set)`);
-    const t = openToken({ modulePath: m.modulePath, ...(m.moduleArgs ? { moduleArgs: m.moduleArgs } : {}), token: r.tokenSpec ?? r.tokenLabel, pin, sealScheme: r.sealScheme, dataStore: r.dataStore ?? 'data-object' });
+    const t = openToken({ modulePath: m.modulePath, ...(m.moduleArgs ? { moduleArgs: m.moduleArgs } : {}), token: r.tokenSpec ?? r.tokenLabel, pin, sealScheme: r.sealScheme, dataStore: r.dataStore ?? 'data-object', signs: m.replicas.length > 1 });
     try {
       const k = { oprfSeed: oprfSeedKcv(t), fleetAke: fleetAkeKcv(t) };
       if (k.oprfSeed !== m.kcv.oprfSeed || k.fleetAke !== m.kcv.fleetAke) {

@@ -112,7 +112,7 @@ function expectTokenError(f: () => unknown, codes: string[], what: string): stri
 }
 
 /** The per-token checks. `present` says which bkv objects exist (absent ones are reported missing). */
-function checkToken(t: Pkcs11Token, r: TokenReport, akeToken: Pkcs11Token = t, ceremony?: 'token' | 'host'): void {
+function checkToken(t: Pkcs11Token, r: TokenReport, akeToken: Pkcs11Token = t, ceremony?: 'token' | 'host', noIdentity = false): void {
   const c = r.checks;
   const has = {
     recordKey: t.findObject(KeyLabels.recordKey, pkcs11.CKO_SECRET_KEY) !== undefined,
@@ -151,6 +151,7 @@ function checkToken(t: Pkcs11Token, r: TokenReport, akeToken: Pkcs11Token = t, c
       );
     });
   }
+  wrapProbe(t, r);
 
   const needMac = r.sealScheme === 'aes-256-cbc-hmac-sha256';
   if (!has.recordKey) missing('seal/open', KeyLabels.recordKey);
@@ -176,7 +177,8 @@ function checkToken(t: Pkcs11Token, r: TokenReport, akeToken: Pkcs11Token = t, c
       expect(m.length === 32, `MAC length ${m.length}`);
     });
   }
-  if (!has.identity) missing('sign/verify', KeyLabels.replicaIdentity);
+  if (!has.identity && noIdentity) c.push({ name: 'sign/verify', status: 'pass', detail: 'no identity key: a single vault never signs (fleet.json records none)' });
+  else if (!has.identity) missing('sign/verify', KeyLabels.replicaIdentity);
   else {
     attempt(c, 'sign/verify', () => {
       const data = Buffer.from('bkv doctor');
@@ -210,6 +212,44 @@ function checkToken(t: Pkcs11Token, r: TokenReport, akeToken: Pkcs11Token = t, c
       r.kcv!.fleetAke = fleetAkeKcv(akeToken);
       return `opens under this token's record key (${akeToken.sealScheme}); KCV ${r.kcv!.fleetAke}`;
     });
+  }
+}
+
+/**
+ * Whether the module refuses to wrap a key marked non-extractable under a key the caller made (and
+ * could read). NSS softoken 3.87 wraps it anyway. A warning, not red: a software token's key store
+ * is a host file that the PIN decrypts, so whoever holds the PIN holds the keys on SoftHSM2 as well;
+ * on such a module CKA_EXTRACTABLE false keeps keys out of bkv's own calls, not from the PIN's holder.
+ */
+function wrapProbe(t: Pkcs11Token, r: TokenReport): void {
+  const target = t.findObject(KeyLabels.recordMacKey, pkcs11.CKO_SECRET_KEY) ?? t.findObject(KeyLabels.recordKey, pkcs11.CKO_SECRET_KEY);
+  if (!target || !t.mechanisms.has(pkcs11.CKM_AES_KEY_WRAP_PAD) || !t.mechanisms.has(pkcs11.CKM_AES_KEY_GEN)) return;
+  const s = t.sessionHandle;
+  let wrapper: Buffer | undefined;
+  let blob: Buffer | undefined;
+  try {
+    wrapper = t.raw.C_GenerateKey(s, { mechanism: pkcs11.CKM_AES_KEY_GEN }, [
+      { type: pkcs11.CKA_CLASS, value: pkcs11.CKO_SECRET_KEY }, { type: pkcs11.CKA_KEY_TYPE, value: pkcs11.CKK_AES },
+      { type: pkcs11.CKA_VALUE_LEN, value: 32 }, { type: pkcs11.CKA_TOKEN, value: false }, { type: pkcs11.CKA_WRAP, value: true },
+    ]);
+    blob = t.raw.C_WrapKey(s, { mechanism: pkcs11.CKM_AES_KEY_WRAP_PAD }, wrapper, target, Buffer.alloc(256));
+  } catch {
+    /* refused: as it should be */
+  } finally {
+    blob?.fill(0);
+    if (wrapper) {
+      try {
+        t.raw.C_DestroyObject(s, wrapper);
+      } catch {
+        /* a session object */
+      }
+    }
+  }
+  if (blob) {
+    (r.warnings ??= []).push(
+      'the module wraps keys marked non-extractable (CKA_EXTRACTABLE false) under a key the caller makes: whoever holds the PIN can take the bkv keys out. ' +
+        'Use it only where the PIN is kept like the keys (on a software token the key store is a host file the PIN decrypts anyway)',
+    );
   }
 }
 
@@ -406,7 +446,7 @@ export function doctorFleet(opts: FleetDoctorOptions): DoctorReport {
       const recorded = state.sealSchemeFor(rep.tokenLabel);
       const scheme = opts.sealScheme ?? recorded;
       const openWith = (sealScheme: SealScheme | 'auto') =>
-        openToken({ ...state.tokenOptions(rep.tokenLabel), sealScheme, requireMechanisms: false });
+        openToken({ ...state.tokenOptions(rep.tokenLabel), sealScheme, requireMechanisms: false, signs: state.replicas.length > 1 });
       const t = openFor(r, () => openWith(scheme));
       if (!t) continue;
       open.push(t);
@@ -419,7 +459,9 @@ export function doctorFleet(opts: FleetDoctorOptions): DoctorReport {
       }
       describeInto(t, r, opts.sealScheme !== undefined && opts.sealScheme !== 'auto');
       dataStoreInto(t, r, t.dataStore);
-      checkToken(t, r, akeToken, state.manifest.ceremony?.kind ?? 'host');
+      // A single vault provisioned on a token without EC keys records no identity ('').
+      const noIdentity = state.replicas.length === 1 && state.manifest.replicas[0]!.identityFingerprint === '';
+      checkToken(t, r, akeToken, state.manifest.ceremony?.kind ?? 'host', noIdentity);
     }
     const fc = report.fleetChecks;
     const kcvAgree = (key: 'oprfSeed' | 'fleetAke') =>
@@ -438,7 +480,7 @@ export function doctorFleet(opts: FleetDoctorOptions): DoctorReport {
       const fps = report.tokens.map((t) => t.identityFingerprint);
       expect(new Set(fps).size === fps.length, 'two replicas share an identity key');
       state.manifest.replicas.forEach((m, i) =>
-        expect(m.identityFingerprint === fps[i], `identity of '${m.tokenLabel}' is not the one fleet.json records`),
+        expect(m.identityFingerprint === (fps[i] ?? ''), `identity of '${m.tokenLabel}' is not the one fleet.json records`),
       );
     });
     const mains = open.filter((t, i) => open.findIndex((u) => u.label === t.label) === i);
@@ -488,10 +530,12 @@ export function doctorToken(opts: TokenDoctorOptions): DoctorReport {
   report.library = libraryInfo(modulePath, opts.moduleArgs);
   const r: TokenReport = { tokenLabel: opts.token, opened: false, checks: [] };
   report.tokens.push(r);
-  const t = openFor(r, () => openToken({ ...opts, modulePath, requireMechanisms: false }));
+  // One token: its role is not known, so ECDSA (a fleet's need) is a warning here, not red.
+  const t = openFor(r, () => openToken({ ...opts, modulePath, requireMechanisms: false, signs: false }));
   if (t) {
     try {
       r.tokenLabel = t.label;
+      if (t.ecdsaMechanism === undefined) report.warnings.push(`token '${t.label}' offers no ECDSA: it can serve a single vault, not a fleet replica`);
       describeInto(t, r, opts.sealScheme !== undefined && opts.sealScheme !== 'auto');
       dataStoreInto(t, r);
       checkToken(t, r);

@@ -43,6 +43,18 @@ export const KEY_USAGES: Record<'recordKey' | 'recordMacKey' | 'oprfSeed' | 'ide
   identityPrivate: ['sign'],
   identityPublic: ['verify'],
 };
+/**
+ * CKA_ALLOWED_MECHANISMS where the module keeps it: each key bound to the mechanisms bkv uses it with
+ * (the record key to both seal schemes, since the scheme is chosen per token and doctor can force the
+ * other; the identity to both ECDSA forms).
+ */
+export const ALLOWED_MECHANISMS = {
+  recordKey: [pkcs11.CKM_AES_GCM, pkcs11.CKM_AES_CBC_PAD],
+  recordMacKey: [pkcs11.CKM_SHA256_HMAC],
+  oprfSeed: [pkcs11.CKM_SHA512_HMAC],
+  oprfSeedSha256: [pkcs11.CKM_SHA256_HMAC],
+  identityPrivate: [pkcs11.CKM_ECDSA_SHA256, pkcs11.CKM_ECDSA],
+} as const;
 function usageAttrs(granted: Usage[], only?: Usage[]): pkcs11.Template {
   return (Object.keys(USAGE_ATTRS) as Usage[]).filter((u) => !only || only.includes(u)).map((u) => ({ type: USAGE_ATTRS[u], value: granted.includes(u) }));
 }
@@ -57,36 +69,35 @@ export const CKA_COPYABLE = 0x171;
 const copyableKnown = new WeakMap<Pkcs11Token, boolean>();
 const NOT_COPYABLE: pkcs11.Template = [{ type: CKA_COPYABLE, value: false }];
 function withCopyable<T>(t: Pkcs11Token, make: (extra: pkcs11.Template) => T): T {
-  if (copyableKnown.get(t) === false) return make([]);
+  return withOptional(t, copyableKnown, NOT_COPYABLE, make);
+}
+
+// Tries a template with an attribute some modules do not know, and without it where the module
+// refuses the template for it. Learned per token, and only from a retry that then succeeded: when a
+// retry fails too, another optional attribute was the cause, and nothing is concluded about this one.
+function withOptional<T>(t: Pkcs11Token, known: WeakMap<Pkcs11Token, boolean>, attrs: pkcs11.Template, make: (extra: pkcs11.Template) => T): T {
+  if (known.get(t) === false) return make([]);
   try {
-    const r = make(NOT_COPYABLE);
-    copyableKnown.set(t, true);
+    const r = make(attrs);
+    known.set(t, true);
     return r;
   } catch (e) {
     const ckr = e instanceof Error ? /^(CKR_[A-Z_]+)/.exec(e.message)?.[1] : undefined;
-    if (copyableKnown.get(t) === true || !['CKR_ATTRIBUTE_TYPE_INVALID', 'CKR_GENERAL_ERROR', 'CKR_TEMPLATE_INCONSISTENT'].includes(ckr ?? '')) throw e;
-    copyableKnown.set(t, false);
-    return make([]);
+    if (known.get(t) === true || !OPTIONAL_REFUSALS.includes(ckr ?? '')) throw e;
+    const r = make([]);
+    known.set(t, false);
+    return r;
   }
 }
+const OPTIONAL_REFUSALS = ['CKR_ATTRIBUTE_TYPE_INVALID', 'CKR_GENERAL_ERROR', 'CKR_TEMPLATE_INCONSISTENT', 'CKR_ATTRIBUTE_VALUE_INVALID'];
 
 // CKA_ALLOWED_MECHANISMS binds a key to the one mechanism it is for; modules that do not know the
 // attribute (NSS softoken) refuse the template, and the key is then made without it. Once per token.
 const allowedKnown = new WeakMap<Pkcs11Token, boolean>();
-function withAllowed<T>(t: Pkcs11Token, mech: number, make: (extra: pkcs11.Template) => T): T {
-  if (allowedKnown.get(t) === false) return make([]);
-  const list = Buffer.alloc(8);
-  list.writeBigUInt64LE(BigInt(mech));
-  try {
-    const r = make([{ type: pkcs11.CKA_ALLOWED_MECHANISMS, value: list }]);
-    allowedKnown.set(t, true);
-    return r;
-  } catch (e) {
-    const ckr = e instanceof Error ? /^(CKR_[A-Z_]+)/.exec(e.message)?.[1] : undefined;
-    if (allowedKnown.get(t) === true || !['CKR_ATTRIBUTE_TYPE_INVALID', 'CKR_GENERAL_ERROR', 'CKR_TEMPLATE_INCONSISTENT', 'CKR_ATTRIBUTE_VALUE_INVALID'].includes(ckr ?? '')) throw e;
-    allowedKnown.set(t, false);
-    return make([]);
-  }
+function withAllowed<T>(t: Pkcs11Token, mechs: readonly number[], make: (extra: pkcs11.Template) => T): T {
+  const value = Buffer.alloc(8 * mechs.length);
+  mechs.forEach((m, i) => value.writeBigUInt64LE(BigInt(m), 8 * i));
+  return withOptional(t, allowedKnown, [{ type: pkcs11.CKA_ALLOWED_MECHANISMS, value }], make);
 }
 
 /** Whether the token took CKA_COPYABLE false on the keys bkv made in this process (undefined: made none). */
@@ -104,41 +115,46 @@ function run<T>(t: Pkcs11Token, op: string, what: string, f: () => T): T {
   }
 }
 
-/** Creates the per-token keys the token lacks; returns which it created. */
-export function ensurePerTokenKeys(t: Pkcs11Token): PerTokenObject[] {
+/**
+ * Creates the per-token keys the token lacks; returns which it created. `identity: false` leaves out
+ * the replica identity: a single vault never signs, so its token need not make EC keys.
+ */
+export function ensurePerTokenKeys(t: Pkcs11Token, opts: { identity?: boolean } = {}): PerTokenObject[] {
   const lib = t.raw;
   const s = t.sessionHandle;
   const made: PerTokenObject[] = [];
   if (!t.findObject(KeyLabels.recordKey, pkcs11.CKO_SECRET_KEY)) {
-    run(t, 'C_GenerateKey', 'generating the record key', () => withCopyable(t, (extra) =>
+    run(t, 'C_GenerateKey', 'generating the record key', () => withAllowed(t, ALLOWED_MECHANISMS.recordKey, (bound) => withCopyable(t, (extra) =>
       lib.C_GenerateKey(s, { mechanism: pkcs11.CKM_AES_KEY_GEN }, [
         ...secretAttrs(KeyLabels.recordKey),
         { type: pkcs11.CKA_KEY_TYPE, value: pkcs11.CKK_AES },
         { type: pkcs11.CKA_VALUE_LEN, value: 32 },
         ...usageAttrs(KEY_USAGES.recordKey),
+        ...bound,
         ...extra,
-      ])),
+      ]))),
     );
     made.push('recordKey');
   }
   if (!t.findObject(KeyLabels.recordMacKey, pkcs11.CKO_SECRET_KEY)) {
-    run(t, 'C_GenerateKey', 'generating the record MAC key', () => withCopyable(t, (extra) =>
+    run(t, 'C_GenerateKey', 'generating the record MAC key', () => withAllowed(t, ALLOWED_MECHANISMS.recordMacKey, (bound) => withCopyable(t, (extra) =>
       lib.C_GenerateKey(s, { mechanism: pkcs11.CKM_GENERIC_SECRET_KEY_GEN }, [
         ...secretAttrs(KeyLabels.recordMacKey),
         { type: pkcs11.CKA_KEY_TYPE, value: pkcs11.CKK_GENERIC_SECRET },
         { type: pkcs11.CKA_VALUE_LEN, value: 32 },
         ...usageAttrs(KEY_USAGES.recordMacKey),
+        ...bound,
         ...extra,
-      ])),
+      ]))),
     );
     made.push('recordMacKey');
   }
   const priv = t.findObject(KeyLabels.replicaIdentity, pkcs11.CKO_PRIVATE_KEY);
   const pub = t.findObject(KeyLabels.replicaIdentity, pkcs11.CKO_PUBLIC_KEY);
-  if (!priv || !pub) {
+  if ((!priv || !pub) && opts.identity !== false) {
     // A lone half of a pair is useless; replace it with a whole pair.
     for (const h of [priv, pub]) if (h) run(t, 'C_DestroyObject', 'removing half an identity pair', () => lib.C_DestroyObject(s, h));
-    run(t, 'C_GenerateKeyPair', 'generating the replica identity', () => withCopyable(t, (extra) =>
+    run(t, 'C_GenerateKeyPair', 'generating the replica identity', () => withAllowed(t, ALLOWED_MECHANISMS.identityPrivate, (bound) => withCopyable(t, (extra) =>
       lib.C_GenerateKeyPair(
         s,
         { mechanism: pkcs11.CKM_EC_KEY_PAIR_GEN },
@@ -163,9 +179,10 @@ export function ensurePerTokenKeys(t: Pkcs11Token): PerTokenObject[] {
           { type: pkcs11.CKA_MODIFIABLE, value: false },
           ...usageAttrs(KEY_USAGES.identityPrivate, PRIVATE_USAGES),
           { type: pkcs11.CKA_LABEL, value: KeyLabels.replicaIdentity },
+          ...bound,
           ...extra,
         ],
-      )),
+      ))),
     );
     made.push('replicaIdentity');
   }
@@ -203,9 +220,10 @@ export function importFleetSecrets(t: Pkcs11Token, oprfSeed: Buffer, akeSeed: Bu
  * it has no oprf-seed, so a retried ceremony still sees the seed missing and makes both.
  */
 export function makeSeedKeys(t: Pkcs11Token, verb: string, make: (template: pkcs11.Template) => Buffer): void {
+  t.forgetKeys();
   for (const [label, mech, what] of [
-    [KeyLabels.oprfSeedSha256, pkcs11.CKM_SHA256_HMAC, `${verb} the OPRF seed (HMAC-SHA-256 twin)`],
-    [KeyLabels.oprfSeed, pkcs11.CKM_SHA512_HMAC, `${verb} the OPRF seed`],
+    [KeyLabels.oprfSeedSha256, ALLOWED_MECHANISMS.oprfSeedSha256, `${verb} the OPRF seed (HMAC-SHA-256 twin)`],
+    [KeyLabels.oprfSeed, ALLOWED_MECHANISMS.oprfSeed, `${verb} the OPRF seed`],
   ] as const) {
     if (label === KeyLabels.oprfSeedSha256 && t.findObject(label, pkcs11.CKO_SECRET_KEY)) continue;
     run(t, verb === 'importing' ? 'C_CreateObject' : 'C_UnwrapKey', what, () => withAllowed(t, mech, (bound) => withCopyable(t, (extra) =>
@@ -251,6 +269,20 @@ export function fleetAkeKcv(t: Pkcs11Token): string {
   } finally {
     seed.fill(0);
   }
+}
+
+/**
+ * Whether a fleet of this size needs an identity in this token: every replica of a fleet signs; the
+ * one token of a single vault needs none, and gets one only where it can make EC keys.
+ */
+export function wantsIdentity(t: Pkcs11Token, fleetSize: number): boolean {
+  return fleetSize > 1 || t.mechanisms.has(pkcs11.CKM_EC_KEY_PAIR_GEN);
+}
+
+/** The identity fingerprint for fleet.json, '' where the token holds no identity (a single vault without EC). */
+export function manifestFingerprint(t: Pkcs11Token): string {
+  const has = t.findObject(KeyLabels.replicaIdentity, pkcs11.CKO_PUBLIC_KEY) !== undefined;
+  return has ? identityFingerprint(t) : '';
 }
 
 /** SHA-256 of the identity public key, first 16 bytes: a public fingerprint peers can pin. */

@@ -17,7 +17,7 @@ import {
 import { checkAdopted } from './adopt.ts';
 import { runCeremony, type CeremonyMode } from './ceremony.ts';
 import {
-  chooseDataStore, ensurePerTokenKeys, fleetAkeKcv, fleetSecretPresence, identityFingerprint, importFleetSecrets, oprfSeedKcv,
+  chooseDataStore, ensurePerTokenKeys, fleetAkeKcv, fleetSecretPresence, manifestFingerprint, wantsIdentity, importFleetSecrets, oprfSeedKcv,
   type FleetSecretPresence,
 } from './keys.ts';
 
@@ -222,7 +222,7 @@ export async function provision(opts: ProvisionOptions): Promise<ProvisionReport
       if (opts.sealScheme && opts.sealScheme !== 'auto' && recorded.has(name) && recorded.get(name) !== opts.sealScheme) {
         throw new StateError('FLEET_MISMATCH', `token '${name}' was provisioned with seal scheme ${recorded.get(name)}; use --force to change it`);
       }
-      tokens.push(openToken({ modulePath, moduleArgs, token: name, pin: pins.tokens[name].user, sealScheme, dataStore: recordedStore.get(name) }));
+      tokens.push(openToken({ modulePath, moduleArgs, token: name, pin: pins.tokens[name].user, sealScheme, dataStore: recordedStore.get(name), signs: names.length > 1 }));
     }
     for (const [i, t] of tokens.entries()) if (!recordedStore.has(names[i])) chooseStore(t, did);
     const presence = tokens.map((t) => fleetSecretPresence(t));
@@ -242,7 +242,7 @@ export async function provision(opts: ProvisionOptions): Promise<ProvisionReport
       );
     }
     for (const t of tokens) {
-      const made = ensurePerTokenKeys(t);
+      const made = ensurePerTokenKeys(t, { identity: wantsIdentity(t, tokens.length) });
       if (made.length) did(`token '${t.label}': created ${made.join(', ')}`);
     }
     const complete = (x: FleetSecretPresence) => x.oprfSeed && x.fleetAke;
@@ -269,7 +269,7 @@ export async function provision(opts: ProvisionOptions): Promise<ProvisionReport
       tokenLabel: t.label,
       serial: t.describe().serial,
       sealScheme: t.sealScheme,
-      identityFingerprint: identityFingerprint(t),
+      identityFingerprint: manifestFingerprint(t),
       ...(t.dataStore !== 'data-object' ? { dataStore: t.dataStore } : {}),
     }));
     const manifest: FleetManifest = {

@@ -11,13 +11,14 @@ import { checkReplicaDisks, diskProblem, type DiskCheck } from '../disk-doctor.t
 const help = `usage: bkv doctor [--state DIR] [--json] [--seal-scheme S]
        bkv doctor --token LABEL|URI [--module PATH] [--pin-file F] [--module-args STRING] [--json]
 
-Checks the PKCS#11 module, each replica token's mechanisms and the choices bkv makes from them, a
-self-test per token (seal/open, HMAC, sign/verify, keys that refuse to leave the token) and that the
-fleet secrets' key check values agree across tokens, each replica's disk against its token (every
-sealed entry and snapshot opens, the entries chain to the end, the token's anchor is on that chain:
-TAMPERED or ROLLBACK_DETECTED is an integrity failure, red), and which OPAQUE group backend this
-build runs (native, or the libsodium WebAssembly fallback with the reason: a warning, not red).
-Exit 0 when green, 1 when red.
+Checks the PKCS#11 module, each replica token's mechanisms and the choices bkv makes from them (seal
+scheme, ECDSA, where the anchor, vote and sealed AKE seed live and what that costs), a self-test per
+token (seal/open, HMAC, sign/verify, keys that refuse to leave the token, each key's usage flags
+against what bkv needs), how the key ceremony ran, that the fleet secrets' key check values agree
+across tokens, each replica's disk against its token (every sealed entry and snapshot opens, the
+entries chain to the end, the token's anchor is on that chain: TAMPERED or ROLLBACK_DETECTED is an
+integrity failure, red), and which OPAQUE group backend this build runs (native, or the libsodium
+WebAssembly fallback with the reason: a warning, not red). Exit 0 when green, 1 when red.
 
 With --token it checks any single token (a hardware one too): only the bkv objects that exist are
 tested; missing ones are listed.

@@ -148,3 +148,31 @@ describe.skipIf(noSofthsmUtil)(`adopted SoftHSM2 tokens (initialised by softhsm2
     expect(await serve.exit).toBe(0);
   }, 180_000);
 });
+
+describe.skipIf(noSofthsmUtil)(`a single vault on a token without EC keys${noSofthsmUtil ? ` (skipped: ${noSofthsmUtil})` : ''}`, () => {
+  it('adopts it with no identity (only a fleet signs), doctor is GREEN, serve runs a password round trip', async () => {
+    const tokens = join(dir, 'noec-tokens');
+    mkdirSync(tokens, { mode: 0o700 });
+    const conf = join(dir, 'noec.conf');
+    // SoftHSM2 2.6 takes an allow-list: everything bkv uses except EC (no key pairs, no ECDSA, no ECDH).
+    writeFileSync(conf, `directories.tokendir = ${tokens}\nobjectstore.backend = file\nlog.level = ERROR\nslots.mechanisms = CKM_AES_GCM,CKM_AES_CBC_PAD,CKM_SHA256_HMAC,CKM_SHA512_HMAC,CKM_AES_KEY_GEN,CKM_GENERIC_SECRET_KEY_GEN,CKM_AES_KEY_WRAP\n`, { mode: 0o600 });
+    process.env.SOFTHSM2_CONF = conf;
+    execFileSync('softhsm2-util', ['--init-token', '--free', '--label', 'no-ec', '--so-pin', 'adopt-so-1234', '--pin', 'adopt-user-1234'], { stdio: 'ignore', env: process.env });
+    const pin = writeSecret(dir, 'noec.pin', 'adopt-user-1234');
+    const single = join(dir, 'noec-single');
+    let r = await cliProcess(['provision', '--state', single, '--module', '/usr/lib/softhsm/libsofthsm2.so', '--adopt', 'no-ec', '--pin-file', pin]);
+    expect(r.status, r.err).toBe(0);
+    const m = JSON.parse(readFileSync(join(single, 'fleet.json'), 'utf8'));
+    expect(m.replicas[0].identityFingerprint).toBe('');
+    expect(m.ceremony).toMatchObject({ kind: 'host' });
+    expect(m.ceremony.reason).toContain('lacks CKM_EC_KEY_PAIR_GEN, CKM_ECDH1_DERIVE');
+    r = await cliProcess(['doctor', '--state', single]);
+    expect(r.status, r.out + r.err).toBe(0);
+    expect(r.out).toContain('no identity key: a single vault never signs');
+    expect(r.out).toContain('ecdsa    none (fine for a single vault; a fleet replica must sign)');
+    const serve = await start(['serve', '--state', single]);
+    await roundTrip(single, '+15554440005');
+    child!.kill('SIGINT');
+    expect(await serve.exit).toBe(0);
+  }, 120_000);
+});

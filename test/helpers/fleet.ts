@@ -9,6 +9,8 @@ import { provision } from '../../softhsm/provision.ts';
 import { activateSoftHsmConf, loadState, type FleetState, type ReplicaInfo } from '../../softhsm/state.ts';
 import { openToken, finalizeModule, type Pkcs11Token } from '../../hsm-adapter/pkcs11-token.ts';
 import type { SealScheme } from '../../hsm-adapter/token.ts';
+import { adopt } from '../../softhsm/adopt.ts';
+import { makeNssTokens } from './nss.ts';
 
 export interface TestFleet {
   stateDir: string;
@@ -36,12 +38,7 @@ export async function provisionTestFleet(opts: { replicas?: number; sealScheme?:
     state,
     replicas: state.replicas,
     openToken(tokenLabel, o = {}) {
-      const t = openToken({
-        modulePath: state.modulePath,
-        token: tokenLabel,
-        pin: state.pinFor(tokenLabel),
-        sealScheme: o.sealScheme ?? state.sealSchemeFor(tokenLabel),
-      });
+      const t = openToken({ ...state.tokenOptions(tokenLabel), ...(o.sealScheme ? { sealScheme: o.sealScheme } : {}) });
       opened.push(t);
       return t;
     },
@@ -50,6 +47,37 @@ export async function provisionTestFleet(opts: { replicas?: number; sealScheme?:
       opened.length = 0;
       finalizeModule();
       rmSync(stateDir, { recursive: true, force: true });
+    },
+  };
+}
+
+/**
+ * The same as provisionTestFleet, on the module BKV_TEST_FLEET names: 'softhsm' (default) or 'nss'
+ * (NSS softoken tokens labelled by replica name, adopted with `provision --adopt`'s code). Token tests
+ * written against it run unchanged on either.
+ */
+export async function testFleet(opts: { replicas?: number } = {}): Promise<TestFleet & { on: 'softhsm' | 'nss' }> {
+  const on = process.env.BKV_TEST_FLEET === 'nss' ? 'nss' : 'softhsm';
+  if (on === 'softhsm') return { ...(await provisionTestFleet(opts)), on };
+  const labels = ['us-east', 'us-west', 'eu-west', 'ap-southeast', 'sa-east'].slice(0, opts.replicas ?? 5);
+  const nss = makeNssTokens(labels);
+  const stateDir = mkdtempSync(join(tmpdir(), 'bkv-test-fleet-nss-'));
+  await adopt({ stateDir, modulePath: nss.modulePath, moduleArgs: nss.moduleArgs, replicas: labels.map((l) => ({ name: l, token: l, pinFile: nss.pinFile(l) })) });
+  const state = loadState(stateDir);
+  const opened: Pkcs11Token[] = [];
+  return {
+    on, stateDir, state, replicas: state.replicas,
+    openToken(tokenLabel, o = {}) {
+      const t = openToken({ ...state.tokenOptions(tokenLabel), ...(o.sealScheme ? { sealScheme: o.sealScheme } : {}) });
+      opened.push(t);
+      return t;
+    },
+    async cleanup() {
+      for (const t of opened) t.close();
+      opened.length = 0;
+      finalizeModule();
+      rmSync(stateDir, { recursive: true, force: true });
+      nss.cleanup();
     },
   };
 }

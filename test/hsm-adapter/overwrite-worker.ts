@@ -6,7 +6,7 @@ import { openToken } from '../../hsm-adapter/pkcs11-token.ts';
 const [stateDir, tokenLabel, label] = process.argv.slice(2) as [string, string, string];
 const state = loadState(stateDir);
 activateSoftHsmConf(state);
-const t = openToken({ modulePath: state.modulePath, token: tokenLabel, pin: state.pinFor(tokenLabel), sealScheme: state.sealSchemeFor(tokenLabel) });
+const t = openToken(state.tokenOptions(tokenLabel));
 let n = Number(Buffer.from(t.readData(label)).toString());
 process.stdout.write('ready\n');
 for (;;) {

@@ -3,8 +3,10 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { chooseDataStore, DATA_STORE_COSTS } from '../../softhsm/keys.ts';
 import { doctorToken } from '../../softhsm/doctor.ts';
-import { finalizeModule } from '../../hsm-adapter/module.ts';
+import { finalizeModule, loadModule } from '../../hsm-adapter/module.ts';
 import { makeNssTokens, nssMissing, type NssTokens } from '../helpers/nss.ts';
+import { provisionTestFleet } from '../helpers/fleet.ts';
+import pkcs11 from 'pkcs11js';
 
 let nss: NssTokens | undefined;
 afterAll(() => {
@@ -37,5 +39,36 @@ describe.skipIf(nssMissing)(`doctor on NSS softoken${nssMissing ? ` (skipped: ${
     // Nothing of bkv's is in the fresh token yet: green, with the objects listed as missing.
     expect(t.checks.filter((c) => c.status === 'missing').map((c) => c.name)).toContain('fleet AKE seed');
     expect(r.ok).toBe(true);
+  });
+});
+
+describe('a token that refuses both stores', () => {
+  it('doctor is red and says there is no safe place for the anchor and the vote', async () => {
+    const fleet = await provisionTestFleet({ replicas: 1 });
+    // SoftHSM2 accepts both; make this real token refuse the probes as such a token would.
+    // The loaded module's own binding (pkcs11js puts some methods on the instance, not the prototype).
+    const proto = loadModule(fleet.state.modulePath).lib as unknown as Record<'C_CreateObject' | 'C_GenerateKey', (...a: unknown[]) => unknown>;
+    const real = { C_CreateObject: proto.C_CreateObject, C_GenerateKey: proto.C_GenerateKey };
+    const refuse = (name: 'C_CreateObject' | 'C_GenerateKey', ckr: string) => {
+      proto[name] = function (this: unknown, ...a: unknown[]) {
+        const tpl = a[a.length - 1] as pkcs11.Template;
+        if (tpl.some((x) => x.type === pkcs11.CKA_LABEL && x.value === 'bkv-probe')) throw new Error(ckr);
+        return real[name].apply(this, a);
+      };
+    };
+    refuse('C_CreateObject', 'CKR_ATTRIBUTE_VALUE_INVALID:19');
+    refuse('C_GenerateKey', 'CKR_TEMPLATE_INCONSISTENT:209');
+    try {
+      const r = doctorToken({ modulePath: fleet.state.modulePath, token: 'us-east', pin: fleet.state.pinFor('us-east') });
+      expect(r.tokens[0]!.dataStore).toMatchObject({ probe: { 'data-object': 'CKR_ATTRIBUTE_VALUE_INVALID' } });
+      expect(r.tokens[0]!.dataStore?.store).toBeUndefined();
+      expect(r.ok).toBe(false);
+      expect(r.problems.join('\n')).toMatch(/data store: the token refuses CKO_DATA token objects \(CKR_ATTRIBUTE_VALUE_INVALID\) and inert secret keys \(CKR_TEMPLATE_INCONSISTENT\).*cannot run on it/);
+    } finally {
+      delete (proto as Partial<typeof proto>).C_CreateObject;
+      delete (proto as Partial<typeof proto>).C_GenerateKey;
+      Object.assign(proto, real);
+      await fleet.cleanup();
+    }
   });
 });

@@ -192,6 +192,9 @@ function identityPins(state: FleetState, names: readonly string[]): Record<strin
   const pins: Record<string, string> = {};
   for (const r of state.manifest.replicas) {
     if (!names.includes(r.name)) continue;
+    if (r.identityFingerprint === '') {
+      throw new FleetError('NO_IDENTITY', `replica ${r.name} has no identity key (provisioned as a single vault on a token without EC key generation); every fleet replica signs with one`);
+    }
     const t = openToken(state.tokenOptions(r.tokenLabel));
     try {
       const pub = t.publicKey(KeyLabels.replicaIdentity);
