@@ -611,7 +611,10 @@ export class Pkcs11Token implements Token {
 
   readData(label: string): Uint8Array {
     // The object this session last wrote or read, when it is still there: one call, as a cached key.
-    // (Another writer replaces it by destroying it, so a stale handle fails and the search below runs.)
+    // (Another writer replaces it by destroying it, so a stale handle fails and the search below runs.
+    // A writer killed between creating its successor and destroying the old object leaves the old
+    // one in place: this session then reads the last value whose write returned, and its own next
+    // write finds the successor and is refused, DATA_CHANGED.)
     const known = this.dataCache.get(label);
     if (known && !this.sessionBroken) {
       try {

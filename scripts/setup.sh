@@ -2,7 +2,8 @@
 # One-shot, idempotent set-up shared by `npm start`, `npm test` and the benchmarks:
 # SoftHSM2 (and libsodium-dev for the native addon) from apt when missing, npm dependencies when
 # node_modules is missing or stale, the native ristretto255 addon when it is missing or its sources
-# changed. Quiet when there is nothing to do. With --test (npm test) also Debian's chromium, in which
+# changed. Quiet when there is nothing to do. With --test (npm test) also NSS softoken and opensc
+# (the second token of the token suites) and Debian's chromium, in which
 # the chaos report's test renders the page headless (optional: that test says so and skips without it).
 set -euo pipefail
 for_tests=0
@@ -35,6 +36,10 @@ pkgs=()
 [ "$need_sodium" -eq 1 ] && pkgs+=(libsodium-dev)
 need_chromium=0
 if [ "$for_tests" -eq 1 ] && ! command -v chromium >/dev/null 2>&1; then need_chromium=1; pkgs+=(chromium); fi
+# The token suites also run on a second, independently written software token (NSS softoken, from
+# libnss3) and read keys back with pkcs11-tool (opensc); optional: those tests skip and say why.
+if [ "$for_tests" -eq 1 ] && [ ! -e /usr/lib/x86_64-linux-gnu/libsoftokn3.so ] && [ "$(uname -m)" = x86_64 ]; then pkgs+=(libnss3); fi
+if [ "$for_tests" -eq 1 ] && ! command -v pkcs11-tool >/dev/null 2>&1; then pkgs+=(opensc); fi
 if [ "${#pkgs[@]}" -gt 0 ]; then
   apt=(env DEBIAN_FRONTEND=noninteractive apt-get -y -q -o Dpkg::Use-Pty=0)
   can_apt=1
@@ -57,7 +62,7 @@ if [ "${#pkgs[@]}" -gt 0 ]; then
     if ! "${apt[@]}" install "${pkgs[@]}" >/tmp/bkv-apt.log 2>&1; then
       "${apt[@]}" update >>/tmp/bkv-apt.log 2>&1 || true
       if ! "${apt[@]}" install "${pkgs[@]}" >>/tmp/bkv-apt.log 2>&1 && [ "$need_softhsm" -eq 1 ]; then
-        # libsodium-dev and chromium are optional: do not let them block SoftHSM2
+        # libsodium-dev, chromium, libnss3 and opensc are optional: do not let them block SoftHSM2
         "${apt[@]}" install softhsm2 >>/tmp/bkv-apt.log 2>&1 || true
       fi
     fi

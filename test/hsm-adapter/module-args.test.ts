@@ -2,7 +2,7 @@
 // C_Initialize without them: the failure names the fix, the arguments travel in fleet.json to every
 // command that opens a token, and doctor takes the module a URI names.
 import { afterAll, describe, expect, it } from 'vitest';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { finalizeModule, loadModule } from '../../hsm-adapter/module.ts';
@@ -77,7 +77,8 @@ describe('fleet.json carries the module arguments', () => {
     const dir = mkdtempSync(join(tmpdir(), 'bkv-modargs-'));
     try {
       writeFileSync(join(dir, 'fleet.json'), JSON.stringify(m));
-      writeFileSync(join(dir, 'softhsm2.conf'), '');
+      mkdirSync(join(dir, 'tokens'));
+      writeFileSync(join(dir, 'softhsm2.conf'), `directories.tokendir = ${join(dir, 'tokens')}\n`);
       f(dir);
     } finally {
       rmSync(dir, { recursive: true, force: true });
