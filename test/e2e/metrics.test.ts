@@ -5,25 +5,13 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { bearer, hopSecret } from '../../protocol/hop-secret.ts';
 import { startRig, type Rig } from './fixture.ts';
+import { sample } from '../helpers/metrics.ts';
 
 let rig: Rig;
 beforeAll(async () => { rig = await startRig(); });
 afterAll(async () => { await rig?.cleanup(); });
 
 const PHONE = '+15557770042';
-
-function sample(text: string, name: string, labels: Record<string, string> = {}): number {
-  let sum = 0;
-  let seen = false;
-  for (const line of text.split('\n')) {
-    const m = /^([a-z_]+)(?:\{([^}]*)\})? (\S+)$/.exec(line);
-    if (!m || m[1] !== name) continue;
-    const have = Object.fromEntries([...(m[2] ?? '').matchAll(/(\w+)="([^"]*)"/g)].map((x) => [x[1], x[2]]));
-    if (Object.entries(labels).every(([k, v]) => have[k] === v)) { sum += Number(m[3]); seen = true; }
-  }
-  if (!seen) throw new Error(`no sample ${name} ${JSON.stringify(labels)}`);
-  return sum;
-}
 
 describe('/metrics of the vault and ChatD', () => {
   it('count what a device did, need the metrics key, and name no one', async () => {

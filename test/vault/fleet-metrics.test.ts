@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { enablePassword, recoverK } from '../../client/password.ts';
 import { bearer } from '../../protocol/hop-secret.ts';
 import { startFleetFixture, type FleetFixture } from './fleet-fixture.ts';
+import { sample } from '../helpers/metrics.ts';
 
 const KEY = 'operator-key-for-the-metrics-test-0123456789';
 const SCRAPE = 'metrics-key-for-the-metrics-test-9876543210';
@@ -12,20 +13,6 @@ const USER = 'metrics-user-carol';
 let fx: FleetFixture;
 beforeAll(async () => { fx = await startFleetFixture(3, { operatorKey: KEY, metricsKey: SCRAPE, faultEndpoint: true }); });
 afterAll(async () => { await fx?.close(); });
-
-/** The value of one sample line (`name{labels} value`), summed over the series matching every label given. */
-function sample(text: string, name: string, labels: Record<string, string> = {}): number {
-  let sum = 0;
-  let seen = false;
-  for (const line of text.split('\n')) {
-    const m = /^([a-z_]+)(?:\{([^}]*)\})? (\S+)$/.exec(line);
-    if (!m || m[1] !== name) continue;
-    const have = Object.fromEntries([...(m[2] ?? '').matchAll(/(\w+)="([^"]*)"/g)].map((x) => [x[1], x[2]]));
-    if (Object.entries(labels).every(([k, v]) => have[k] === v)) { sum += Number(m[3]); seen = true; }
-  }
-  if (!seen) throw new Error(`no sample ${name} ${JSON.stringify(labels)}`);
-  return sum;
-}
 
 describe('fleet metrics', () => {
   it('counts requests by type and outcome, commits, attempts, a lockout, leader changes and token calls; needs the key; names no user', async () => {
