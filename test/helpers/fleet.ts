@@ -32,6 +32,11 @@ export async function provisionTestFleet(opts: { replicas?: number; sealScheme?:
   }
   const state = loadState(stateDir);
   activateSoftHsmConf(state);
+  return onState(stateDir, state);
+}
+
+/** A TestFleet over a loaded state: the tokens it opens are closed, and the directory removed, at cleanup (then `also`). */
+function onState(stateDir: string, state: FleetState, also: () => void = () => undefined): TestFleet {
   const opened: Pkcs11Token[] = [];
   return {
     stateDir,
@@ -47,6 +52,7 @@ export async function provisionTestFleet(opts: { replicas?: number; sealScheme?:
       opened.length = 0;
       finalizeModule();
       rmSync(stateDir, { recursive: true, force: true });
+      also();
     },
   };
 }
@@ -63,21 +69,5 @@ export async function testFleet(opts: { replicas?: number } = {}): Promise<TestF
   const nss = makeNssTokens(labels);
   const stateDir = mkdtempSync(join(tmpdir(), 'bkv-test-fleet-nss-'));
   await adopt({ stateDir, modulePath: nss.modulePath, moduleArgs: nss.moduleArgs, replicas: labels.map((l) => ({ name: l, token: l, pinFile: nss.pinFile(l) })) });
-  const state = loadState(stateDir);
-  const opened: Pkcs11Token[] = [];
-  return {
-    on, stateDir, state, replicas: state.replicas,
-    openToken(tokenLabel, o = {}) {
-      const t = openToken({ ...state.tokenOptions(tokenLabel), ...(o.sealScheme ? { sealScheme: o.sealScheme } : {}) });
-      opened.push(t);
-      return t;
-    },
-    async cleanup() {
-      for (const t of opened) t.close();
-      opened.length = 0;
-      finalizeModule();
-      rmSync(stateDir, { recursive: true, force: true });
-      nss.cleanup();
-    },
-  };
+  return { ...onState(stateDir, loadState(stateDir), () => nss.cleanup()), on };
 }
