@@ -59,6 +59,22 @@ export interface FleetManifest {
   kcv: { oprfSeed: string; fleetAke: string };
   /** How the key ceremony ran (absent: made before it was recorded, a host ceremony). */
   ceremony?: { kind: 'token' | 'host'; source?: string; reason: string };
+  /**
+   * Tokens that hold the fleet secrets but are in no configuration: spares (they took part in the
+   * key ceremony, which is the only way a token gets the non-extractable secrets) and replicas that
+   * `bkv fleet member remove` took out (token and disk kept until the operator deletes them).
+   * `bkv fleet member add` starts one. Absent: none.
+   */
+  standby?: StandbyReplica[];
+  /**
+   * The founding configuration (entry 1 of every replica's Raft log, which a replica on a blank disk
+   * writes for itself). Written at the first membership change; absent: the names in `replicas`.
+   */
+  founders?: string[];
+}
+
+export interface StandbyReplica extends ManifestReplica {
+  standby: 'spare' | 'removed';
 }
 
 export interface FleetState {
@@ -68,7 +84,12 @@ export interface FleetState {
   modulePath: string;
   /** Module arguments recorded at provisioning (undefined: none). */
   moduleArgs: string | undefined;
+  /** The members (the fleet's configuration as last recorded): what `fleet up` starts. */
   replicas: ReplicaInfo[];
+  /** Spare and removed replicas' tokens (manifest.standby), not started until a membership change adds one. */
+  standby: (ReplicaInfo & { standby: 'spare' | 'removed' })[];
+  /** The founding configuration (manifest.founders, else the members). */
+  founders: string[];
   manifest: FleetManifest;
   /** Everything openToken needs for this token: module, its arguments, PIN, seal scheme. */
   tokenOptions(tokenLabel: string): { modulePath: string; moduleArgs?: string; token: string; pin: string; sealScheme: SealScheme; dataStore?: DataStore };
@@ -180,7 +201,9 @@ export function readManifest(path: string): FleetManifest | undefined {
     (m.moduleArgs === undefined || typeof m.moduleArgs === 'string') &&
     Array.isArray(m.replicas) &&
     m.replicas.length > 0 &&
-    m.replicas.every((r) => typeof r?.name === 'string' && typeof r.tokenLabel === 'string' && (r.dataStore === undefined || r.dataStore === 'data-object' || r.dataStore === 'secret-key-id')) &&
+    [...m.replicas, ...(Array.isArray(m.standby) ? m.standby : [])].every((r) => typeof r?.name === 'string' && typeof r.tokenLabel === 'string' && (r.dataStore === undefined || r.dataStore === 'data-object' || r.dataStore === 'secret-key-id')) &&
+    (m.standby === undefined || (Array.isArray(m.standby) && m.standby.every((r) => r.standby === 'spare' || r.standby === 'removed'))) &&
+    (m.founders === undefined || (Array.isArray(m.founders) && m.founders.length > 0 && m.founders.every((f) => typeof f === 'string'))) &&
     typeof m.kcv?.oprfSeed === 'string' &&
     typeof m.kcv?.fleetAke === 'string';
   if (!ok) throw new StateError('STATE_CORRUPT', `fleet manifest ${path} is incomplete or of an unknown version`);
@@ -203,9 +226,11 @@ export function loadState(stateDir: string): FleetState {
   }
   const pins = readPinFile(p.pins);
   if (confPath === p.conf) ownTokenDir(p.dir);
-  const schemes = new Map(manifest.replicas.map((r) => [r.tokenLabel, r.sealScheme ?? 'aes-256-gcm'] as const));
+  // Standby tokens open like members' (a membership change starts them).
+  const every = [...manifest.replicas, ...(manifest.standby ?? [])];
+  const schemes = new Map(every.map((r) => [r.tokenLabel, r.sealScheme ?? 'aes-256-gcm'] as const));
   const moduleArgs = manifest.moduleArgs || undefined;
-  const stores = new Map(manifest.replicas.map((r) => [r.tokenLabel, r.dataStore] as const));
+  const stores = new Map(every.map((r) => [r.tokenLabel, r.dataStore] as const));
   return {
     stateDir: p.dir,
     confPath,
@@ -215,18 +240,20 @@ export function loadState(stateDir: string): FleetState {
       return {
         modulePath: manifest.modulePath,
         ...(moduleArgs !== undefined ? { moduleArgs } : {}),
-        token: manifest.replicas.find((r) => r.tokenLabel === tokenLabel)?.tokenSpec ?? tokenLabel,
+        token: every.find((r) => r.tokenLabel === tokenLabel)?.tokenSpec ?? tokenLabel,
         pin: this.pinFor(tokenLabel),
         sealScheme: this.sealSchemeFor(tokenLabel),
         ...(stores.get(tokenLabel) ? { dataStore: stores.get(tokenLabel) } : {}),
       };
     },
     replicas: manifest.replicas.map(({ name, tokenLabel }) => ({ name, tokenLabel })),
+    standby: (manifest.standby ?? []).map(({ name, tokenLabel, standby }) => ({ name, tokenLabel, standby })),
+    founders: manifest.founders ?? manifest.replicas.map((r) => r.name),
     manifest,
     pinFor(tokenLabel: string): string {
       // pins.json is keyed by replica name (provision writes it so); an adopted token's PIN stays in
       // the operator's file.
-      const rep = manifest.replicas.find((r) => r.tokenLabel === tokenLabel);
+      const rep = every.find((r) => r.tokenLabel === tokenLabel);
       const pin = (rep && pins?.tokens[rep.name]?.user) ?? pins?.tokens[tokenLabel]?.user ?? (rep?.pinFile ? readPinText(rep.pinFile) : undefined) ?? process.env.BKV_PIN;
       if (pin === undefined) {
         throw new StateError('PIN_MISSING', `no PIN for token '${tokenLabel}' in ${p.pins} and BKV_PIN is not set`);
