@@ -1,6 +1,6 @@
 // The state directory of a SoftHSM2 fleet: softhsm2.conf (file object store, its own token
 // directory), the PIN file (0600), and fleet.json, the manifest later code (vault fleet, serve) reads.
-import { chmodSync, existsSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { BkvError } from '../protocol/errors.ts';
 import { initializedConf } from '../hsm-adapter/module.ts';
@@ -284,4 +284,23 @@ export function activateSoftHsmConf(state: { confPath: string | undefined }): vo
     );
   }
   process.env.SOFTHSM2_CONF = state.confPath;
+}
+
+/**
+ * Rewrites fleet.json in one rename (a crash leaves the old or the new file, never half of one),
+ * after a membership change committed. Checked as readManifest checks, so a bad one is never written.
+ */
+export function writeManifest(stateDir: string, m: FleetManifest): void {
+  const path = statePaths(stateDir).manifest;
+  const text = JSON.stringify(m, null, 2) + '\n';
+  const tmp = `${path}.tmp-${process.pid}`;
+  writeFileSync(tmp, text, { mode: 0o600 });
+  chmodSync(tmp, 0o600);
+  try {
+    readManifest(tmp);
+  } catch (e) {
+    rmSync(tmp, { force: true });
+    throw e;
+  }
+  renameSync(tmp, path);
 }
