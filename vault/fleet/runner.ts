@@ -149,13 +149,13 @@ export async function startRunner(state: FleetState, names: string[], hosts: Rep
   const report = async (): Promise<FleetStatusReport> => {
     const st = await statuses();
     const l = hosts.links;
+    const lead = leaderOf(st);
+    const conf = lead?.healthy ? lead.members : undefined;
     const view = fleetView({
-      names, reports: st, running: (n) => hosts.isRunning(n), electionMs,
+      names, reports: st, running: (n) => hosts.isRunning(n), electionMs, ...(conf ? { voters: conf.voters } : {}),
       links: l ? { blocked: (a, b) => l.blocked(a, b), lossRate: (n) => l.degradation(n).lossRate } : undefined,
     });
-    const lead = leaderOf(st);
     const leaderCommit = lead?.commitIndex;
-    const conf = lead?.healthy ? lead.members : undefined;
     const replicas = names.map((n): ReplicaStatus => {
       const s = st.get(n);
       const v = view.verdicts.get(n)!;
