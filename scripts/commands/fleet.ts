@@ -279,8 +279,11 @@ function table(head: string[], rows: string[][], right: ReadonlySet<number> = ne
  */
 export function formatStatus(s: FleetStatus): string[] {
   const n = s.replicas.length;
-  const majority = Math.floor(n / 2) + 1;
+  // Learners count for no quorum: the leader's voters decide it where the fleet reports them.
+  const majority = Math.floor((s.members?.voters.length || n) / 2) + 1;
   const yes = (b: boolean | null | undefined) => (b === true ? 'yes' : b === false ? 'NO' : '-');
+  // A fleet that reports its configuration gets a column for it (voter, learner: receives the log, votes for nothing).
+  const withMember = s.replicas.some((r) => r.member !== undefined);
   const rows = s.replicas.map((r) => [
     `${r.name === s.leader ? '*' : ' '} ${r.name}`,
     r.region,
@@ -294,9 +297,9 @@ export function formatStatus(s: FleetStatus): string[] {
     yes(r.reachesLeader),
     r.reachable === null || r.reachable === undefined ? '-' : `${r.reachable}/${n}${r.reachable < majority ? ' NO' : ''}`,
     r.serves === undefined ? '?' : r.serves ? 'yes' : 'NO',
-    r.member ?? '-',
+    ...(withMember ? [r.member ?? '-'] : []),
   ]);
-  const head = ['  replica', 'region', 'role', 'term', 'commit', 'applied', 'lag', 'health', 'leader?', 'quorum?', 'serves', 'member'];
+  const head = ['  replica', 'region', 'role', 'term', 'commit', 'applied', 'lag', 'health', 'leader?', 'quorum?', 'serves', ...(withMember ? ['member'] : [])];
   const out = table(head, rows, new Set([3, 4, 5, 6]));
   const why = s.replicas.filter((r) => r.serves !== true).map((r) => `  ${r.name}: ${r.servesNot || r.reason || (r.healthy ? 'unknown' : 'DOWN')}`);
   if (why.length) out.push('', 'not serving:', ...why);
