@@ -351,7 +351,7 @@ export async function startRunner(state: FleetState, names: string[], hosts: Rep
       if (req.url === HEALTH_PATH && req.method === 'GET') {
         const r = await report();
         const serving = r.replicas.filter((x) => x.serves).length;
-        return sendBody(res, r.leader ? 200 : 503, 'application/json', JSON.stringify({ healthy: r.leader !== null, leader: r.leader, serving, replicas: r.replicas.length, quorum: Math.floor(r.replicas.length / 2) + 1 }));
+        return sendBody(res, r.leader ? 200 : 503, 'application/json', JSON.stringify({ healthy: r.leader !== null, leader: r.leader, serving, replicas: r.replicas.length, quorum: Math.floor((r.members?.voters.length || r.replicas.length) / 2) + 1 }));
       }
       if (refuseUnauthorizedRelay(req, res, opts.relayKey)) return;
       if (req.url !== RELAY_PATH || req.method !== 'POST') return sendBody(res, 404, 'application/json', JSON.stringify({ code: 'NOT_FOUND' }));
