@@ -186,11 +186,16 @@ export class MembershipDriver {
       // election timeout after; moving the leadership first avoids the gap.
       const target = after.map((v) => st.get(v)).filter((s): s is LocalStatus => !!s?.healthy).sort((a, b) => b.lastIndex - a.lastIndex)[0]!;
       say(`${name} leads: transferring the leadership to ${target.name} first`);
+      // Asked again only after the node would have abandoned the last transfer (an election timeout):
+      // asking sooner would restart its timer and keep it refusing proposals meanwhile.
+      let asked = 0;
       await this.waitFor(`for the leadership to leave ${name}`, 20 * this.d.electionMs + 10_000, async () => {
         const l = await this.leader();
         if (l && l.name !== name) return l;
-        if (l?.name === name) await this.d.propose(name, { op: 'transfer', node: target.name });
-        await sleep(this.d.electionMs / 2);
+        if (l?.name === name && Date.now() - asked > 2 * this.d.electionMs) {
+          asked = Date.now();
+          await this.d.propose(name, { op: 'transfer', node: target.name });
+        }
         return undefined;
       });
     }
