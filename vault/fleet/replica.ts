@@ -88,8 +88,8 @@ export class FleetReplica {
   private readonly o: FleetReplicaOptions;
   private readonly say: (line: string) => void;
   private readonly pending = new Map<number, (o: Outcome) => void>();
-  /** Membership inputs waiting for the core's answer (given in the same step, in order). */
-  private readonly memberAnswers: ((a: { ok: true; index: number } | { ok: false; code: string }) => void)[] = [];
+  /** The core's answer to the membership input being stepped (it answers within the same step). */
+  private memberAnswer: { ok: true; index: number } | { ok: false; code: string } | undefined;
   private nextRid = 1;
   private queued: CoreInput[] = [];
   /** Disk operations run one after another, in the order the core asked for them. */
@@ -179,10 +179,12 @@ export class FleetReplica {
   /** An operator's membership change or leadership transfer, on this replica's core (it must lead). */
   member(change: MemberChange): Promise<{ ok: true; index: number } | { ok: false; code: string }> {
     if (this.closed) return Promise.resolve({ ok: false, code: 'CLOSED' });
-    return new Promise((resolve) => {
-      this.memberAnswers.push(resolve);
-      this.step({ kind: 'membership', now: this.now(), change });
-    });
+    this.memberAnswer = undefined;
+    this.step({ kind: 'membership', now: this.now(), change });
+    // A core that stopped itself (FORKED, INVARIANT) steps nothing: no answer is a refusal.
+    const a = this.memberAnswer ?? { ok: false as const, code: 'NOT_RUNNING' };
+    this.memberAnswer = undefined;
+    return Promise.resolve(a);
   }
 
   /** Peer messages and device requests of one event-loop turn go to the core together (one Ready). */
@@ -234,7 +236,7 @@ export class FleetReplica {
         case 'resume': this.step({ kind: 'resume', now: this.now() }); break;
         case 'membership':
           this.say(o.ok ? `membership change proposed at ${o.index}` : `membership change refused: ${o.code}`);
-          this.memberAnswers.shift()?.(o.ok ? { ok: true, index: o.index } : { ok: false, code: o.code });
+          this.memberAnswer = o.ok ? { ok: true, index: o.index } : { ok: false, code: o.code };
           break;
       }
     }
