@@ -50,6 +50,8 @@ export interface ProvisionReport {
   /** Human-readable list of what was done (no secrets). */
   actions: string[];
   replicas: { name: string; tokenLabel: string; serial: string }[];
+  /** Spare and removed replicas' tokens (fleet.json's standby); absent when there are none. */
+  standby?: { name: string; tokenLabel: string; serial: string; standby: 'spare' | 'removed' }[];
   kcv: { oprfSeed: string; fleetAke: string };
   manifestPath: string;
 }
@@ -324,6 +326,7 @@ export async function provision(opts: ProvisionOptions): Promise<ProvisionReport
       unchanged: actions.length === 0,
       actions,
       replicas: replicas.map(({ name, tokenLabel, serial }) => ({ name, tokenLabel, serial })),
+      ...(standby.length ? { standby: standby.map(({ name, tokenLabel, serial, standby: why }) => ({ name, tokenLabel, serial, standby: why })) } : {}),
       kcv: kcvs[0],
       manifestPath: p.manifest,
     };

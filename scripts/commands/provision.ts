@@ -102,6 +102,7 @@ export const command: Command = {
       }
       if (!json) {
         console.log(`  tokens: ${report.replicas.map((r) => r.tokenLabel).join(', ')}`);
+        if (report.standby) console.log(`  standby (for \`bkv fleet member add\`): ${report.standby.map((r) => `${r.tokenLabel} (${r.standby})`).join(', ')}`);
         console.log(`  key check values: oprf-seed ${report.kcv.oprfSeed}, fleet-ake ${report.kcv.fleetAke}`);
       }
       return 0;

@@ -64,6 +64,7 @@ describe('bkv fleet member', () => {
   it('adds a spare, removes a founder, refuses what it must, and the changed fleet starts again', async () => {
     let r = await cliProcess(['provision', '--state', stateDir, '--replicas', '3', '--spares', '1', '--json']);
     expect(r.status, r.err).toBe(0);
+    expect(JSON.parse(r.out)).toMatchObject({ replicas: [{ name: 'us-east' }, { name: 'us-west' }, { name: 'eu-west' }], standby: [{ name: 'ap-southeast', standby: 'spare' }] });
     const manifest = () => JSON.parse(readFileSync(join(stateDir, 'fleet.json'), 'utf8')) as { replicas: { name: string }[]; standby?: { name: string; standby: string }[]; founders?: string[] };
     expect(manifest().standby).toEqual([expect.objectContaining({ name: 'ap-southeast', standby: 'spare' })]);
     r = await cliProcess(['provision', '--state', stateDir, '--spares', '2']);
