@@ -136,6 +136,7 @@ describe('fleet membership', () => {
     const leader = await fx.stableLeader();
     expect(manifest().standby?.map((r) => [r.name, r.standby])).toEqual([['ap-southeast', 'spare'], ['sa-east', 'spare']]);
     const cut = fx.fleet.replicas.find((n) => n !== leader)!;
+    const keysBefore = fx.fleet.akePublicKeys();
     const load = await underLoad('add', 500);
     await sleep(300);
     fx.fleet.isolate(cut);
@@ -160,7 +161,9 @@ describe('fleet membership', () => {
     await converged();
     const st = await fx.fleet.status();
     expect(st.find((s) => s.name === 'ap-southeast')).toMatchObject({ member: 'voter', healthy: true });
-    // Devices keep their pinned keys: the new replica serves the same AKE key (one fleet seed).
+    // Devices keep their pinned keys: the keys the new replica computed from its own token (the
+    // fleet's keys are now its) are the ones devices pinned before (one fleet AKE seed).
+    expect(fx.fleet.akePublicKeys()).toEqual(keysBefore);
     const got = await recoverK(fx.send('owner', 'ap-southeast'), fx.deviceOpts('owner'), OWNER_PW);
     expect(Buffer.from(got).equals(Buffer.from(K))).toBe(true);
   }, 120_000);
