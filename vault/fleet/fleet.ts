@@ -38,6 +38,7 @@ export async function startFleet(opts: StartFleetOptions): Promise<Fleet> {
   // change can start one without re-keying the others: their links and pinned keys already exist.
   const standby = state.standby.map((r) => r.name).filter((n) => !names.includes(n));
   const mesh = [...names, ...standby];
+  const founders = state.manifest.founders ?? [...names];
   const wan = wanConfig(opts.wan);
   const nodes: WanNode[] = mesh.map((n) => ({ name: n, region: n, kind: 'replica' }));
   const electionMs = opts.electionTimeoutMs ?? 1000;
@@ -57,9 +58,10 @@ export async function startFleet(opts: StartFleetOptions): Promise<Fleet> {
   const spawn = (name: string, endpoint: PortEndpointInit, transfer: MessagePort[]): Promise<Record<string, string>> => {
     const info = [...state.replicas, ...state.standby].find((r) => r.name === name)!;
     // Every replica gets the founding configuration: a replica on a blank disk writes it as its
-    // entry 1, which must be the founders' entry 1 whatever the membership is now.
+    // entry 1, which must be the founders' entry 1 whatever the membership is now. Before any
+    // change was recorded, the founders are the replicas run (a fresh fleet bootstraps with them).
     const data: ReplicaWorkerData & { __entry: string } = {
-      __entry: ENTRY_URL, name, voters: state.founders, token: state.tokenOptions(info.tokenLabel),
+      __entry: ENTRY_URL, name, voters: founders, token: state.tokenOptions(info.tokenLabel),
       dbDir: replicaDbDir(state.stateDir, name), fleetId, pins, endpoint, policy: opts.policy, tickMs, faults: opts.faultEndpoint === true,
     };
     const worker = new Worker(WORKER_URL, { workerData: data, transferList: transfer });

@@ -115,7 +115,8 @@ export async function startRunner(state: FleetState, names: string[], hosts: Rep
   const electionMs = opts.electionTimeoutMs ?? 1000;
   // Membership: the standby tokens this host can start, and the driver of one change at a time.
   const standby = new Map<string, 'spare' | 'removed'>(state.standby.filter((r) => hosts.standby?.includes(r.name)).map((r) => [r.name, r.standby] as const));
-  const founders = state.founders;
+  // What entry 1 of every log holds: recorded at the first change (before it, the replicas run now).
+  const founders = state.manifest.founders ?? [...names];
   const recordMembers = (): void => {
     // fleet.json follows the committed configuration: members in order, the rest standing by.
     const m = state.manifest;
