@@ -68,7 +68,8 @@ export interface FleetManifest {
   standby?: StandbyReplica[];
   /**
    * The founding configuration (entry 1 of every replica's Raft log, which a replica on a blank disk
-   * writes for itself). Written at the first membership change; absent: the names in `replicas`.
+   * writes for itself). Written by provision when it makes spares and at the first membership
+   * change; absent: the replicas the fleet runs (a fresh fleet bootstraps with them).
    */
   founders?: string[];
 }
