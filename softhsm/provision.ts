@@ -196,6 +196,14 @@ export async function provision(opts: ProvisionOptions): Promise<ProvisionReport
   const pinsOnDisk = readPinFile(p.pins);
   const pins: PinFile = pinsOnDisk ?? { version: 1, tokens: {} };
   const present = new Set(names.filter((n) => tokenExists(mod.lib, n)));
+  // A removed replica's token is the operator's to delete (`bkv fleet member remove` keeps it):
+  // once it is gone it only leaves fleet.json's standby list.
+  for (const [n, why] of [...standbyKind]) {
+    if (why !== 'removed' || present.has(n)) continue;
+    standbyKind.delete(n);
+    names.splice(names.indexOf(n), 1);
+    did(`the token of removed replica '${n}' is gone: dropped from ${p.manifest}'s standby list`);
+  }
   if (existing && !opts.force) {
     // The fleet was complete once: a token that is gone took fleet secrets no other token can give
     // up, so a fresh token in its place could never join. Say so before touching anything.
