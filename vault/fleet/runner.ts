@@ -126,15 +126,13 @@ export async function startRunner(state: FleetState, names: string[], hosts: Rep
       const { standby: _drop, ...rest } = e as typeof e & { standby?: string };
       return rest;
     };
-    const next = {
-      ...m,
-      replicas: names.map(entry),
-      standby: all.filter((r) => !names.includes(r.name)).map((r) => ({ ...entry(r.name), standby: standby.get(r.name) ?? 'removed' as const })),
-      founders,
-    };
+    const rest = all.filter((r) => !names.includes(r.name)).map((r) => ({ ...entry(r.name), standby: standby.get(r.name) ?? 'removed' as const }));
+    // Keys in provision's order and an empty standby list left out, so a later provision finds the same text.
+    const { standby: _s, founders: _f, ...base } = m;
+    const next = { ...base, replicas: names.map(entry), ...(rest.length ? { standby: rest } : {}), founders };
     writeManifest(state.stateDir, next);
     state.manifest.replicas = next.replicas;
-    state.manifest.standby = next.standby;
+    state.manifest.standby = rest.length ? rest : undefined;
     state.manifest.founders = founders;
   };
   const driver = new MembershipDriver({
