@@ -264,4 +264,17 @@ describe('fleet membership', () => {
     const st = await statusOf('owner');
     expect(st.state).toBe('registered');
   }, 180_000);
+
+  it('refuses a removal that would leave the new configuration without a healthy quorum', async () => {
+    const leader = await fx.stableLeader();
+    const [down, other] = fx.fleet.replicas.filter((n) => n !== leader);
+    await fx.fleet.crash(down!);
+    const before = readFileSync(statePaths(fx.tf.stateDir).manifest, 'utf8');
+    // Voters {leader, down, other}: without `other`, only the leader of {leader, down} is up.
+    await expect(fx.fleet.member({ op: 'remove', name: other! }, 'test')).rejects.toMatchObject({ code: 'REMOVE_LOSES_QUORUM' });
+    expect(readFileSync(statePaths(fx.tf.stateDir).manifest, 'utf8')).toBe(before);
+    expect(fx.fleet.replicas).toContain(other);
+    await fx.fleet.restart(down!);
+    await converged();
+  }, 60_000);
 });
