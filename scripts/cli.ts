@@ -59,6 +59,10 @@ const HINTS: Record<string, string> = {
   NO_TOKEN: 'pass --token-file F or set BKV_ACCOUNT_TOKEN (`bkv account create` makes one)',
   ALREADY_ENABLED: 'use `bkv backup change-password`, or `bkv backup disable` first',
   RATE_LIMITED: 'wait a moment and try again',
+  CHANGE_IN_FLIGHT: 'wait for the change in flight to end (`bkv fleet status` shows it), then ask again',
+  NO_SPARE_TOKEN: 'add a standby replica (`bkv fleet status` lists them); spares are made with the fleet: `bkv provision --spares N`',
+  REMOVE_LOSES_QUORUM: 'bring the replicas that are down back first (`bkv fleet status` says which)',
+  MEMBER_OUTCOME_UNKNOWN: '`bkv fleet status` shows the configuration the leader holds now',
 };
 
 /** One line (or, with `json`, one JSON object `{error: {code, message, hint}}`) on stderr per failure. */

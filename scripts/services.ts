@@ -14,7 +14,7 @@ import { BkvError } from '../protocol/errors.ts';
 import { PINNED_KEYS, type PinnedKeyName } from '../protocol/wire.ts';
 import { bearer, hopSecret } from '../protocol/hop-secret.ts';
 import { userInfo } from 'node:os';
-import { ACTOR_HEADER, FLEET_FAULT_PATH, FLEET_STATUS_PATH, type ActiveFault, type FleetFault, type ReplicaStatus } from '../vault/fleet/fleet-types.ts';
+import { ACTOR_HEADER, FLEET_FAULT_PATH, FLEET_MEMBER_PATH, FLEET_STATUS_PATH, type ActiveFault, type FleetFault, type MemberChangeInProgress, type MemberRequest, type MemberResult, type ReplicaStatus } from '../vault/fleet/fleet-types.ts';
 
 export class ServiceError extends BkvError {}
 
@@ -220,7 +220,7 @@ export interface FleetServiceOptions {
   signal?: AbortSignal;
 }
 
-export type { ActiveFault, FleetFault, ReplicaStatus };
+export type { ActiveFault, FleetFault, MemberRequest, MemberResult, ReplicaStatus };
 
 /** Where the fleet's operator listener is and the key it wants (<state>/operator.key). */
 export interface OperatorEndpoint {
@@ -237,6 +237,12 @@ export interface FleetStatus {
   /** The fleet process's CPU time so far (user + system, all threads), ms; null where /proc is absent. */
   cpuMs: number | null;
   pid: number | null;
+  /** The leader's configuration (null: no leader; absent: an older fleet that does not report it). */
+  members?: { voters: string[]; learners: string[]; committed: boolean } | null;
+  /** The membership change in flight (`bkv fleet member`), or null. */
+  change?: MemberChangeInProgress | null;
+  /** Tokens standing by: spares from the key ceremony, removed replicas (token and disk kept). */
+  standby?: { name: string; standby: 'spare' | 'removed' }[];
 }
 
 export interface FleetService extends VaultService {
@@ -389,6 +395,7 @@ export function parseFleetStatus(raw: unknown, pid?: number): FleetStatus {
       ...(typeof r.serves === 'boolean' ? { serves: r.serves, servesNot: typeof r.servesNot === 'string' ? r.servesNot : '' } : {}),
       ...(r.reachesLeader === null || typeof r.reachesLeader === 'boolean' ? { reachesLeader: r.reachesLeader } : {}),
       ...(r.reachable === null || typeof r.reachable === 'number' ? { reachable: r.reachable } : {}),
+      ...(r.member === 'voter' || r.member === 'learner' ? { member: r.member } : {}),
     };
   });
   const faults = Array.isArray(obj?.faults) ? (obj.faults as unknown[]).map((f, i): ActiveFault => {
@@ -408,7 +415,66 @@ export function parseFleetStatus(raw: unknown, pid?: number): FleetStatus {
     leader = replicas.filter((r) => r.role === 'leader' && r.healthy).sort((a, b) => b.term - a.term)[0]?.name ?? null;
   }
   const fleetPid = typeof obj?.pid === 'number' ? obj.pid : pid ?? null;
-  return { replicas, leader, faults, cpuMs: fleetPid === null ? null : processCpuMs(fleetPid), pid: fleetPid };
+  const names = (v: unknown): string[] => (Array.isArray(v) ? v.filter((n): n is string => typeof n === 'string') : []);
+  const m = obj?.members as Record<string, unknown> | null | undefined;
+  const c = obj?.change as Record<string, unknown> | null | undefined;
+  const membership = {
+    ...(m === null ? { members: null } : typeof m === 'object' ? { members: { voters: names(m.voters), learners: names(m.learners), committed: m.committed !== false } } : {}),
+    ...(c === null ? { change: null } : typeof c === 'object' && typeof c.op === 'string' ? {
+      change: { op: c.op as MemberChangeInProgress['op'], replicas: names(c.replicas), step: typeof c.step === 'string' ? c.step : '', since: typeof c.since === 'string' ? c.since : '', by: typeof c.by === 'string' ? c.by : '' },
+    } : {}),
+    ...(Array.isArray(obj?.standby) ? {
+      standby: (obj.standby as Record<string, unknown>[]).filter((x) => typeof x?.name === 'string' && (x.standby === 'spare' || x.standby === 'removed'))
+        .map((x) => ({ name: x.name as string, standby: x.standby as 'spare' | 'removed' })),
+    } : {}),
+  };
+  return { replicas, leader, faults, cpuMs: fleetPid === null ? null : processCpuMs(fleetPid), pid: fleetPid, ...membership };
+}
+
+/**
+ * POST /v1/fleet/member: the change's steps come as NDJSON lines while it runs (each handed to
+ * `progress`); resolves with the result, or throws the fleet's typed refusal or failure.
+ */
+export async function postFleetMember(op: OperatorEndpoint, req: MemberRequest, progress: (line: string) => void, timeoutMs = 15 * 60_000): Promise<MemberResult> {
+  let res: Response;
+  try {
+    res = await fetch(new URL(FLEET_MEMBER_PATH, op.url), {
+      method: 'POST',
+      headers: { authorization: bearer(op.key), [ACTOR_HEADER]: actorName(), 'content-type': 'application/json' },
+      body: JSON.stringify(req),
+      signal: AbortSignal.timeout(timeoutMs),
+    });
+  } catch (e) {
+    const cause = ((e as { cause?: { code?: unknown } }).cause?.code as string | undefined) ?? '';
+    throw new FleetUnreachableError(`the fleet at ${op.url} ${/^[A-Z_]+$/.test(cause) ? `cannot be reached (${cause})` : 'cannot be reached'}`);
+  }
+  if (!res.ok) {
+    let j: { code?: unknown; message?: unknown } = {};
+    try { j = JSON.parse(await res.text()) as typeof j; } catch { /* the status alone then */ }
+    throw new ServiceError(typeof j.code === 'string' ? j.code : `HTTP_${res.status}`, typeof j.message === 'string' ? j.message : `the fleet refused the membership change (HTTP ${res.status})`);
+  }
+  const bad = () => new ServiceError('FLEET_BAD_REPLY', `the fleet at ${op.url} answered ${FLEET_MEMBER_PATH} with lines that are not its NDJSON`);
+  let buf = '';
+  const dec = new TextDecoder();
+  for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+    buf += dec.decode(chunk, { stream: true });
+    let nl: number;
+    while ((nl = buf.indexOf('\n')) >= 0) {
+      const text = buf.slice(0, nl);
+      buf = buf.slice(nl + 1);
+      let o: Record<string, unknown>;
+      try { o = JSON.parse(text) as Record<string, unknown>; } catch { throw bad(); }
+      if (typeof o.progress === 'string') progress(o.progress);
+      else if (o.ok === true) {
+        const { ok: _ok, ...rest } = o;
+        return rest as unknown as MemberResult;
+      } else if (typeof o.error === 'object' && o.error !== null) {
+        const er = o.error as { code?: unknown; message?: unknown };
+        throw new ServiceError(typeof er.code === 'string' ? er.code : 'MEMBER_FAILED', typeof er.message === 'string' ? er.message : 'the membership change failed');
+      } else throw bad();
+    }
+  }
+  throw new ServiceError('MEMBER_OUTCOME_UNKNOWN', `the fleet at ${op.url} closed the connection before the membership change ended; \`bkv fleet status\` shows where it stands`);
 }
 
 export async function postFleetFault(op: OperatorEndpoint, f: FleetFault): Promise<unknown> {

@@ -12,7 +12,7 @@ import { toTokenError, TokenError } from '../hsm-adapter/errors.ts';
 import { KeyLabels, type SealScheme } from '../hsm-adapter/token.ts';
 import {
   StateError, activateSoftHsmConf, confText, ownTokenDir, readManifest, readPinFile, replicaNames, statePaths,
-  type FleetManifest, type ManifestReplica, type PinFile,
+  type FleetManifest, type ManifestReplica, type PinFile, type StandbyReplica,
 } from './state.ts';
 import { checkAdopted } from './adopt.ts';
 import { runCeremony, type CeremonyMode } from './ceremony.ts';
@@ -25,6 +25,12 @@ export interface ProvisionOptions {
   stateDir: string;
   /** Default 5. */
   replicas?: number;
+  /**
+   * Spare tokens made with the fleet (default 0): they take part in the key ceremony, since the fleet
+   * secrets can never leave a token afterwards, and wait in fleet.json's `standby` for `bkv fleet
+   * member add` (named after the next data centers). Only on a fresh fleet.
+   */
+  spares?: number;
   /** Destroy an existing state directory's tokens, PINs and manifest and start over. */
   force?: boolean;
   modulePath?: string;
@@ -44,6 +50,8 @@ export interface ProvisionReport {
   /** Human-readable list of what was done (no secrets). */
   actions: string[];
   replicas: { name: string; tokenLabel: string; serial: string }[];
+  /** Spare and removed replicas' tokens (fleet.json's standby); absent when there are none. */
+  standby?: { name: string; tokenLabel: string; serial: string; standby: 'spare' | 'removed' }[];
   kcv: { oprfSeed: string; fleetAke: string };
   manifestPath: string;
 }
@@ -131,18 +139,31 @@ export async function provision(opts: ProvisionOptions): Promise<ProvisionReport
     return checkAdopted(p.dir, existing);
   }
   const count = opts.replicas ?? existing?.replicas.length ?? 5;
-  const names = replicaNames(count);
+  const spareCount = opts.spares ?? 0;
+  if (!Number.isInteger(spareCount) || spareCount < 0 || count + spareCount > 64) {
+    throw new StateError('BAD_REPLICA_COUNT', `spares must be an integer from 0 with replicas + spares at most 64 (got ${opts.spares})`);
+  }
+  // An existing fleet keeps its names: membership changes move replicas between `replicas` and
+  // `standby`, so they are no longer the first N data centers.
+  const keep = existing && !opts.force;
+  const memberNames = keep ? existing.replicas.map((r) => r.name) : replicaNames(count + spareCount).slice(0, count);
+  const standbyKind = new Map<string, 'spare' | 'removed'>(keep ? (existing.standby ?? []).map((r) => [r.name, r.standby] as const) : replicaNames(count + spareCount).slice(count).map((n) => [n, 'spare'] as const));
+  const names = [...memberNames, ...standbyKind.keys()];
   const modulePath = opts.modulePath ?? existing?.modulePath ?? defaultModulePath();
   const moduleArgs = opts.moduleArgs ?? (opts.force ? undefined : existing?.moduleArgs);
 
   if (existing && !opts.force) {
     const had = existing.replicas.map((r) => r.name);
-    if (had.length !== names.length || had.some((n, i) => n !== names[i])) {
+    if (opts.replicas !== undefined && had.length !== opts.replicas) {
       throw new StateError(
         'FLEET_MISMATCH',
-        `${p.dir} holds a fleet of ${had.length} replicas (${had.join(', ')}); asked for ${names.length}. ` +
+        `${p.dir} holds a fleet of ${had.length} replicas (${had.join(', ')}); asked for ${opts.replicas}. ` +
           'Fleet secrets cannot be copied into new tokens after the ceremony; use --force to start over (destroys the fleet)',
       );
+    }
+    const spares = (existing.standby ?? []).filter((r) => r.standby === 'spare').length;
+    if (opts.spares !== undefined && opts.spares !== spares) {
+      throw new StateError('FLEET_MISMATCH', `${p.dir} holds ${spares} spare token(s); asked for ${opts.spares}. Spares take part in the key ceremony and cannot be made after it; use --force to start over (destroys the fleet)`);
     }
   }
 
@@ -175,6 +196,14 @@ export async function provision(opts: ProvisionOptions): Promise<ProvisionReport
   const pinsOnDisk = readPinFile(p.pins);
   const pins: PinFile = pinsOnDisk ?? { version: 1, tokens: {} };
   const present = new Set(names.filter((n) => tokenExists(mod.lib, n)));
+  // A removed replica's token is the operator's to delete (`bkv fleet member remove` keeps it):
+  // once it is gone it only leaves fleet.json's standby list.
+  for (const [n, why] of [...standbyKind]) {
+    if (why !== 'removed' || present.has(n)) continue;
+    standbyKind.delete(n);
+    names.splice(names.indexOf(n), 1);
+    did(`the token of removed replica '${n}' is gone: dropped from ${p.manifest}'s standby list`);
+  }
   if (existing && !opts.force) {
     // The fleet was complete once: a token that is gone took fleet secrets no other token can give
     // up, so a fresh token in its place could never join. Say so before touching anything.
@@ -215,8 +244,9 @@ export async function provision(opts: ProvisionOptions): Promise<ProvisionReport
 
   const tokens: Pkcs11Token[] = [];
   try {
-    const recorded = new Map(existing && !opts.force ? existing.replicas.map((r) => [r.name, r.sealScheme] as const) : []);
-    const recordedStore = new Map(existing && !opts.force ? existing.replicas.map((r) => [r.name, r.dataStore ?? 'data-object'] as const) : []);
+    const had = keep ? [...existing.replicas, ...(existing.standby ?? [])] : [];
+    const recorded = new Map(had.map((r) => [r.name, r.sealScheme] as const));
+    const recordedStore = new Map(had.map((r) => [r.name, r.dataStore ?? 'data-object'] as const));
     for (const name of names) {
       const sealScheme = recorded.get(name) ?? opts.sealScheme ?? 'auto';
       if (opts.sealScheme && opts.sealScheme !== 'auto' && recorded.has(name) && recorded.get(name) !== opts.sealScheme) {
@@ -264,7 +294,7 @@ export async function provision(opts: ProvisionOptions): Promise<ProvisionReport
         throw new StateError('FLEET_SECRETS_DIFFER', `fleet secrets differ between tokens (KCVs ${kcvs.map((x) => x.oprfSeed).join(', ')}); use --force to start over`);
       }
     }
-    const replicas: ManifestReplica[] = tokens.map((t, i) => ({
+    const entries: ManifestReplica[] = tokens.map((t, i) => ({
       name: names[i],
       tokenLabel: t.label,
       serial: t.describe().serial,
@@ -272,6 +302,9 @@ export async function provision(opts: ProvisionOptions): Promise<ProvisionReport
       identityFingerprint: manifestFingerprint(t),
       ...(t.dataStore !== 'data-object' ? { dataStore: t.dataStore } : {}),
     }));
+    const replicas = entries.filter((r) => !standbyKind.has(r.name));
+    const standby: StandbyReplica[] = entries.filter((r) => standbyKind.has(r.name)).map((r) => ({ ...r, standby: standbyKind.get(r.name)! }));
+    const founders = keep ? existing.founders : standby.length ? replicas.map((r) => r.name) : undefined;
     const manifest: FleetManifest = {
       version: 1,
       createdAt: existing && !opts.force ? existing.createdAt : new Date().toISOString(),
@@ -281,6 +314,8 @@ export async function provision(opts: ProvisionOptions): Promise<ProvisionReport
       replicas,
       kcv: kcvs[0],
       ...(ceremony ? { ceremony } : {}),
+      ...(standby.length ? { standby } : {}),
+      ...(founders ? { founders } : {}),
     };
     const text = JSON.stringify(manifest, null, 2) + '\n';
     if (!existsSync(p.manifest) || readFileSync(p.manifest, 'utf8') !== text) {
@@ -299,6 +334,7 @@ export async function provision(opts: ProvisionOptions): Promise<ProvisionReport
       unchanged: actions.length === 0,
       actions,
       replicas: replicas.map(({ name, tokenLabel, serial }) => ({ name, tokenLabel, serial })),
+      ...(standby.length ? { standby: standby.map(({ name, tokenLabel, serial, standby: why }) => ({ name, tokenLabel, serial, standby: why })) } : {}),
       kcv: kcvs[0],
       manifestPath: p.manifest,
     };

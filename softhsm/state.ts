@@ -1,6 +1,6 @@
 // The state directory of a SoftHSM2 fleet: softhsm2.conf (file object store, its own token
 // directory), the PIN file (0600), and fleet.json, the manifest later code (vault fleet, serve) reads.
-import { chmodSync, existsSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { BkvError } from '../protocol/errors.ts';
 import { initializedConf } from '../hsm-adapter/module.ts';
@@ -59,6 +59,23 @@ export interface FleetManifest {
   kcv: { oprfSeed: string; fleetAke: string };
   /** How the key ceremony ran (absent: made before it was recorded, a host ceremony). */
   ceremony?: { kind: 'token' | 'host'; source?: string; reason: string };
+  /**
+   * Tokens that hold the fleet secrets but are in no configuration: spares (they took part in the
+   * key ceremony, which is the only way a token gets the non-extractable secrets) and replicas that
+   * `bkv fleet member remove` took out (token and disk kept until the operator deletes them).
+   * `bkv fleet member add` starts one. Absent: none.
+   */
+  standby?: StandbyReplica[];
+  /**
+   * The founding configuration (entry 1 of every replica's Raft log, which a replica on a blank disk
+   * writes for itself). Written by provision when it makes spares and at the first membership
+   * change; absent: the replicas the fleet runs (a fresh fleet bootstraps with them).
+   */
+  founders?: string[];
+}
+
+export interface StandbyReplica extends ManifestReplica {
+  standby: 'spare' | 'removed';
 }
 
 export interface FleetState {
@@ -68,7 +85,12 @@ export interface FleetState {
   modulePath: string;
   /** Module arguments recorded at provisioning (undefined: none). */
   moduleArgs: string | undefined;
+  /** The members (the fleet's configuration as last recorded): what `fleet up` starts. */
   replicas: ReplicaInfo[];
+  /** Spare and removed replicas' tokens (manifest.standby), not started until a membership change adds one. */
+  standby: (ReplicaInfo & { standby: 'spare' | 'removed' })[];
+  /** The founding configuration (manifest.founders, else the members). */
+  founders: string[];
   manifest: FleetManifest;
   /** Everything openToken needs for this token: module, its arguments, PIN, seal scheme. */
   tokenOptions(tokenLabel: string): { modulePath: string; moduleArgs?: string; token: string; pin: string; sealScheme: SealScheme; dataStore?: DataStore };
@@ -180,7 +202,9 @@ export function readManifest(path: string): FleetManifest | undefined {
     (m.moduleArgs === undefined || typeof m.moduleArgs === 'string') &&
     Array.isArray(m.replicas) &&
     m.replicas.length > 0 &&
-    m.replicas.every((r) => typeof r?.name === 'string' && typeof r.tokenLabel === 'string' && (r.dataStore === undefined || r.dataStore === 'data-object' || r.dataStore === 'secret-key-id')) &&
+    [...m.replicas, ...(Array.isArray(m.standby) ? m.standby : [])].every((r) => typeof r?.name === 'string' && typeof r.tokenLabel === 'string' && (r.dataStore === undefined || r.dataStore === 'data-object' || r.dataStore === 'secret-key-id')) &&
+    (m.standby === undefined || (Array.isArray(m.standby) && m.standby.every((r) => r.standby === 'spare' || r.standby === 'removed'))) &&
+    (m.founders === undefined || (Array.isArray(m.founders) && m.founders.length > 0 && m.founders.every((f) => typeof f === 'string'))) &&
     typeof m.kcv?.oprfSeed === 'string' &&
     typeof m.kcv?.fleetAke === 'string';
   if (!ok) throw new StateError('STATE_CORRUPT', `fleet manifest ${path} is incomplete or of an unknown version`);
@@ -203,9 +227,11 @@ export function loadState(stateDir: string): FleetState {
   }
   const pins = readPinFile(p.pins);
   if (confPath === p.conf) ownTokenDir(p.dir);
-  const schemes = new Map(manifest.replicas.map((r) => [r.tokenLabel, r.sealScheme ?? 'aes-256-gcm'] as const));
+  // Standby tokens open like members' (a membership change starts them).
+  const every = [...manifest.replicas, ...(manifest.standby ?? [])];
+  const schemes = new Map(every.map((r) => [r.tokenLabel, r.sealScheme ?? 'aes-256-gcm'] as const));
   const moduleArgs = manifest.moduleArgs || undefined;
-  const stores = new Map(manifest.replicas.map((r) => [r.tokenLabel, r.dataStore] as const));
+  const stores = new Map(every.map((r) => [r.tokenLabel, r.dataStore] as const));
   return {
     stateDir: p.dir,
     confPath,
@@ -215,18 +241,20 @@ export function loadState(stateDir: string): FleetState {
       return {
         modulePath: manifest.modulePath,
         ...(moduleArgs !== undefined ? { moduleArgs } : {}),
-        token: manifest.replicas.find((r) => r.tokenLabel === tokenLabel)?.tokenSpec ?? tokenLabel,
+        token: every.find((r) => r.tokenLabel === tokenLabel)?.tokenSpec ?? tokenLabel,
         pin: this.pinFor(tokenLabel),
         sealScheme: this.sealSchemeFor(tokenLabel),
         ...(stores.get(tokenLabel) ? { dataStore: stores.get(tokenLabel) } : {}),
       };
     },
     replicas: manifest.replicas.map(({ name, tokenLabel }) => ({ name, tokenLabel })),
+    standby: (manifest.standby ?? []).map(({ name, tokenLabel, standby }) => ({ name, tokenLabel, standby })),
+    founders: manifest.founders ?? manifest.replicas.map((r) => r.name),
     manifest,
     pinFor(tokenLabel: string): string {
       // pins.json is keyed by replica name (provision writes it so); an adopted token's PIN stays in
       // the operator's file.
-      const rep = manifest.replicas.find((r) => r.tokenLabel === tokenLabel);
+      const rep = every.find((r) => r.tokenLabel === tokenLabel);
       const pin = (rep && pins?.tokens[rep.name]?.user) ?? pins?.tokens[tokenLabel]?.user ?? (rep?.pinFile ? readPinText(rep.pinFile) : undefined) ?? process.env.BKV_PIN;
       if (pin === undefined) {
         throw new StateError('PIN_MISSING', `no PIN for token '${tokenLabel}' in ${p.pins} and BKV_PIN is not set`);
@@ -257,4 +285,23 @@ export function activateSoftHsmConf(state: { confPath: string | undefined }): vo
     );
   }
   process.env.SOFTHSM2_CONF = state.confPath;
+}
+
+/**
+ * Rewrites fleet.json in one rename (a crash leaves the old or the new file, never half of one),
+ * after a membership change committed. Checked as readManifest checks, so a bad one is never written.
+ */
+export function writeManifest(stateDir: string, m: FleetManifest): void {
+  const path = statePaths(stateDir).manifest;
+  const text = JSON.stringify(m, null, 2) + '\n';
+  const tmp = `${path}.tmp-${process.pid}`;
+  writeFileSync(tmp, text, { mode: 0o600 });
+  chmodSync(tmp, 0o600);
+  try {
+    readManifest(tmp);
+  } catch (e) {
+    rmSync(tmp, { force: true });
+    throw e;
+  }
+  renameSync(tmp, path);
 }

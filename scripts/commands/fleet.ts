@@ -12,12 +12,14 @@ import {
   fetchFleetStatus,
   pidAlive,
   postFleetFault,
+  postFleetMember,
   readServeRecord,
   servePaths,
   startServices,
   type OperatorEndpoint,
   type FleetFault,
   type FleetStatus,
+  type MemberRequest,
   type ServeRecord,
 } from '../services.ts';
 
@@ -99,7 +101,34 @@ listener with the operator key (DIR/operator.key), never to the relay front.
 
 Replica names are data centers: \`bkv fleet status\` lists them.`;
 
-const help = `usage: bkv fleet up|status|fault|down [options]
+const memberHelp = `usage: bkv fleet member add NAME | remove NAME | replace OLD NEW [--state DIR] [--json]
+
+Changes the running fleet's membership, one Raft configuration change at a time, while it serves:
+
+  add NAME          start the standby replica NAME on its token (a spare made in the key ceremony with
+                    \`bkv provision --spares N\`, or a replica removed earlier), add it as a learner (it
+                    receives the log and counts for no quorum), wait until it caught up, promote it
+                    to voter
+  remove NAME       if NAME leads, move the leadership to another voter first; remove NAME from the
+                    configuration, stop it. Its token and disk stay (fleet.json: standby, removed)
+                    until you delete them; \`member add NAME\` can bring it back
+  replace OLD NEW   add NEW, then remove OLD (moving a data center is a replace)
+
+A new replica's token must already hold the fleet secrets, which never leave a token: only tokens
+that took part in the key ceremony can join (NO_SPARE_TOKEN otherwise). Another change in flight
+is refused (CHANGE_IN_FLIGHT), as are a non-member (NOT_MEMBER), a member (ALREADY_MEMBER), and a
+removal that would leave fewer healthy voters than a quorum (REMOVE_LOSES_QUORUM); nothing changes
+then. fleet.json is rewritten (atomically) once each change committed; devices' pinned keys stay
+valid (every token holds the same fleet AKE seed). Threaded fleets only (\`bkv fleet up\`, not
+--transport tcp: MEMBER_UNSUPPORTED).
+
+  --state DIR   state directory of the running fleet (default .bkv)
+  --json        one JSON document on stdout at the end ({"ok": true, "op", "voters", "learners",
+                "leader", "steps"}); a failure as {"error": {"code", "message", "hint"}} on stderr
+
+Prints each step as it happens. \`bkv fleet status\` shows voters, learners and the change in flight.`;
+
+const help = `usage: bkv fleet up|status|fault|member|down [options]
 
 The vault as a fleet of HSM replicas agreeing by Raft, behind ChatD.
 
@@ -109,6 +138,8 @@ The vault as a fleet of HSM replicas agreeing by Raft, behind ChatD.
                               roles, terms, commit indexes, lag, health, leader
   bkv fleet fault partition|isolate|block|heal|crash|snapshot-disk|restart ... [--state DIR]
                               inject a fault (attack demos)
+  bkv fleet member add NAME | remove NAME | replace OLD NEW [--state DIR] [--json]
+                              change the membership (one change at a time, under load)
   bkv fleet down [--state DIR]
                               stop the fleet and ChatD that \`bkv fleet up\` started
 
@@ -179,7 +210,8 @@ async function up(argv: string[]): Promise<number> {
 
   // Each replica is placed in the WAN model's data center of the same name.
   const names = manifest ? manifest.replicas.slice(0, replicas ?? provisioned).map((r) => r.name) : replicaNames(replicas ?? 5);
-  const unplaced = wanConfig.none ? [] : names.filter((n) => !wanConfig.regions.includes(n));
+  // Standby replicas too: they are in the WAN model from the start, so that \`fleet member add\` can start one.
+  const unplaced = wanConfig.none ? [] : [...names, ...(manifest?.standby ?? []).map((r) => r.name)].filter((n) => !wanConfig.regions.includes(n));
   if (unplaced.length) {
     throw new ServiceError('WAN_UNKNOWN_REGION', `the WAN model ${wan} has no data center for replica(s) ${unplaced.join(', ')} (it knows ${wanConfig.regions.join(', ')}); use --wan FILE with those regions, or --wan none`);
   }
@@ -247,8 +279,11 @@ function table(head: string[], rows: string[][], right: ReadonlySet<number> = ne
  */
 export function formatStatus(s: FleetStatus): string[] {
   const n = s.replicas.length;
-  const majority = Math.floor(n / 2) + 1;
+  // Learners count for no quorum: the leader's voters decide it where the fleet reports them.
+  const majority = Math.floor((s.members?.voters.length || n) / 2) + 1;
   const yes = (b: boolean | null | undefined) => (b === true ? 'yes' : b === false ? 'NO' : '-');
+  // A fleet that reports its configuration gets a column for it (voter, learner: receives the log, votes for nothing).
+  const withMember = s.replicas.some((r) => r.member !== undefined);
   const rows = s.replicas.map((r) => [
     `${r.name === s.leader ? '*' : ' '} ${r.name}`,
     r.region,
@@ -262,8 +297,9 @@ export function formatStatus(s: FleetStatus): string[] {
     yes(r.reachesLeader),
     r.reachable === null || r.reachable === undefined ? '-' : `${r.reachable}/${n}${r.reachable < majority ? ' NO' : ''}`,
     r.serves === undefined ? '?' : r.serves ? 'yes' : 'NO',
+    ...(withMember ? [r.member ?? '-'] : []),
   ]);
-  const head = ['  replica', 'region', 'role', 'term', 'commit', 'applied', 'lag', 'health', 'leader?', 'quorum?', 'serves'];
+  const head = ['  replica', 'region', 'role', 'term', 'commit', 'applied', 'lag', 'health', 'leader?', 'quorum?', 'serves', ...(withMember ? ['member'] : [])];
   const out = table(head, rows, new Set([3, 4, 5, 6]));
   const why = s.replicas.filter((r) => r.serves !== true).map((r) => `  ${r.name}: ${r.servesNot || r.reason || (r.healthy ? 'unknown' : 'DOWN')}`);
   if (why.length) out.push('', 'not serving:', ...why);
@@ -274,6 +310,11 @@ export function formatStatus(s: FleetStatus): string[] {
     const since = (iso: string) => (iso.length >= 19 ? `${iso.slice(11, 19)} UTC` : iso || '?');
     out.push(...table(['  fault', 'what', 'since', 'by'], s.faults.map((f) => [`  ${f.op}`, f.what, since(f.since), f.by])));
   }
+  if (s.members) {
+    out.push('', `configuration: voters ${s.members.voters.join(', ')}; learners ${s.members.learners.join(', ') || 'none'}${s.members.committed ? '' : ' (its last change is not committed yet)'}`);
+  }
+  if (s.change) out.push(`membership change in flight: ${s.change.op} ${s.change.replicas.join(' -> ')} (by ${s.change.by}, since ${s.change.since.slice(11, 19)} UTC): ${s.change.step}`);
+  if (s.standby?.length) out.push(`standby tokens: ${s.standby.map((x) => `${x.name} (${x.standby})`).join(', ')}`);
   const serving = s.replicas.filter((r) => r.serves === true).length;
   const leader = s.replicas.find((r) => r.name === s.leader);
   out.push(
@@ -289,6 +330,9 @@ function statusJson(s: FleetStatus, r: ServeRecord): unknown {
     leader: s.leader,
     replicas: s.replicas,
     faults: s.faults,
+    ...(s.members !== undefined ? { members: s.members } : {}),
+    ...(s.change !== undefined ? { change: s.change } : {}),
+    ...(s.standby !== undefined ? { standby: s.standby } : {}),
     fleet: { url: r.vaultUrl, pid: s.pid, cpuMs: s.cpuMs, wan: r.wan ?? null },
     chatdUrl: r.chatdUrl,
   };
@@ -428,6 +472,39 @@ async function fault(argv: string[]): Promise<number> {
   return 0;
 }
 
+// ---- member ----------------------------------------------------------------------------------
+
+async function member(argv: string[]): Promise<number> {
+  if (wantsHelp(argv) || argv.length === 0) {
+    console.log(memberHelp);
+    return argv.length === 0 ? 2 : 0;
+  }
+  const { values, positionals } = parseFlags(argv, { state: { type: 'string' }, json: { type: 'boolean' } }, true);
+  const stateDir = values.state ?? '.bkv';
+  const [action, ...args] = positionals;
+  const need = (n: number, what: string) => {
+    if (args.length !== n) throw new UsageError(`fleet member ${action} takes ${what} (got ${args.length} argument${args.length === 1 ? '' : 's'})`);
+  };
+  let req: MemberRequest;
+  switch (action) {
+    case 'add': need(1, 'NAME'); req = { op: 'add', name: args[0]! }; break;
+    case 'remove': need(1, 'NAME'); req = { op: 'remove', name: args[0]! }; break;
+    case 'replace': need(2, 'OLD NEW'); req = { op: 'replace', old: args[0]!, name: args[1]! }; break;
+    default: throw new UsageError(`unknown member action '${(action ?? '').slice(0, 40)}' (add, remove, replace)`);
+  }
+  const rec = runningFleet(stateDir);
+  const t0 = Date.now();
+  const res = await postFleetMember(rec.operator, req, (line) => {
+    if (!values.json) console.log(`bkv fleet member: ${line}`);
+  });
+  if (values.json) {
+    console.log(JSON.stringify({ ok: true, ...res, seconds: Math.round((Date.now() - t0) / 100) / 10 }));
+    return 0;
+  }
+  console.log(`bkv fleet member: done in ${((Date.now() - t0) / 1000).toFixed(1)} s; voters ${res.voters.join(', ')}${res.learners.length ? `; learners ${res.learners.join(', ')}` : ''}; leader ${res.leader ?? 'none'}`);
+  return 0;
+}
+
 // ---- down ------------------------------------------------------------------------------------
 
 async function down(argv: string[]): Promise<number> {
@@ -447,7 +524,7 @@ async function down(argv: string[]): Promise<number> {
 
 export const command: Command = {
   name: 'fleet',
-  summary: 'the vault as a Raft fleet of HSM replicas: up, status (--watch), fault injection, down',
+  summary: 'the vault as a Raft fleet of HSM replicas: up, status (--watch), fault injection, membership changes, down',
   help,
   async run(argv) {
     const [sub, ...rest] = argv;
@@ -458,13 +535,15 @@ export const command: Command = {
         return status(rest);
       case 'fault':
         return fault(rest);
+      case 'member':
+        return member(rest);
       case 'down':
         return down(rest);
       case undefined:
         console.error(help);
         return 2;
       default:
-        throw new UsageError(`unknown fleet subcommand '${sub.slice(0, 40)}' (up, status, fault, down)`);
+        throw new UsageError(`unknown fleet subcommand '${sub.slice(0, 40)}' (up, status, fault, member, down)`);
     }
   },
 };

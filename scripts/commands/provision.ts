@@ -6,7 +6,7 @@ import type { CeremonyMode } from '../../softhsm/ceremony.ts';
 import { finalizeModule } from '../../hsm-adapter/module.ts';
 import type { SealScheme } from '../../hsm-adapter/token.ts';
 
-const help = `usage: bkv provision [--replicas N] [--state DIR] [--module PATH] [--module-args S] [--seal-scheme S] [--ceremony C] [--force] [--json]
+const help = `usage: bkv provision [--replicas N] [--spares N] [--state DIR] [--module PATH] [--module-args S] [--seal-scheme S] [--ceremony C] [--force] [--json]
        bkv provision --adopt [NAME=]LABEL|URI ... [--pin-file F ...] [--state DIR] [--module PATH] [--module-args S] [--ceremony C] [--json]
 
 Creates (or completes) a SoftHSM2 fleet in DIR (default .bkv/): softhsm2.conf with its own token
@@ -26,6 +26,10 @@ or wipes a token, and refuses a token that already holds bkv fleet secrets. NAME
 or once for all of them, or not at all when each URI has pin-source=.
 
   --replicas N     number of replicas (default 5, or the existing fleet's size)
+  --spares N       spare tokens made with the fleet (default 0), named after the next data centers:
+                   they take part in the key ceremony (the fleet secrets never leave a token, so a
+                   token made later could never join) and stand by for \`bkv fleet member add NAME\`;
+                   only on a fresh fleet (fleet.json: standby)
   --state DIR      state directory (default .bkv in the working directory)
   --module PATH    PKCS#11 module (default BKV_PKCS11_MODULE or ${'/usr/lib/softhsm/libsofthsm2.so'})
   --module-args S  string handed to C_Initialize for modules that need one (NSS softoken:
@@ -46,6 +50,7 @@ export const command: Command = {
   async run(argv) {
     const { values } = parseFlags(argv, {
       replicas: { type: 'string' },
+      spares: { type: 'string' },
       state: { type: 'string' },
       module: { type: 'string' },
       'module-args': { type: 'string' },
@@ -58,6 +63,7 @@ export const command: Command = {
     });
     const ceremony = values.ceremony;
     if (ceremony !== undefined && !['auto', 'token', 'host'].includes(ceremony)) throw new UsageError('--ceremony must be auto, token or host');
+    if (values.adopt?.length && values.spares !== undefined) throw new UsageError('--spares does not go with --adopt (adopt the spare tokens too; every adopted token is a member)');
     if (values.adopt?.length) return adoptCommand(values);
     if (values['pin-file']?.length) throw new UsageError('--pin-file goes with --adopt (provisioned SoftHSM2 tokens have their PINs in DIR/pins.json)');
     const sealScheme = values['seal-scheme'];
@@ -69,11 +75,17 @@ export const command: Command = {
       replicas = Number(values.replicas);
       if (!/^\d+$/.test(values.replicas) || replicas < 1 || replicas > 64) throw new UsageError(`--replicas must be a whole number from 1 to 64 (got '${values.replicas}')`);
     }
+    let spares: number | undefined;
+    if (values.spares !== undefined) {
+      spares = Number(values.spares);
+      if (!/^\d+$/.test(values.spares) || spares > 63) throw new UsageError(`--spares must be a whole number from 0 to 63 (got '${values.spares.slice(0, 20)}')`);
+    }
     const json = values.json === true;
     try {
       const report = await provision({
         stateDir: values.state ?? '.bkv',
         replicas,
+        spares,
         force: values.force === true,
         modulePath: values.module,
         moduleArgs: values['module-args'],
@@ -90,6 +102,7 @@ export const command: Command = {
       }
       if (!json) {
         console.log(`  tokens: ${report.replicas.map((r) => r.tokenLabel).join(', ')}`);
+        if (report.standby) console.log(`  standby (for \`bkv fleet member add\`): ${report.standby.map((r) => `${r.tokenLabel} (${r.standby})`).join(', ')}`);
         console.log(`  key check values: oprf-seed ${report.kcv.oprfSeed}, fleet-ake ${report.kcv.fleetAke}`);
       }
       return 0;

@@ -21,10 +21,10 @@ export interface TestFleet {
   cleanup(): Promise<void>;
 }
 
-export async function provisionTestFleet(opts: { replicas?: number; sealScheme?: SealScheme | 'auto' } = {}): Promise<TestFleet> {
+export async function provisionTestFleet(opts: { replicas?: number; spares?: number; sealScheme?: SealScheme | 'auto' } = {}): Promise<TestFleet> {
   const stateDir = mkdtempSync(join(tmpdir(), 'bkv-test-fleet-'));
   try {
-    await provision({ stateDir, replicas: opts.replicas ?? 5, sealScheme: opts.sealScheme });
+    await provision({ stateDir, replicas: opts.replicas ?? 5, sealScheme: opts.sealScheme, ...(opts.spares ? { spares: opts.spares } : {}) });
   } catch (e) {
     finalizeModule();
     rmSync(stateDir, { recursive: true, force: true });

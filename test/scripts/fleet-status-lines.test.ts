@@ -55,4 +55,26 @@ describe('fleet status lines', () => {
     expect(fault).toContain('alice pid 42');
     expect(lines.at(-1)).toBe('leader: us-east (term 4); 3 of 5 replicas serve, quorum 3');
   });
+
+  it('shows voters and learners, the membership change in flight and the standby tokens', () => {
+    const s: FleetStatus = {
+      leader: 'us-east', cpuMs: null, pid: null, faults: [],
+      replicas: [
+        rep('us-east', 'leader', '', { member: 'voter' }),
+        rep('us-west', 'follower', '', { member: 'voter', leader: 'us-east' }),
+        rep('eu-west', 'follower', '', { member: 'voter', leader: 'us-east' }),
+        rep('ap-southeast', 'follower', '', { member: 'learner', leader: 'us-east', lag: 40 }),
+      ],
+      members: { voters: ['eu-west', 'us-east', 'us-west'], learners: ['ap-southeast'], committed: true },
+      change: { op: 'replace', replicas: ['us-west', 'ap-southeast'], step: 'ap-southeast is a learner; catching up', since: '2026-12-06T23:40:01.000Z', by: 'operator key (bob)' },
+      standby: [{ name: 'sa-east', standby: 'spare' }],
+    };
+    const lines = formatStatus(s);
+    expect(lines[0]).toMatch(/serves\s+member$/);
+    expect(lines.find((l) => l.includes('ap-southeast') && l.includes('follower'))).toMatch(/learner$/);
+    expect(lines).toContain('configuration: voters eu-west, us-east, us-west; learners ap-southeast');
+    expect(lines).toContain('membership change in flight: replace us-west -> ap-southeast (by operator key (bob), since 23:40:01 UTC): ap-southeast is a learner; catching up');
+    expect(lines).toContain('standby tokens: sa-east (spare)');
+    expect(lines.at(-1)).toBe('leader: us-east (term 4); 4 of 4 replicas serve, quorum 2');
+  });
 });

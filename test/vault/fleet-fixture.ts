@@ -29,8 +29,8 @@ export class RelayFailure extends Error {
   constructor(readonly code: string, readonly status: number) { super(`relay failed: ${code} (${status})`); }
 }
 
-export async function startFleetFixture(replicas: number, o: Partial<StartFleetOptions> = {}): Promise<FleetFixture> {
-  const tf = await provisionTestFleet({ replicas });
+export async function startFleetFixture(replicas: number, o: Partial<StartFleetOptions> = {}, f: { spares?: number } = {}): Promise<FleetFixture> {
+  const tf = await provisionTestFleet({ replicas, spares: f.spares });
   let fleet: Fleet;
   const start = (names?: string[]) => startFleet({
     stateDir: tf.stateDir, wan: 'none', electionTimeoutMs: 300,

@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { enablePassword, recoverK, status, type PasswordOptions, type Send } from '../../client/password.ts';
 import { identityKsf } from '../../protocol/opaque/index.ts';
 import { decodeRelayReply, encodeRelayRequest, RELAY_PATH } from '../../protocol/relay.ts';
-import { FLEET_FAULT_PATH, REGION_HEADER, type Fleet } from '../../vault/fleet/fleet-types.ts';
+import { FLEET_FAULT_PATH, FLEET_MEMBER_PATH, REGION_HEADER, type Fleet } from '../../vault/fleet/fleet-types.ts';
 import { startProcessFleet } from '../../vault/fleet/process-fleet.ts';
 import { provisionTestFleet, type TestFleet } from '../helpers/fleet.ts';
 import { waitFor } from './fleet-process-harness.ts';
@@ -60,6 +60,11 @@ describe('process fleet (supervisor)', () => {
     expect(res.status).toBe(400);
     expect(await res.json()).toMatchObject({ code: 'FAULT_UNSUPPORTED' });
     expect(() => fleet.isolate(leader.name)).toThrow(expect.objectContaining({ code: 'FAULT_UNSUPPORTED' }));
+    // Membership changes are the threaded fleet's only: refused before anything changes.
+    const member = await fetch(fleet.operatorUrl! + FLEET_MEMBER_PATH, { method: 'POST', body: JSON.stringify({ op: 'remove', name: leader.name }), headers: { authorization: `Bearer ${operatorKey}` } });
+    expect(member.status).toBe(400);
+    expect(await member.json()).toMatchObject({ code: 'MEMBER_UNSUPPORTED' });
+    expect((await fleet.status()).find((s) => s.name === leader.name)).toMatchObject({ role: 'leader' });
 
     await fleet.crash(leader.name);
     expect((await fleet.status()).find((s) => s.name === leader.name)).toMatchObject({ role: 'down', reason: 'CRASHED' });

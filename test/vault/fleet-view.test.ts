@@ -106,4 +106,20 @@ describe('fleetView', () => {
     const r2 = reports({ a: 'leader', b: 'rejoining', c: 'rejoining', d: 'rejoining', e: 'follower' }, 'a');
     expect(fleetView({ names: NAMES, reports: r2, running: () => true, electionMs: ELECTION }).leader).toBeNull();
   });
+
+  it('learners count for no quorum: the leader with two of three voters leads, with one of them it does not', () => {
+    // Voters a, b, c; d and e are learners (a membership change under way).
+    const links = new LinkTable(NAMES);
+    links.partition([['a', 'd', 'e'], ['b', 'c']]);
+    const r = reports({ a: 'leader', b: 'follower', c: 'follower', d: 'follower', e: 'follower' }, 'a', links);
+    // Without the configuration the five look like voters: a, d, e are a majority of five.
+    expect(fleetView({ names: NAMES, reports: r, running: () => true, links: tableOf(links), electionMs: ELECTION }).leader).toBe('a');
+    const v = fleetView({ names: NAMES, reports: r, running: () => true, links: tableOf(links), electionMs: ELECTION, voters: ['a', 'b', 'c'] });
+    expect(v.quorum).toBe(2);
+    expect(v.leader).toBeNull();
+    links.heal();
+    links.partition([['a', 'b'], ['c', 'd', 'e']]);
+    const r2 = reports({ a: 'leader', b: 'follower', c: 'follower', d: 'follower', e: 'follower' }, 'a', links);
+    expect(fleetView({ names: NAMES, reports: r2, running: () => true, links: tableOf(links), electionMs: ELECTION, voters: ['a', 'b', 'c'] }).leader).toBe('a');
+  });
 });

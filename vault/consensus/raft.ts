@@ -236,6 +236,8 @@ export class RaftNode {
   /** The entry at index i if held in memory (for checkers and debugging). */
   entryAt(i: number): Entry | undefined { return this.log.entry(i); }
   confState(): ConfState { return this.conf; }
+  /** Index of the config entry in effect (0: the snapshot's); it is committed once commitIndex reaches it. */
+  get confIndex(): number { return this.confIndexes.at(-1) ?? 0; }
 
   status(): NodeStatus {
     let progress: Map<NodeId, ProgressView> | null = null;

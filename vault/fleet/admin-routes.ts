@@ -7,7 +7,8 @@ import type { AddressInfo } from 'node:net';
 import { bearerMatches } from '../../protocol/hop-secret.ts';
 import { BkvError } from '../../protocol/errors.ts';
 import { createFront, jsonRefusal, listenFront, readBody, sendBody } from '../agent/http.ts';
-import { ACTOR_HEADER, FLEET_FAULT_PATH, FLEET_STATUS_PATH, METRICS_PATH, type FleetFault, type FleetStatusReport } from './fleet-types.ts';
+import { ACTOR_HEADER, FLEET_FAULT_PATH, FLEET_MEMBER_PATH, FLEET_STATUS_PATH, METRICS_PATH, type FleetFault, type FleetStatusReport, type MemberRequest, type MemberResult } from './fleet-types.ts';
+import { parseMemberRequest } from './membership.ts';
 
 export interface AdminRoutes {
   status(): Promise<FleetStatusReport>;
@@ -15,6 +16,8 @@ export interface AdminRoutes {
   metrics?: () => Promise<{ type: string; text: string }>;
   /** Present only when the fault endpoint is enabled; resolves to extra fields of the {ok:true} answer. `by`: who asked. */
   fault?: (f: FleetFault, by: string) => Promise<unknown>;
+  /** POST FLEET_MEMBER_PATH: one membership change; `progress` gets each step (streamed to the caller). */
+  member?: (req: MemberRequest, by: string, progress: (line: string) => void) => Promise<MemberResult>;
   /** A fault request refused before it reached `fault` (faults off, not JSON): logged all the same. */
   refused?: (f: { op: 'unknown' }, by: string, code: string) => void;
 }
@@ -61,6 +64,10 @@ async function serveAdminRoute(req: IncomingMessage, res: ServerResponse, routes
     sendBody(res, 200, 'application/json', JSON.stringify(await routes.status()));
     return true;
   }
+  if (req.url === FLEET_MEMBER_PATH && req.method === 'POST' && routes.member) {
+    await serveMember(req, res, routes.member);
+    return true;
+  }
   if (req.url === FLEET_FAULT_PATH && req.method === 'POST' && !routes.fault) {
     routes.refused?.({ op: 'unknown' }, actorOf(req), 'FAULTS_OFF');
     sendBody(res, 403, 'application/json', JSON.stringify({ code: 'FAULTS_OFF', message: 'fault injection is off: start the fleet with `bkv fleet up --faults`' }));
@@ -82,4 +89,46 @@ async function serveAdminRoute(req: IncomingMessage, res: ServerResponse, routes
     sendBody(res, 400, 'application/json', JSON.stringify({ code: e instanceof BkvError ? e.code : 'FAULT_FAILED', message: e instanceof BkvError ? e.message : 'fault failed' }));
   }
   return true;
+}
+
+/**
+ * A membership change takes seconds to minutes (a learner catching up), so the answer streams: a
+ * refusal before anything changed is a plain 4xx {code, message}; once the change runs, 200 with one
+ * JSON line per step ({"progress"}) and a last line, {"ok": true, ...} or {"error": {code, message}}.
+ */
+async function serveMember(req: IncomingMessage, res: ServerResponse, member: NonNullable<AdminRoutes['member']>): Promise<void> {
+  let r: MemberRequest;
+  try {
+    let body: unknown;
+    try {
+      body = JSON.parse(Buffer.from(await readBody(req, 4 * 1024)).toString('utf8'));
+    } catch {
+      body = null;
+    }
+    r = parseMemberRequest(body);
+  } catch (e) {
+    sendBody(res, 400, 'application/json', JSON.stringify({ code: e instanceof BkvError ? e.code : 'BAD_MEMBER', message: e instanceof BkvError ? e.message : 'bad request' }));
+    return;
+  }
+  let streaming = false;
+  const line = (o: unknown) => {
+    if (!streaming) {
+      streaming = true;
+      res.writeHead(200, { 'content-type': 'application/x-ndjson', 'cache-control': 'no-store' });
+    }
+    res.write(JSON.stringify(o) + '\n');
+  };
+  try {
+    const done = await member(r, actorOf(req), (progress) => line({ progress }));
+    line({ ok: true, ...done });
+    res.end();
+  } catch (e) {
+    const err = { code: e instanceof BkvError ? e.code : 'MEMBER_FAILED', message: e instanceof BkvError ? e.message : 'membership change failed' };
+    if (!streaming) {
+      sendBody(res, e instanceof BkvError && e.code === 'CHANGE_IN_FLIGHT' ? 409 : 400, 'application/json', JSON.stringify(err));
+      return;
+    }
+    line({ error: err });
+    res.end();
+  }
 }

@@ -42,6 +42,35 @@ export interface ReplicaStatus {
   reachesLeader?: boolean | null;
   /** Running replicas, itself included, this one has two-way links with; null where the host cannot tell (TCP). */
   reachable?: number | null;
+  /** In the leader's configuration: 'voter', 'learner' (receives the log, votes for nothing), or absent (no leader, or not a member). */
+  member?: 'voter' | 'learner';
+}
+
+/** POST FLEET_MEMBER_PATH: one membership change, driven step by step by the runner. */
+export type MemberRequest =
+  | { op: 'add'; name: string }
+  | { op: 'remove'; name: string }
+  /** add `name`, then remove `old`: one change at a time (a data center move is a replace). */
+  | { op: 'replace'; old: string; name: string };
+
+/** A membership change the runner is driving now (fleet status shows it; another is refused: CHANGE_IN_FLIGHT). */
+export interface MemberChangeInProgress {
+  op: MemberRequest['op'];
+  replicas: string[];
+  /** The step it is at, in words. */
+  step: string;
+  since: string;
+  by: string;
+}
+
+export interface MemberResult {
+  op: MemberRequest['op'];
+  /** The configuration as the leader holds it once the change committed. */
+  voters: string[];
+  learners: string[];
+  leader: string | null;
+  /** What was done, in order (the progress lines). */
+  steps: string[];
 }
 
 /** A fault the operator injected that is still in force (crashed, partitioned, slow...), for fleet status. */
@@ -64,6 +93,12 @@ export interface FleetStatusReport {
   leader: string | null;
   /** The fleet's Raft election timeout: contact older than this counts as lost. */
   electionMs: number;
+  /** The leader's configuration (null without a leader); `committed` false while its last change is pending. */
+  members?: { voters: string[]; learners: string[]; committed: boolean } | null;
+  /** The membership change being driven now, if any. */
+  change?: MemberChangeInProgress | null;
+  /** Tokens ready to join (spares from the key ceremony) or taken out (removed: token and disk kept). */
+  standby?: { name: string; standby: 'spare' | 'removed' }[];
 }
 
 /** Header an operator client names itself in (user, pid, command), logged with every fault it asks for. */
@@ -79,7 +114,9 @@ export type FleetEvent =
   | { kind: 'role'; replica: string; role: ReplicaRole; term: number; leader: string | null }
   /** An operator's fault request, done (ok) or refused (code): the audit trail of who did what. */
   | { kind: 'fault'; by: string; fault: FleetFault | { op: 'unknown' }; ok: boolean; code?: string }
-  | { kind: 'log'; replica: string; line: string };
+  | { kind: 'log'; replica: string; line: string }
+  /** An operator's membership change: each step as it happens, then done (ok) or refused/failed (code). */
+  | { kind: 'member'; by: string; request: MemberRequest | { op: 'unknown' }; step?: string; ok?: boolean; code?: string };
 
 export interface StartFleetOptions {
   /** A provisioned state directory (bkv provision): fleet.json, tokens, PINs. */
@@ -135,6 +172,11 @@ export interface Fleet {
   restart(name: string, opts?: { disk?: 'keep' | 'rollback' | 'blank' }): Promise<void>;
   /** Copies the replica's LMDB directory (for a later restart with disk 'rollback'); returns the copy's path. */
   snapshotDisk(name: string): Promise<string>;
+  /**
+   * A membership change (add, remove, replace), one at a time: CHANGE_IN_FLIGHT while another runs.
+   * `progress` gets each step as it happens; fleet.json is rewritten once each change committed.
+   */
+  member(req: MemberRequest, by: string, progress?: (line: string) => void): Promise<MemberResult>;
   close(): Promise<void>;
 }
 
@@ -147,6 +189,8 @@ export interface Fleet {
 export { REGION_HEADER } from '../../protocol/relay.ts';
 export const FLEET_STATUS_PATH = '/v1/fleet/status';
 export const FLEET_FAULT_PATH = '/v1/fleet/fault';
+/** POST JSON MemberRequest -> NDJSON: {"progress": line}... then {"ok": true, ...MemberResult} or {"error": {code, message}}. */
+export const FLEET_MEMBER_PATH = '/v1/fleet/member';
 /** Prometheus metrics, on the operator listener (with the operator key), as on the vault and ChatD. */
 export const METRICS_PATH = '/metrics';
 

@@ -25,6 +25,8 @@ export interface FleetViewInput {
   links?: { blocked(from: string, to: string): boolean; lossRate(name: string): number };
   /** Contact older than this is lost (Raft's own measure: a follower campaigns after it). */
   electionMs: number;
+  /** The voters of the leader's configuration, where known: learners count for no quorum. Default: `names`. */
+  voters?: readonly string[];
 }
 
 export interface ReplicaVerdict {
@@ -44,7 +46,8 @@ export interface FleetView {
 }
 
 export function fleetView(i: FleetViewInput): FleetView {
-  const n = i.names.length;
+  const voting = i.voters?.length ? i.voters.filter((v) => i.names.includes(v)) : i.names;
+  const n = voting.length || i.names.length;
   const quorum = Math.floor(n / 2) + 1;
   const rep = (x: string) => i.reports.get(x);
   // Link state as the host enforces it; with no table (TCP) the links are whatever the network does,
@@ -56,7 +59,7 @@ export function fleetView(i: FleetViewInput): FleetView {
   };
   // Two-way contact: both links up and each side heard the other within an election timeout.
   const contact = (a: string, b: string) => a === b || (!!rep(a) && !!rep(b) && wire(a, b) && wire(b, a) && heard(a, b) && heard(b, a));
-  const voter = (x: string) => { const r = rep(x); return !!r && r.healthy && r.role !== 'rejoining' && r.role !== 'down'; };
+  const voter = (x: string) => { const r = rep(x); return voting.includes(x) && !!r && r.healthy && r.role !== 'rejoining' && r.role !== 'down'; };
   const reachable = (x: string): number | null => {
     if (!i.links) return null;
     return i.names.filter((y) => y === x || (i.running(y) && wire(x, y) && wire(y, x))).length;

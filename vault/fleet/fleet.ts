@@ -34,23 +34,34 @@ export async function startFleet(opts: StartFleetOptions): Promise<Fleet> {
   const state = loadState(opts.stateDir);
   activateSoftHsmConf(state);
   const names = fleetNames(state, opts);
+  // Standby replicas (spares, removed members) are in the mesh from the start, so that a membership
+  // change can start one without re-keying the others: their links and pinned keys already exist.
+  const standby = state.standby.map((r) => r.name).filter((n) => !names.includes(n));
+  const mesh = [...names, ...standby];
+  const founders = state.manifest.founders ?? [...names];
   const wan = wanConfig(opts.wan);
-  const nodes: WanNode[] = names.map((n) => ({ name: n, region: n, kind: 'replica' }));
+  const nodes: WanNode[] = mesh.map((n) => ({ name: n, region: n, kind: 'replica' }));
   const electionMs = opts.electionTimeoutMs ?? 1000;
   const tickMs = Math.max(5, Math.round(electionMs / 10));
-  const pins = identityPins(state, names);
+  const pins = identityPins(state, mesh);
   const fleetId = `bkv-fleet-${state.manifest.kcv.fleetAke}`;
   const portFleet = createPortFleet({ config: wan, nodes, seed: opts.seed ?? 1 });
   const emit = emitter(opts);
   const running = new Map<string, Running>();
-  const started = new Set<string>();
+  // A standby replica's first start takes the restart path (fresh ports to every running peer); the
+  // ends made for it at start are closed, so nothing queues for a replica that may never run.
+  const started = new Set<string>(standby);
+  for (const n of standby) for (const p of portFleet.transferList(n)) p.close();
   let nextId = 1;
   const calls = new Map<number, { name: string; resolve(m: FromWorker): void }>();
 
   const spawn = (name: string, endpoint: PortEndpointInit, transfer: MessagePort[]): Promise<Record<string, string>> => {
-    const info = state.replicas.find((r) => r.name === name)!;
+    const info = [...state.replicas, ...state.standby].find((r) => r.name === name)!;
+    // Every replica gets the founding configuration: a replica on a blank disk writes it as its
+    // entry 1, which must be the founders' entry 1 whatever the membership is now. Before any
+    // change was recorded, the founders are the replicas run (a fresh fleet bootstraps with them).
     const data: ReplicaWorkerData & { __entry: string } = {
-      __entry: ENTRY_URL, name, voters: names, token: state.tokenOptions(info.tokenLabel),
+      __entry: ENTRY_URL, name, voters: founders, token: state.tokenOptions(info.tokenLabel),
       dbDir: replicaDbDir(state.stateDir, name), fleetId, pins, endpoint, policy: opts.policy, tickMs, faults: opts.faultEndpoint === true,
     };
     const worker = new Worker(WORKER_URL, { workerData: data, transferList: transfer });
@@ -75,7 +86,7 @@ export async function startFleet(opts: StartFleetOptions): Promise<Fleet> {
             else if (m.e.kind === 'health') emit({ kind: 'health', replica: name, healthy: m.e.healthy, code: m.e.code, reason: m.e.reason });
             else emit({ kind: 'rejoined', replica: name, index: m.e.index });
             return;
-          case 'reply': case 'status': case 'backup': case 'control': {
+          case 'reply': case 'status': case 'backup': case 'control': case 'member': {
             const c = calls.get(m.id);
             if (c) { calls.delete(m.id); c.resolve(m); }
             return;
@@ -112,7 +123,7 @@ export async function startFleet(opts: StartFleetOptions): Promise<Fleet> {
       }
       // A restart: fresh links to every peer (the dead worker's ports died with it).
       const ports: Record<string, MessagePort> = {};
-      for (const peer of names) {
+      for (const peer of mesh) {
         if (peer === name) continue;
         const { port1, port2 } = new MessageChannel();
         ports[peer] = port1;
@@ -155,6 +166,20 @@ export async function startFleet(opts: StartFleetOptions): Promise<Fleet> {
       }));
       finalizeModule();
     },
+    async member(name, change) {
+      const m = await call(name, { t: 'member', id: nextId++, change }, 5000);
+      if (m?.t !== 'member') return { ok: false, code: 'REPLICA_NOT_RESPONDING' };
+      return m.ok ? { ok: true, index: m.index ?? 0 } : { ok: false, code: m.code ?? 'REFUSED' };
+    },
+    async stop(name) {
+      const r = running.get(name);
+      if (!r) return;
+      r.worker.postMessage({ t: 'close' } satisfies ToWorker);
+      const t = setTimeout(() => void r.worker.terminate(), 5000);
+      await r.exited;
+      clearTimeout(t);
+    },
+    standby,
     links: portFleet.links,
     async control(name, c) {
       const m = await call(name, { t: 'control', id: nextId++, c }, 5000);
@@ -190,7 +215,7 @@ function wanConfig(w: StartFleetOptions['wan']): WanConfig {
 /** Each replica's identity public key, read from its token and checked against fleet.json. */
 function identityPins(state: FleetState, names: readonly string[]): Record<string, string> {
   const pins: Record<string, string> = {};
-  for (const r of state.manifest.replicas) {
+  for (const r of [...state.manifest.replicas, ...(state.manifest.standby ?? [])]) {
     if (!names.includes(r.name)) continue;
     if (r.identityFingerprint === '') {
       throw new FleetError('NO_IDENTITY', `replica ${r.name} has no identity key (provisioned as a single vault on a token without EC key generation); every fleet replica signs with one`);

@@ -94,6 +94,7 @@ export async function main(argv: string[]): Promise<number> {
         if (e.kind === 'role') audit({ event: 'role', replica: e.replica, role: e.role, term: e.term, leader: e.leader, by: 'raft' });
         else if (e.kind === 'fault') audit({ event: 'fault', op: e.fault.op, fault: e.fault, ok: e.ok, ...(e.code ? { code: e.code } : {}), by: e.by });
         else if (e.kind === 'crashed') audit({ event: 'crashed', replica: e.replica });
+        else if (e.kind === 'member') audit({ event: 'member', op: e.request.op, request: e.request, ...(e.step ? { step: e.step } : {}), ...(e.ok !== undefined ? { ok: e.ok } : {}), ...(e.code ? { code: e.code } : {}), by: e.by });
         else if (e.kind === 'log') log(`${e.replica}: ${e.line}`);
         else if (e.kind === 'leader') log(`${e.replica} leads term ${e.term}`);
         else if (e.kind === 'health') log(`${e.replica} ${e.healthy ? 'healthy' : `UNHEALTHY ${e.code}`}`);

@@ -143,7 +143,8 @@ export function resolvePeers(state: FleetState, self: string, peers: readonly Pe
     pins.set(name, pub);
   }
   return {
-    voters: state.manifest.replicas.map((r) => r.name).filter((n) => seen.has(n)),
+    // After a membership change a blank disk must still write the founders' entry 1, whoever runs now.
+    voters: state.manifest.founders ?? state.manifest.replicas.map((r) => r.name).filter((n) => seen.has(n)),
     addresses: Object.fromEntries(peers.map((p) => [p.name, p.address])),
     pins,
   };

@@ -11,6 +11,7 @@ import type { Token } from '../../hsm-adapter/token.ts';
 import type { ReplicaControl } from './fleet-types.ts';
 import { pinnedKeys } from '../firmware/gate.ts';
 import type { Policy } from '../firmware/firmware.ts';
+import type { MemberChange } from '../replica/core.ts';
 import { FleetReplica } from './replica.ts';
 import { SecureTransport } from './secure-transport.ts';
 import { PortTransport, type PortEndpointInit } from './transport-port.ts';
@@ -37,6 +38,7 @@ export type ToWorker =
   | { t: 'port'; peer: string; port: MessagePort }
   | { t: 'backup'; id: number; path: string }
   | { t: 'control'; id: number; c: ReplicaControl }
+  | { t: 'member'; id: number; change: MemberChange }
   /** Die at once, no flush (the crash fault); see crashWorker in fleet.ts for why it is a message. */
   | { t: 'crash' }
   | { t: 'close' };
@@ -49,6 +51,7 @@ export type FromWorker =
   | { t: 'status'; id: number; status: import('./replica.ts').LocalStatus }
   | { t: 'backup'; id: number; ok: boolean; code?: string }
   | { t: 'control'; id: number; ok: boolean }
+  | { t: 'member'; id: number; ok: boolean; index?: number; code?: string }
   | { t: 'event'; e: import('./replica.ts').ReplicaEvent | { kind: 'log'; line: string } }
   | { t: 'closed' };
 
@@ -93,6 +96,9 @@ async function main(): Promise<void> {
         return;
       case 'backup':
         replica.backup(m.path).then(() => post({ t: 'backup', id: m.id, ok: true }), (e: unknown) => post({ t: 'backup', id: m.id, ok: false, code: (e as { code?: string }).code ?? 'BACKUP_FAILED' }));
+        return;
+      case 'member':
+        void replica.member(m.change).then((a) => post(a.ok ? { t: 'member', id: m.id, ok: true, index: a.index } : { t: 'member', id: m.id, ok: false, code: a.code }));
         return;
       case 'control':
         if (m.c.t === 'token') Object.assign(plan, { failureRate: m.c.failureRate, latencyRate: m.c.latencyRate, latencyMs: m.c.latencyMs });

@@ -16,7 +16,7 @@ import { RaftStore } from '../agent/raft-store.ts';
 import { SeededRng } from '../consensus/index.ts';
 import type { Policy } from '../firmware/firmware.ts';
 import type { SessionGate } from '../firmware/gate.ts';
-import { MUTATIONS, ReplicaCore, type CoreInput, type CoreOutput, type Mutation, type Outcome, type StoredDisk } from '../replica/core.ts';
+import { MUTATIONS, ReplicaCore, type CoreInput, type CoreOutput, type MemberChange, type MemberView, type Mutation, type Outcome, type StoredDisk } from '../replica/core.ts';
 import type { ReplicaRole } from './fleet-types.ts';
 import type { PeerTransport } from './transport.ts';
 import type { ReplicaMetrics } from '../../protocol/metrics-wire.ts';
@@ -64,6 +64,8 @@ export interface LocalStatus {
   stats: Record<string, number | boolean>;
   /** Counters and latency buckets for /metrics (protocol/metrics-wire.ts). */
   metrics: ReplicaMetrics;
+  /** The configuration this replica holds (absent before its node runs). */
+  members?: MemberView;
 }
 
 function transportStats(t: PeerTransport): Record<string, number> {
@@ -86,6 +88,8 @@ export class FleetReplica {
   private readonly o: FleetReplicaOptions;
   private readonly say: (line: string) => void;
   private readonly pending = new Map<number, (o: Outcome) => void>();
+  /** The core's answer to the membership input being stepped (it answers within the same step). */
+  private memberAnswer: { ok: true; index: number } | { ok: false; code: string } | undefined;
   private nextRid = 1;
   private queued: CoreInput[] = [];
   /** Disk operations run one after another, in the order the core asked for them. */
@@ -172,6 +176,17 @@ export class FleetReplica {
     });
   }
 
+  /** An operator's membership change or leadership transfer, on this replica's core (it must lead). */
+  member(change: MemberChange): Promise<{ ok: true; index: number } | { ok: false; code: string }> {
+    if (this.closed) return Promise.resolve({ ok: false, code: 'CLOSED' });
+    this.memberAnswer = undefined;
+    this.step({ kind: 'membership', now: this.now(), change });
+    // A core that stopped itself (FORKED, INVARIANT) steps nothing: no answer is a refusal.
+    const a = this.memberAnswer ?? { ok: false as const, code: 'NOT_RUNNING' };
+    this.memberAnswer = undefined;
+    return Promise.resolve(a);
+  }
+
   /** Peer messages and device requests of one event-loop turn go to the core together (one Ready). */
   private enqueue(input: CoreInput): void {
     this.queued.push(input);
@@ -219,7 +234,10 @@ export class FleetReplica {
         case 'rejoined': this.say(`rejoined at ${o.index}`); this.o.onEvent?.({ kind: 'rejoined', index: o.index }); break;
         case 'log': this.say(o.line); break;
         case 'resume': this.step({ kind: 'resume', now: this.now() }); break;
-        case 'membership': this.say(o.ok ? `membership change proposed at ${o.index}` : `membership change refused: ${o.code}`); break;
+        case 'membership':
+          this.say(o.ok ? `membership change proposed at ${o.index}` : `membership change refused: ${o.code}`);
+          this.memberAnswer = o.ok ? { ok: true, index: o.index } : { ok: false, code: o.code };
+          break;
       }
     }
   }

@@ -11,9 +11,11 @@ import { REGION_HEADER, RELAY_PATH } from '../../protocol/relay.ts';
 import type { FleetState } from '../../softhsm/state.ts';
 import { createFront, listenFront, refuseUnauthorizedRelay, relayRefusal, sendBody, serveRelay } from '../agent/http.ts';
 import { replicaDbDir } from '../agent/replica.ts';
-import type { Outcome } from '../replica/core.ts';
+import type { MemberChange, Outcome } from '../replica/core.ts';
+import { writeManifest } from '../../softhsm/state.ts';
+import { MembershipDriver, MemberError } from './membership.ts';
 import { startOperatorListener } from './admin-routes.ts';
-import { type ActiveFault, type Fleet, type FleetEvent, type FleetFault, type FleetStatusReport, type ReplicaControl, type ReplicaStatus, type StartFleetOptions } from './fleet-types.ts';
+import { type ActiveFault, type Fleet, type FleetEvent, type FleetFault, type FleetStatusReport, type MemberRequest, type ReplicaControl, type ReplicaStatus, type StartFleetOptions } from './fleet-types.ts';
 import { fleetView } from './fleet-view.ts';
 import { VaultMetrics } from '../agent/metrics.ts';
 import { HEALTH_PATH } from '../agent/server.ts';
@@ -44,6 +46,12 @@ export interface ReplicaHosts {
   };
   /** Token and clock faults inside a running replica, where the host can reach in (threads); else refused. */
   control?(name: string, c: ReplicaControl): Promise<void>;
+  /** A membership change or leadership transfer on one replica's core, where the host can start standby replicas (threads); else refused. */
+  member?(name: string, change: MemberChange): Promise<{ ok: true; index: number } | { ok: false; code: string }>;
+  /** Stops one replica cleanly (a removed member). */
+  stop?(name: string): Promise<void>;
+  /** Replicas the host can start although they are no members (in the mesh, pinned): fleet.json's standby. */
+  standby?: string[];
 }
 
 /** The replica names a start asks for, checked against the state. */
@@ -104,22 +112,54 @@ export async function startRunner(state: FleetState, names: string[], hosts: Rep
     else if (e.kind === 'health') router.note(e.replica, { healthy: e.healthy });
     else if (e.kind === 'crashed') router.note(e.replica, { role: 'down', leader: null, healthy: false });
   });
-  const leaderOf = (st: Map<string, LocalStatus>) => [...st.values()].filter((s) => s.role === 'leader').sort((a, b) => b.term - a.term)[0];
   const electionMs = opts.electionTimeoutMs ?? 1000;
+  // Membership: the standby tokens this host can start, and the driver of one change at a time.
+  const standby = new Map<string, 'spare' | 'removed'>(state.standby.filter((r) => hosts.standby?.includes(r.name)).map((r) => [r.name, r.standby] as const));
+  // What entry 1 of every log holds: recorded at the first change (before it, the replicas run now).
+  const founders = state.manifest.founders ?? [...names];
+  const recordMembers = (): void => {
+    // fleet.json follows the committed configuration: members in order, the rest standing by.
+    const m = state.manifest;
+    const all = [...m.replicas, ...(m.standby ?? [])];
+    const entry = (n: string) => {
+      const e = all.find((r) => r.name === n)!;
+      const { standby: _drop, ...rest } = e as typeof e & { standby?: string };
+      return rest;
+    };
+    const rest = all.filter((r) => !names.includes(r.name)).map((r) => ({ ...entry(r.name), standby: standby.get(r.name) ?? 'removed' as const }));
+    // Keys in provision's order and an empty standby list left out, so a later provision finds the same text.
+    const { standby: _s, founders: _f, ...base } = m;
+    const next = { ...base, replicas: names.map(entry), ...(rest.length ? { standby: rest } : {}), founders };
+    writeManifest(state.stateDir, next);
+    state.manifest.replicas = next.replicas;
+    state.manifest.standby = rest.length ? rest : undefined;
+    state.manifest.founders = founders;
+  };
+  const driver = new MembershipDriver({
+    members: names, standby, statuses: () => statuses(), electionMs,
+    start: async (n) => { akeKeys = await hosts.start(n); },
+    stop: async (n) => { if (hosts.stop) await hosts.stop(n); else await hosts.kill(n); },
+    propose: (n, c) => hosts.member!(n, c),
+    record: recordMembers,
+  });
+  const leaderOf = (st: Map<string, LocalStatus>) => [...st.values()].filter((s) => s.role === 'leader').sort((a, b) => b.term - a.term)[0];
   // The operator's faults still in force, in the order asked: what `fleet status` lists.
   let active: ActiveFault[] = [];
   const report = async (): Promise<FleetStatusReport> => {
     const st = await statuses();
     const l = hosts.links;
+    const lead = leaderOf(st);
+    const conf = lead?.healthy ? lead.members : undefined;
     const view = fleetView({
-      names, reports: st, running: (n) => hosts.isRunning(n), electionMs,
+      names, reports: st, running: (n) => hosts.isRunning(n), electionMs, ...(conf ? { voters: conf.voters } : {}),
       links: l ? { blocked: (a, b) => l.blocked(a, b), lossRate: (n) => l.degradation(n).lossRate } : undefined,
     });
-    const leaderCommit = leaderOf(st)?.commitIndex;
+    const leaderCommit = lead?.commitIndex;
     const replicas = names.map((n): ReplicaStatus => {
       const s = st.get(n);
       const v = view.verdicts.get(n)!;
-      const verdict = { serves: v.serves, servesNot: v.servesNot, reachesLeader: v.reachesLeader, reachable: v.reachable };
+      const member = conf?.voters.includes(n) ? 'voter' as const : conf?.learners.includes(n) ? 'learner' as const : undefined;
+      const verdict = { serves: v.serves, servesNot: v.servesNot, reachesLeader: v.reachesLeader, reachable: v.reachable, ...(member ? { member } : {}) };
       if (!s) return { name: n, region: n, role: 'down', term: 0, commitIndex: 0, appliedIndex: 0, lag: -1, healthy: false, reason: hosts.isRunning(n) ? 'NOT_RESPONDING' : 'CRASHED', leader: null, ...verdict };
       return {
         name: n, region: n, role: s.role, term: s.term, commitIndex: s.commitIndex, appliedIndex: s.appliedIndex,
@@ -127,7 +167,12 @@ export async function startRunner(state: FleetState, names: string[], hosts: Rep
         lastIndex: s.lastIndex, digest: s.digest, stats: s.stats, heardMsAgo: s.heardMsAgo, ...verdict,
       };
     });
-    return { replicas, faults: active.map((f) => ({ ...f, replicas: [...f.replicas] })), leader: view.leader, electionMs };
+    return {
+      replicas, faults: active.map((f) => ({ ...f, replicas: [...f.replicas] })), leader: view.leader, electionMs,
+      members: conf ? { voters: [...conf.voters], learners: [...conf.learners], committed: conf.committed } : null,
+      change: driver.inProgress(),
+      standby: [...standby].map(([name, why]) => ({ name, standby: why })),
+    };
   };
   const noteFault = (f: FleetFault, by: string): void => {
     const since = new Date().toISOString();
@@ -164,7 +209,7 @@ export async function startRunner(state: FleetState, names: string[], hosts: Rep
 
   const fleet: Fleet = {
     url: '',
-    replicas: [...names],
+    get replicas() { return [...names]; },
     akePublicKeys: () => ({ ...akeKeys }),
     async status(): Promise<ReplicaStatus[]> { return (await report()).replicas; },
     faults: () => active.map((f) => ({ ...f, replicas: [...f.replicas] })),
@@ -205,6 +250,21 @@ export async function startRunner(state: FleetState, names: string[], hosts: Rep
       if (old && old !== dir) rmSync(old, { recursive: true, force: true });
       diskCopies.set(name, dir);
       return dir;
+    },
+    async member(req, by, progress) {
+      try {
+        if (!hosts.member || !hosts.standby) throw new MemberError('MEMBER_UNSUPPORTED', 'membership changes need the threaded fleet (`bkv fleet up`, transport ports); replica processes cannot be added yet');
+        if (closed) throw new MemberError('FLEET_CLOSED', 'the fleet is stopping');
+        const r = await driver.run(req, by, (line) => {
+          emit({ kind: 'member', by, request: req, step: line });
+          progress?.(line);
+        });
+        emit({ kind: 'member', by, request: req, ok: true });
+        return r;
+      } catch (e) {
+        emit({ kind: 'member', by, request: req, ok: false, code: e instanceof BkvError ? e.code : 'MEMBER_FAILED' });
+        throw e;
+      }
     },
     async close() {
       if (closed) return;
@@ -290,7 +350,7 @@ export async function startRunner(state: FleetState, names: string[], hosts: Rep
       if (req.url === HEALTH_PATH && req.method === 'GET') {
         const r = await report();
         const serving = r.replicas.filter((x) => x.serves).length;
-        return sendBody(res, r.leader ? 200 : 503, 'application/json', JSON.stringify({ healthy: r.leader !== null, leader: r.leader, serving, replicas: r.replicas.length, quorum: Math.floor(r.replicas.length / 2) + 1 }));
+        return sendBody(res, r.leader ? 200 : 503, 'application/json', JSON.stringify({ healthy: r.leader !== null, leader: r.leader, serving, replicas: r.replicas.length, quorum: Math.floor((r.members?.voters.length || r.replicas.length) / 2) + 1 }));
       }
       if (refuseUnauthorizedRelay(req, res, opts.relayKey)) return;
       if (req.url !== RELAY_PATH || req.method !== 'POST') return sendBody(res, 404, 'application/json', JSON.stringify({ code: 'NOT_FOUND' }));
@@ -318,7 +378,7 @@ export async function startRunner(state: FleetState, names: string[], hosts: Rep
       for (const [n, s] of st) if (s.metrics) metrics.absorb(n, s.metrics);
       return { type: metrics.contentType, text: await metrics.text() };
     };
-    const op = await startOperatorListener({ status: report, metrics: scrape, fault: opts.faultEndpoint ? handleFault : undefined, refused: (f, by, code) => emit({ kind: 'fault', by, fault: f, ok: false, code }) }, opts.operatorKey, 0, opts.metricsKey);
+    const op = await startOperatorListener({ status: report, metrics: scrape, member: (req: MemberRequest, by: string, progress: (l: string) => void) => fleet.member(req, by, progress), fault: opts.faultEndpoint ? handleFault : undefined, refused: (f, by, code) => emit({ kind: 'fault', by, fault: f, ok: false, code }) }, opts.operatorKey, 0, opts.metricsKey);
     fleet.operatorUrl = op.url;
     operator = op;
   }

@@ -62,6 +62,12 @@ export interface DiskWrite {
 
 export type ReplicaRole = 'leader' | 'follower' | 'candidate' | 'preCandidate' | 'rejoining' | 'down';
 
+/** An operator's change: a configuration entry, or moving the leadership first (before removing the leader). */
+export type MemberChange = ConfChange | { op: 'transfer'; node: string };
+
+/** The configuration this replica holds (in effect once appended) and whether its entry is committed. */
+export interface MemberView { voters: string[]; learners: string[]; committed: boolean; index: number }
+
 export type CoreInput =
   /** The disk as the host read it; `unreadable` when it did not even read (a refused file). */
   | { kind: 'start'; now: number; disk: StoredDisk; unreadable?: string }
@@ -77,7 +83,7 @@ export type CoreInput =
   /** A disk operation failed: the replica stops serving. */
   | { kind: 'diskFailed'; now: number; code: string; reason: string }
   /** An operator's membership change (add a learner, promote it, remove a member), on the leader. */
-  | { kind: 'membership'; now: number; change: ConfChange };
+  | { kind: 'membership'; now: number; change: MemberChange };
 
 export type CoreOutput =
   /** Write and flush, then step `persisted` with this id. Disk outputs are performed in order. */
@@ -274,7 +280,7 @@ export class ReplicaCore {
     return { commit: structuredClone(this.commitBuckets), effects: { ...this.gate.effects } };
   }
 
-  status(): { role: ReplicaRole; term: number; commitIndex: number; lastIndex: number; appliedIndex: number; healthy: boolean; reason: string; leader: string | null; digest: string; heardMsAgo: Record<string, number> } {
+  status(): { role: ReplicaRole; term: number; commitIndex: number; lastIndex: number; appliedIndex: number; healthy: boolean; reason: string; leader: string | null; digest: string; heardMsAgo: Record<string, number>; members?: MemberView } {
     const n = this.node;
     const role: ReplicaRole = !n ? 'down' : this.rejoining ? 'rejoining' : n.softState().role;
     const h = this.health;
@@ -283,6 +289,7 @@ export class ReplicaCore {
     return {
       role, term: n?.currentTerm ?? 0, commitIndex: n?.commitIndex ?? 0, lastIndex: n?.lastIndex ?? 0, appliedIndex: this.applied,
       healthy: h.healthy, leader: n?.leader ?? null, digest: this.firmware.digest(), heardMsAgo,
+      ...(n ? { members: { voters: [...n.confState().voters], learners: [...n.confState().learners], committed: n.commitIndex >= n.confIndex, index: n.confIndex } } : {}),
       reason: !h.healthy ? `${h.code}: ${h.reason}` : this.rejoining && this.diskNote ? `${this.diskNote}; ${this.rejoinReason}` : this.rejoinReason,
     };
   }
@@ -641,8 +648,14 @@ export class ReplicaCore {
   }
 
   /** Only the leader changes the configuration; a change is one entry, committed like any other. */
-  private membership(change: ConfChange): void {
+  private membership(change: MemberChange): void {
     if (this.phase !== 'running' || !this.leading) { this.out.push({ kind: 'membership', ok: false, code: 'NOT_LEADER' }); return; }
+    if (change.op === 'transfer') {
+      // The node checks the target is a voter; the transfer then runs on its own (timeoutNow).
+      const t = this.node!.transferLeadership(change.node);
+      this.out.push(t.ok ? { kind: 'membership', ok: true, index: this.node!.lastIndex } : { kind: 'membership', ok: false, code: t.error.code });
+      return;
+    }
     const r = this.node!.proposeConfChange(change);
     this.out.push(r.ok ? { kind: 'membership', ok: true, index: r.index } : { kind: 'membership', ok: false, code: r.error.code });
   }
